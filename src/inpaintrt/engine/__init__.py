@@ -1,0 +1,1 @@
+"""The engine directory and its executors; imports no torch."""

@@ -1,0 +1,82 @@
+"""manifest.json: the only contract between export and runtime (DESIGN.md §5).
+
+Export writes it; `read_manifest` validates it on load and refuses a stale, incomplete or
+altered engine directory with a message that says how to rebuild.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT = "inpaintrt-engine"
+FORMAT_VERSION = 1
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+MODEL_KEYS = (
+    "family", "unet_in_channels", "prediction_type", "latent_channels", "vae_scale_factor",
+    "vae_scaling_factor", "default_height", "default_width",
+)
+
+
+class EngineDirectoryError(ValueError):
+    """The engine directory is missing, incomplete, altered or from another format version."""
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def describe_files(root: Path) -> dict:
+    """{relative path: {bytes, sha256}} for every file under root except the manifest."""
+    return {
+        p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files=describe_files(root))
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
+    root = Path(root)
+    rebuild = f"re-export it with `inpaint-export --model <checkpoint> --output {root}`"
+    path = root / "manifest.json"
+    if not root.is_dir():
+        raise EngineDirectoryError(f"engine directory {str(root)!r} does not exist; create it with `inpaint-export`")
+    if not path.is_file():
+        raise EngineDirectoryError(f"{root} has no manifest.json, so it is not an engine directory; {rebuild}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngineDirectoryError(f"{path} is not valid JSON ({e}); {rebuild}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EngineDirectoryError(f"{path} is not an inpaintrt manifest; {rebuild}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise EngineDirectoryError(
+            f"{root} has manifest format version {version!r}, but this inpaintrt reads version {FORMAT_VERSION}; {rebuild}"
+        )
+    missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest]
+    missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
+    missing += [f"components.{c}" for c in COMPONENTS if c not in manifest.get("components", {})]
+    if missing:
+        raise EngineDirectoryError(f"{path} lacks {', '.join(missing)}; {rebuild}")
+    for rel, info in manifest["files"].items():
+        file = root / rel
+        if not file.is_file():
+            raise EngineDirectoryError(f"{root} is missing {rel}, which the manifest lists; {rebuild}")
+        if file.stat().st_size != info["bytes"]:
+            raise EngineDirectoryError(
+                f"{rel} in {root} has {file.stat().st_size} bytes, the manifest says {info['bytes']} "
+                f"(truncated or replaced); {rebuild}"
+            )
+        if verify_hashes and file_digest(file) != info["sha256"]:
+            raise EngineDirectoryError(f"{rel} in {root} does not match its hash in the manifest (altered); {rebuild}")
+    return manifest

@@ -1,0 +1,1 @@
+"""The export stage: checkpoint -> engine directory. Needs torch, diffusers, transformers and onnx."""

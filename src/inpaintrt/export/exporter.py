@@ -1,0 +1,184 @@
+"""Export a loaded pipeline into an engine directory: ONNX graphs, tokenizer, scheduler config, manifest.
+
+Everything is written into a temporary sibling directory; it is renamed into place only after
+every graph matched torch and the finished directory reloaded cleanly. A failure leaves nothing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.manifest import read_manifest, write_manifest
+from .specs import ComponentSpec, component_specs
+
+OPSET = 17
+FP32_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|
+EXTERNAL_DATA_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; bigger graphs keep weights beside them
+
+
+class ExportError(RuntimeError):
+    """Export could not produce a correct engine directory."""
+
+
+def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, log=print) -> Path:
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    work.chmod(0o755)
+    try:
+        components = {}
+        for spec in component_specs(pipe):
+            log(f"exporting {spec.name} ...")
+            components[spec.name] = _export_component(spec, work)
+            log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
+        manifest = dict(
+            source=source,
+            model=_model_info(pipe),
+            scheduler=_scheduler_config(pipe, work),
+            tokenizer=_save_tokenizer(pipe.tokenizer, work),
+            components=components,
+            versions=_versions(),
+        )
+        write_manifest(work, manifest)
+        read_manifest(work)  # the reload check: everything listed is there and hashes match
+        _move_into_place(work, output)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"engine written to {output}")
+    return output
+
+
+def _export_component(spec: ComponentSpec, work: Path) -> dict:
+    import onnx
+    import torch
+
+    path = work / f"{spec.name}.onnx"
+    scratch = Path(tempfile.mkdtemp(dir=work))
+    traced = spec.make_inputs(*spec.check_shapes[0])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            spec.module.eval(), traced, str(scratch / "graph.onnx"),
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
+    model = onnx.load(str(scratch / "graph.onnx"))
+    big = model.ByteSize() > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data")
+    del model
+    shutil.rmtree(scratch)
+    error = check_parity(spec, path)
+    if not error <= FP32_TOLERANCE:
+        raise ExportError(
+            f"{spec.name}: the ONNX graph differs from torch by {error:.2e} (relative), more than {FP32_TOLERANCE:g}; "
+            "the export is not trustworthy and was discarded"
+        )
+    files = [path.name] + ([f"{path.name}.data"] if big else [])
+    return {
+        "file": path.name, "files": files, "backend": "onnx", "precision": "fp32",
+        "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs],
+        "parity": {"max_rel_error": float(error), "shapes": [list(s) for s in spec.check_shapes]},
+    }
+
+
+def check_parity(spec: ComponentSpec, path: Path) -> float:
+    """Worst relative error of the saved graph against torch over the spec's check shapes."""
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for shape in spec.check_shapes:
+        inputs = spec.make_inputs(*shape)
+        with torch.no_grad():
+            expected = spec.module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)})
+        for e, g in zip(expected, got):
+            e = e.numpy()
+            worst = max(worst, float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-12)))
+    return worst
+
+
+def _model_info(pipe) -> dict:
+    unet, vae = pipe.unet.config, pipe.vae.config
+    vae_scale = 2 ** (len(vae.block_out_channels) - 1)
+    return {
+        "family": "sd2" if unet.cross_attention_dim == 1024 else "sd1",
+        "unet_in_channels": unet.in_channels,
+        "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
+        "latent_channels": vae.latent_channels,
+        "vae_scale_factor": vae_scale,
+        "vae_scaling_factor": vae.scaling_factor,
+        "default_height": unet.sample_size * vae_scale,
+        "default_width": unet.sample_size * vae_scale,
+        "text_hidden_size": pipe.text_encoder.config.hidden_size,
+    }
+
+
+def _scheduler_config(pipe, work: Path) -> dict:
+    config = json.loads(json.dumps(dict(pipe.scheduler.config), default=_jsonable))
+    config["_class_name"] = type(pipe.scheduler).__name__
+    (work / "scheduler").mkdir()
+    (work / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return str(value)
+
+
+def _save_tokenizer(tokenizer, work: Path) -> dict:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer (older transformers): convert it to a tokenizers file
+        from transformers import CLIPTokenizerFast
+
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer.save_pretrained(folder)
+            backend = CLIPTokenizerFast.from_pretrained(folder).backend_tokenizer
+    folder = work / "tokenizer"
+    folder.mkdir(exist_ok=True)
+    backend.save(str(folder / "tokenizer.json"))
+    pad = tokenizer.pad_token or tokenizer.eos_token
+    return {
+        "file": "tokenizer/tokenizer.json",
+        "max_length": int(tokenizer.model_max_length),
+        "pad_token": pad,
+        "pad_id": int(tokenizer.convert_tokens_to_ids(pad)),
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "diffusers", "transformers", "onnx", "onnxruntime"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _move_into_place(work: Path, output: Path) -> None:
+    if output.exists():
+        old = output.with_name(f".{output.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        output.rename(old)
+        work.rename(output)
+        shutil.rmtree(old)
+    else:
+        work.rename(output)

@@ -1,0 +1,125 @@
+"""The denoising loop for both kinds of UNet, with diffusers' exact semantics (DESIGN.md §3, §4).
+
+- 9-channel (inpainting checkpoints): the UNet sees [latents, mask, masked-image latents].
+- 4-channel (ordinary checkpoints): after each step the original latents, re-noised to the next
+  timestep with the same initial noise, replace everything outside the mask.
+The models are passed in as callables, so this file knows nothing of ONNX Runtime or TensorRT.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .images import nearest_resize
+from .noise import draw
+
+
+@dataclass
+class Models:
+    encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image -> latent mean, logvar
+    unet: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # sample, timestep, embeddings -> prediction
+    decode: Callable[[np.ndarray], np.ndarray]  # latents -> image in [-1, 1]
+    unet_in_channels: int
+    latent_channels: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+
+
+@dataclass
+class Request:
+    image: np.ndarray  # (1, 3, H, W) in [-1, 1]
+    mask: np.ndarray  # (1, 1, H, W) of 0/1
+    embeddings: np.ndarray  # (B, seq, hidden); with guidance, [uncond (B), cond (B)]
+    batch: int  # B: prompts x images per prompt
+    guidance_scale: float
+    num_inference_steps: int
+    strength: float
+    latents: np.ndarray | None = None  # caller's initial noise (B, C, h, w)
+    callback: Callable | None = None  # (step, timestep, latents) -> latents or None
+
+
+def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
+    """VAE encode and sample the latent distribution, scaled: diffusers' _encode_vae_image."""
+    mean, logvar = models.encode(image)
+    sample = mean + np.exp(0.5 * logvar) * draw(generator, mean.shape)
+    return models.vae_scaling_factor * sample
+
+
+def run_timesteps(scheduler, steps: int, strength: float) -> tuple[int, np.ndarray]:
+    """diffusers' get_timesteps: the begin index and the timesteps still to run for this strength."""
+    scheduler.set_timesteps(steps)
+    init = min(int(steps * strength), steps)
+    t_start = max(steps - init, 0)
+    if steps - t_start < 1:
+        raise ValueError(
+            f"strength={strength} with num_inference_steps={steps} leaves no denoising step; "
+            f"raise strength to at least {1 / steps:.3g} or use more steps"
+        )
+    begin = t_start * scheduler.order
+    scheduler.begin_index = begin
+    return begin, scheduler.timesteps[begin:]
+
+
+def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter) -> np.ndarray:
+    """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'."""
+    r = request
+    _, _, height, width = r.image.shape
+    shape = (r.batch, models.latent_channels, height // models.vae_scale_factor, width // models.vae_scale_factor)
+    begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength)
+    full_strength = r.strength == 1.0
+    blend = models.unet_in_channels == 4
+
+    # draw 1: the image's own latents, when the 4-channel blend or a partial strength needs them
+    image_latents = None
+    if blend or (r.latents is None and not full_strength):
+        image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
+    # draw 2: the initial noise, unless the caller gave it
+    if r.latents is None:
+        noise = draw(generator, shape)
+        latents = noise * scheduler.init_noise_sigma if full_strength else scheduler.add_noise(image_latents, noise, begin)
+    else:
+        noise = r.latents.astype(np.float32)
+        latents = noise * scheduler.init_noise_sigma
+    latents = latents.astype(np.float32)
+    # draw 3: the masked image's latents (diffusers computes them for 4-channel UNets too)
+    masked_latents = encode_latents(models, r.image * (r.mask < 0.5), generator)
+    mask = nearest_resize(r.mask, shape[2], shape[3])
+
+    guided = r.embeddings.shape[0] == 2 * r.batch
+    copies = 2 if guided else 1
+    unet_mask = np.repeat(mask, r.batch * copies, axis=0)
+    unet_masked = np.repeat(masked_latents, r.batch * copies, axis=0)
+    blend_mask = np.repeat(mask, r.batch, axis=0)
+
+    for i in progress(range(len(timesteps))):
+        index = begin + i
+        t = timesteps[i]
+        model_input = np.concatenate([latents] * copies) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, index)
+        if not blend:
+            model_input = np.concatenate([model_input, unet_mask, unet_masked], axis=1)
+        timestep = np.full((model_input.shape[0],), t, dtype=np.float32)
+        pred = models.unet(model_input.astype(np.float32), timestep, r.embeddings)
+        if guided:
+            uncond, cond = np.split(pred, 2)
+            pred = uncond + r.guidance_scale * (cond - uncond)
+        latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
+        if blend:
+            proper = image_latents
+            if i < len(timesteps) - 1:
+                proper = scheduler.add_noise(image_latents, noise, index + 1)
+            latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
+        if r.callback is not None:
+            changed = r.callback(i, t, latents)
+            if changed is not None:
+                latents = np.asarray(changed, dtype=np.float32)
+    return latents
+
+
+def decode_latents(models: Models, latents: np.ndarray) -> np.ndarray:
+    image = models.decode((latents / models.vae_scaling_factor).astype(np.float32))
+    if not np.isfinite(image).all():
+        raise FloatingPointError("the VAE decoder produced NaN or infinite values; the image would be garbage")
+    return image

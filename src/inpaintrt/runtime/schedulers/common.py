@@ -1,0 +1,90 @@
+"""What every scheduler shares: config handling, the noise schedule, timestep spacing.
+
+Arithmetic follows diffusers' float32 torch code so trajectories match it step for step.
+A scheduler instance serves one generation; `step` takes the step index explicitly.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+COMMON_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+    "steps_offset": 0,
+}
+
+
+class SchedulerBase:
+    defaults: dict = {}
+    order = 1
+
+    def __init__(self, config: dict, options: dict | None = None):
+        known = {**COMMON_DEFAULTS, **self.defaults}
+        self.config = {**known, **{k: v for k, v in config.items() if k in known}}
+        unknown = sorted(set(options or {}) - set(known) - set(self.call_options))
+        if unknown:
+            raise ValueError(
+                f"scheduler_options {unknown} are not options of scheduler {self.name!r}; "
+                f"it takes {sorted(set(known) | set(self.call_options))}"
+            )
+        self.options = {k: v for k, v in (options or {}).items() if k in self.call_options}
+        self.config.update({k: v for k, v in (options or {}).items() if k in known})
+        self.alphas_cumprod = np.cumprod(1.0 - betas(self.config), dtype=np.float32)
+        self.begin_index = 0
+        self.timesteps = None
+
+    name = "base"
+    call_options: dict = {}  # per-call options (e.g. DDIM's eta) with their defaults
+
+    def option(self, key):
+        return self.options.get(key, self.call_options[key])
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return 1.0
+
+    def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
+        return sample
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """Forward diffusion of `original` to the noise level of timesteps[index]."""
+        alpha_prod = self.alphas_cumprod[int(self.timesteps[index])]
+        return alpha_prod**0.5 * original + (1 - alpha_prod) ** 0.5 * noise
+
+
+def betas(config: dict) -> np.ndarray:
+    n = config["num_train_timesteps"]
+    schedule = config["beta_schedule"]
+    if config.get("trained_betas") is not None:
+        return np.asarray(config["trained_betas"], dtype=np.float32)
+    if schedule == "linear":
+        return np.linspace(config["beta_start"], config["beta_end"], n).astype(np.float32)
+    if schedule == "scaled_linear":
+        return np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n).astype(np.float32) ** 2
+    if schedule == "squaredcos_cap_v2":
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], np.float32)
+    raise ValueError(f"beta_schedule {schedule!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2")
+
+
+def spaced_timesteps(config: dict, num_steps: int) -> np.ndarray:
+    """Descending float64 timesteps for `num_steps` steps, following config['timestep_spacing']."""
+    n = config["num_train_timesteps"]
+    spacing = config["timestep_spacing"]
+    if spacing == "linspace":
+        return np.linspace(0, n - 1, num_steps)[::-1].copy()
+    if spacing == "leading":
+        ratio = n // num_steps
+        return (np.arange(0, num_steps) * ratio).round()[::-1].copy() + config["steps_offset"]
+    if spacing == "trailing":
+        return np.round(np.arange(n, 0, -n / num_steps)) - 1
+    raise ValueError(f"timestep_spacing {spacing!r} is not supported; use leading, trailing or linspace")

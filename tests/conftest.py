@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random Stable Diffusion checkpoints, their exported engines, and diffusers
+runs whose every random draw comes from a numpy generator (DESIGN.md §4), so an engine given the
+same seed must reproduce them."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def pytest_configure(config):
+    for marker, text in (("gpu", "needs a CUDA GPU"), ("tensorrt", "needs TensorRT"), ("slow", "full-size models")):
+        config.addinivalue_line("markers", f"{marker}: {text}")
+
+
+@contextlib.contextmanager
+def numpy_randn(seed: int):
+    """Make diffusers draw every randn_tensor from numpy's default_rng(seed), in its own call order."""
+    import torch
+    from diffusers.utils import torch_utils
+
+    original = torch_utils.randn_tensor
+    rng = np.random.default_rng(seed)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
+
+    patched = [m for m in list(sys.modules.values())
+               if m is not None and m.__name__.startswith("diffusers") and getattr(m, "randn_tensor", None) is original]
+    for module in patched:
+        module.randn_tensor = randn_tensor
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.randn_tensor = original
+
+
+def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, **kwargs):
+    """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise."""
+    import torch
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    classes = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+    if scheduler:
+        pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)
+    with numpy_randn(seed), torch.no_grad():
+        return pipe(**kwargs).images
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """{in_channels: saved diffusers folder} for a 9-channel and a 4-channel tiny model."""
+    from inpaintrt.export.models import save_pipeline
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {ch: save_pipeline(root / f"tiny{ch}", size="tiny", in_channels=ch, seed=ch) for ch in (9, 4)}
+
+
+@pytest.fixture(scope="session")
+def engines(checkpoints, tmp_path_factory):
+    """{in_channels: exported engine directory}."""
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.loading import load_pipeline
+
+    root = tmp_path_factory.mktemp("engines")
+    return {ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", log=lambda *_: None)
+            for ch, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def pipes(checkpoints):
+    from inpaintrt.export.loading import load_pipeline
+
+    return {ch: load_pipeline(str(path)) for ch, path in checkpoints.items()}
+
+
+def sample_image(width: int = 160, height: int = 96, seed: int = 0) -> Image.Image:
+    """A smooth colourful test picture."""
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    rng = np.random.default_rng(seed)
+    channels = [np.sin(6 * x * rng.uniform(0.5, 2) + 3 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6)) for _ in range(3)]
+    return Image.fromarray(((np.stack(channels, -1) * 0.5 + 0.5) * 255).astype(np.uint8))
+
+
+def sample_mask(width: int = 160, height: int = 96) -> Image.Image:
+    """A rectangle whose edges do not fall on the 8-pixel latent grid, so resampling choices show."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 5 + 3: height * 3 // 4 + 1, width // 4 + 5: width * 2 // 3 - 3] = 255
+    return Image.fromarray(mask)

@@ -1,0 +1,77 @@
+"""Engine.inpaint against diffusers' StableDiffusionInpaintPipeline with every random draw replayed."""
+import numpy as np
+import pytest
+
+from conftest import diffusers_inpaint, sample_image, sample_mask
+from inpaintrt import Engine
+
+SIZE = dict(height=96, width=160)  # non-square; 12x20 latents, not divisible by the tiny UNet's 4x
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def loaded(engines):
+    return {ch: Engine.load(path) for ch, path in engines.items()}
+
+
+def compare(pipe, engine, seed, scheduler, output_type, **kwargs):
+    image, mask = sample_image(160, 96), sample_mask(160, 96)
+    args = dict(prompt="a red bench in a park", num_inference_steps=STEPS, output_type=output_type, **SIZE, **kwargs)
+    expected = diffusers_inpaint(pipe, seed, scheduler, image=image, mask_image=mask, **args)
+    got = engine.inpaint(image, mask, scheduler=scheduler, generator=np.random.default_rng(seed),
+                         progress=False, **args).images
+    if output_type == "pil":
+        return expected, got
+    return np.asarray(expected.numpy() if hasattr(expected, "numpy") else expected), np.asarray(got)
+
+
+@pytest.mark.parametrize("channels", [9, 4])
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim", "euler"])
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("negative", [None, "blurry, low quality"])
+def test_matches_diffusers(pipes, loaded, channels, scheduler, strength, negative):
+    pipe, engine = pipes[channels], loaded[channels]
+    kwargs = dict(strength=strength, negative_prompt=negative, guidance_scale=7.5)
+    expected, got = compare(pipe, engine, 7, scheduler, "latent", **kwargs)
+    assert got.shape == expected.shape == (1, 4, 12, 20)
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+    expected, got = compare(pipe, engine, 7, scheduler, "np", **kwargs)
+    assert got.shape == expected.shape == (1, 96, 160, 3) and got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 1e-3
+
+
+@pytest.mark.parametrize("channels", [9, 4])
+def test_without_guidance_and_several_images(pipes, loaded, channels):
+    kwargs = dict(guidance_scale=1.0, num_images_per_prompt=2, strength=0.8)
+    expected, got = compare(pipes[channels], loaded[channels], 3, "euler", "latent", **kwargs)
+    assert got.shape == expected.shape == (2, 4, 12, 20)
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+def test_caller_latents_and_prompt_list(pipes, loaded):
+    import torch
+
+    noise = np.random.default_rng(5).standard_normal((2, 4, 12, 20), dtype=np.float32)
+    kwargs = dict(prompt=["a cat", "a dog"], negative_prompt=["ugly", "dark"], num_inference_steps=3)
+    image, mask = sample_image(), sample_mask()
+    expected = diffusers_inpaint(pipes[9], 1, "ddim", image=image, mask_image=mask, latents=torch.from_numpy(noise),
+                                 output_type="latent", **SIZE, **kwargs).numpy()
+    got = loaded[9].inpaint(image, mask, scheduler="ddim", latents=noise, generator=1, output_type="latent",
+                            progress=False, **SIZE, **kwargs).images
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+def test_pil_output_matches(pipes, loaded):
+    expected, got = compare(pipes[9], loaded[9], 11, "pndm", "pil")
+    assert got[0].size == (160, 96)
+    diff = np.abs(np.asarray(got[0], np.int16) - np.asarray(expected[0], np.int16))
+    assert diff.max() <= 1  # uint8 rounding of values equal to 1e-3
+
+
+def test_integer_seed_is_deterministic(loaded):
+    args = dict(prompt="x", num_inference_steps=2, output_type="np", progress=False, **SIZE)
+    first = loaded[9].inpaint(sample_image(), sample_mask(), generator=42, **args).images
+    again = loaded[9].inpaint(sample_image(), sample_mask(), generator=42, **args).images
+    other = loaded[9].inpaint(sample_image(), sample_mask(), generator=43, **args).images
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)

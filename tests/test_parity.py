@@ -5,7 +5,7 @@ import pytest
 from conftest import diffusers_inpaint, sample_image, sample_mask
 from inpaintrt import Engine
 
-SIZE = dict(height=96, width=160)  # non-square; 12x20 latents, not divisible by the tiny UNet's 4x
+SIZE = dict(height=104, width=160)  # non-square; 13x20 latents: 13 is not divisible by the tiny UNet's 4x
 STEPS = 4
 
 
@@ -15,7 +15,7 @@ def loaded(engines):
 
 
 def compare(pipe, engine, seed, scheduler, output_type, **kwargs):
-    image, mask = sample_image(160, 96), sample_mask(160, 96)
+    image, mask = sample_image(160, 104), sample_mask(160, 104)
     args = dict(prompt="a red bench in a park", num_inference_steps=STEPS, output_type=output_type, **SIZE, **kwargs)
     expected = diffusers_inpaint(pipe, seed, scheduler, image=image, mask_image=mask, **args)
     got = engine.inpaint(image, mask, scheduler=scheduler, generator=np.random.default_rng(seed),
@@ -33,10 +33,10 @@ def test_matches_diffusers(pipes, loaded, channels, scheduler, strength, negativ
     pipe, engine = pipes[channels], loaded[channels]
     kwargs = dict(strength=strength, negative_prompt=negative, guidance_scale=7.5)
     expected, got = compare(pipe, engine, 7, scheduler, "latent", **kwargs)
-    assert got.shape == expected.shape == (1, 4, 12, 20)
+    assert got.shape == expected.shape == (1, 4, 13, 20)
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
     expected, got = compare(pipe, engine, 7, scheduler, "np", **kwargs)
-    assert got.shape == expected.shape == (1, 96, 160, 3) and got.dtype == np.float32
+    assert got.shape == expected.shape == (1, 104, 160, 3) and got.dtype == np.float32
     assert np.abs(got - expected).max() <= 1e-3
 
 
@@ -44,16 +44,16 @@ def test_matches_diffusers(pipes, loaded, channels, scheduler, strength, negativ
 def test_without_guidance_and_several_images(pipes, loaded, channels):
     kwargs = dict(guidance_scale=1.0, num_images_per_prompt=2, strength=0.8)
     expected, got = compare(pipes[channels], loaded[channels], 3, "euler", "latent", **kwargs)
-    assert got.shape == expected.shape == (2, 4, 12, 20)
+    assert got.shape == expected.shape == (2, 4, 13, 20)
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
 
 
 def test_caller_latents_and_prompt_list(pipes, loaded):
     import torch
 
-    noise = np.random.default_rng(5).standard_normal((2, 4, 12, 20), dtype=np.float32)
+    noise = np.random.default_rng(5).standard_normal((2, 4, 13, 20), dtype=np.float32)
     kwargs = dict(prompt=["a cat", "a dog"], negative_prompt=["ugly", "dark"], num_inference_steps=3)
-    image, mask = sample_image(), sample_mask()
+    image, mask = sample_image(160, 104), sample_mask(160, 104)
     expected = diffusers_inpaint(pipes[9], 1, "ddim", image=image, mask_image=mask, latents=torch.from_numpy(noise),
                                  output_type="latent", **SIZE, **kwargs).numpy()
     got = loaded[9].inpaint(image, mask, scheduler="ddim", latents=noise, generator=1, output_type="latent",
@@ -63,15 +63,27 @@ def test_caller_latents_and_prompt_list(pipes, loaded):
 
 def test_pil_output_matches(pipes, loaded):
     expected, got = compare(pipes[9], loaded[9], 11, "pndm", "pil")
-    assert got[0].size == (160, 96)
+    assert got[0].size == (160, 104)
     diff = np.abs(np.asarray(got[0], np.int16) - np.asarray(expected[0], np.int16))
     assert diff.max() <= 1  # uint8 rounding of values equal to 1e-3
 
 
 def test_integer_seed_is_deterministic(loaded):
     args = dict(prompt="x", num_inference_steps=2, output_type="np", progress=False, **SIZE)
-    first = loaded[9].inpaint(sample_image(), sample_mask(), generator=42, **args).images
-    again = loaded[9].inpaint(sample_image(), sample_mask(), generator=42, **args).images
-    other = loaded[9].inpaint(sample_image(), sample_mask(), generator=43, **args).images
+    first = loaded[9].inpaint(sample_image(160, 104), sample_mask(160, 104), generator=42, **args).images
+    again = loaded[9].inpaint(sample_image(160, 104), sample_mask(160, 104), generator=42, **args).images
+    other = loaded[9].inpaint(sample_image(160, 104), sample_mask(160, 104), generator=43, **args).images
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_input_resized_like_diffusers(pipes, loaded):
+    """A 200x130 picture and an RGB mask are resized (Lanczos) and converted as diffusers does.
+    (diffusers itself takes only RGB pictures: it reads an RGBA one's 4 channels as latents.)"""
+    image = sample_image(200, 130, seed=4)
+    mask = sample_mask(200, 130).convert("RGB")
+    args = dict(prompt="a boat", num_inference_steps=3, output_type="latent", **SIZE)
+    expected = diffusers_inpaint(pipes[4], 2, "euler", image=image, mask_image=mask, **args).numpy()
+    got = loaded[4].inpaint(image, mask, scheduler="euler", generator=np.random.default_rng(2), progress=False,
+                            **args).images
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()

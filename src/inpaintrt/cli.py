@@ -1,0 +1,118 @@
+"""Command lines: `inpaint-export` (needs torch + diffusers), `inpaint` and `inpaint-demo`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .runtime.schedulers import SCHEDULERS
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="inpaint-export", description="Export a Stable Diffusion 1.x/2.x checkpoint to an inpaintrt engine directory."
+    )
+    parser.add_argument("--model", required=True,
+                        help="hub id (e.g. runwayml/stable-diffusion-inpainting), diffusers folder or .safetensors file")
+    parser.add_argument("--output", required=True, help="engine directory to write (written atomically)")
+    parser.add_argument("--config", help="single-file checkpoints only: a diffusers folder or hub id with its configs "
+                                         "and tokenizer (otherwise diffusers infers them, which needs the hub)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    args = parser.parse_args(argv)
+    try:
+        from .export.exporter import ExportError, export_engine
+        from .export.loading import CheckpointError, load_pipeline
+    except ImportError as e:
+        return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
+    try:
+        pipe = load_pipeline(args.model, config=args.config)
+        export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite)
+    except (CheckpointError, ExportError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def _inpaint_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inpaint", description="Inpaint an image with an inpaintrt engine directory.")
+    parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
+    parser.add_argument("--image", required=True, help="input picture file")
+    parser.add_argument("--mask", required=True, help="mask file: white = repaint, black = keep")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--negative-prompt")
+    parser.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="guidance_scale; <= 1 turns guidance off")
+    parser.add_argument("--strength", type=float, default=1.0, help="in (0, 1]; lower keeps more of the image")
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
+    parser.add_argument("--seed", type=int, help="random seed (default: fresh entropy)")
+    parser.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
+    parser.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--backend", default="auto", help="auto | ort-cpu")
+    parser.add_argument("--output", default="inpainted.png",
+                        help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
+    return parser
+
+
+def inpaint_main(argv: list[str] | None = None) -> int:
+    args = _inpaint_parser().parse_args(argv)
+    from PIL import Image, UnidentifiedImageError
+
+    from . import Engine
+
+    try:
+        image, mask = Image.open(args.image), Image.open(args.mask)
+        engine = Engine.load(args.engine, backend=args.backend)
+        result = engine.inpaint(
+            image, mask, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+            guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler, generator=args.seed,
+            height=args.height, width=args.width, num_images_per_prompt=args.num_images, progress=True,
+        )
+    except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
+        return _fail(str(e))
+    for path in _output_paths(Path(args.output), len(result.images)):
+        result.images.pop(0).save(path)
+        print(path)
+    return 0
+
+
+def _output_paths(output: Path, count: int) -> list[Path]:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if count == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}-{i + 1}{output.suffix or '.png'}") for i in range(count)]
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    """The quick start's main job: build the embedded default model, export it, inpaint the sample picture."""
+    parser = argparse.ArgumentParser(prog="inpaint-demo", description=demo_main.__doc__)
+    parser.add_argument("--output", default="out", help="folder for the model, the engine and the pictures")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    from . import Engine
+    from .export.exporter import export_engine
+    from .export.loading import load_pipeline
+    from .export.models import save_pipeline
+    from .sample import sample_picture, side_by_side
+
+    out = Path(args.output)
+    checkpoint, engine_dir = out / "default-model", out / "engine"
+    if not (checkpoint / "model_index.json").exists():
+        print(f"building the default model (random weights, SD 1.x architecture) in {checkpoint}")
+        save_pipeline(checkpoint, size="small", in_channels=9, seed=0)
+    if not (engine_dir / "manifest.json").exists():
+        export_engine(load_pipeline(str(checkpoint)), engine_dir, source="inpaintrt default model (random weights)")
+    image, mask = sample_picture(512, 512)
+    engine = Engine.load(engine_dir)
+    print(f"inpainting with backend {engine.backend}")
+    result = engine.inpaint(image, mask, prompt="a wooden bench in a sunny park", num_inference_steps=args.steps,
+                            generator=0).images[0]
+    for name, picture in (("input.png", image), ("mask.png", mask), ("result.png", result)):
+        picture.save(out / name)
+    side_by_side([image, mask, result]).save(out / "side_by_side.png")
+    print(f"result: {out / 'result.png'}\nside by side (input | mask | result): {out / 'side_by_side.png'}")
+    return 0

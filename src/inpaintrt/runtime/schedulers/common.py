@@ -36,7 +36,8 @@ class SchedulerBase:
             )
         self.options = {k: v for k, v in (options or {}).items() if k in self.call_options}
         self.config.update({k: v for k, v in (options or {}).items() if k in known})
-        self.alphas_cumprod = np.cumprod(1.0 - betas(self.config), dtype=np.float32)
+        # torch's float32 cumprod accumulates in double; doing the same keeps sigmas bit-identical
+        self.alphas_cumprod = np.cumprod((1.0 - betas(self.config)).astype(np.float64)).astype(np.float32)
         self.begin_index = 0
         self.timesteps = None
 
@@ -65,15 +66,25 @@ def betas(config: dict) -> np.ndarray:
     if config.get("trained_betas") is not None:
         return np.asarray(config["trained_betas"], dtype=np.float32)
     if schedule == "linear":
-        return np.linspace(config["beta_start"], config["beta_end"], n).astype(np.float32)
+        return torch_linspace(config["beta_start"], config["beta_end"], n)
     if schedule == "scaled_linear":
-        return np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n).astype(np.float32) ** 2
+        return torch_linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
     if schedule == "squaredcos_cap_v2":
         def alpha_bar(t):
             return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
         return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], np.float32)
     raise ValueError(f"beta_schedule {schedule!r} is not supported; use linear, scaled_linear or squaredcos_cap_v2")
+
+
+def torch_linspace(start: float, end: float, n: int) -> np.ndarray:
+    """torch.linspace(start, end, n, dtype=float32) bit for bit: float32 ends and step, summed from both ends."""
+    start32, end32 = np.float64(np.float32(start)), np.float64(np.float32(end))
+    step = np.float64(np.float32((end32 - start32) / max(n - 1, 1)))
+    i = np.arange(n, dtype=np.float64)
+    from_start = start32 + step * i
+    from_end = end32 - step * (n - 1 - i)
+    return np.where(i < n // 2, from_start, from_end).astype(np.float32)
 
 
 def spaced_timesteps(config: dict, num_steps: int) -> np.ndarray:

@@ -8,7 +8,8 @@ from .common import SchedulerBase, spaced_timesteps
 
 class Euler(SchedulerBase):
     name = "euler"
-    defaults = {"interpolation_type": "linear", "use_karras_sigmas": False, "final_sigmas_type": "zero",
+    defaults = {"timestep_spacing": "linspace", "interpolation_type": "linear", "use_karras_sigmas": False,
+                "final_sigmas_type": "zero",
                 "sigma_min": None, "sigma_max": None}
 
     def set_timesteps(self, num_steps: int) -> None:

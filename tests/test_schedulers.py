@@ -1,0 +1,81 @@
+"""Scheduler trajectories against diffusers: same model outputs in, same timesteps and latents out."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import numpy_randn
+from inpaintrt.export.models import SD15_SCHEDULER_CONFIG
+from inpaintrt.runtime.inpaint import run_timesteps
+from inpaintrt.runtime.schedulers import make_scheduler
+
+SD2_V = dict(SD15_SCHEDULER_CONFIG, prediction_type="v_prediction")
+TRAILING = dict(SD15_SCHEDULER_CONFIG, timestep_spacing="trailing", steps_offset=0, beta_schedule="linear",
+                beta_start=0.0001, beta_end=0.02)
+COSINE_LINSPACE = dict(SD15_SCHEDULER_CONFIG, beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace")
+CONFIGS = {"sd15": SD15_SCHEDULER_CONFIG, "sd2-v": SD2_V, "trailing": TRAILING, "cosine-linspace": COSINE_LINSPACE}
+
+CASES = [  # (our name, options, diffusers class, diffusers config overrides, step kwargs)
+    ("pndm", {}, "PNDMScheduler", {}, {}),
+    ("pndm", {"skip_prk_steps": False}, "PNDMScheduler", {"skip_prk_steps": False}, {}),
+    ("ddim", {}, "DDIMScheduler", {}, {}),
+    ("ddim", {"eta": 0.5}, "DDIMScheduler", {}, {"eta": 0.5}),
+    ("euler", {}, "EulerDiscreteScheduler", {}, {}),
+    ("euler", {"use_karras_sigmas": True}, "EulerDiscreteScheduler", {"use_karras_sigmas": True}, {}),
+]
+
+
+def diffusers_trajectory(cls_name, config, steps, strength, outputs, sample, seed, step_kwargs):
+    import diffusers
+
+    sched = getattr(diffusers, cls_name).from_config(config)
+    sched.set_timesteps(steps)
+    t_start = steps - min(int(steps * strength), steps)
+    timesteps = sched.timesteps[t_start * sched.order:]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(t_start * sched.order)
+    x = torch.from_numpy(sample)
+    trajectory = []
+    with numpy_randn(seed):
+        for t, out in zip(timesteps, outputs):
+            x_in = sched.scale_model_input(x, t)
+            x = sched.step(torch.from_numpy(out) + 0 * x_in, t, x, **step_kwargs, return_dict=False)[0]
+            trajectory.append(x.numpy().copy())
+    return timesteps.numpy(), trajectory, float(sched.init_noise_sigma)
+
+
+@pytest.mark.parametrize("config_name", sorted(CONFIGS))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1] or ''}")
+@pytest.mark.parametrize("steps,strength", [(10, 1.0), (7, 0.5)])
+def test_trajectory_matches_diffusers(config_name, case, steps, strength):
+    name, options, cls_name, overrides, step_kwargs = case
+    if not overrides.get("skip_prk_steps", True) and strength < 1:
+        pytest.skip("PNDM's Runge-Kutta warm-up needs the full schedule")
+    config = dict(CONFIGS[config_name], **overrides)
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((1, 4, 5, 6), dtype=np.float32)
+    outputs = [rng.standard_normal((1, 4, 5, 6), dtype=np.float32) for _ in range(64)]
+    ref_t, ref_traj, ref_sigma = diffusers_trajectory(cls_name, config, steps, strength, outputs, sample, 9, step_kwargs)
+
+    sched = make_scheduler(name, config, options)
+    begin, timesteps = run_timesteps(sched, steps, strength)
+    if options.get("use_karras_sigmas"):
+        # fractional timesteps: torch's vectorised float32 pow(x, 0.5) is not numpy's correctly rounded sqrt
+        np.testing.assert_allclose(timesteps, ref_t, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(timesteps.astype(np.float64), ref_t.astype(np.float64))
+    assert sched.init_noise_sigma == pytest.approx(ref_sigma, rel=1e-6)
+    x, gen = sample, np.random.default_rng(9)
+    for i, (out, expected) in enumerate(zip(outputs, ref_traj)):
+        sched.scale_model_input(x, begin + i)
+        x = sched.step(out, begin + i, x, gen)
+        assert np.abs(x - expected).max() <= 1e-5 * np.abs(expected).max(), f"step {i}"
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(ValueError, match=r"scheduler_options \['use_karas_sigmas'\] are not options of scheduler 'euler'"):
+        make_scheduler("euler", SD15_SCHEDULER_CONFIG, {"use_karas_sigmas": True})
+
+
+def test_unknown_scheduler_is_an_error():
+    with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, euler, pndm"):
+        make_scheduler("dpm", SD15_SCHEDULER_CONFIG)

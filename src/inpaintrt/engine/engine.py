@@ -132,13 +132,10 @@ def _check_args(model, image, mask_image, height, width, strength, steps, guidan
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
             raise ValueError(f"{name}={value!r} must be a positive multiple of {factor}, e.g. {max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) else 512}")
-    for name, value in (("image", image), ("mask_image", mask_image)):
-        if value is None:
-            raise ValueError(f"{name} is required: pass a PIL.Image or an HxWxC array")
-    if imaging.input_size(image) != imaging.input_size(mask_image):
+    image_size, mask_size = imaging.input_size(image, "image"), imaging.input_size(mask_image, "mask_image")
+    if image_size != mask_size:
         raise ValueError(
-            f"image is {imaging.input_size(image)} (width, height) but mask_image is {imaging.input_size(mask_image)}; "
-            "pass a mask of the same size as the image"
+            f"image is {image_size} (width, height) but mask_image is {mask_size}; pass a mask of the same size as the image"
         )
     if not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
         raise ValueError(f"strength={strength!r} must be in (0, 1]: 1 repaints fully, smaller keeps more of the image")

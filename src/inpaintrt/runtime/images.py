@@ -10,11 +10,13 @@ import numpy as np
 from PIL import Image
 
 
-def input_size(image) -> tuple[int, int]:
+def input_size(image, name: str) -> tuple[int, int]:
     """(width, height) of a PIL image or HxW[xC] array."""
     if isinstance(image, Image.Image):
         return image.size
-    return image.shape[1], image.shape[0]
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return image.shape[1], image.shape[0]
+    raise ValueError(f"{name} must be a PIL.Image or an HxW / HxWxC numpy array, got {type(image).__name__}")
 
 
 def _as_pil_or_float(value, name: str):

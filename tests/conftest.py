@@ -11,6 +11,21 @@ import pytest
 from PIL import Image
 
 
+PARITY: dict[str, float] = {}  # measure -> worst value seen, printed after the run
+
+
+def record(measure: str, value: float) -> float:
+    PARITY[measure] = max(PARITY.get(measure, 0.0), float(value))
+    return value
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PARITY:
+        terminalreporter.write_line("parity with diffusers (worst over the tests that ran):")
+        for measure, value in sorted(PARITY.items()):
+            terminalreporter.write_line(f"  {measure}: {value:.2e}")
+
+
 def pytest_configure(config):
     for marker, text in (("gpu", "needs a CUDA GPU"), ("tensorrt", "needs TensorRT"), ("slow", "full-size models")):
         config.addinivalue_line("markers", f"{marker}: {text}")

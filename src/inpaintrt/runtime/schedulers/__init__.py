@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from .ddim import DDIM
-from .euler import Euler
+from .euler import Euler, EulerAncestral
+from .heun import Heun
+from .lms import LMS
 from .pndm import PNDM
 
-SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler)}
-# diffusers class name in a checkpoint's scheduler_config.json -> our name
-BY_DIFFUSERS_CLASS = {"PNDMScheduler": "pndm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler"}
+SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler, EulerAncestral, Heun, LMS)}
+# diffusers class name -> our name (a checkpoint's scheduler_config.json names its class)
+DIFFUSERS_CLASSES = {
+    "PNDMScheduler": "pndm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
+}
 
 
 def default_scheduler_name(config: dict) -> str:
-    return BY_DIFFUSERS_CLASS.get(config.get("_class_name", ""), "pndm")
+    return DIFFUSERS_CLASSES.get(config.get("_class_name", ""), "pndm")
 
 
 def make_scheduler(name: str, config: dict, options: dict | None = None):

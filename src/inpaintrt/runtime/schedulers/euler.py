@@ -1,76 +1,52 @@
-"""Euler (Karras et al. 2022, Algorithm 2 without churn), matching diffusers' EulerDiscreteScheduler."""
+"""Euler and Euler ancestral, matching diffusers' EulerDiscreteScheduler and EulerAncestralDiscreteScheduler."""
 from __future__ import annotations
 
 import numpy as np
 
-from .common import SchedulerBase, spaced_timesteps
+from ..noise import draw
+from .sigmas import SigmaScheduler
 
 
-class Euler(SchedulerBase):
+class Euler(SigmaScheduler):
     name = "euler"
-    defaults = {"timestep_spacing": "linspace", "interpolation_type": "linear", "use_karras_sigmas": False,
-                "final_sigmas_type": "zero",
+    defaults = {**SigmaScheduler.defaults, "interpolation_type": "linear", "final_sigmas_type": "zero",
                 "sigma_min": None, "sigma_max": None}
 
     def set_timesteps(self, num_steps: int) -> None:
-        timesteps = spaced_timesteps(self.config, num_steps).astype(np.float32)
-        train_sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
-        if self.config["interpolation_type"] == "linear":
-            sigmas = np.interp(timesteps, np.arange(len(train_sigmas)), train_sigmas)
-        elif self.config["interpolation_type"] == "log_linear":
-            sigmas = np.exp(np.linspace(np.log(train_sigmas[-1]), np.log(train_sigmas[0]), num_steps + 1)
-                            .astype(np.float32))
-        else:
+        timesteps, sigmas = self.schedule(num_steps)
+        if self.config["interpolation_type"] == "log_linear":
+            train = self.train_sigmas
+            sigmas = np.exp(np.linspace(np.log(train[-1]), np.log(train[0]), num_steps + 1).astype(np.float32))
+        elif self.config["interpolation_type"] != "linear":
             raise ValueError("interpolation_type must be 'linear' or 'log_linear'")
-        if self.config["use_karras_sigmas"]:
-            sigmas = karras_sigmas(sigmas, num_steps, self.config)
-            timesteps = sigma_to_t(sigmas, np.log(train_sigmas))
-        if self.config["final_sigmas_type"] == "sigma_min":
-            last = train_sigmas[0]
-        elif self.config["final_sigmas_type"] == "zero":
-            last = 0
-        else:
+        if self.config["final_sigmas_type"] not in ("zero", "sigma_min"):
             raise ValueError("final_sigmas_type must be 'zero' or 'sigma_min'")
+        last = self.train_sigmas[0] if self.config["final_sigmas_type"] == "sigma_min" else 0
         self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
-        self.timesteps = timesteps.astype(np.float32)
-
-    @property
-    def init_noise_sigma(self) -> float:
-        top = self.sigmas.max()
-        return top if self.config["timestep_spacing"] in ("linspace", "trailing") else (top**2 + 1) ** 0.5
-
-    def scale_model_input(self, sample, index):
-        return sample / ((self.sigmas[index] ** 2 + 1) ** 0.5)
+        self.timesteps = timesteps
 
     def step(self, model_output, index, sample, generator=None):
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
-        kind = self.config["prediction_type"]
-        if kind in ("original_sample", "sample"):
-            pred_x0 = model_output
-        elif kind == "epsilon":
-            pred_x0 = sample - sigma * model_output
-        elif kind == "v_prediction":
-            pred_x0 = model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
-        else:
-            raise ValueError(f"Euler supports prediction_type epsilon, sample or v_prediction, not {kind!r}")
-        derivative = (sample - pred_x0) / sigma
+        derivative = (sample - self.predict_x0(model_output, sample, sigma)) / sigma
         return sample + derivative * (sigma_next - sigma)
 
-    def add_noise(self, original, noise, index):
-        return original + noise * self.sigmas[index]
 
+class EulerAncestral(SigmaScheduler):
+    """Euler with fresh noise each step (one generator draw per step)."""
 
-def karras_sigmas(sigmas: np.ndarray, num_steps: int, config: dict, rho: float = 7.0) -> np.ndarray:
-    sigma_min = config.get("sigma_min") or float(sigmas[-1])
-    sigma_max = config.get("sigma_max") or float(sigmas[0])
-    ramp = np.linspace(0, 1, num_steps)
-    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    name = "euler_a"
+    karras = False
 
+    def set_timesteps(self, num_steps: int) -> None:
+        self.timesteps, sigmas = self.schedule(num_steps)
+        self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
 
-def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """Fractional training timesteps whose interpolated sigma is `sigmas` (diffusers' _sigma_to_t)."""
-    log_sigma = np.log(np.maximum(sigmas, 1e-10))
-    dists = log_sigma - log_sigmas[:, None]
-    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1]), 0, 1)
-    return (1 - w) * low + w * (low + 1)
+    def step(self, model_output, index, sample, generator=None):
+        sigma, sigma_to = self.sigmas[index], self.sigmas[index + 1]
+        if self.config["prediction_type"] == "sample":
+            raise ValueError("euler_a does not support prediction_type 'sample'")
+        pred_x0 = self.predict_x0(model_output, sample, sigma)
+        sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
+        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+        prev = sample + (sample - pred_x0) / sigma * (sigma_down - sigma)
+        return prev + draw(generator, model_output.shape) * sigma_up

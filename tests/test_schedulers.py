@@ -26,6 +26,10 @@ CASES = [  # (our name, options, diffusers class, diffusers config overrides, st
     ("heun", {"use_karras_sigmas": True}, "HeunDiscreteScheduler", {"use_karras_sigmas": True}, {}),
     ("lms", {}, "LMSDiscreteScheduler", {}, {}),
     ("lms", {"use_karras_sigmas": True}, "LMSDiscreteScheduler", {"use_karras_sigmas": True}, {}),
+    ("dpmpp_2m", {}, "DPMSolverMultistepScheduler", {}, {}),
+    ("dpmpp_2m_karras", {}, "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, {}),
+    ("dpmpp_2m", {"solver_type": "heun", "final_sigmas_type": "sigma_min"}, "DPMSolverMultistepScheduler",
+     {"solver_type": "heun", "final_sigmas_type": "sigma_min"}, {}),
 ]
 
 
@@ -65,7 +69,7 @@ def test_trajectory_matches_diffusers(config_name, case, steps, strength):
 
     sched = make_scheduler(name, config, options)
     begin, timesteps = run_timesteps(sched, steps, strength)
-    if options.get("use_karras_sigmas"):
+    if options.get("use_karras_sigmas") or name == "dpmpp_2m_karras":
         # fractional timesteps: torch's vectorised float32 pow(x, 0.5) is not numpy's correctly rounded sqrt
         np.testing.assert_allclose(timesteps, ref_t, rtol=1e-6)
     else:

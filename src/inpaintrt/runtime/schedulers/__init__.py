@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 from .ddim import DDIM
+from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepKarras
 from .euler import Euler, EulerAncestral
 from .heun import Heun
 from .lms import LMS
 from .pndm import PNDM
 
-SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler, EulerAncestral, Heun, LMS)}
+SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler, EulerAncestral, Heun, LMS, DPMSolverMultistep,
+                                         DPMSolverMultistepKarras)}
 # diffusers class name -> our name (a checkpoint's scheduler_config.json names its class)
 DIFFUSERS_CLASSES = {
     "PNDMScheduler": "pndm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
 }
 
 

@@ -35,6 +35,7 @@ class SchedulerBase:
                 f"it takes {sorted(set(known) | set(self.call_options))}"
             )
         self.options = {k: v for k, v in (options or {}).items() if k in self.call_options}
+        self.config.update(self.forced)
         self.config.update({k: v for k, v in (options or {}).items() if k in known})
         # torch's float32 cumprod accumulates in double; doing the same keeps sigmas bit-identical
         self.alphas_cumprod = np.cumprod((1.0 - betas(self.config)).astype(np.float64)).astype(np.float32)
@@ -43,6 +44,7 @@ class SchedulerBase:
 
     name = "base"
     call_options: dict = {}  # per-call options (e.g. DDIM's eta) with their defaults
+    forced: dict = {}  # config this name always implies (e.g. Karras sigmas for dpmpp_2m_karras)
 
     def option(self, key):
         return self.options.get(key, self.call_options[key])

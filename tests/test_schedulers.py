@@ -30,6 +30,11 @@ CASES = [  # (our name, options, diffusers class, diffusers config overrides, st
     ("dpmpp_2m_karras", {}, "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, {}),
     ("dpmpp_2m", {"solver_type": "heun", "final_sigmas_type": "sigma_min"}, "DPMSolverMultistepScheduler",
      {"solver_type": "heun", "final_sigmas_type": "sigma_min"}, {}),
+    ("unipc", {}, "UniPCMultistepScheduler", {}, {}),
+    ("unipc", {"solver_order": 3}, "UniPCMultistepScheduler", {"solver_order": 3}, {}),
+    ("unipc", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, "UniPCMultistepScheduler",
+     {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {}),
+    ("unipc", {"use_karras_sigmas": True}, "UniPCMultistepScheduler", {"use_karras_sigmas": True}, {}),
 ]
 
 

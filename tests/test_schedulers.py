@@ -35,6 +35,7 @@ CASES = [  # (our name, options, diffusers class, diffusers config overrides, st
     ("unipc", {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, "UniPCMultistepScheduler",
      {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {}),
     ("unipc", {"use_karras_sigmas": True}, "UniPCMultistepScheduler", {"use_karras_sigmas": True}, {}),
+    ("lcm", {}, "LCMScheduler", {}, {}),
 ]
 
 
@@ -51,7 +52,7 @@ def diffusers_trajectory(cls_name, config, steps, strength, outputs, sample, see
     trajectory = []
     with numpy_randn(seed):
         for t, out in zip(timesteps, outputs):
-            if cls_name == "EulerAncestralDiscreteScheduler":
+            if cls_name in ("EulerAncestralDiscreteScheduler", "LCMScheduler"):
                 step_kwargs = {"generator": torch.Generator()}  # any generator: the patch draws from numpy
             x_in = sched.scale_model_input(x, t)
             x = sched.step(torch.from_numpy(out) + 0 * x_in, t, x, **step_kwargs, return_dict=False)[0]
@@ -93,5 +94,5 @@ def test_unknown_option_is_an_error():
 
 
 def test_unknown_scheduler_is_an_error():
-    with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, euler"):
+    with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, lms, pndm, unipc"):
         make_scheduler("dpm", SD15_SCHEDULER_CONFIG)

@@ -5,17 +5,18 @@ from .ddim import DDIM
 from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepKarras
 from .euler import Euler, EulerAncestral
 from .heun import Heun
+from .lcm import LCM
 from .lms import LMS
 from .pndm import PNDM
 from .unipc import UniPC
 
 SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler, EulerAncestral, Heun, LMS, DPMSolverMultistep,
-                                         DPMSolverMultistepKarras, UniPC)}
+                                         DPMSolverMultistepKarras, UniPC, LCM)}
 # diffusers class name -> our name (a checkpoint's scheduler_config.json names its class)
 DIFFUSERS_CLASSES = {
     "PNDMScheduler": "pndm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
-    "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc",
+    "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc", "LCMScheduler": "lcm",
 }
 
 

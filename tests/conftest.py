@@ -54,14 +54,26 @@ def numpy_randn(seed: int):
             module.randn_tensor = original
 
 
+# our scheduler name -> the diffusers class (and config) a diffusers user would pick
+DIFFUSERS_SCHEDULERS = {
+    "pndm": ("PNDMScheduler", {}), "ddim": ("DDIMScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}), "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}), "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}), "lcm": ("LCMScheduler", {}),
+}
+
+
 def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, **kwargs):
     """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise."""
+    import diffusers
     import torch
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-    classes = {"pndm": PNDMScheduler, "ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
+    if not hasattr(pipe, "checkpoint_scheduler_config"):  # switching classes must not leak options between tests
+        pipe.checkpoint_scheduler_config = pipe.scheduler.config
     if scheduler:
-        pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)
+        class_name, extra = DIFFUSERS_SCHEDULERS[scheduler]
+        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.checkpoint_scheduler_config, **extra)
     with numpy_randn(seed), torch.no_grad():
         return pipe(**kwargs).images
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import diffusers_inpaint, record, sample_image, sample_mask
+from conftest import DIFFUSERS_SCHEDULERS, diffusers_inpaint, record, sample_image, sample_mask
 from inpaintrt import Engine
 
 SIZE = dict(height=104, width=160)  # non-square; 13x20 latents: 13 is not divisible by the tiny UNet's 4x
@@ -26,18 +26,36 @@ def compare(pipe, engine, seed, scheduler, output_type, **kwargs):
 
 
 @pytest.mark.parametrize("channels", [9, 4])
-@pytest.mark.parametrize("scheduler", ["pndm", "ddim", "euler"])
-@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("scheduler", sorted(DIFFUSERS_SCHEDULERS))
+@pytest.mark.parametrize("strength", [1.0, 0.6, 0.5])
 @pytest.mark.parametrize("negative", [None, "blurry, low quality"])
 def test_matches_diffusers(pipes, loaded, channels, scheduler, strength, negative):
-    pipe, engine = pipes[channels], loaded[channels]
-    kwargs = dict(strength=strength, negative_prompt=negative, guidance_scale=7.5)
-    expected, got = compare(pipe, engine, 7, scheduler, "latent", **kwargs)
-    assert got.shape == expected.shape == (1, 4, 13, 20)
-    assert record("latents, max abs diff / max abs", np.abs(got - expected).max() / np.abs(expected).max()) <= 1e-3
-    expected, got = compare(pipe, engine, 7, scheduler, "np", **kwargs)
+    """Final latents (caught by callback_on_step_end on both sides) and the decoded image."""
+    image, mask = sample_image(160, 104), sample_mask(160, 104)
+    args = dict(prompt="a red bench in a park", negative_prompt=negative, num_inference_steps=STEPS, strength=strength,
+                guidance_scale=7.5, output_type="np", **SIZE)
+    theirs, ours = {}, {}
+
+    def catch_theirs(pipe, step, t, tensors):
+        theirs["latents"] = tensors["latents"].numpy().copy()
+        return tensors
+
+    expected = diffusers_inpaint(pipes[channels], 7, scheduler, image=image, mask_image=mask,
+                                 callback_on_step_end=catch_theirs, **args)
+    got = loaded[channels].inpaint(image, mask, scheduler=scheduler, generator=np.random.default_rng(7),
+                                   callback_on_step_end=lambda step, t, x: ours.update(latents=x.copy()),
+                                   progress=False, **args).images
+    assert ours["latents"].shape == theirs["latents"].shape == (1, 4, 13, 20)
+    latent_error = np.abs(ours["latents"] - theirs["latents"]).max() / np.abs(theirs["latents"]).max()
+    assert record("latents, max abs diff / max abs", latent_error) <= 1e-3
     assert got.shape == expected.shape == (1, 104, 160, 3) and got.dtype == np.float32
     assert record("image (np, [0, 1]), max abs diff", np.abs(got - expected).max()) <= 1e-3
+
+
+def test_latent_output_type_matches(pipes, loaded):
+    expected, got = compare(pipes[9], loaded[9], 8, "dpmpp_2m", "latent", strength=0.6)
+    assert got.shape == expected.shape == (1, 4, 13, 20)
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("channels", [9, 4])

@@ -64,7 +64,7 @@ DIFFUSERS_SCHEDULERS = {
 }
 
 
-def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, **kwargs):
+def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_config: dict | None = None, **kwargs):
     """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise."""
     import diffusers
     import torch
@@ -73,7 +73,8 @@ def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, **kwargs):
         pipe.checkpoint_scheduler_config = pipe.scheduler.config
     if scheduler:
         class_name, extra = DIFFUSERS_SCHEDULERS[scheduler]
-        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.checkpoint_scheduler_config, **extra)
+        pipe.scheduler = getattr(diffusers, class_name).from_config(
+            pipe.checkpoint_scheduler_config, **extra, **(scheduler_config or {}))
     with numpy_randn(seed), torch.no_grad():
         return pipe(**kwargs).images
 

@@ -105,3 +105,20 @@ def test_input_resized_like_diffusers(pipes, loaded):
     got = loaded[4].inpaint(image, mask, scheduler="euler", generator=np.random.default_rng(2), progress=False,
                             **args).images
     assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("scheduler,options,pipe_kwargs", [
+    ("pndm", {"skip_prk_steps": False}, {}),
+    ("ddim", {"eta": 0.3}, {"eta": 0.3}),
+    ("euler", {"use_karras_sigmas": True, "timestep_spacing": "trailing"}, {}),
+], ids=["pndm-prk", "ddim-eta", "euler-karras-trailing"])
+@pytest.mark.parametrize("channels", [9, 4])
+def test_scheduler_options_match_diffusers(pipes, loaded, scheduler, options, pipe_kwargs, channels):
+    image, mask = sample_image(160, 104), sample_mask(160, 104)
+    args = dict(prompt="a kite", num_inference_steps=5, output_type="latent", **SIZE)
+    config = {k: v for k, v in options.items() if k != "eta"}  # eta is a call argument in diffusers
+    expected = diffusers_inpaint(pipes[channels], 4, scheduler, config, image=image, mask_image=mask,
+                                 **args, **pipe_kwargs).numpy()
+    got = loaded[channels].inpaint(image, mask, scheduler=scheduler, scheduler_options=options,
+                                   generator=np.random.default_rng(4), progress=False, **args).images
+    assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max()

@@ -96,3 +96,10 @@ def test_unknown_option_is_an_error():
 def test_unknown_scheduler_is_an_error():
     with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, lms, pndm, unipc"):
         make_scheduler("dpm", SD15_SCHEDULER_CONFIG)
+
+
+def test_unimplemented_config_is_refused_not_ignored():
+    with pytest.raises(ValueError, match="sets rescale_betas_zero_snr=True, which inpaintrt's 'ddim' does not implement"):
+        make_scheduler("ddim", dict(SD15_SCHEDULER_CONFIG, rescale_betas_zero_snr=True))
+    with pytest.raises(ValueError, match=r"scheduler_options \['use_karras_sigmas'\] are not options of scheduler 'euler_a'"):
+        make_scheduler("euler_a", SD15_SCHEDULER_CONFIG, {"use_karras_sigmas": True})

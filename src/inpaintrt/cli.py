@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runtime.schedulers import SCHEDULERS
+import json
+
+from .runtime.schedulers import SCHEDULERS, describe_schedulers
 
 
 def _fail(message: str) -> int:
@@ -38,7 +40,11 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def _inpaint_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="inpaint", description="Inpaint an image with an inpaintrt engine directory.")
+    parser = argparse.ArgumentParser(
+        prog="inpaint", description="Inpaint an image with an inpaintrt engine directory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="schedulers (--scheduler) and their options (--scheduler-option NAME=VALUE):\n" + describe_schedulers(),
+    )
     parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     parser.add_argument("--image", required=True, help="input picture file")
     parser.add_argument("--mask", required=True, help="mask file: white = repaint, black = keep")
@@ -48,6 +54,8 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance", type=float, default=7.5, help="guidance_scale; <= 1 turns guidance off")
     parser.add_argument("--strength", type=float, default=1.0, help="in (0, 1]; lower keeps more of the image")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
+    parser.add_argument("--scheduler-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a scheduler setting, e.g. use_karras_sigmas=true or eta=0.3 (JSON values)")
     parser.add_argument("--seed", type=int, help="random seed (default: fresh entropy)")
     parser.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     parser.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
@@ -65,11 +73,13 @@ def inpaint_main(argv: list[str] | None = None) -> int:
     from . import Engine
 
     try:
+        options = dict(_parse_option(text) for text in args.scheduler_option)
         image, mask = Image.open(args.image), Image.open(args.mask)
         engine = Engine.load(args.engine, backend=args.backend)
         result = engine.inpaint(
             image, mask, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler, generator=args.seed,
+            guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler,
+            scheduler_options=options or None, generator=args.seed,
             height=args.height, width=args.width, num_images_per_prompt=args.num_images, progress=True,
         )
     except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
@@ -78,6 +88,16 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         result.images.pop(0).save(path)
         print(path)
     return 0
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--scheduler-option {text!r} must look like NAME=VALUE, e.g. eta=0.3")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value  # a bare word such as trailing
 
 
 def _output_paths(output: Path, count: int) -> list[Path]:

@@ -29,3 +29,16 @@ def make_scheduler(name: str, config: dict, options: dict | None = None):
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler {name!r} is unknown; choose one of {', '.join(sorted(SCHEDULERS))}")
     return SCHEDULERS[name](config, options)
+
+
+def describe_schedulers() -> str:
+    """One line per scheduler: name, the diffusers class it matches, the options it takes."""
+    classes = {ours: theirs for theirs, ours in DIFFUSERS_CLASSES.items()}
+    lines = []
+    for name, cls in sorted(SCHEDULERS.items()):
+        sched = cls({})
+        options = sorted(set(sched.config) | set(cls.call_options))
+        theirs = classes.get(name, classes.get(name.replace("_karras", ""), "")) + (
+            " with use_karras_sigmas=True" if name.endswith("_karras") else "")
+        lines.append(f"  {name:16} {theirs}\n  {'':16} options: {', '.join(options)}")
+    return "\n".join(lines)

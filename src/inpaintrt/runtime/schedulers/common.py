@@ -21,6 +21,12 @@ COMMON_DEFAULTS = {
 }
 
 
+# diffusers settings not implemented here: a config that turns one on is refused, not silently ignored
+UNSUPPORTED = {"rescale_betas_zero_snr": False, "thresholding": False, "use_exponential_sigmas": False,
+               "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+               "timestep_type": "discrete", "variance_type": None, "use_dynamic_shifting": False}
+
+
 class SchedulerBase:
     defaults: dict = {}
     order = 1
@@ -37,6 +43,12 @@ class SchedulerBase:
         self.options = {k: v for k, v in (options or {}).items() if k in self.call_options}
         self.config.update(self.forced)
         self.config.update({k: v for k, v in (options or {}).items() if k in known})
+        for key, default in UNSUPPORTED.items():
+            if config.get(key, default) != default:
+                raise ValueError(
+                    f"the scheduler config sets {key}={config[key]!r}, which inpaintrt's {self.name!r} does not "
+                    "implement; results would differ from diffusers"
+                )
         # torch's float32 cumprod accumulates in double; doing the same keeps sigmas bit-identical
         self.alphas_cumprod = np.cumprod((1.0 - betas(self.config)).astype(np.float64)).astype(np.float32)
         self.begin_index = 0

@@ -9,7 +9,8 @@ from .sigmas import SigmaScheduler
 
 class Euler(SigmaScheduler):
     name = "euler"
-    defaults = {**SigmaScheduler.defaults, "interpolation_type": "linear", "final_sigmas_type": "zero",
+    defaults = {**SigmaScheduler.defaults, "use_karras_sigmas": False, "interpolation_type": "linear",
+                "final_sigmas_type": "zero",
                 "sigma_min": None, "sigma_max": None}
 
     def set_timesteps(self, num_steps: int) -> None:
@@ -35,7 +36,6 @@ class EulerAncestral(SigmaScheduler):
     """Euler with fresh noise each step (one generator draw per step)."""
 
     name = "euler_a"
-    karras = False
 
     def set_timesteps(self, num_steps: int) -> None:
         self.timesteps, sigmas = self.schedule(num_steps)

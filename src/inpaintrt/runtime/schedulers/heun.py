@@ -9,7 +9,7 @@ from .sigmas import SigmaScheduler
 class Heun(SigmaScheduler):
     name = "heun"
     order = 2
-    defaults = {**SigmaScheduler.defaults, "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+    defaults = {**SigmaScheduler.defaults, "use_karras_sigmas": False, "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
                 "clip_sample_range": 1.0, "sigma_min": None, "sigma_max": None}
 
     def set_timesteps(self, num_steps: int) -> None:

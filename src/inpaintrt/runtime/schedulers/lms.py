@@ -10,6 +10,7 @@ ORDER = 4
 
 class LMS(SigmaScheduler):
     name = "lms"
+    defaults = {**SigmaScheduler.defaults, "use_karras_sigmas": False, "sigma_min": None, "sigma_max": None}
 
     def set_timesteps(self, num_steps: int) -> None:
         self.timesteps, sigmas = self.schedule(num_steps)

@@ -11,14 +11,13 @@ from .common import SchedulerBase, spaced_timesteps
 
 
 class SigmaScheduler(SchedulerBase):
-    defaults = {"timestep_spacing": "linspace", "use_karras_sigmas": False}
-    karras = True  # whether the class has use_karras_sigmas
+    defaults = {"timestep_spacing": "linspace"}
 
     def schedule(self, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(float32 timesteps, float64 sigmas) before the final sigma is appended."""
         timesteps = spaced_timesteps(self.config, num_steps).astype(np.float32)
         sigmas = np.interp(timesteps, np.arange(len(self.train_sigmas)), self.train_sigmas)
-        if self.karras and self.config["use_karras_sigmas"]:
+        if self.config.get("use_karras_sigmas"):
             sigmas = karras_sigmas(sigmas, num_steps, self.config)
             timesteps = sigma_to_t(sigmas, np.log(self.train_sigmas)).astype(np.float32)
         return timesteps, sigmas

@@ -28,14 +28,14 @@ CALL_CASES = [  # (overrides, expected message fragment)
     (dict(guidance_scale=float("nan")), "guidance_scale=nan must be a finite number"),
     (dict(output_type="tensor"), "output_type='tensor' is unknown"),
     (dict(num_images_per_prompt=0), "num_images_per_prompt=0 must be an integer >= 1"),
-    (dict(prompt=None), "prompt must be a string or a non-empty list of strings"),
+    (dict(prompt=123), "prompt must be a string or a non-empty list of strings"),
     (dict(prompt=["a", "b"], negative_prompt=["x", "y", "z"]), "negative_prompt has 3 entries but prompt has 2"),
     (dict(latents=np.zeros((1, 4, 7, 7), np.float32)), r"latents has shape \(1, 4, 7, 7\); for this call it must be"),
     (dict(generator="seed"), "generator must be an int seed or an object with standard_normal"),
     (dict(scheduler_options={"etaa": 1}), r"scheduler_options \['etaa'\] are not options of scheduler 'pndm'"),
     (dict(image=np.full((64, 96, 3), np.nan, np.float32)), "image contains NaN or infinite values"),
     (dict(image=np.zeros((64, 96, 3), np.int32)), "image array has dtype int32; pass uint8"),
-    (dict(image="picture.png"), "image must be a PIL.Image or an HxW / HxWxC numpy array"),
+    (dict(image=3.5), "image must be a PIL.Image, an HxW / HxWxC numpy array, a file path or bytes"),
 ]
 
 

@@ -1,22 +1,22 @@
 """Engine: load an engine directory and inpaint with diffusers' StableDiffusionInpaintPipeline arguments."""
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime import images as imaging
-from ..runtime.inpaint import Models, Request, decode_latents, denoise
+from ..runtime import masking
+from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.tokenizer import PromptTokenizer
+from . import arguments as check
 from .backends import create_backend, resolve_backend
 from .manifest import COMPONENTS, read_manifest
 
-OUTPUT_TYPES = ("pil", "np", "latent")
+__all__ = ["Engine", "InpaintOutput", "StopDenoising"]
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Engine:
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
         tok = manifest["tokenizer"]
         self.tokenizer = PromptTokenizer(root / tok["file"], tok["max_length"], tok["pad_id"])
+        self.text_shape = tuple(manifest["components"]["text_encoder"]["outputs"][0]["shape"][1:])
         self.sessions = {name: create_backend(backend, root / manifest["components"][name]["file"])
                          for name in COMPONENTS}
         self._models = Models(
@@ -52,44 +53,121 @@ class Engine:
         manifest = read_manifest(root, verify_hashes=verify_hashes)
         return cls(root, manifest, resolve_backend(backend))
 
-    def encode_prompt(self, prompts: list[str]) -> np.ndarray:
-        """CLIP text embeddings (len(prompts), seq, hidden)."""
-        ids = self.tokenizer(prompts)
-        return _single(self.sessions["text_encoder"].run({"input_ids": ids}))
+    def _embed(self, prompts: list[str]) -> np.ndarray:
+        return _single(self.sessions["text_encoder"].run({"input_ids": self.tokenizer(prompts)}))
+
+    def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5):
+        """(prompt_embeds, negative_prompt_embeds or None), as diffusers' encode_prompt returns them."""
+        found = check.prompts(prompt, "prompt")
+        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        embeds = np.repeat(self._embed(found), per_prompt, axis=0)
+        if guidance_scale <= 1:
+            return embeds, None
+        return embeds, np.repeat(self._embed(check.negatives(negative_prompt, len(found))), per_prompt, axis=0)
 
     def inpaint(
-        self, image, mask_image, prompt="", negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
+        self, image, mask_image, prompt=None, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
         strength=1.0, scheduler=None, scheduler_options=None, generator=None, latents=None, height=None,
-        width=None, num_images_per_prompt=1, output_type="pil", callback_on_step_end=None, progress=True,
+        width=None, num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
+        keep_input_size=False, prompt_embeds=None, negative_prompt_embeds=None, output_type="pil",
+        callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS,
     ) -> InpaintOutput:
-        """Repaint the white part of `mask_image` in `image`, as StableDiffusionInpaintPipeline does."""
-        height = self.model["default_height"] if height is None else height
-        width = self.model["default_width"] if width is None else width
-        prompts = _prompts(prompt, "prompt")
-        steps = _check_args(self.model, image, mask_image, height, width, strength, num_inference_steps,
-                            guidance_scale, num_images_per_prompt, output_type)
+        """Repaint the white part of `mask_image` in `image`, as StableDiffusionInpaintPipeline does.
+
+        Beyond diffusers' arguments: `keep_unmasked` pastes the result over the input so unmasked
+        pixels are unchanged (output at the input's size); `keep_input_size` sets height/width from
+        the input (rounded down to multiples of 8); `image` may be latents (1, 4, h, w) from an
+        earlier `output_type="latent"` call; `callback_on_step_end(step, timestep, latents)` may
+        return new latents or raise StopDenoising to finish early.
+        """
+        steps = check.integer(num_inference_steps, "num_inference_steps", 1)
+        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
+        if output_type == "latent" and (keep_unmasked or padding_mask_crop is not None):
+            raise ValueError("keep_unmasked and padding_mask_crop paste pixels; use output_type 'pil' or 'np'")
         sched = make_scheduler(scheduler or self.default_scheduler, self.scheduler_config, scheduler_options)
         gen = as_generator(generator)
-        batch = len(prompts) * num_images_per_prompt
+        factor = self.model["vae_scale_factor"]
 
-        embeddings = np.repeat(self.encode_prompt(prompts), num_images_per_prompt, axis=0)
-        if guidance_scale > 1:
-            negatives = _negatives(negative_prompt, len(prompts))
-            uncond = np.repeat(self.encode_prompt(negatives), num_images_per_prompt, axis=0)
-            embeddings = np.concatenate([uncond, embeddings])
+        given_latents = check.latent_image(image, self.model["latent_channels"])
+        picture = None if given_latents is not None else imaging.load_picture(image, "image", max_pixels)
+        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
+        if picture is not None and imaging.picture_size(picture) != imaging.picture_size(mask):
+            raise ValueError(f"image is {imaging.picture_size(picture)} (width, height) but mask_image is "
+                             f"{imaging.picture_size(mask)}; pass a mask of the same size as the image")
+        if given_latents is not None and (keep_unmasked or padding_mask_crop is not None or keep_input_size):
+            raise ValueError("image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a picture")
+        height, width = self._size(height, width, picture, given_latents, keep_input_size)
+        if blur_factor:
+            mask = masking.blur(mask, blur_factor)
+        crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
+
+        cond, uncond = self._embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                        per_prompt, guidance_scale)
+        batch = cond.shape[0]
         if latents is not None:
-            latents = _check_latents(latents, self.model, batch, height, width)
-
+            latents = check.latents(latents, "latents", (batch, self.model["latent_channels"], height // factor,
+                                                         width // factor))
+        if given_latents is not None:
+            pixels = np.clip(decode_latents(self._models, given_latents.astype(np.float32)), -1, 1)
+        else:
+            pixels = imaging.preprocess_image(picture, height, width, crop)
         request = Request(
-            image=imaging.preprocess_image(image, height, width),
-            mask=imaging.preprocess_mask(mask_image, height, width),
-            embeddings=embeddings.astype(np.float32), batch=batch, guidance_scale=float(guidance_scale),
-            num_inference_steps=steps, strength=float(strength), latents=latents, callback=callback_on_step_end,
+            image=pixels, mask=imaging.preprocess_mask(mask, height, width, crop),
+            embeddings=cond if uncond is None else np.concatenate([uncond, cond]), batch=batch,
+            guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
+            latents=latents, callback=callback_on_step_end,
+            image_latents=None if given_latents is None else given_latents.astype(np.float32),
         )
         final = denoise(self._models, sched, request, gen, _progress(progress))
         if output_type == "latent":
             return InpaintOutput(final)
-        return InpaintOutput(imaging.postprocess(decode_latents(self._models, final), output_type))
+        images = imaging.postprocess(decode_latents(self._models, final))
+        if crop is None and not keep_unmasked:
+            return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images)
+        pasted = [masking.overlay(mask, picture, result, crop) for result in imaging.to_pil(images)]
+        if output_type == "pil":
+            return InpaintOutput(pasted)
+        return InpaintOutput(np.stack([np.asarray(p, np.float32) / 255.0 for p in pasted]))
+
+    def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
+        factor = self.model["vae_scale_factor"]
+        if keep_input_size:
+            if height is not None or width is not None:
+                raise ValueError("keep_input_size=True sets height and width from the image; do not pass them too")
+            w, h = imaging.picture_size(picture)
+            height, width = max(factor, h // factor * factor), max(factor, w // factor * factor)
+        elif given_latents is not None:
+            own = (given_latents.shape[2] * factor, given_latents.shape[3] * factor)
+            if (height or own[0], width or own[1]) != own:
+                raise ValueError(f"image latents {given_latents.shape} mean {own[0]}x{own[1]} pixels (height x width); "
+                                 "leave height and width unset or match them")
+            height, width = own
+        height = self.model["default_height"] if height is None else height
+        width = self.model["default_width"] if width is None else width
+        return check.check_size(height, width, factor)
+
+    def _embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, per_prompt, guidance):
+        """(cond, uncond or None), each (B, seq, hidden) with B = prompts x images per prompt."""
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        if prompt_embeds is None:
+            cond, uncond = self.encode_prompt("" if prompt is None else prompt, negative_prompt, per_prompt, guidance)
+            if negative_prompt_embeds is None or uncond is None:
+                return cond, uncond
+            count = cond.shape[0] // per_prompt
+        else:
+            given = check.embeddings(prompt_embeds, "prompt_embeds", *self.text_shape)
+            count = given.shape[0]
+            cond = np.repeat(given, per_prompt, axis=0)
+            if guidance <= 1:
+                return cond, None
+            if negative_prompt_embeds is None:
+                return cond, np.repeat(self._embed(check.negatives(negative_prompt, count)), per_prompt, axis=0)
+        negative = check.embeddings(negative_prompt_embeds, "negative_prompt_embeds", *self.text_shape, batch=count)
+        return cond, np.repeat(negative, per_prompt, axis=0)
 
 
 def _single(outputs: dict) -> np.ndarray:
@@ -106,56 +184,3 @@ def _progress(enabled: bool):
     from tqdm.auto import tqdm
 
     return lambda steps: tqdm(steps, desc="denoising", unit="step")
-
-
-def _prompts(prompt, name: str) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}")
-
-
-def _negatives(negative_prompt, count: int) -> list[str]:
-    if negative_prompt is None:
-        return [""] * count
-    negatives = _prompts(negative_prompt, "negative_prompt")
-    if len(negatives) == 1:
-        return negatives * count
-    if len(negatives) != count:
-        raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {count}; give one or {count}")
-    return negatives
-
-
-def _check_args(model, image, mask_image, height, width, strength, steps, guidance, per_prompt, output_type) -> int:
-    factor = model["vae_scale_factor"]
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
-            raise ValueError(f"{name}={value!r} must be a positive multiple of {factor}, e.g. {max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) else 512}")
-    image_size, mask_size = imaging.input_size(image, "image"), imaging.input_size(mask_image, "mask_image")
-    if image_size != mask_size:
-        raise ValueError(
-            f"image is {image_size} (width, height) but mask_image is {mask_size}; pass a mask of the same size as the image"
-        )
-    if not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
-        raise ValueError(f"strength={strength!r} must be in (0, 1]: 1 repaints fully, smaller keeps more of the image")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"num_inference_steps={steps!r} must be an integer >= 1")
-    if not isinstance(guidance, numbers.Real) or not math.isfinite(guidance):
-        raise ValueError(f"guidance_scale={guidance!r} must be a finite number (<= 1 turns guidance off)")
-    if isinstance(per_prompt, bool) or not isinstance(per_prompt, numbers.Integral) or per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt={per_prompt!r} must be an integer >= 1")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(OUTPUT_TYPES)}")
-    return int(steps)
-
-
-def _check_latents(latents, model, batch: int, height: int, width: int) -> np.ndarray:
-    factor = model["vae_scale_factor"]
-    expected = (batch, model["latent_channels"], height // factor, width // factor)
-    latents = np.asarray(latents)
-    if latents.shape != expected:
-        raise ValueError(f"latents has shape {latents.shape}; for this call it must be {expected}")
-    if not np.isfinite(latents).all():
-        raise ValueError("latents contains NaN or infinite values")
-    return latents.astype(np.float32)

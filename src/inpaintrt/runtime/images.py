@@ -1,42 +1,100 @@
-"""Image and mask pre/post-processing with diffusers' VaeImageProcessor semantics (DESIGN.md §3).
+"""Pictures in and out, with diffusers' VaeImageProcessor semantics (DESIGN.md §3).
 
-PIL images are resized with Lanczos in their own mode and then converted (RGB / L), as diffusers
-does; uint8 arrays are treated as the PIL images they describe; float arrays in [0, 1] are taken
-as they are and, like diffusers' tensors, resized with nearest-neighbour interpolation.
+Inputs may be PIL images of any common mode, file paths, bytes, uint8 arrays (read as the PIL
+image they describe) or float arrays in [0, 1] (taken as they are and, like diffusers' tensors,
+resized with nearest-neighbour interpolation). PIL images are resized with Lanczos in their own
+mode and then converted (RGB / L), as diffusers does. Files are checked for size from their
+header before a pixel is decoded.
 """
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def input_size(image, name: str) -> tuple[int, int]:
-    """(width, height) of a PIL image or HxW[xC] array."""
-    if isinstance(image, Image.Image):
-        return image.size
-    if isinstance(image, np.ndarray) and image.ndim >= 2:
-        return image.shape[1], image.shape[0]
-    raise ValueError(f"{name} must be a PIL.Image or an HxW / HxWxC numpy array, got {type(image).__name__}")
+MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (decompression bombs)
 
 
-def _as_pil_or_float(value, name: str):
+def load_picture(value, name: str, max_pixels: int = MAX_PIXELS):
+    """A PIL image in a mode diffusers handles, or a float32 HxWxC array in [0, 1]."""
+    if isinstance(value, (str, Path, bytes, bytearray)):
+        value = _open(value, name, max_pixels)
     if isinstance(value, Image.Image):
-        return value
+        return _normal_mode(_checked_size(value, name, max_pixels), name)
     if isinstance(value, np.ndarray):
-        if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"{name} must be an HxW or HxWxC (C = 1, 3 or 4) array, got shape {value.shape}")
-        if value.shape[0] == 0 or value.shape[1] == 0:
-            raise ValueError(f"{name} is empty (shape {value.shape}); pass a picture with pixels")
-        if value.dtype == np.uint8:
-            return Image.fromarray(value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value)
-        if np.issubdtype(value.dtype, np.floating):
-            if not np.isfinite(value).all():
-                raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1]")
-            if value.min() < 0 or value.max() > 1:
-                raise ValueError(f"{name} float values must lie in [0, 1], got [{value.min():.3g}, {value.max():.3g}]")
-            return value.astype(np.float32)
-        raise ValueError(f"{name} array has dtype {value.dtype}; pass uint8 (0-255) or float (0-1)")
-    raise ValueError(f"{name} must be a PIL.Image or a numpy array, got {type(value).__name__}")
+        return _array(value, name, max_pixels)
+    raise ValueError(
+        f"{name} must be a PIL.Image, an HxW / HxWxC numpy array, a file path or bytes; got {type(value).__name__}"
+    )
+
+
+def _open(source, name: str, max_pixels: int) -> Image.Image:
+    try:
+        picture = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file {str(source)!r}") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name} is too large to decode safely ({e}); pass a picture of at most {max_pixels} pixels") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{name} is not a picture PIL can read ({e}); pass a PNG, JPEG or WebP file") from None
+    _checked_size(picture, name, max_pixels)  # from the header, before decoding
+    try:
+        picture.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{name} could not be decoded ({e}); the file is truncated or corrupt") from None
+    return picture
+
+
+def _checked_size(picture: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    width, height = picture.size
+    if width < 1 or height < 1:
+        raise ValueError(f"{name} is empty ({width}x{height}); pass a picture with pixels")
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{name} is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed; "
+            "downscale it first (the model works at 512-1024 pixels anyway)"
+        )
+    return picture
+
+
+def _normal_mode(picture: Image.Image, name: str) -> Image.Image:
+    """16/32-bit integer and float pictures become 8-bit, palettes keep their colours."""
+    if picture.mode.startswith("I"):  # I, I;16, I;16B, ...: scale the integer range down to 8 bits
+        values = np.asarray(picture, dtype=np.float64)
+        top = 65535.0 if picture.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8), "L")
+    if picture.mode == "F":
+        values = np.asarray(picture, dtype=np.float32)
+        return _array(values, name, values.size)
+    if picture.mode == "P":
+        return picture.convert("RGBA" if "transparency" in picture.info else "RGB")
+    return picture
+
+
+def _array(value: np.ndarray, name: str, max_pixels: int):
+    if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"{name} must be an HxW or HxWxC (C = 1, 3 or 4) array, got shape {value.shape}")
+    if value.shape[0] == 0 or value.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {value.shape}); pass a picture with pixels")
+    if value.shape[0] * value.shape[1] > max_pixels:
+        raise ValueError(f"{name} has {value.shape[0] * value.shape[1]} pixels, more than the {max_pixels} allowed")
+    if value.dtype == np.uint8:
+        return Image.fromarray(value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value)
+    if np.issubdtype(value.dtype, np.floating):
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1]")
+        if value.min() < 0 or value.max() > 1:
+            raise ValueError(f"{name} float values must lie in [0, 1], got [{value.min():.3g}, {value.max():.3g}]")
+        pixels = value.astype(np.float32)
+        return pixels if pixels.ndim == 3 else pixels[..., None]
+    raise ValueError(f"{name} array has dtype {value.dtype}; pass uint8 (0-255) or float (0-1)")
+
+
+def picture_size(picture) -> tuple[int, int]:
+    """(width, height) of a loaded picture."""
+    return picture.size if isinstance(picture, Image.Image) else (picture.shape[1], picture.shape[0])
 
 
 def nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -48,38 +106,62 @@ def nearest_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return array[..., index(array.shape[-2], height)[:, None], index(array.shape[-1], width)[None, :]]
 
 
-def _float_pixels(value, height: int, width: int, mode: str) -> np.ndarray:
+def _float_pixels(picture, height: int, width: int, mode: str, crop=None) -> np.ndarray:
     """float32 HxWxC in [0, 1] at (height, width): RGB for 'RGB', one channel for 'L'."""
-    value = _as_pil_or_float(value, "image" if mode == "RGB" else "mask_image")
-    if isinstance(value, Image.Image):
-        value = value.resize((width, height), resample=Image.LANCZOS).convert(mode)
-        pixels = np.asarray(value, dtype=np.float32) / 255.0
+    if isinstance(picture, Image.Image):
+        if crop is not None:
+            picture = resize_and_fill(picture.crop(crop), width, height)
+        else:
+            picture = picture.resize((width, height), resample=Image.LANCZOS)
+        pixels = np.asarray(picture.convert(mode), dtype=np.float32) / 255.0
         return pixels[..., None] if pixels.ndim == 2 else pixels
-    pixels = value if value.ndim == 3 else value[..., None]
+    if crop is not None:
+        raise ValueError("padding_mask_crop needs PIL or uint8 pictures (diffusers' 'fill' resize is PIL-only)")
+    pixels = picture
     if mode == "RGB" and pixels.shape[2] != 3:
         pixels = np.repeat(pixels[..., :1], 3, axis=2) if pixels.shape[2] == 1 else pixels[..., :3]
     if mode == "L" and pixels.shape[2] != 1:
-        rgb = pixels[..., :3]
-        pixels = (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        pixels = (pixels[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     return nearest_resize(pixels.transpose(2, 0, 1), height, width).transpose(1, 2, 0)
 
 
-def preprocess_image(image, height: int, width: int) -> np.ndarray:
+def preprocess_image(picture, height: int, width: int, crop=None) -> np.ndarray:
     """(1, 3, H, W) float32 in [-1, 1]."""
-    pixels = _float_pixels(image, height, width, "RGB")
+    pixels = _float_pixels(picture, height, width, "RGB", crop)
     return (2.0 * pixels - 1.0).transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def preprocess_mask(mask, height: int, width: int) -> np.ndarray:
+def preprocess_mask(picture, height: int, width: int, crop=None) -> np.ndarray:
     """(1, 1, H, W) float32 of 0/1: 1 where the picture is repainted."""
-    pixels = _float_pixels(mask, height, width, "L")
-    binary = (pixels >= 0.5).astype(np.float32)
-    return binary.transpose(2, 0, 1)[None]
+    pixels = _float_pixels(picture, height, width, "L", crop)
+    return (pixels >= 0.5).astype(np.float32).transpose(2, 0, 1)[None]
 
 
-def postprocess(decoded: np.ndarray, output_type: str):
-    """VAE output (B, 3, H, W) in [-1, 1] -> float (B, H, W, 3) in [0, 1] or a list of PIL images."""
-    images = np.clip(decoded / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1).astype(np.float32)
-    if output_type == "np":
-        return images
+def resize_and_fill(picture: Image.Image, width: int, height: int) -> Image.Image:
+    """diffusers' resize_mode='fill': fit inside, centre, and stretch the edge rows/columns into the gaps."""
+    ratio, src_ratio = width / height, picture.width / picture.height
+    src_w = width if ratio < src_ratio else picture.width * height // picture.height
+    src_h = height if ratio >= src_ratio else picture.height * width // picture.width
+    resized = picture.resize((src_w, src_h), resample=Image.LANCZOS)
+    out = Image.new("RGB", (width, height))
+    out.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
+    if ratio < src_ratio:
+        fill = height // 2 - src_h // 2
+        if fill > 0:
+            out.paste(resized.resize((width, fill), box=(0, 0, width, 0)), box=(0, 0))
+            out.paste(resized.resize((width, fill), box=(0, resized.height, width, resized.height)), box=(0, fill + src_h))
+    elif ratio > src_ratio:
+        fill = width // 2 - src_w // 2
+        if fill > 0:
+            out.paste(resized.resize((fill, height), box=(0, 0, 0, height)), box=(0, 0))
+            out.paste(resized.resize((fill, height), box=(resized.width, 0, resized.width, height)), box=(fill + src_w, 0))
+    return out
+
+
+def postprocess(decoded: np.ndarray) -> np.ndarray:
+    """VAE output (B, 3, H, W) in [-1, 1] -> float32 (B, H, W, 3) in [0, 1]."""
+    return np.clip(decoded / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1).astype(np.float32)
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(x) for x in (images * 255).round().astype(np.uint8)]

@@ -16,6 +16,10 @@ from .images import nearest_resize
 from .noise import draw
 
 
+class StopDenoising(Exception):
+    """Raise it from callback_on_step_end to finish early: the latents so far are decoded and returned."""
+
+
 @dataclass
 class Models:
     encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image -> latent mean, logvar
@@ -38,6 +42,7 @@ class Request:
     strength: float
     latents: np.ndarray | None = None  # caller's initial noise (B, C, h, w)
     callback: Callable | None = None  # (step, timestep, latents) -> latents or None
+    image_latents: np.ndarray | None = None  # the image already as scaled latents (1, C, h, w): not encoded again
 
 
 def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
@@ -73,7 +78,9 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
 
     # draw 1: the image's own latents, when the 4-channel blend or a partial strength needs them
     image_latents = None
-    if blend or (r.latents is None and not full_strength):
+    if r.image_latents is not None:
+        image_latents = np.repeat(r.image_latents, r.batch, axis=0)
+    elif blend or (r.latents is None and not full_strength):
         image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
     # draw 2: the initial noise, unless the caller gave it
     if r.latents is None:
@@ -112,10 +119,20 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
                 proper = scheduler.add_noise(image_latents, noise, index + 1)
             latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
         if r.callback is not None:
-            changed = r.callback(i, t, latents)
+            try:
+                changed = r.callback(i, t, latents)
+            except StopDenoising:
+                break
             if changed is not None:
-                latents = np.asarray(changed, dtype=np.float32)
+                latents = _checked_callback_latents(changed, latents.shape)
     return latents
+
+
+def _checked_callback_latents(changed, shape) -> np.ndarray:
+    changed = np.asarray(changed, dtype=np.float32)
+    if changed.shape != shape or not np.isfinite(changed).all():
+        raise ValueError(f"callback_on_step_end returned latents of shape {changed.shape}; return finite {shape} or None")
+    return changed
 
 
 def decode_latents(models: Models, latents: np.ndarray) -> np.ndarray:

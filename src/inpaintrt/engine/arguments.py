@@ -1,0 +1,90 @@
+"""Checks of Engine.inpaint's arguments: each failure is a ValueError naming the parameter and the fix."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+def integer(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop) -> None:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
+        raise ValueError(f"strength={strength!r} must be in (0, 1]: 1 repaints fully, smaller keeps more of the image")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number (<= 1 turns guidance off)")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(OUTPUT_TYPES)}")
+    if isinstance(blur_factor, bool) or not isinstance(blur_factor, numbers.Real) or not 0 <= blur_factor < 1e4:
+        raise ValueError(f"blur_factor={blur_factor!r} must be a blur radius in pixels >= 0 (0 = no blur)")
+    if padding_mask_crop is not None:
+        integer(padding_mask_crop, "padding_mask_crop", 0)
+
+
+def check_size(height, width, factor: int) -> tuple[int, int]:
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
+            hint = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) and value == value else 512
+            raise ValueError(f"{name}={value!r} must be a positive multiple of {factor}, e.g. {hint}")
+    return int(height), int(width)
+
+
+def prompts(prompt, name: str) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+
+
+def negatives(negative_prompt, count: int) -> list[str]:
+    if negative_prompt is None:
+        return [""] * count
+    found = prompts(negative_prompt, "negative_prompt")
+    if len(found) == 1:
+        return found * count
+    if len(found) != count:
+        raise ValueError(f"negative_prompt has {len(found)} entries but prompt has {count}; give one or {count}")
+    return found
+
+
+def embeddings(value, name: str, seq: int, hidden: int, batch: int | None = None) -> np.ndarray:
+    """prompt_embeds-like input: float (B, seq, hidden), finite."""
+    if not isinstance(value, np.ndarray) and hasattr(value, "__array__"):
+        value = np.asarray(value)  # e.g. a CPU torch tensor from Compel
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
+        raise ValueError(f"{name} must be a float array of shape (batch, {seq}, {hidden}), got {type(value).__name__}"
+                         + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else ""))
+    if value.ndim != 3 or value.shape[1:] != (seq, hidden) or (batch is not None and value.shape[0] != batch):
+        want = f"({batch if batch is not None else 'batch'}, {seq}, {hidden})"
+        raise ValueError(f"{name} has shape {value.shape}; this engine's text encoder gives {want}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value.astype(np.float32)
+
+
+def latents(value, name: str, expected: tuple) -> np.ndarray:
+    value = np.asarray(value)
+    if value.shape != expected:
+        raise ValueError(f"{name} has shape {value.shape}; for this call it must be {expected}")
+    if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+        raise ValueError(f"{name} must be finite floats")
+    return value.astype(np.float32)
+
+
+def latent_image(image, channels: int) -> np.ndarray | None:
+    """The image given as latents ((1, C, h, w) or (C, h, w) floats), or None for a picture."""
+    if not isinstance(image, np.ndarray) or not np.issubdtype(image.dtype, np.floating):
+        return None
+    if image.ndim == 4 and image.shape[:2] == (1, channels):
+        return image
+    if image.ndim == 3 and image.shape[0] == channels and image.shape[2] not in (1, 3, 4):
+        return image[None]
+    return None

@@ -1,6 +1,11 @@
-"""Bad input gets a ValueError that names the parameter and the fix, never a deep traceback."""
+"""Bad input gets a ValueError that names the parameter and the fix, never a deep traceback.
+
+The documented exception for every bad input is ValueError (EngineDirectoryError is one)."""
+import io
 import json
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -10,6 +15,25 @@ from inpaintrt import Engine
 from inpaintrt.engine.manifest import EngineDirectoryError
 
 IMAGE, MASK = sample_image(96, 64), sample_mask(96, 64)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height and that has no pixel data: decoding it would be the bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+TRUNCATED = png_bytes(sample_image(96, 64))[:400]
+EMBEDS = np.zeros((1, 77, 32), np.float32)
 GOOD = dict(prompt="a cat", num_inference_steps=4, height=64, width=96, progress=False)
 
 CALL_CASES = [  # (overrides, expected message fragment)
@@ -36,6 +60,43 @@ CALL_CASES = [  # (overrides, expected message fragment)
     (dict(image=np.full((64, 96, 3), np.nan, np.float32)), "image contains NaN or infinite values"),
     (dict(image=np.zeros((64, 96, 3), np.int32)), "image array has dtype int32; pass uint8"),
     (dict(image=3.5), "image must be a PIL.Image, an HxW / HxWxC numpy array, a file path or bytes"),
+    # pictures
+    (dict(image=np.zeros((0, 0, 3), np.uint8)), r"image has shape \(0, 0, 3\); pass a picture of at least 8x8"),
+    (dict(image=sample_image(1, 1), mask_image=sample_mask(1, 1)), "image is 1x1; pass a picture of at least 8x8"),
+    (dict(image=png_header(20000, 20000)), "image is too large to decode safely"),
+    (dict(image=png_header(9000, 9000)), "image is 9000x9000 = 81000000 pixels, more than the 67108864 allowed"),
+    (dict(image=TRUNCATED), "image could not be decoded .*truncated or corrupt"),
+    (dict(image=b"definitely not a picture"), "image is not a picture PIL can read"),
+    (dict(image="/no/such/picture.png"), "image: no such file"),
+    (dict(image=np.full((64, 96, 3), np.inf, np.float32)), "image contains NaN or infinite values"),
+    (dict(image=np.full((64, 96, 3), 1.5, np.float32)), r"image float values must lie in \[0, 1\]"),
+    (dict(image=np.zeros((64, 96, 3), bool)), "image array has dtype bool; pass uint8"),
+    (dict(image=np.zeros((64, 96, 3), np.complex64)), "image array has dtype complex64; pass uint8"),
+    (dict(image=np.zeros((2, 64, 96, 3), np.uint8)), "image must be an HxW or HxWxC .* got shape \\(2, 64, 96, 3\\)"),
+    (dict(image=np.zeros((64, 96, 5), np.uint8)), "image must be an HxW or HxWxC .* got shape \\(64, 96, 5\\)"),
+    # masks
+    (dict(mask_image=np.zeros((64, 96), np.uint8)), "mask_image is all black .* nothing to repaint"),
+    (dict(mask_image=np.full((64, 96), 0.3, np.float32)), "mask_image is all black .* nothing to repaint"),
+    (dict(mask_image=np.full((64, 96), np.nan, np.float32)), "mask_image contains NaN or infinite values"),
+    (dict(mask_image=b"\x00\x01"), "mask_image is not a picture PIL can read"),
+    (dict(mask_image=sample_mask(96, 64), image=sample_image(96, 72)), "pass a mask of the same size as the image"),
+    # arguments
+    (dict(guidance_scale="7"), "guidance_scale='7' must be a finite number"),
+    (dict(guidance_scale=float("inf")), "guidance_scale=inf must be a finite number"),
+    (dict(prompt_embeds=np.zeros((1, 77, 16), np.float32), prompt=None),
+     r"prompt_embeds has shape \(1, 77, 16\); this engine's text encoder gives \(batch, 77, 32\)"),
+    (dict(prompt_embeds=np.zeros((1, 77, 32), np.int64), prompt=None), "prompt_embeds must be a float array"),
+    (dict(prompt_embeds=EMBEDS), "pass either prompt or prompt_embeds, not both"),
+    (dict(prompt_embeds=EMBEDS, prompt=None, negative_prompt_embeds=np.zeros((2, 77, 32), np.float32)),
+     r"negative_prompt_embeds has shape \(2, 77, 32\); this engine's text encoder gives \(1, 77, 32\)"),
+    (dict(negative_prompt="x", negative_prompt_embeds=EMBEDS), "pass either negative_prompt or negative_prompt_embeds"),
+    (dict(blur_factor=-2), "blur_factor=-2 must be a blur radius in pixels >= 0"),
+    (dict(padding_mask_crop=-1), "padding_mask_crop=-1 must be an integer >= 0"),
+    (dict(keep_unmasked=True, output_type="latent"), "keep_unmasked and padding_mask_crop paste pixels"),
+    (dict(keep_input_size=True), "keep_input_size=True sets height and width from the image; do not pass them"),
+    (dict(latents=np.full((1, 4, 8, 12), np.nan, np.float32)), "latents must be finite floats"),
+    (dict(callback_on_step_end=lambda i, t, x: x[:, :2]), "callback_on_step_end returned latents of shape"),
+    (dict(image=np.zeros((1, 4, 8, 12), np.float32), height=128), "image latents .* leave height and width unset"),
 ]
 
 
@@ -104,6 +165,11 @@ def test_bad_engine_directory(engines, tmp_path, corrupt, message):
 def test_missing_engine_directory(tmp_path):
     with pytest.raises(EngineDirectoryError, match="does not exist; create it with `inpaint-export`"):
         Engine.load(tmp_path / "nowhere")
+
+
+def test_count_of_bad_input_cases():
+    """The README reports this count; keep them in step."""
+    assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 64
 
 
 def test_unknown_and_unavailable_backends(engines):

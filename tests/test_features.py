@@ -152,3 +152,11 @@ def test_long_prompt_warns_how_many_tokens_were_dropped(loaded):
     with pytest.warns(UserWarning, match=r"CLIP reads 77, so the last 23 were dropped"):
         loaded[9].inpaint(sample_image(64, 64), sample_mask(64, 64), prompt=" ".join(["cat"] * 98),
                           num_inference_steps=1, height=64, width=64, progress=False)
+
+
+@pytest.mark.parametrize("mask", [np.full((64, 96), 255, np.uint8), np.full((64, 96), 0.6, np.float32)],
+                         ids=["all-white", "soft-above-half"])
+def test_masks_that_repaint_everything_work(loaded, mask):
+    out = loaded[9].inpaint(sample_image(96, 64), mask, generator=0, height=64, width=96, output_type="np",
+                            **ARGS).images
+    assert out.shape == (1, 64, 96, 3) and np.isfinite(out).all()

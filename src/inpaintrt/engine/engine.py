@@ -101,6 +101,10 @@ class Engine:
         if blur_factor:
             mask = masking.blur(mask, blur_factor)
         crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
+        mask_pixels = imaging.preprocess_mask(mask, height, width, crop)
+        if not mask_pixels.any():
+            raise ValueError("mask_image is all black (below 0.5 everywhere), so there is nothing to repaint; "
+                             "paint white where the picture should change")
 
         cond, uncond = self._embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
                                         per_prompt, guidance_scale)
@@ -113,7 +117,7 @@ class Engine:
         else:
             pixels = imaging.preprocess_image(picture, height, width, crop)
         request = Request(
-            image=pixels, mask=imaging.preprocess_mask(mask, height, width, crop),
+            image=pixels, mask=mask_pixels,
             embeddings=cond if uncond is None else np.concatenate([uncond, cond]), batch=batch,
             guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
             latents=latents, callback=callback_on_step_end,

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (decompression bombs)
+MIN_SIDE = 8  # one latent pixel
 
 
 def load_picture(value, name: str, max_pixels: int = MAX_PIXELS):
@@ -49,8 +50,8 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
 
 def _checked_size(picture: Image.Image, name: str, max_pixels: int) -> Image.Image:
     width, height = picture.size
-    if width < 1 or height < 1:
-        raise ValueError(f"{name} is empty ({width}x{height}); pass a picture with pixels")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ValueError(f"{name} is {width}x{height}; pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels")
     if width * height > max_pixels:
         raise ValueError(
             f"{name} is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed; "
@@ -76,8 +77,8 @@ def _normal_mode(picture: Image.Image, name: str) -> Image.Image:
 def _array(value: np.ndarray, name: str, max_pixels: int):
     if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
         raise ValueError(f"{name} must be an HxW or HxWxC (C = 1, 3 or 4) array, got shape {value.shape}")
-    if value.shape[0] == 0 or value.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {value.shape}); pass a picture with pixels")
+    if value.shape[0] < MIN_SIDE or value.shape[1] < MIN_SIDE:
+        raise ValueError(f"{name} has shape {value.shape}; pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels")
     if value.shape[0] * value.shape[1] > max_pixels:
         raise ValueError(f"{name} has {value.shape[0] * value.shape[1]} pixels, more than the {max_pixels} allowed")
     if value.dtype == np.uint8:

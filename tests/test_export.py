@@ -79,7 +79,9 @@ def test_inpaint_command_writes_pngs(engines, tmp_path, capsys):
     sample_mask(96, 64).save(tmp_path / "mask.png")
     code = inpaint_main(["--engine", str(engines[9]), "--image", str(tmp_path / "in.png"), "--mask",
                          str(tmp_path / "mask.png"), "--prompt", "a cat", "--steps", "2", "--seed", "1",
-                         "--height", "64", "--width", "96", "--num-images", "2", "--output", str(tmp_path / "o.png")])
+                         "--height", "64", "--width", "96", "--num-images", "2", "--keep-unmasked", "--blur", "2",
+                         "--scheduler", "dpmpp_2m", "--scheduler-option", "use_karras_sigmas=true",
+                         "--output", str(tmp_path / "o.png")])
     assert code == 0
     from PIL import Image
 

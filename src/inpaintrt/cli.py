@@ -60,6 +60,10 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
     parser.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
+    parser.add_argument("--padding-mask-crop", type=int, help="inpaint only the mask's box padded by N pixels")
+    parser.add_argument("--blur", type=float, default=0, help="blur the mask edge by this radius (blur_factor)")
+    parser.add_argument("--keep-unmasked", action="store_true", help="unmasked pixels stay exactly as in the input")
+    parser.add_argument("--keep-input-size", action="store_true", help="output at the input's size (multiples of 8)")
     parser.add_argument("--backend", default="auto", help="auto | ort-cpu")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
@@ -81,6 +85,8 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler,
             scheduler_options=options or None, generator=args.seed,
             height=args.height, width=args.width, num_images_per_prompt=args.num_images, progress=True,
+            padding_mask_crop=args.padding_mask_crop, blur_factor=args.blur, keep_unmasked=args.keep_unmasked,
+            keep_input_size=args.keep_input_size,
         )
     except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
         return _fail(str(e))
@@ -130,7 +136,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     engine = Engine.load(engine_dir)
     print(f"inpainting with backend {engine.backend}")
     result = engine.inpaint(image, mask, prompt="a wooden bench in a sunny park", num_inference_steps=args.steps,
-                            generator=0).images[0]
+                            generator=0, keep_unmasked=True).images[0]
     for name, picture in (("input.png", image), ("mask.png", mask), ("result.png", result)):
         picture.save(out / name)
     side_by_side([image, mask, result]).save(out / "side_by_side.png")

@@ -25,6 +25,8 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="single-file checkpoints only: a diffusers folder or hub id with its configs "
                                          "and tokenizer (otherwise diffusers infers them, which needs the hub)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
+    parser.add_argument("--no-optimize", action="store_true",
+                        help="store the graphs as traced, without ONNX Runtime's fusions (for debugging)")
     args = parser.parse_args(argv)
     try:
         from .export.exporter import ExportError, export_engine
@@ -33,7 +35,7 @@ def export_main(argv: list[str] | None = None) -> int:
         return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
     try:
         pipe = load_pipeline(args.model, config=args.config)
-        export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite)
+        export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize)
     except (CheckpointError, ExportError) as e:
         return _fail(str(e))
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.manifest import read_manifest, write_manifest
+from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs
 
 OPSET = 17
@@ -25,7 +26,8 @@ class ExportError(RuntimeError):
     """Export could not produce a correct engine directory."""
 
 
-def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, log=print) -> Path:
+def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
+                  log=print) -> Path:
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
@@ -34,9 +36,11 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     work.chmod(0o755)
     try:
         components = {}
+        if optimize:
+            classic_attention(pipe)
         for spec in component_specs(pipe):
             log(f"exporting {spec.name} ...")
-            components[spec.name] = _export_component(spec, work)
+            components[spec.name] = _export_component(spec, work, optimize)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
         manifest = dict(
             source=source,
@@ -56,7 +60,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     return output
 
 
-def _export_component(spec: ComponentSpec, work: Path) -> dict:
+def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
     import onnx
     import torch
 
@@ -71,6 +75,9 @@ def _export_component(spec: ComponentSpec, work: Path) -> dict:
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
     model = onnx.load(str(scratch / "graph.onnx"))
+    fused = {}
+    if optimize:
+        model, fused = optimize_for_cpu(spec.name, model)
     big = model.ByteSize() > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=f"{path.name}.data")
@@ -87,6 +94,7 @@ def _export_component(spec: ComponentSpec, work: Path) -> dict:
         "file": path.name, "files": files, "backend": "onnx", "precision": "fp32",
         "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs],
         "parity": {"max_rel_error": float(error), "shapes": [list(s) for s in spec.check_shapes]},
+        "optimization": {"target": "cpu", "fused": fused} if optimize else None,
     }
 
 

@@ -25,12 +25,17 @@ SD15_SCHEDULER_CONFIG = {
     "trained_betas": None,
 }
 
-# name -> (unet sample_size, unet block channels, vae block channels, text hidden size, text layers)
+# name -> architecture settings
 SIZES = {
     # tests: seconds to build and export; UNet downsamples 4x so odd latent sizes are exercised
-    "tiny": (16, (16, 32, 32), (8, 8, 16, 16), 32, 2),
+    "tiny": dict(sample_size=16, unet_blocks=(16, 32, 32), vae_blocks=(8, 8, 16, 16), text_hidden=32,
+                 text_layers=2, text_heads=4, layers=1, groups=8, head_dim=8),
     # the quick start's default model: SD 1.5's default 512x512 size, still small
-    "small": (64, (32, 64, 64), (16, 16, 32, 32), 64, 2),
+    "small": dict(sample_size=64, unet_blocks=(32, 64, 64), vae_blocks=(16, 16, 32, 32), text_hidden=64,
+                  text_layers=2, text_heads=4, layers=1, groups=8, head_dim=8),
+    # runwayml/stable-diffusion-inpainting's architecture (860M-parameter UNet, CLIP ViT-L/14, SD VAE)
+    "sd15": dict(sample_size=64, unet_blocks=(320, 640, 1280, 1280), vae_blocks=(128, 256, 512, 512),
+                 text_hidden=768, text_layers=12, text_heads=12, layers=2, groups=32, head_dim=8),
 }
 
 
@@ -80,19 +85,20 @@ def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, sche
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    sample_size, unet_blocks, vae_blocks, text_hidden, text_layers = SIZES[size]
+    a = SIZES[size]
+    unet_blocks, vae_blocks, text_hidden = a["unet_blocks"], a["vae_blocks"], a["text_hidden"]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=sample_size,
+        sample_size=a["sample_size"],
         in_channels=in_channels,
         out_channels=4,
         block_out_channels=unet_blocks,
-        layers_per_block=1,
+        layers_per_block=a["layers"],
         down_block_types=("CrossAttnDownBlock2D",) * (len(unet_blocks) - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(unet_blocks) - 1),
         cross_attention_dim=text_hidden,
-        attention_head_dim=8,
-        norm_num_groups=8,
+        attention_head_dim=a["head_dim"],
+        norm_num_groups=a["groups"],
     )
     vae = AutoencoderKL(
         in_channels=3,
@@ -101,17 +107,18 @@ def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, sche
         down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
         up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
         latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=sample_size * 8,
+        layers_per_block=a["layers"],
+        norm_num_groups=a["groups"],
+        sample_size=a["sample_size"] * 8,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,
             hidden_size=text_hidden,
             intermediate_size=text_hidden * 4,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
+            hidden_act="quick_gelu",
+            num_hidden_layers=a["text_layers"],
+            num_attention_heads=a["text_heads"],
             max_position_embeddings=77,
             bos_token_id=49406,
             eos_token_id=49407,

@@ -160,3 +160,22 @@ def test_masks_that_repaint_everything_work(loaded, mask):
     out = loaded[9].inpaint(sample_image(96, 64), mask, generator=0, height=64, width=96, output_type="np",
                             **ARGS).images
     assert out.shape == (1, 64, 96, 3) and np.isfinite(out).all()
+
+
+def test_each_distinct_prompt_is_encoded_once(engines):
+    engine = Engine.load(engines[9])
+    text_encoder, calls = engine.sessions["text_encoder"], []
+
+    class Counting:
+        def run(self, feeds):
+            calls.append(feeds["input_ids"].shape[0])
+            return text_encoder.run(feeds)
+
+    engine.sessions["text_encoder"] = Counting()
+    args = dict(num_inference_steps=1, height=64, width=96, output_type="latent", progress=False)
+    first = engine.inpaint(sample_image(96, 64), sample_mask(96, 64), prompt="a cat", generator=0, **args).images
+    assert calls == [1, 1]  # "a cat", then the empty negative prompt
+    again = engine.inpaint(sample_image(96, 64), sample_mask(96, 64), prompt="a cat", generator=0, **args).images
+    assert calls == [1, 1] and np.array_equal(first, again)
+    engine.inpaint(sample_image(96, 64), sample_mask(96, 64), prompt=["a dog", "a cat", "a dog"], generator=0, **args)
+    assert calls == [1, 1, 1]  # only "a dog" is new

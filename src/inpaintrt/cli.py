@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 from pathlib import Path
-
-import json
 
 from .runtime.schedulers import SCHEDULERS, describe_schedulers
 
@@ -28,6 +28,8 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-optimize", action="store_true",
                         help="store the graphs as traced, without ONNX Runtime's fusions (for debugging)")
     args = parser.parse_args(argv)
+    # a kill ends export through its cleanup, which removes the half-written directory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         from .export.exporter import ExportError, export_engine
         from .export.loading import CheckpointError, load_pipeline

@@ -17,6 +17,7 @@ from .backends import create_backend, resolve_backend
 from .manifest import COMPONENTS, read_manifest
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
+PROMPT_CACHE = 64  # distinct prompts whose embeddings are kept
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Engine:
         tok = manifest["tokenizer"]
         self.tokenizer = PromptTokenizer(root / tok["file"], tok["max_length"], tok["pad_id"])
         self.text_shape = tuple(manifest["components"]["text_encoder"]["outputs"][0]["shape"][1:])
+        self._prompt_cache: dict[str, np.ndarray] = {}
         self.sessions = {name: create_backend(backend, root / manifest["components"][name]["file"])
                          for name in COMPONENTS}
         self._models = Models(
@@ -54,7 +56,14 @@ class Engine:
         return cls(root, manifest, resolve_backend(backend))
 
     def _embed(self, prompts: list[str]) -> np.ndarray:
-        return _single(self.sessions["text_encoder"].run({"input_ids": self.tokenizer(prompts)}))
+        """Text embeddings, each distinct prompt encoded once and remembered (the last PROMPT_CACHE)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        if missing:
+            fresh = _single(self.sessions["text_encoder"].run({"input_ids": self.tokenizer(missing)}))
+            self._prompt_cache.update(zip(missing, fresh))
+            while len(self._prompt_cache) > PROMPT_CACHE:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        return np.stack([self._prompt_cache[p] for p in prompts])
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5):
         """(prompt_embeds, negative_prompt_embeds or None), as diffusers' encode_prompt returns them."""
@@ -112,7 +121,9 @@ class Engine:
         if latents is not None:
             latents = check.latents(latents, "latents", (batch, self.model["latent_channels"], height // factor,
                                                          width // factor))
-        if given_latents is not None:
+        if given_latents is not None and self.model["unet_in_channels"] == 4:
+            pixels = np.zeros((1, 3, height, width), np.float32)  # the blend needs only the latents
+        elif given_latents is not None:  # the 9-channel UNet also sees the masked image's latents
             pixels = np.clip(decode_latents(self._models, given_latents.astype(np.float32)), -1, 1)
         else:
             pixels = imaging.preprocess_image(picture, height, width, crop)

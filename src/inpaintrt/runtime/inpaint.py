@@ -90,14 +90,17 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         noise = r.latents.astype(np.float32)
         latents = noise * scheduler.init_noise_sigma
     latents = latents.astype(np.float32)
-    # draw 3: the masked image's latents (diffusers computes them for 4-channel UNets too)
-    masked_latents = encode_latents(models, r.image * (r.mask < 0.5), generator)
     mask = nearest_resize(r.mask, shape[2], shape[3])
-
     guided = r.embeddings.shape[0] == 2 * r.batch
     copies = 2 if guided else 1
-    unet_mask = np.repeat(mask, r.batch * copies, axis=0)
-    unet_masked = np.repeat(masked_latents, r.batch * copies, axis=0)
+    # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and
+    # throws them away; drawing the same noise without the VAE encode keeps the draws in step.
+    if blend:
+        draw(generator, (1, *shape[1:]))
+    else:
+        masked_latents = encode_latents(models, r.image * (r.mask < 0.5), generator)
+        unet_mask = np.repeat(mask, r.batch * copies, axis=0)
+        unet_masked = np.repeat(masked_latents, r.batch * copies, axis=0)
     blend_mask = np.repeat(mask, r.batch, axis=0)
 
     for i in progress(range(len(timesteps))):

@@ -26,6 +26,8 @@ def test_manifest_describes_the_engine(engines, pipes, channels):
         component = manifest["components"][name]
         assert (root / component["file"]).is_file()
         assert 0 <= component["parity"]["max_rel_error"] <= 1e-4
+    fused = manifest["components"]["unet"]["optimization"]["fused"]
+    assert fused.get("MultiHeadAttention", 0) > 0  # cross-attention fused for ONNX Runtime's CPU kernels
     unet_sample = manifest["components"]["unet"]["inputs"][0]
     assert unet_sample["name"] == "sample" and unet_sample["shape"][1] == channels
     assert set(manifest["files"]) == {p.relative_to(root).as_posix() for p in root.rglob("*")
@@ -97,3 +99,15 @@ def test_inpaint_command_reports_bad_input(engines, tmp_path, capsys):
                          "--mask", str(tmp_path / "mask.png"), "--steps", "2"])
     assert code == 2
     assert "pass a mask of the same size as the image" in capsys.readouterr().err
+
+
+def test_unoptimized_export_gives_the_same_images(checkpoints, engines, tmp_path):
+    """The fused graphs compute what the traced ones do (the parity check guards each export too)."""
+    out = tmp_path / "plain"
+    assert export_main(["--model", str(checkpoints[9]), "--output", str(out), "--no-optimize"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["components"]["unet"]["optimization"] is None
+    args = dict(prompt="a vase", num_inference_steps=2, height=64, width=96, output_type="latent", progress=False)
+    image, mask = sample_image(96, 64), sample_mask(96, 64)
+    plain = Engine.load(out).inpaint(image, mask, generator=2, **args).images
+    fused = Engine.load(engines[9]).inpaint(image, mask, generator=2, **args).images
+    assert np.abs(plain - fused).max() <= 1e-5 * np.abs(plain).max()

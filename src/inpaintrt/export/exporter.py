@@ -5,6 +5,7 @@ every graph matched torch and the finished directory reloaded cleanly. A failure
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -74,11 +75,15 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
-    model = onnx.load(str(scratch / "graph.onnx"))
+    # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
+    # 2 GiB); the optimizer reads the few it needs relative to the working directory.
+    model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)
     fused = {}
     if optimize:
-        model, fused = optimize_for_cpu(spec.name, model)
-    big = model.ByteSize() > EXTERNAL_DATA_BYTES
+        with contextlib.chdir(scratch):
+            model, fused = optimize_for_cpu(spec.name, model)
+    onnx.load_external_data_for_model(model, str(scratch))
+    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=f"{path.name}.data")
     del model
@@ -90,6 +95,8 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
             "the export is not trustworthy and was discarded"
         )
     files = [path.name] + ([f"{path.name}.data"] if big else [])
+    for name in files:
+        (work / name).chmod(0o644)  # onnx writes external data owner-only
     return {
         "file": path.name, "files": files, "backend": "onnx", "precision": "fp32",
         "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs],

@@ -1,0 +1,22 @@
+"""benchmarks/bench_cpu.py --tiny runs end to end and reports every measure (no timing is asserted)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).parent.parent / "benchmarks" / "bench_cpu.py"
+
+
+def test_tiny_benchmark_reports_every_measure(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| end_to_end_s |" in result.stdout
+    report = json.loads((tmp_path / "bench-cpu-tiny.json").read_text())
+    measures = {"cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
+                "peak_rss_mb"}
+    for side in ("inpaintrt", "diffusers"):
+        assert set(report["median"][side]) == measures
+        assert all(value > 0 for value in report["median"][side].values())
+    assert set(report["ratio_diffusers_over_ours"]) == measures
+    assert report["install_mb"]["inpaintrt"] < report["install_mb"]["diffusers"]

@@ -35,7 +35,7 @@ class Engine:
         self.tokenizer = PromptTokenizer(root / tok["file"], tok["max_length"], tok["pad_id"])
         self.text_shape = tuple(manifest["components"]["text_encoder"]["outputs"][0]["shape"][1:])
         self._prompt_cache: dict[str, np.ndarray] = {}
-        self.sessions = {name: create_backend(backend, root / manifest["components"][name]["file"])
+        self.sessions = {name: create_backend(backend, root / manifest["components"][name]["file"], hot=name == "unet")
                          for name in COMPONENTS}
         self._models = Models(
             encode=lambda x: _pair(self.sessions["vae_encoder"].run({"image": x})),

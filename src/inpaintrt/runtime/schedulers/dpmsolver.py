@@ -25,16 +25,7 @@ class DPMSolverMultistep(SchedulerBase):
         ac = self.alphas_cumprod
         lambdas = np.log(np.sqrt(ac)) - np.log(np.sqrt(1 - ac))
         last = n - int(np.searchsorted(lambdas[::-1], c["lambda_min_clipped"]))
-        spacing = c["timestep_spacing"]
-        if spacing == "linspace":
-            timesteps = np.linspace(0, last - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
-        elif spacing == "leading":
-            ratio = last // (num_steps + 1)
-            timesteps = (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + c["steps_offset"]
-        elif spacing == "trailing":
-            timesteps = np.arange(last, 0, -n / num_steps).round().astype(np.int64) - 1
-        else:
-            raise ValueError(f"timestep_spacing {spacing!r} is not supported; use leading, trailing or linspace")
+        timesteps = multistep_timesteps(c, num_steps, last)
         train_sigmas = ((1 - ac) / ac) ** 0.5
         if c["use_karras_sigmas"]:
             sigmas = karras_sigmas(train_sigmas[::-1], num_steps, c)
@@ -99,6 +90,19 @@ class DPMSolverMultistep(SchedulerBase):
             return (sigma_t / sigma_s0) * sample - (alpha_t * (np.exp(-h) - 1.0)) * d0 + d1_coeff * d1
         d1_coeff = -0.5 * (sigma_t * (np.exp(h) - 1.0)) if midpoint else -(sigma_t * ((np.exp(h) - 1.0) / h - 1.0))
         return (alpha_t / alpha_s0) * sample - (sigma_t * (np.exp(h) - 1.0)) * d0 + d1_coeff * d1
+
+
+def multistep_timesteps(config: dict, num_steps: int, last: int) -> np.ndarray:
+    """The multistep solvers' spacing: N + 1 points with the last dropped (DPM-Solver and UniPC)."""
+    spacing, n = config["timestep_spacing"], config["num_train_timesteps"]
+    if spacing == "linspace":
+        return np.linspace(0, last - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = last // (num_steps + 1)
+        return (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + config["steps_offset"]
+    if spacing == "trailing":
+        return np.arange(last, 0, -n / num_steps).round().astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing {spacing!r} is not supported; use leading, trailing or linspace")
 
 
 class DPMSolverMultistepKarras(DPMSolverMultistep):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dpmsolver import DPMSolverMultistep
+from .dpmsolver import DPMSolverMultistep, multistep_timesteps
 from .sigmas import karras_sigmas, sigma_to_t
 
 
@@ -18,17 +18,7 @@ class UniPC(DPMSolverMultistep):
         c = self.config
         if c["solver_type"] not in ("bh1", "bh2"):
             raise ValueError("unipc's solver_type must be 'bh1' or 'bh2'")
-        n = c["num_train_timesteps"]
-        spacing = c["timestep_spacing"]
-        if spacing == "linspace":
-            timesteps = np.linspace(0, n - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
-        elif spacing == "leading":
-            ratio = n // (num_steps + 1)
-            timesteps = (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + c["steps_offset"]
-        elif spacing == "trailing":
-            timesteps = np.arange(n, 0, -n / num_steps).round().astype(np.int64) - 1
-        else:
-            raise ValueError(f"timestep_spacing {spacing!r} is not supported; use leading, trailing or linspace")
+        timesteps = multistep_timesteps(c, num_steps, c["num_train_timesteps"])
         ac = self.alphas_cumprod
         train_sigmas = ((1 - ac) / ac) ** 0.5
         if c["final_sigmas_type"] not in ("zero", "sigma_min"):

@@ -32,11 +32,11 @@ class OrtBackend:
         if self.session.get_providers()[0] != provider:
             raise BackendError(f"ONNX Runtime did not start {provider} (it runs {self.session.get_providers()})")
         self.input_types = {i.name: _NP_TYPES[i.type] for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: np.ascontiguousarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,

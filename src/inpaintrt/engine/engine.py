@@ -99,6 +99,8 @@ class Engine:
         factor = self.model["vae_scale_factor"]
 
         given_latents = check.latent_image(image, self.model["latent_channels"])
+        if given_latents is not None:
+            given_latents = given_latents.astype(np.float32)
         picture = None if given_latents is not None else imaging.load_picture(image, "image", max_pixels)
         mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
         if picture is not None and imaging.picture_size(picture) != imaging.picture_size(mask):
@@ -124,7 +126,7 @@ class Engine:
         if given_latents is not None and self.model["unet_in_channels"] == 4:
             pixels = np.zeros((1, 3, height, width), np.float32)  # the blend needs only the latents
         elif given_latents is not None:  # the 9-channel UNet also sees the masked image's latents
-            pixels = np.clip(decode_latents(self._models, given_latents.astype(np.float32)), -1, 1)
+            pixels = np.clip(decode_latents(self._models, given_latents), -1, 1)
         else:
             pixels = imaging.preprocess_image(picture, height, width, crop)
         request = Request(
@@ -132,7 +134,7 @@ class Engine:
             embeddings=cond if uncond is None else np.concatenate([uncond, cond]), batch=batch,
             guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
             latents=latents, callback=callback_on_step_end,
-            image_latents=None if given_latents is None else given_latents.astype(np.float32),
+            image_latents=given_latents,
         )
         final = denoise(self._models, sched, request, gen, _progress(progress))
         if output_type == "latent":

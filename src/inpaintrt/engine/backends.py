@@ -1,15 +1,24 @@
-"""Executors for one exported component, all with one interface: run(feeds) -> outputs.
+"""Executors for the engine's components, all with one interface: run(feeds) -> outputs.
 
-Only ONNX Runtime on the CPU exists so far; GPU providers and TensorRT plug in here.
+ONNX Runtime on the CPU runs the stored fp32 graphs; TensorRT runs the plans of the manifest's
+`tensorrt` section (trt_backend.py). "auto" takes TensorRT when the directory has plans that can
+run here and otherwise ONNX Runtime on the CPU, with a warning that says why. An explicit
+backend never falls back: it starts or raises.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .manifest import COMPONENTS
+from .plans import PlanMismatchError
+
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
+TRT_INSTALL = ("install TensorRT 10.1+ and cupy for your CUDA version on a machine with an NVIDIA GPU: "
+               "`pip install 'inpaintrt[trt]'` (CUDA 12; for CUDA 13: `pip install tensorrt-cu13 cupy-cuda13x`)")
 
 
 class BackendError(RuntimeError):
@@ -43,17 +52,50 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
              "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
 
-def resolve_backend(name: str) -> str:
+def load_tensorrt():
+    """(tensorrt module, cupy module, {name, compute_capability} of GPU 0), or BackendError saying how to install."""
+    try:
+        import cupy
+        import tensorrt as trt
+    except Exception as e:  # PyPI's stub package raises on import, not only ImportError
+        raise BackendError(f"TensorRT cannot be imported ({type(e).__name__}: {e}); {TRT_INSTALL}") from None
+    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (10, 1):
+        raise BackendError(f"TensorRT {trt.__version__} is too old; {TRT_INSTALL}")
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    except Exception as e:
+        raise BackendError(f"no CUDA GPU is usable ({e}); TensorRT needs an NVIDIA GPU and driver") from None
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return trt, cupy, {"name": name, "compute_capability": f"{props['major']}.{props['minor']}"}
+
+
+def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False) -> tuple[str, dict]:
+    """(the backend that runs, {component: executor})."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
-    if name == "auto":
-        return "ort-cpu"
-    if name != "ort-cpu":
-        raise BackendError(f"backend {name!r} is not available in this inpaintrt yet; use backend='ort-cpu'")
-    return name
+    if name == "ort-cuda":
+        raise BackendError("backend 'ort-cuda' is not available in this inpaintrt yet; use 'tensorrt' or 'ort-cpu'")
+    if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
+        try:
+            return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
+        except (BackendError, PlanMismatchError) as e:
+            if name == "tensorrt":
+                raise
+            warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
+    return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in COMPONENTS}
 
 
-def create_backend(name: str, path: Path, hot: bool = True):
+def _tensorrt_sessions(root: Path, manifest: dict, cuda_graph: bool) -> dict:
+    from .trt_backend import TensorRTRuntime
+
+    if "tensorrt" not in manifest:
+        raise BackendError(f"{root} has no TensorRT plans; build them with `inpaint-build-plans --engine {root}` "
+                           "or export with `inpaint-export --backend tensorrt`")
+    trt, cupy, device = load_tensorrt()
+    return TensorRTRuntime(root, manifest, trt, cupy, device, cuda_graph).components
+
+
+def _ort_cpu(path: Path, hot: bool) -> OrtBackend:
     """`hot` components run every step (the UNet): they keep ONNX Runtime's memory arena. The others
     run once per image, where the arena would only hold on to their peak (1 GB for a 512x512 decode)."""
     threads = int(os.environ.get("INPAINTRT_THREADS", "0")) or None

@@ -13,8 +13,9 @@ from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
-from .backends import create_backend, resolve_backend
-from .manifest import COMPONENTS, read_manifest
+from .backends import open_backend
+from .manifest import read_manifest
+from .plans import select_plan
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
 PROMPT_CACHE = 64  # distinct prompts whose embeddings are kept
@@ -26,8 +27,8 @@ class InpaintOutput:
 
 
 class Engine:
-    def __init__(self, root: Path, manifest: dict, backend: str):
-        self.root, self.manifest, self.backend = root, manifest, backend
+    def __init__(self, root: Path, manifest: dict, backend: str, sessions: dict):
+        self.root, self.manifest, self.backend, self.sessions = root, manifest, backend, sessions
         self.model = manifest["model"]
         self.scheduler_config = manifest["scheduler"]
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
@@ -35,8 +36,6 @@ class Engine:
         self.tokenizer = PromptTokenizer(root / tok["file"], tok["max_length"], tok["pad_id"])
         self.text_shape = tuple(manifest["components"]["text_encoder"]["outputs"][0]["shape"][1:])
         self._prompt_cache: dict[str, np.ndarray] = {}
-        self.sessions = {name: create_backend(backend, root / manifest["components"][name]["file"], hot=name == "unet")
-                         for name in COMPONENTS}
         self._models = Models(
             encode=lambda x: _pair(self.sessions["vae_encoder"].run({"image": x})),
             unet=lambda s, t, e: _single(self.sessions["unet"].run(
@@ -49,11 +48,16 @@ class Engine:
         )
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True) -> "Engine":
-        """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs."""
+    def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
+             cuda_graph: bool = False) -> "Engine":
+        """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
+
+        backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
+        CPU, with a warning), "tensorrt" or "ort-cpu". cuda_graph: TensorRT replays the UNet call as a
+        CUDA graph."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=verify_hashes)
-        return cls(root, manifest, resolve_backend(backend))
+        return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph))
 
     def _embed(self, prompts: list[str]) -> np.ndarray:
         """Text embeddings, each distinct prompt encoded once and remembered (the last PROMPT_CACHE)."""
@@ -109,6 +113,8 @@ class Engine:
         if given_latents is not None and (keep_unmasked or padding_mask_crop is not None or keep_input_size):
             raise ValueError("image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a picture")
         height, width = self._size(height, width, picture, given_latents, keep_input_size)
+        if self.backend == "tensorrt":  # static plans: refuse other sizes before any work
+            select_plan(self.manifest["tensorrt"]["plans"]["unet"], height, width, "unet")
         if blur_factor:
             mask = masking.blur(mask, blur_factor)
         crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None

@@ -41,7 +41,9 @@ def describe_files(root: Path) -> dict:
 
 def write_manifest(root: Path, manifest: dict) -> None:
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION, files=describe_files(root))
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    partial = root / ".manifest.json.partial"  # renamed over the old one: a reader never sees half a file
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    partial.replace(root / "manifest.json")
 
 
 def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
@@ -66,6 +68,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest]
     missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in COMPONENTS if c not in manifest.get("components", {})]
+    missing += _missing_plan_keys(manifest)
     if missing:
         raise EngineDirectoryError(f"{path} lacks {', '.join(missing)}; {rebuild}")
     for rel, info in manifest["files"].items():
@@ -80,3 +83,18 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
         if verify_hashes and file_digest(file) != info["sha256"]:
             raise EngineDirectoryError(f"{rel} in {root} does not match its hash in the manifest (altered); {rebuild}")
     return manifest
+
+
+TENSORRT_KEYS = ("version", "compute_capability", "device", "precision", "max_images", "sizes", "plans")
+
+
+def _missing_plan_keys(manifest: dict) -> list[str]:
+    """The optional `tensorrt` section: its keys, a plan per component, each plan file listed."""
+    section = manifest.get("tensorrt")
+    if section is None:
+        return []
+    missing = [f"tensorrt.{k}" for k in TENSORRT_KEYS if k not in section]
+    plans = section.get("plans", {})
+    missing += [f"tensorrt.plans.{c}" for c in COMPONENTS if not plans.get(c)]
+    missing += [f"files[{p['file']}]" for c in plans.values() for p in c if p.get("file") not in manifest.get("files", {})]
+    return missing

@@ -10,11 +10,15 @@ import json
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
+from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
+from .half import FP16_TOLERANCE, convert_to_fp16
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs
 
@@ -27,8 +31,21 @@ class ExportError(RuntimeError):
     """Export could not produce a correct engine directory."""
 
 
+@dataclass
+class PlanOptions:
+    """What `--backend tensorrt` builds: plans for these static sizes and batches up to max_images."""
+    sizes: tuple = DEFAULT_SIZES
+    max_images: int = DEFAULT_MAX_IMAGES
+    timing_cache: Path | None = None
+
+
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
-                  log=print) -> Path:
+                  log=print, fp16: bool = False, tensorrt: PlanOptions | None = None) -> Path:
+    """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
+    torch); tensorrt also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here."""
+    if tensorrt is not None:
+        load_tensorrt()  # fail before the long export, with the install instructions
+        fp16 = True
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
@@ -41,8 +58,9 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             classic_attention(pipe)
         for spec in component_specs(pipe):
             log(f"exporting {spec.name} ...")
-            components[spec.name] = _export_component(spec, work, optimize)
-            log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
+            components[spec.name] = _export_component(spec, work, optimize, fp16)
+            log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
+                + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
         manifest = dict(
             source=source,
             model=_model_info(pipe),
@@ -51,6 +69,11 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             components=components,
             versions=_versions(),
         )
+        if tensorrt is not None:
+            from .trt_build import build_plans
+
+            manifest["tensorrt"] = build_plans(work, manifest, tensorrt.sizes, tensorrt.max_images,
+                                               tensorrt.timing_cache, log)
         write_manifest(work, manifest)
         read_manifest(work)  # the reload check: everything listed is there and hashes match
         _move_into_place(work, output)
@@ -61,7 +84,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     return output
 
 
-def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
+def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: bool) -> dict:
     import onnx
     import torch
 
@@ -75,6 +98,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
+    half = _export_fp16(spec, scratch / "graph.onnx", work) if fp16 else None
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.
     model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)
@@ -102,7 +126,23 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool) -> dict:
         "inputs": [t.as_dict() for t in spec.inputs], "outputs": [t.as_dict() for t in spec.outputs],
         "parity": {"max_rel_error": float(error), "shapes": [list(s) for s in spec.check_shapes]},
         "optimization": {"target": "cpu", "fused": fused} if optimize else None,
+        **({"fp16": half} if half else {}),
     }
+
+
+def _export_fp16(spec: ComponentSpec, traced: Path, work: Path) -> dict:
+    path = work / "fp16" / f"{spec.name}.onnx"
+    files = convert_to_fp16(traced, path, EXTERNAL_DATA_BYTES)
+    error = check_parity(spec, path)
+    if not error <= FP16_TOLERANCE:
+        raise ExportError(
+            f"{spec.name}: the fp16 graph differs from torch by {error:.2e} (relative), more than {FP16_TOLERANCE:g} "
+            "(fp16 overflow?); export without --fp16 / --backend tensorrt for this checkpoint"
+        )
+    for name in files:
+        (path.parent / name).chmod(0o644)
+    (work / "fp16").chmod(0o755)
+    return {"file": f"fp16/{path.name}", "files": [f"fp16/{name}" for name in files], "max_rel_error": float(error)}
 
 
 def check_parity(spec: ComponentSpec, path: Path) -> float:

@@ -113,11 +113,11 @@ def component_specs(pipe) -> list[ComponentSpec]:
             "unet",
             _UNet(unet),
             [
-                TensorSpec("sample", "float32", ("batch", in_ch, "height", "width")),
+                TensorSpec("sample", "float32", ("batch", in_ch, "latent_height", "latent_width")),
                 TensorSpec("timestep", "float32", ("batch",)),
                 TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
             ],
-            [TensorSpec("noise_pred", "float32", ("batch", lat_ch, "height", "width"))],
+            [TensorSpec("noise_pred", "float32", ("batch", lat_ch, "latent_height", "latent_width"))],
             lambda b, h, w: (randn(b, in_ch, h, w), torch.rand(b, generator=gen) * 999, randn(b, seq, hidden)),
             [(2, *odd), (1, 2 * f, 3 * f)],
         ),

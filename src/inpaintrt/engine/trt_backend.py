@@ -1,0 +1,155 @@
+"""TensorRT backend (TensorRT 10.1+ Python API: named tensors, set_tensor_address, execute_async_v3).
+
+- Every plan's input and output buffers are allocated once, at the largest shape of its profile;
+  a call with a smaller batch uses the leading part of each buffer (batch is the outer axis, so
+  that part is contiguous and starts at the same address): addresses are set once and never change.
+- Contexts are created without activation memory (USER_MANAGED); one scratch buffer, as large as
+  the largest plan needs, serves all of them, since the components run one after another on one
+  stream (DESIGN.md §6).
+- Optionally the UNet call is captured as a CUDA graph per input shape and replayed.
+The TensorRT module, array module (cupy) and stream are passed in, so the bookkeeping is tested
+against a fake engine description without a GPU (tests/test_tensorrt.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .plans import check_batch, check_plan_key, select_plan
+
+
+def address(array) -> int:
+    """Device address of a cupy array (or host address of a numpy one, for the tests)."""
+    data = array.data
+    return data.ptr if hasattr(data, "ptr") else array.ctypes.data
+
+
+class SharedScratch:
+    """The one activation buffer of all execution contexts; grows when a larger plan is loaded."""
+
+    def __init__(self, xp):
+        self.xp, self.buffer, self.contexts, self.generation = xp, None, [], 0
+
+    def attach(self, context, size: int) -> None:
+        if self.buffer is None or self.buffer.nbytes < size:
+            self.buffer = self.xp.empty(max(size, 1), dtype=self.xp.uint8)
+            self.generation += 1  # captured CUDA graphs hold the old address: they are recaptured
+            for other in self.contexts:
+                other.set_device_memory(address(self.buffer), self.buffer.nbytes)
+        self.contexts.append(context)
+        context.set_device_memory(address(self.buffer), self.buffer.nbytes)
+
+
+class PlanRunner:
+    """One deserialized plan: its context, its fixed buffers, run(feeds) -> outputs (host numpy)."""
+
+    def __init__(self, trt, engine, scratch: SharedScratch, stream, xp, cuda_graph: bool = False):
+        self.engine, self.scratch, self.stream, self.xp = engine, scratch, stream, xp
+        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if self.context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        scratch.attach(self.context, engine.device_memory_size_v2)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.limits = {n: engine.get_tensor_profile_shape(n, 0) for n in self.inputs}  # (min, opt, max)
+        for name in self.inputs:  # at the largest input shapes the context reports the largest outputs
+            self.context.set_input_shape(name, tuple(self.limits[name][2]))
+        self.buffers = {}
+        for name in names:
+            shape = tuple(self.limits[name][2]) if name in self.inputs else tuple(self.context.get_tensor_shape(name))
+            self.buffers[name] = xp.empty(shape, dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+            self.context.set_tensor_address(name, address(self.buffers[name]))
+        self.cuda_graph, self.graphs = cuda_graph, {}
+
+    def _view(self, name: str, shape) -> object:
+        buffer = self.buffers[name]
+        return buffer.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+
+    def _check_shape(self, name: str, shape: tuple) -> None:
+        low, _, high = (tuple(s) for s in self.limits[name])
+        if len(shape) != len(high) or any(not lo <= s <= hi for s, lo, hi in zip(shape, low, high)):
+            raise ValueError(f"TensorRT input {name!r} has shape {shape}; this plan takes {low} to {high}")
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        missing = set(self.inputs) - set(feeds)
+        if missing:
+            raise ValueError(f"TensorRT plan needs inputs {sorted(missing)}")
+        with self.stream:
+            for name in self.inputs:
+                value = feeds[name]
+                shape = tuple(value.shape)
+                self._check_shape(name, shape)
+                self.context.set_input_shape(name, shape)
+                self._view(name, shape)[...] = self.xp.asarray(value, dtype=self.buffers[name].dtype)
+            self._execute(tuple(tuple(feeds[n].shape) for n in self.inputs))
+            results = {n: self._view(n, tuple(self.context.get_tensor_shape(n))) for n in self.outputs}
+            host = {n: _to_host(self.xp, v) for n, v in results.items()}
+        self.stream.synchronize()
+        return host
+
+    def _execute(self, shapes_key: tuple) -> None:
+        key = (shapes_key, self.scratch.generation)
+        graph = self.graphs.get(key) if self.cuda_graph else None
+        if graph is not None:
+            graph.launch(self.stream)
+            return
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise RuntimeError("TensorRT failed to run the plan (see its log above)")
+        if self.cuda_graph:  # capture after a plain run: TensorRT does its per-shape setup outside the graph
+            self.stream.begin_capture()
+            self.context.execute_async_v3(self.stream.ptr)
+            self.graphs[key] = self.stream.end_capture()
+
+
+def _to_host(xp, value) -> np.ndarray:
+    return xp.asnumpy(value) if hasattr(xp, "asnumpy") else np.array(value)
+
+
+class TensorRTComponent:
+    """One component's plans (one per static size), each deserialized on first use."""
+
+    def __init__(self, name: str, plans: list[dict], runtime: "TensorRTRuntime", latent: bool, cuda_graph: bool):
+        self.name, self.plans, self.runtime, self.latent, self.cuda_graph = name, plans, runtime, latent, cuda_graph
+        self.runners: dict[str, PlanRunner] = {}
+
+    def _size(self, feeds: dict) -> tuple[int | None, int | None]:
+        picture = next((v for v in feeds.values() if np.ndim(v) == 4), None)
+        if picture is None:
+            return None, None
+        scale = self.runtime.vae_scale if self.latent else 1
+        return picture.shape[2] * scale, picture.shape[3] * scale
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        plan = select_plan(self.plans, *self._size(feeds), self.name)
+        check_batch(plan, next(iter(feeds.values())).shape[0], self.name)
+        if plan["file"] not in self.runners:
+            self.runners[plan["file"]] = self.runtime.open(plan["file"], self.cuda_graph)
+        return self.runners[plan["file"]].run(feeds)
+
+
+class TensorRTRuntime:
+    """The TensorRT runtime, stream and shared scratch of one engine directory."""
+
+    def __init__(self, root: Path, manifest: dict, trt, xp, device: dict, cuda_graph: bool = False):
+        section = manifest["tensorrt"]
+        check_plan_key(section, trt.__version__, device["compute_capability"], root)
+        self.root, self.trt, self.xp = root, trt, xp
+        self.vae_scale = manifest["model"]["vae_scale_factor"]
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.stream = xp.cuda.Stream(non_blocking=True)
+        self.scratch = SharedScratch(xp)
+        self.components = {
+            name: TensorRTComponent(name, plans, self, latent=name != "vae_encoder",
+                                    cuda_graph=cuda_graph and name == "unet")
+            for name, plans in section["plans"].items()
+        }
+
+    def open(self, file: str, cuda_graph: bool) -> PlanRunner:
+        engine = self.runtime.deserialize_cuda_engine((self.root / file).read_bytes())
+        if engine is None:
+            raise RuntimeError(f"TensorRT could not load {self.root / file}; rebuild it with "
+                               f"`inpaint-build-plans --engine {self.root}`")
+        return PlanRunner(self.trt, engine, self.scratch, self.stream, self.xp, cuda_graph)

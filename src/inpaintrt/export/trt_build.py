@@ -1,0 +1,141 @@
+"""Build TensorRT plans from an engine directory's fp16 ONNX graphs (TensorRT 10.1+ and a GPU; no torch).
+
+One plan per component and static size (the text encoder needs one), each with one optimization
+profile whose batch axis is a range (plans.py computes them from the manifest). A persistent timing
+cache, keyed like the plans by TensorRT version and GPU, makes rebuilds fast. Every plan is run once
+and compared with the stored fp32 ONNX graph before it is accepted.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.backends import load_tensorrt
+from ..engine.manifest import read_manifest, write_manifest
+from ..engine.plans import plan_layout
+from ..engine.trt_backend import PlanRunner, SharedScratch
+from .half import FP16_TOLERANCE
+
+WORKSPACE_BYTES = 8 << 30
+
+
+class PlanBuildError(RuntimeError):
+    """TensorRT could not build or verify a plan."""
+
+
+def default_timing_cache(version: str, compute_capability: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inpaintrt"
+    return base / f"tensorrt-{version}-sm{compute_capability.replace('.', '')}.cache"
+
+
+def build_plan(trt, logger, onnx_path: Path, profile: dict, cache_path: Path) -> bytes:
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise PlanBuildError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    shapes = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile.items():
+        shapes.set_shape(name, low, opt, high)
+    config.add_optimization_profile(shapes)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise PlanBuildError(f"TensorRT could not build a plan from {onnx_path.name} (see its log above)")
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_path.with_suffix(".partial")
+    partial.write_bytes(bytes(config.get_timing_cache().serialize()))
+    partial.replace(cache_path)
+    return bytes(plan)
+
+
+def sample_feeds(inputs: list[dict], profile: dict, pad_id: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs at each profile's opt shape with the values the engine feeds: token ids, timesteps, normals."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for tensor in inputs:
+        shape = tuple(profile[tensor["name"]][1])
+        if tensor["dtype"].startswith("int"):
+            feeds[tensor["name"]] = rng.integers(0, pad_id + 1, shape).astype(tensor["dtype"])
+        elif tensor["name"] == "timestep":
+            feeds[tensor["name"]] = rng.uniform(0, 1000, shape).astype(np.float32)
+        else:
+            feeds[tensor["name"]] = np.clip(rng.standard_normal(shape, dtype=np.float32), -3, 3)
+    return feeds
+
+
+def relative_error(got: dict, expected: dict) -> float:
+    worst = 0.0
+    for name, e in expected.items():
+        g = got[name].astype(np.float32)
+        if not np.isfinite(g).all():
+            return float("inf")
+        worst = max(worst, float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-12)))
+    return worst
+
+
+def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cache: Path | None = None,
+                log=print, plans_dir: Path | None = None) -> dict:
+    """Build and verify a plan per component and size from the graphs in `folder`, write them to
+    `plans_dir` (default folder/plans), and return the manifest's `tensorrt` section."""
+    from ..engine.backends import OrtBackend
+
+    trt, cupy, device = load_tensorrt()
+    components = manifest["components"]
+    lacking = [name for name, c in components.items() if "fp16" not in c]
+    if lacking:
+        raise PlanBuildError(f"{folder} has no fp16 graphs for {', '.join(lacking)}; re-export with "
+                             "`inpaint-export --fp16` (or `--backend tensorrt`)")
+    cache_path = timing_cache or default_timing_cache(trt.__version__, device["compute_capability"])
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    scratch, stream = SharedScratch(cupy), cupy.cuda.Stream(non_blocking=True)
+    layout = plan_layout(components, sizes, max_images, manifest["model"]["vae_scale_factor"])
+    plans_dir = plans_dir or folder / "plans"
+    plans_dir.mkdir(exist_ok=True)
+    for name, plans in layout.items():
+        reference = OrtBackend(folder / components[name]["file"])
+        for plan in plans:
+            log(f"building TensorRT plan {plan['file']} ...")
+            data = build_plan(trt, logger, folder / components[name]["fp16"]["file"], plan["profile"], cache_path)
+            (plans_dir / Path(plan["file"]).name).write_bytes(data)
+            runner = PlanRunner(trt, runtime.deserialize_cuda_engine(data), scratch, stream, cupy)
+            feeds = sample_feeds(components[name]["inputs"], plan["profile"], manifest["tokenizer"]["pad_id"])
+            plan["max_rel_error"] = relative_error(runner.run(feeds), reference.run(feeds))
+            del runner
+            log(f"  {plan['file']}: max relative error vs the fp32 graph {plan['max_rel_error']:.2e}")
+            if not plan["max_rel_error"] <= FP16_TOLERANCE:
+                raise PlanBuildError(f"the TensorRT plan {plan['file']} differs from the fp32 graph by "
+                                     f"{plan['max_rel_error']:.2e} (relative), more than {FP16_TOLERANCE:g}; discarded")
+    return {
+        "version": trt.__version__, "compute_capability": device["compute_capability"], "device": device["name"],
+        "precision": "fp16", "max_images": max_images, "sizes": [list(s) for s in sizes], "plans": layout,
+    }
+
+
+def rebuild_plans(root: Path, sizes, max_images: int, timing_cache: Path | None = None, log=print) -> None:
+    """Replace the plans of an existing engine directory; a failed build leaves it unchanged."""
+    manifest = read_manifest(root)
+    work = Path(tempfile.mkdtemp(prefix=".plans-partial-", dir=root))
+    try:
+        section = build_plans(root, manifest, sizes, max_images, timing_cache, log, plans_dir=work)
+        old = root / ".plans-old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (root / "plans").exists():
+            (root / "plans").rename(old)
+        work.chmod(0o755)
+        work.rename(root / "plans")
+        shutil.rmtree(old, ignore_errors=True)
+        kept = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")}
+        write_manifest(root, dict(kept, tensorrt=section))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -31,6 +31,20 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{marker}: {text}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """`tensorrt` tests run only where TensorRT, cupy and a GPU are usable; elsewhere they skip, saying why."""
+    from inpaintrt.engine.backends import BackendError, load_tensorrt
+
+    try:
+        load_tensorrt()
+        return
+    except BackendError as e:
+        reason = str(e).split(";")[0]
+    for item in items:
+        if "tensorrt" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @contextlib.contextmanager
 def numpy_randn(seed: int):
     """Make diffusers draw every randn_tensor from numpy's default_rng(seed), in its own call order."""

@@ -175,7 +175,9 @@ def test_count_of_bad_input_cases():
 def test_unknown_and_unavailable_backends(engines):
     with pytest.raises(ValueError, match="backend 'cuda' is unknown; choose one of auto, ort-cpu"):
         Engine.load(engines[9], backend="cuda")
-    with pytest.raises(RuntimeError, match="backend 'tensorrt' is not available"):
+    with pytest.raises(RuntimeError, match="backend 'ort-cuda' is not available"):
+        Engine.load(engines[9], backend="ort-cuda")
+    with pytest.raises(RuntimeError, match="has no TensorRT plans; build them with `inpaint-build-plans --engine"):
         Engine.load(engines[9], backend="tensorrt")
 
 

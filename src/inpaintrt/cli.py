@@ -15,6 +15,23 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", default="512,1024",
+                        help="static TensorRT sizes: N (square) or HEIGHTxWIDTH, comma-separated (default 512,1024)")
+    parser.add_argument("--max-images", type=int, default=2,
+                        help="largest number of images one call makes (prompts x num_images_per_prompt); default 2")
+    parser.add_argument("--timing-cache", type=Path,
+                        help="TensorRT timing cache file (default ~/.cache/inpaintrt/tensorrt-<version>-sm<gpu>.cache)")
+
+
+def _plan_options(args):
+    from .engine.plans import parse_sizes
+
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    return parse_sizes(args.sizes), args.max_images, args.timing_cache
+
+
 def export_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="inpaint-export", description="Export a Stable Diffusion 1.x/2.x checkpoint to an inpaintrt engine directory."
@@ -27,19 +44,56 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
     parser.add_argument("--no-optimize", action="store_true",
                         help="store the graphs as traced, without ONNX Runtime's fusions (for debugging)")
+    parser.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx",
+                        help="onnx (default): ONNX graphs for ONNX Runtime; tensorrt: also fp16 graphs and TensorRT "
+                             "plans built on this machine's GPU (needs TensorRT 10.1+ and cupy)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="also store fp16 graphs, so `inpaint-build-plans` can build TensorRT plans later elsewhere")
+    _plan_arguments(parser)
     args = parser.parse_args(argv)
     # a kill ends export through its cleanup, which removes the half-written directory
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        from .export.exporter import ExportError, export_engine
+        from .export.exporter import ExportError, PlanOptions, export_engine
         from .export.loading import CheckpointError, load_pipeline
     except ImportError as e:
         return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
+    from .engine.backends import BackendError, load_tensorrt
+    from .export.trt_build import PlanBuildError
+
     try:
+        tensorrt = None
+        if args.backend == "tensorrt":
+            tensorrt = PlanOptions(*_plan_options(args))
+            load_tensorrt()  # before loading the checkpoint: fail in a second, not after minutes
         pipe = load_pipeline(args.model, config=args.config)
-        export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize)
-    except (CheckpointError, ExportError) as e:
+        export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
+                      fp16=args.fp16, tensorrt=tensorrt)
+    except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
+    return 0
+
+
+def build_plans_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="inpaint-build-plans",
+        description="Build (or rebuild) the TensorRT plans of an engine directory on this machine's GPU, from the "
+                    "fp16 graphs it stores (export with --fp16 or --backend tensorrt). Needs no torch.",
+    )
+    parser.add_argument("--engine", required=True, type=Path, help="engine directory written by inpaint-export")
+    _plan_arguments(parser)
+    args = parser.parse_args(argv)
+    from .engine.backends import BackendError, load_tensorrt
+    from .engine.manifest import EngineDirectoryError
+    from .export.trt_build import PlanBuildError, rebuild_plans
+
+    try:
+        sizes, max_images, cache = _plan_options(args)
+        load_tensorrt()
+        rebuild_plans(args.engine, sizes, max_images, cache)
+    except (BackendError, PlanBuildError, EngineDirectoryError, ValueError) as e:
+        return _fail(str(e))
+    print(f"TensorRT plans written to {args.engine / 'plans'}")
     return 0
 
 
@@ -68,7 +122,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blur", type=float, default=0, help="blur the mask edge by this radius (blur_factor)")
     parser.add_argument("--keep-unmasked", action="store_true", help="unmasked pixels stay exactly as in the input")
     parser.add_argument("--keep-input-size", action="store_true", help="output at the input's size (multiples of 8)")
-    parser.add_argument("--backend", default="auto", help="auto | ort-cpu")
+    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cpu"),
+                        help="auto (default): TensorRT when the engine has plans that run here, else ONNX Runtime CPU")
+    parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the UNet call as a CUDA graph")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -83,7 +139,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
     try:
         options = dict(_parse_option(text) for text in args.scheduler_option)
         image, mask = Image.open(args.image), Image.open(args.mask)
-        engine = Engine.load(args.engine, backend=args.backend)
+        engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph)
         result = engine.inpaint(
             image, mask, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
             guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler,

@@ -55,10 +55,13 @@ _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 def load_tensorrt():
     """(tensorrt module, cupy module, {name, compute_capability} of GPU 0), or BackendError saying how to install."""
     try:
-        import cupy
         import tensorrt as trt
     except Exception as e:  # PyPI's stub package raises on import, not only ImportError
         raise BackendError(f"TensorRT cannot be imported ({type(e).__name__}: {e}); {TRT_INSTALL}") from None
+    try:
+        import cupy
+    except Exception as e:
+        raise BackendError(f"cupy, which holds TensorRT's buffers, cannot be imported ({e}); {TRT_INSTALL}") from None
     if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (10, 1):
         raise BackendError(f"TensorRT {trt.__version__} is too old; {TRT_INSTALL}")
     try:

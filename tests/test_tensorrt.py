@@ -145,6 +145,19 @@ def test_export_without_tensorrt_fails_fast_with_install_message(checkpoints, tm
     assert "--max-images must be at least 1" in capsys.readouterr().err
 
 
+def test_failed_plan_rebuild_leaves_the_directory_as_it_was(engines, tmp_path, monkeypatch):
+    from inpaintrt.export import trt_build
+
+    root = _with_plans(engines[9], tmp_path)
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    monkeypatch.setattr(trt_build, "load_tensorrt",
+                        lambda: (FakeTrt, None, {"name": "GPU", "compute_capability": "9.0"}))
+    with pytest.raises(trt_build.PlanBuildError, match="has no fp16 graphs for text_encoder, .*inpaint-export --fp16"):
+        trt_build.rebuild_plans(root, ((64, 96),), 1)
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert not list(root.glob(".plans-*"))
+
+
 @pytest.fixture(scope="module")
 def fp16_engine(checkpoints, tmp_path_factory):
     from inpaintrt.export.exporter import export_engine

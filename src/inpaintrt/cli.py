@@ -53,19 +53,24 @@ def export_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # a kill ends export through its cleanup, which removes the half-written directory
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    from .engine.backends import BackendError, load_tensorrt
+
+    plans = None
+    if args.backend == "tensorrt":
+        try:  # before torch is imported or the checkpoint loaded: fail in a second, not after minutes
+            plans = _plan_options(args)
+            load_tensorrt()
+        except (BackendError, ValueError) as e:
+            return _fail(str(e))
     try:
         from .export.exporter import ExportError, PlanOptions, export_engine
         from .export.loading import CheckpointError, load_pipeline
     except ImportError as e:
         return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
-    from .engine.backends import BackendError, load_tensorrt
     from .export.trt_build import PlanBuildError
 
     try:
-        tensorrt = None
-        if args.backend == "tensorrt":
-            tensorrt = PlanOptions(*_plan_options(args))
-            load_tensorrt()  # before loading the checkpoint: fail in a second, not after minutes
+        tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config)
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
                       fp16=args.fp16, tensorrt=tensorrt)

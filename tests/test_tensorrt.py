@@ -159,15 +159,16 @@ def test_failed_plan_rebuild_leaves_the_directory_as_it_was(engines, tmp_path, m
 
 
 @pytest.fixture(scope="module")
-def fp16_engine(checkpoints, tmp_path_factory):
+def fp16_engines(checkpoints, tmp_path_factory):
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
 
-    return export_engine(load_pipeline(str(checkpoints[4])), tmp_path_factory.mktemp("fp16") / "engine",
-                         fp16=True, log=lambda *_: None)
+    root = tmp_path_factory.mktemp("fp16")
+    return {ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", fp16=True, log=lambda *_: None)
+            for ch, path in checkpoints.items()}
 
 
-def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engine):
+def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engines):
     """fp16 weights, float32 inputs/outputs, only standard ONNX operators (TensorRT's parser knows no
     com.microsoft fusions), checked against torch at export; the plan check's inputs and measure work."""
     import onnx
@@ -176,6 +177,7 @@ def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engine):
     from inpaintrt.export.half import FP16_TOLERANCE
     from inpaintrt.export.trt_build import relative_error, sample_feeds
 
+    fp16_engine = fp16_engines[4]
     manifest = read_manifest(fp16_engine)
     layout = plan_layout(manifest["components"], ((64, 96),), 2, manifest["model"]["vae_scale_factor"])
     for name, component in manifest["components"].items():
@@ -390,3 +392,107 @@ def test_tensorrt_plans_match_onnx_runtime(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="has no TensorRT plan"):
         engine.inpaint(picture, mask, generator=1, **dict(args, height=128))
     assert isinstance(engine.sessions["unet"].runtime, TensorRTRuntime)
+
+
+# ---- the whole TensorRT backend, with ONNX Runtime on the fp16 graphs standing in for the plans ------
+
+class OrtPlanEngine:
+    """A deserialized "plan": the tensor description TensorRT would give, and a kernel that runs the
+    component's fp16 graph on the memory at the addresses the backend set."""
+
+    def __init__(self, plan: dict, stream):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(plan["graph"], providers=["CPUExecutionProvider"])
+        self.profile, self.stream, self.device_memory_size_v2 = plan["profile"], stream, 1 << 16
+        types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+        self.tensors = {t.name: ("input", types[t.type]) for t in self.session.get_inputs()}
+        self.tensors.update({t.name: ("output", types[t.type]) for t in self.session.get_outputs()})
+        self.num_io_tensors = len(self.tensors)
+
+    def get_tensor_name(self, index):
+        return list(self.tensors)[index]
+
+    def get_tensor_mode(self, name):
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.tensors[name][1]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [tuple(s) for s in self.profile[name]]
+
+    def create_execution_context(self, strategy):
+        return OrtPlanContext(self)
+
+
+class OrtPlanContext(FakeContext):
+    def get_tensor_shape(self, name):  # what TensorRT infers from the input shapes
+        zeros = {n: np.zeros(s, self.engine.tensors[n][1]) for n, s in self.shapes.items()}
+        return self.engine.session.run([name], zeros)[0].shape
+
+    def _kernel(self):
+        self.executions += 1
+        feeds = {n: _memory(self.addresses[n], s, self.engine.tensors[n][1]).copy() for n, s in self.shapes.items()}
+        outputs = [n for n, (mode, _) in self.engine.tensors.items() if mode == "output"]
+        for name, value in zip(outputs, self.engine.session.run(outputs, feeds)):
+            _memory(self.addresses[name], value.shape, value.dtype)[...] = value
+
+
+def _ort_plans(engine_dir, tmp_path, monkeypatch, sizes=((64, 96),), max_images=2):
+    """A copy of an fp16 engine whose plan files name the fp16 graph to run, and a TensorRT that runs them."""
+    root = tmp_path / "engine"
+    shutil.copytree(engine_dir, root)
+    manifest = read_manifest(root)
+    layout = plan_layout(manifest["components"], sizes, max_images, manifest["model"]["vae_scale_factor"])
+    (root / "plans").mkdir()
+    for name, plans in layout.items():
+        for plan in plans:
+            graph = str(root / manifest["components"][name]["fp16"]["file"])
+            (root / plan["file"]).write_text(json.dumps({"graph": graph, "profile": plan["profile"]}))
+    section = {"version": FakeTrt.__version__, "compute_capability": "9.0", "device": "GPU", "precision": "fp16",
+               "max_images": max_images, "sizes": [list(s) for s in sizes], "plans": layout}
+    kept = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")}
+    write_manifest(root, dict(kept, tensorrt=section))
+    stream = FakeStream()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return OrtPlanEngine(json.loads(data), stream)
+
+    trt = SimpleNamespace(**{k: getattr(FakeTrt, k) for k in ("__version__", "TensorIOMode", "nptype",
+                                                                 "ExecutionContextAllocationStrategy")},
+                          Logger=lambda level: None, Runtime=Runtime)
+    trt.Logger.WARNING = 2
+    device = SimpleNamespace(empty=np.empty, uint8=np.uint8, asarray=np.asarray,
+                             cuda=SimpleNamespace(Stream=lambda non_blocking: stream))
+    monkeypatch.setattr(backends, "load_tensorrt", lambda: (trt, device, {"name": "GPU", "compute_capability": "9.0"}))
+    return root, stream
+
+
+@pytest.mark.parametrize("channels", [9, 4])
+def test_tensorrt_backend_runs_the_engine_end_to_end(fp16_engines, channels, tmp_path, monkeypatch):
+    """Engine -> TensorRT components -> plan per size -> runner buffers -> "kernel": the image matches
+    ONNX Runtime's fp32 run within fp16 error, with and without CUDA graphs."""
+    root, stream = _ort_plans(fp16_engines[channels], tmp_path, monkeypatch)
+    args = dict(prompt=["a bench", "a lamp"], num_inference_steps=3, height=64, width=96, output_type="np",
+                progress=False)
+    picture, mask = sample_image(96, 64), sample_mask(96, 64)
+    reference = Engine.load(root, backend="ort-cpu").inpaint(picture, mask, generator=2, **args).images
+    engine = Engine.load(root)  # auto: the plans run here
+    assert engine.backend == "tensorrt"
+    got = engine.inpaint(picture, mask, generator=2, **args).images
+    assert 0 < np.abs(got - reference).max() < 0.02
+    graphed = Engine.load(root, backend="tensorrt", cuda_graph=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(graphed.inpaint(picture, mask, generator=2, **args).images, got)
+    assert stream.launches > 0
+    runners = graphed.sessions["unet"].runners
+    assert list(runners) == ["plans/unet-64x96.plan"] and len(runners["plans/unet-64x96.plan"].graphs) == 1
+    with pytest.raises(ValueError, match=r"128x96 has no TensorRT plan \(built: 64x96\)"):
+        engine.inpaint(picture, mask, generator=2, **dict(args, height=128))
+    with pytest.raises(ValueError, match="unet got a batch of 6 but its TensorRT plan takes at most 4"):
+        engine.inpaint(picture, mask, generator=2, **dict(args, prompt="a bench", num_images_per_prompt=3))

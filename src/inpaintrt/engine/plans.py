@@ -112,8 +112,9 @@ def select_plan(plans: list[dict], height: int | None, width: int | None, compon
             return plan
     built = ", ".join(f"{p['size'][0]}x{p['size'][1]}" for p in plans)
     raise ValueError(
-        f"height x width {height}x{width} has no TensorRT plan (built: {built}); pass one of those sizes, "
-        f"rebuild the plans with `inpaint-build-plans --engine <engine dir> --sizes {height}x{width},...`, or use backend='ort-cpu'"
+        f"height x width {height}x{width} has no TensorRT plan (built: {built}); pass one of those sizes, rebuild "
+        f"the plans with `inpaint-build-plans --engine <engine dir> --sizes {height}x{width},...`, or use "
+        "backend='ort-cpu'"
     )
 
 

@@ -284,6 +284,8 @@ class FakeContext:
 class FakeEngine:
     """A UNet-like engine description: two inputs with a batch range 1..4, one output."""
 
+    context_class = FakeContext
+
     def __init__(self, stream, scratch_bytes, channels=9):
         self.stream, self.device_memory_size_v2, self.contexts = stream, scratch_bytes, []
         self.tensors = {"sample": ("input", np.float32, [(1, channels, 8, 12), (2, channels, 8, 12), (4, channels, 8, 12)]),
@@ -306,7 +308,7 @@ class FakeEngine:
 
     def create_execution_context(self, strategy):
         assert strategy == "user-managed"  # no activation memory of its own
-        self.contexts.append(FakeContext(self))
+        self.contexts.append(self.context_class(self))
         return self.contexts[-1]
 
 
@@ -396,36 +398,6 @@ def test_tensorrt_plans_match_onnx_runtime(checkpoints, tmp_path):
 
 # ---- the whole TensorRT backend, with ONNX Runtime on the fp16 graphs standing in for the plans ------
 
-class OrtPlanEngine:
-    """A deserialized "plan": the tensor description TensorRT would give, and a kernel that runs the
-    component's fp16 graph on the memory at the addresses the backend set."""
-
-    def __init__(self, plan: dict, stream):
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(plan["graph"], providers=["CPUExecutionProvider"])
-        self.profile, self.stream, self.device_memory_size_v2 = plan["profile"], stream, 1 << 16
-        types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
-        self.tensors = {t.name: ("input", types[t.type]) for t in self.session.get_inputs()}
-        self.tensors.update({t.name: ("output", types[t.type]) for t in self.session.get_outputs()})
-        self.num_io_tensors = len(self.tensors)
-
-    def get_tensor_name(self, index):
-        return list(self.tensors)[index]
-
-    def get_tensor_mode(self, name):
-        return self.tensors[name][0]
-
-    def get_tensor_dtype(self, name):
-        return self.tensors[name][1]
-
-    def get_tensor_profile_shape(self, name, profile):
-        return [tuple(s) for s in self.profile[name]]
-
-    def create_execution_context(self, strategy):
-        return OrtPlanContext(self)
-
-
 class OrtPlanContext(FakeContext):
     def get_tensor_shape(self, name):  # what TensorRT infers from the input shapes
         zeros = {n: np.zeros(s, self.engine.tensors[n][1]) for n, s in self.shapes.items()}
@@ -434,9 +406,26 @@ class OrtPlanContext(FakeContext):
     def _kernel(self):
         self.executions += 1
         feeds = {n: _memory(self.addresses[n], s, self.engine.tensors[n][1]).copy() for n, s in self.shapes.items()}
-        outputs = [n for n, (mode, _) in self.engine.tensors.items() if mode == "output"]
+        outputs = [n for n, (mode, _, _) in self.engine.tensors.items() if mode == "output"]
         for name, value in zip(outputs, self.engine.session.run(outputs, feeds)):
             _memory(self.addresses[name], value.shape, value.dtype)[...] = value
+
+
+class OrtPlanEngine(FakeEngine):
+    """A deserialized "plan": the tensor description TensorRT would give, and a kernel that runs the
+    component's fp16 graph on the memory at the addresses the backend set."""
+    context_class = OrtPlanContext
+
+    def __init__(self, plan: dict, stream):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(plan["graph"], providers=["CPUExecutionProvider"])
+        self.stream, self.device_memory_size_v2, self.contexts = stream, 1 << 16, []
+        types = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+        profile = {name: [tuple(s) for s in shapes] for name, shapes in plan["profile"].items()}
+        self.tensors = {t.name: ("input", types[t.type], profile[t.name]) for t in self.session.get_inputs()}
+        self.tensors.update({t.name: ("output", types[t.type], None) for t in self.session.get_outputs()})
+        self.num_io_tensors = len(self.tensors)
 
 
 def _ort_plans(engine_dir, tmp_path, monkeypatch, sizes=((64, 96),), max_images=2):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 # component -> onnxruntime.transformers model type
 MODEL_TYPES = {"unet": "unet", "text_encoder": "clip", "vae_encoder": "vae", "vae_decoder": "vae"}

@@ -174,8 +174,8 @@ def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engines):
     import onnx
 
     from inpaintrt.engine.backends import OrtBackend
-    from inpaintrt.export.half import FP16_TOLERANCE
-    from inpaintrt.export.trt_build import relative_error, sample_feeds
+    from inpaintrt.export.half import FP16_TOLERANCE, relative_error
+    from inpaintrt.export.trt_build import sample_feeds
 
     fp16_engine = fp16_engines[4]
     manifest = read_manifest(fp16_engine)

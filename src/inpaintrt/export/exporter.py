@@ -18,7 +18,7 @@ import numpy as np
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
-from .half import FP16_TOLERANCE, convert_to_fp16
+from .half import FP16_TOLERANCE, convert_to_fp16, relative_error
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs
 
@@ -157,10 +157,9 @@ def check_parity(spec: ComponentSpec, path: Path) -> float:
         with torch.no_grad():
             expected = spec.module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)})
-        for e, g in zip(expected, got):
-            e = e.numpy()
-            worst = max(worst, float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-12)))
+        names = [t.name for t in spec.outputs]
+        got = session.run(names, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)})
+        worst = max(worst, relative_error(dict(zip(names, got)), {n: e.numpy() for n, e in zip(names, expected)}))
     return worst
 
 

@@ -1,4 +1,5 @@
-"""fp16 copies of the traced graphs, the input of the TensorRT build (DESIGN.md §6).
+"""fp16 copies of the traced graphs, the input of the TensorRT build (DESIGN.md §6), and the error
+measure of every parity check.
 
 They are converted from the plain traced graph, not from the CPU-optimized one: ONNX Runtime's
 fused operators (com.microsoft domain) are unknown to TensorRT's ONNX parser. Inputs and outputs
@@ -7,6 +8,8 @@ stay float32 so the runtime feeds every backend the same arrays; weights and act
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 FP16_TOLERANCE = 3e-2  # max |fp16 - fp32| / max |fp32| accepted for an fp16 graph or TensorRT plan
 # kept in float32: ONNX Runtime's own list (non-numeric and index ops) plus the softmax of attention,
@@ -33,3 +36,14 @@ def convert_to_fp16(traced: Path, output: Path, external_data_bytes: int) -> lis
                     location=f"{output.name}.data")
     shaped.unlink()
     return [output.name] + ([f"{output.name}.data"] if big else [])
+
+
+def relative_error(got: dict, expected: dict) -> float:
+    """max |got - expected| / max |expected| over the outputs; the measure every tolerance here applies to."""
+    worst = 0.0
+    for name, e in expected.items():
+        g = got[name].astype(np.float32)
+        if not np.isfinite(g).all():
+            return float("inf")
+        worst = max(worst, float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-12)))
+    return worst

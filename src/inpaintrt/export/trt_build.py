@@ -18,7 +18,7 @@ from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import plan_layout
 from ..engine.trt_backend import PlanRunner, SharedScratch
-from .half import FP16_TOLERANCE
+from .half import FP16_TOLERANCE, relative_error
 
 WORKSPACE_BYTES = 8 << 30
 
@@ -71,16 +71,6 @@ def sample_feeds(inputs: list[dict], profile: dict, pad_id: int, seed: int = 0) 
         else:
             feeds[tensor["name"]] = np.clip(rng.standard_normal(shape, dtype=np.float32), -3, 3)
     return feeds
-
-
-def relative_error(got: dict, expected: dict) -> float:
-    worst = 0.0
-    for name, e in expected.items():
-        g = got[name].astype(np.float32)
-        if not np.isfinite(g).all():
-            return float("inf")
-        worst = max(worst, float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-12)))
-    return worst
 
 
 def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cache: Path | None = None,

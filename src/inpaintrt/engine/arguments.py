@@ -70,6 +70,38 @@ def embeddings(value, name: str, seq: int, hidden: int, batch: int | None = None
     return value.astype(np.float32)
 
 
+def pooled(value, name: str, width: int, batch: int) -> np.ndarray:
+    """pooled_prompt_embeds-like input: float (batch, width), finite."""
+    value = np.asarray(value) if hasattr(value, "__array__") else value
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating) or value.shape != (batch, width):
+        got = f"shape {value.shape} of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"{name} must be a float array of shape ({batch}, {width}) (one pooled embedding per "
+                         f"prompt embedding), got {got}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return value.astype(np.float32)
+
+
+def size_pair(value, name: str) -> tuple[int, int] | None:
+    """SDXL's (height, width)-like micro-conditioning tuples: two non-negative integers."""
+    if value is None:
+        return None
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in value)):
+        raise ValueError(f"{name}={value!r} must be two non-negative integers, e.g. (1024, 1024)")
+    return int(value[0]), int(value[1])
+
+
+def fraction(value, name: str) -> float | None:
+    """denoising_start / denoising_end: a fraction of the schedule strictly between 0 and 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise ValueError(f"{name}={value!r} must be a number strictly between 0 and 1 (the fraction of the "
+                         "schedule), e.g. 0.8")
+    return float(value)
+
+
 def latents(value, name: str, expected: tuple) -> np.ndarray:
     value = np.asarray(value)
     if value.shape != expected:

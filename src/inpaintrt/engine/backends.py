@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .manifest import COMPONENTS
 from .plans import PlanMismatchError
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
-TRT_INSTALL = ("install TensorRT 10.1+ and cupy for your CUDA version on a machine with an NVIDIA GPU: "
-               "`pip install 'inpaintrt[trt]'` (CUDA 12; for CUDA 13: `pip install tensorrt-cu13 cupy-cuda13x`)")
+TRT_INSTALL = ("install TensorRT 10.8+ or 11.x and cupy for your CUDA version on a machine with an NVIDIA GPU: "
+               "`pip install 'inpaintrt[trt]'` (CUDA 12) or `pip install 'inpaintrt[trt-cu13]'` (CUDA 13)")
 
 
 class BackendError(RuntimeError):
@@ -62,7 +61,7 @@ def load_tensorrt():
         import cupy
     except Exception as e:
         raise BackendError(f"cupy, which holds TensorRT's buffers, cannot be imported ({e}); {TRT_INSTALL}") from None
-    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (10, 1):
+    if tuple(int(p) for p in trt.__version__.split(".")[:2]) < (10, 8):
         raise BackendError(f"TensorRT {trt.__version__} is too old; {TRT_INSTALL}")
     try:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
@@ -85,7 +84,7 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
             if name == "tensorrt":
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
-    return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in COMPONENTS}
+    return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in manifest["components"]}
 
 
 def _tensorrt_sessions(root: Path, manifest: dict, cuda_graph: bool) -> dict:

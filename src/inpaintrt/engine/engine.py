@@ -1,4 +1,4 @@
-"""Engine: load an engine directory and inpaint with diffusers' StableDiffusionInpaintPipeline arguments."""
+"""Engine: load an engine directory and inpaint with diffusers' StableDiffusion(XL)InpaintPipeline arguments."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,14 +11,13 @@ from ..runtime import masking
 from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
-from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
 from .backends import open_backend
 from .manifest import read_manifest
 from .plans import select_plan
+from .prompts import PromptArgs, SizeConditioning, TextConditioner
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
-PROMPT_CACHE = 64  # distinct prompts whose embeddings are kept
 
 
 @dataclass
@@ -32,19 +31,20 @@ class Engine:
         self.model = manifest["model"]
         self.scheduler_config = manifest["scheduler"]
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
-        tok = manifest["tokenizer"]
-        self.tokenizer = PromptTokenizer(root / tok["file"], tok["max_length"], tok["pad_id"])
-        self.text_shape = tuple(manifest["components"]["text_encoder"]["outputs"][0]["shape"][1:])
-        self._prompt_cache: dict[str, np.ndarray] = {}
+        self.family = self.model["family"]
+        self.text = TextConditioner(root, manifest, sessions)
+        channels = (1, self.model["latent_channels"], 1, 1)
+        mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
         self._models = Models(
             encode=lambda x: _pair(self.sessions["vae_encoder"].run({"image": x})),
-            unet=lambda s, t, e: _single(self.sessions["unet"].run(
-                {"sample": s, "timestep": t, "encoder_hidden_states": e})),
+            unet=lambda s, t, c: _single(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
             decode=lambda z: _single(self.sessions["vae_decoder"].run({"latent": z})),
             unet_in_channels=self.model["unet_in_channels"],
             latent_channels=self.model["latent_channels"],
             vae_scale_factor=self.model["vae_scale_factor"],
             vae_scaling_factor=self.model["vae_scaling_factor"],
+            vae_latents_mean=None if mean is None else np.array(mean, np.float32).reshape(channels),
+            vae_latents_std=None if std is None else np.array(std, np.float32).reshape(channels),
         )
 
     @classmethod
@@ -59,34 +59,35 @@ class Engine:
         manifest = read_manifest(root, verify_hashes=verify_hashes)
         return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph))
 
-    def _embed(self, prompts: list[str]) -> np.ndarray:
-        """Text embeddings, each distinct prompt encoded once and remembered (the last PROMPT_CACHE)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        if missing:
-            fresh = _single(self.sessions["text_encoder"].run({"input_ids": self.tokenizer(missing)}))
-            self._prompt_cache.update(zip(missing, fresh))
-            while len(self._prompt_cache) > PROMPT_CACHE:
-                self._prompt_cache.pop(next(iter(self._prompt_cache)))
-        return np.stack([self._prompt_cache[p] for p in prompts])
-
-    def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5):
-        """(prompt_embeds, negative_prompt_embeds or None), as diffusers' encode_prompt returns them."""
-        found = check.prompts(prompt, "prompt")
+    def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
+                      prompt_2=None, negative_prompt_2=None):
+        """As diffusers' encode_prompt: SD gives (prompt_embeds, negative_prompt_embeds or None); SDXL gives
+        (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)."""
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
-        embeds = np.repeat(self._embed(found), per_prompt, axis=0)
-        if guidance_scale <= 1:
-            return embeds, None
-        return embeds, np.repeat(self._embed(check.negatives(negative_prompt, len(found))), per_prompt, axis=0)
+        args = PromptArgs(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt,
+                          negative_prompt_2=negative_prompt_2)
+        cond, uncond = self.text(args, per_prompt, guidance_scale > 1)
+        uncond = uncond or {}
+        found = (cond["encoder_hidden_states"], uncond.get("encoder_hidden_states"))
+        return found + (cond["text_embeds"], uncond.get("text_embeds")) if self.family == "sdxl" else found
 
     def inpaint(
         self, image, mask_image, prompt=None, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
-        strength=1.0, scheduler=None, scheduler_options=None, generator=None, latents=None, height=None,
+        strength=None, scheduler=None, scheduler_options=None, generator=None, latents=None, height=None,
         width=None, num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
         keep_input_size=False, prompt_embeds=None, negative_prompt_embeds=None, output_type="pil",
         callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS,
+        # SDXL (StableDiffusionXLInpaintPipeline's arguments)
+        prompt_2=None, negative_prompt_2=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
+        denoising_start=None, denoising_end=None, original_size=None, target_size=None,
+        crops_coords_top_left=None, negative_original_size=None, negative_target_size=None,
+        negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
     ) -> InpaintOutput:
-        """Repaint the white part of `mask_image` in `image`, as StableDiffusionInpaintPipeline does.
+        """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.
 
+        `strength` defaults to diffusers' per family: 1.0 for SD 1.x/2.x, 0.9999 for SDXL. The SDXL
+        arguments (size micro-conditioning, aesthetic scores, second prompts, pooled embeddings,
+        denoising_start/end) have diffusers' meanings and defaults; denoising_start/end also work on SD.
         Beyond diffusers' arguments: `keep_unmasked` pastes the result over the input so unmasked
         pixels are unchanged (output at the input's size); `keep_input_size` sets height/width from
         the input (rounded down to multiples of 8); `image` may be latents (1, 4, h, w) from an
@@ -95,7 +96,19 @@ class Engine:
         """
         steps = check.integer(num_inference_steps, "num_inference_steps", 1)
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        if strength is None:
+            strength = 0.9999 if self.family == "sdxl" else 1.0
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
+        start, end = check.fraction(denoising_start, "denoising_start"), check.fraction(denoising_end, "denoising_end")
+        if start is not None and end is not None and start >= end:
+            raise ValueError(f"denoising_start={start} must be below denoising_end={end}: the first is where this "
+                             "call begins in the schedule, the second where it stops")
+        sizes = SizeConditioning(original_size, target_size, crops_coords_top_left, negative_original_size,
+                                 negative_target_size, negative_crops_coords_top_left, aesthetic_score,
+                                 negative_aesthetic_score)
+        if self.family != "sdxl" and sizes.given():
+            raise ValueError(f"{', '.join(sizes.given())} are SDXL micro-conditioning; this engine is {self.family}: "
+                             "leave them out")
         if output_type == "latent" and (keep_unmasked or padding_mask_crop is not None):
             raise ValueError("keep_unmasked and padding_mask_crop paste pixels; use output_type 'pil' or 'np'")
         sched = make_scheduler(scheduler or self.default_scheduler, self.scheduler_config, scheduler_options)
@@ -123,9 +136,15 @@ class Engine:
             raise ValueError("mask_image is all black (below 0.5 everywhere), so there is nothing to repaint; "
                              "paint white where the picture should change")
 
-        cond, uncond = self._embeddings(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                                        per_prompt, guidance_scale)
-        batch = cond.shape[0]
+        prompts = PromptArgs(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
+                             negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+        cond, uncond = self.text(prompts, per_prompt, guidance_scale > 1)
+        batch = len(cond["encoder_hidden_states"])
+        if self.family == "sdxl":
+            ids, negative_ids = sizes.time_ids(self.model, height, width)
+            cond["time_ids"] = np.repeat(ids, batch, axis=0)
+            if uncond is not None:
+                uncond["time_ids"] = np.repeat(negative_ids, batch, axis=0)
         if latents is not None:
             latents = check.latents(latents, "latents", (batch, self.model["latent_channels"], height // factor,
                                                          width // factor))
@@ -137,10 +156,10 @@ class Engine:
             pixels = imaging.preprocess_image(picture, height, width, crop)
         request = Request(
             image=pixels, mask=mask_pixels,
-            embeddings=cond if uncond is None else np.concatenate([uncond, cond]), batch=batch,
-            guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
-            latents=latents, callback=callback_on_step_end,
-            image_latents=given_latents,
+            conditioning=cond if uncond is None else {k: np.concatenate([uncond[k], cond[k]]) for k in cond},
+            batch=batch, guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
+            latents=latents, callback=callback_on_step_end, image_latents=given_latents,
+            denoising_start=start, denoising_end=end,
         )
         final = denoise(self._models, sched, request, gen, _progress(progress))
         if output_type == "latent":
@@ -169,28 +188,6 @@ class Engine:
         height = self.model["default_height"] if height is None else height
         width = self.model["default_width"] if width is None else width
         return check.check_size(height, width, factor)
-
-    def _embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, per_prompt, guidance):
-        """(cond, uncond or None), each (B, seq, hidden) with B = prompts x images per prompt."""
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
-        if prompt_embeds is None:
-            cond, uncond = self.encode_prompt("" if prompt is None else prompt, negative_prompt, per_prompt, guidance)
-            if negative_prompt_embeds is None or uncond is None:
-                return cond, uncond
-            count = cond.shape[0] // per_prompt
-        else:
-            given = check.embeddings(prompt_embeds, "prompt_embeds", *self.text_shape)
-            count = given.shape[0]
-            cond = np.repeat(given, per_prompt, axis=0)
-            if guidance <= 1:
-                return cond, None
-            if negative_prompt_embeds is None:
-                return cond, np.repeat(self._embed(check.negatives(negative_prompt, count)), per_prompt, axis=0)
-        negative = check.embeddings(negative_prompt_embeds, "negative_prompt_embeds", *self.text_shape, batch=count)
-        return cond, np.repeat(negative, per_prompt, axis=0)
 
 
 def _single(outputs: dict) -> np.ndarray:

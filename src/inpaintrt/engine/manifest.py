@@ -12,6 +12,8 @@ from pathlib import Path
 FORMAT = "inpaintrt-engine"
 FORMAT_VERSION = 1
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# an SDXL refiner has only the second text encoder; base and inpainting checkpoints have both
+SDXL_COMPONENTS = ("text_encoder_2", "unet", "vae_encoder", "vae_decoder")
 MODEL_KEYS = (
     "family", "unet_in_channels", "prediction_type", "latent_channels", "vae_scale_factor",
     "vae_scaling_factor", "default_height", "default_width",
@@ -37,6 +39,10 @@ def describe_files(root: Path) -> dict:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name != "manifest.json"
     }
+
+
+def required_components(manifest: dict) -> tuple[str, ...]:
+    return SDXL_COMPONENTS if manifest.get("model", {}).get("family") == "sdxl" else COMPONENTS
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
@@ -67,7 +73,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
         )
     missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest]
     missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
-    missing += [f"components.{c}" for c in COMPONENTS if c not in manifest.get("components", {})]
+    missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
     missing += _missing_plan_keys(manifest)
     if missing:
         raise EngineDirectoryError(f"{path} lacks {', '.join(missing)}; {rebuild}")
@@ -95,6 +101,6 @@ def _missing_plan_keys(manifest: dict) -> list[str]:
         return []
     missing = [f"tensorrt.{k}" for k in TENSORRT_KEYS if k not in section]
     plans = section.get("plans", {})
-    missing += [f"tensorrt.plans.{c}" for c in COMPONENTS if not plans.get(c)]
+    missing += [f"tensorrt.plans.{c}" for c in manifest.get("components", {}) if not plans.get(c)]
     missing += [f"files[{p['file']}]" for c in plans.values() for p in c if p.get("file") not in manifest.get("files", {})]
     return missing

@@ -20,7 +20,7 @@ from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
 from .half import FP16_TOLERANCE, convert_to_fp16, relative_error
 from .optimize import classic_attention, optimize_for_cpu
-from .specs import ComponentSpec, component_specs
+from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
 
 OPSET = 17
 FP32_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|
@@ -65,7 +65,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             source=source,
             model=_model_info(pipe),
             scheduler=_scheduler_config(pipe, work),
-            tokenizer=_save_tokenizer(pipe.tokenizer, work),
+            **_save_tokenizers(pipe, work),
             components=components,
             versions=_versions(),
         )
@@ -166,8 +166,20 @@ def check_parity(spec: ComponentSpec, path: Path) -> float:
 def _model_info(pipe) -> dict:
     unet, vae = pipe.unet.config, pipe.vae.config
     vae_scale = 2 ** (len(vae.block_out_channels) - 1)
+    sdxl = {}
+    if is_sdxl(pipe):
+        sdxl = {
+            "requires_aesthetics_score": bool(pipe.config.requires_aesthetics_score),
+            "force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt),
+            "time_ids": time_ids_length(pipe),
+            "vae_force_upcast": bool(getattr(vae, "force_upcast", True)),
+        }
+    latents_mean, latents_std = getattr(vae, "latents_mean", None), getattr(vae, "latents_std", None)
+    if latents_mean is not None and latents_std is not None:  # VAEs that normalise latents per channel
+        sdxl.update(vae_latents_mean=list(map(float, latents_mean)), vae_latents_std=list(map(float, latents_std)))
     return {
-        "family": "sd2" if unet.cross_attention_dim == 1024 else "sd1",
+        **sdxl,
+        "family": "sdxl" if is_sdxl(pipe) else "sd2" if unet.cross_attention_dim == 1024 else "sd1",
         "unet_in_channels": unet.in_channels,
         "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
         "latent_channels": vae.latent_channels,
@@ -175,7 +187,8 @@ def _model_info(pipe) -> dict:
         "vae_scaling_factor": vae.scaling_factor,
         "default_height": unet.sample_size * vae_scale,
         "default_width": unet.sample_size * vae_scale,
-        "text_hidden_size": pipe.text_encoder.config.hidden_size,
+        "text_hidden_size": sum(encoder.config.hidden_size for _, encoder, _ in text_encoders(pipe)),
+        "text_encoders": [name for name, _, _ in text_encoders(pipe)],
     }
 
 
@@ -195,7 +208,15 @@ def _jsonable(value):
     return str(value)
 
 
-def _save_tokenizer(tokenizer, work: Path) -> dict:
+def _save_tokenizers(pipe, work: Path) -> dict:
+    """{"tokenizers": {text encoder: tokenizer info}, "tokenizer": the first one's} (older readers know only
+    "tokenizer"); SDXL's second tokenizer goes to tokenizer_2/."""
+    found = {name: _save_tokenizer(tokenizer, work, "tokenizer" if name == "text_encoder" else "tokenizer_2")
+             for name, _, tokenizer in text_encoders(pipe)}
+    return {"tokenizers": found, "tokenizer": next(iter(found.values()))}
+
+
+def _save_tokenizer(tokenizer, work: Path, folder_name: str) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # a slow tokenizer (older transformers): convert it to a tokenizers file
         from transformers import CLIPTokenizerFast
@@ -203,12 +224,12 @@ def _save_tokenizer(tokenizer, work: Path) -> dict:
         with tempfile.TemporaryDirectory() as folder:
             tokenizer.save_pretrained(folder)
             backend = CLIPTokenizerFast.from_pretrained(folder).backend_tokenizer
-    folder = work / "tokenizer"
+    folder = work / folder_name
     folder.mkdir(exist_ok=True)
     backend.save(str(folder / "tokenizer.json"))
     pad = tokenizer.pad_token or tokenizer.eos_token
     return {
-        "file": "tokenizer/tokenizer.json",
+        "file": f"{folder_name}/tokenizer.json",
         "max_length": int(tokenizer.model_max_length),
         "pad_token": pad,
         "pad_id": int(tokenizer.convert_tokens_to_ids(pad)),

@@ -1,6 +1,10 @@
-"""Load a Stable Diffusion 1.x/2.x checkpoint with diffusers: hub id, local folder or single file."""
+"""Load a Stable Diffusion 1.x/2.x or SDXL checkpoint with diffusers: hub id, local folder or single file.
+
+The family is read from the checkpoint itself (the pipeline class in model_index.json, the UNet's
+config, or the single file's key names), never guessed from weight shapes."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,28 +17,32 @@ class CheckpointError(ValueError):
 
 
 def load_pipeline(model: str, config: str | None = None):
-    """A StableDiffusionInpaintPipeline in fp32 on the CPU, whatever kind of checkpoint `model` names.
+    """A StableDiffusion(XL)InpaintPipeline in fp32 on the CPU, whatever kind of checkpoint `model` names.
 
     `config` (single files only) is a diffusers folder or hub id whose component configs and
     tokenizer describe the file; without it diffusers infers them from the weights (needs the hub).
     """
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
+    import diffusers
 
     path = Path(model)
-    common = dict(safety_checker=None, requires_safety_checker=False, dtype=torch.float32)
+    family = checkpoint_family(model, config)
+    pipeline_class = getattr(diffusers, PIPELINES[family])
+    common = dict(dtype=torch.float32)
+    if family == "sd":
+        common.update(safety_checker=None, requires_safety_checker=False)
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise CheckpointError(f"--model {model!r}: no such file; pass an existing .safetensors checkpoint")
         kwargs = dict(common, config=config) if config else common
-        pipe = StableDiffusionInpaintPipeline.from_single_file(str(path), **kwargs)
+        pipe = pipeline_class.from_single_file(str(path), **kwargs)
     elif path.is_dir():
         if not (path / "model_index.json").is_file():
             raise CheckpointError(
                 f"--model {model!r} is a folder without model_index.json; pass a diffusers pipeline folder "
                 "(saved with save_pretrained), a single .safetensors file or a hub id"
             )
-        pipe = StableDiffusionInpaintPipeline.from_pretrained(str(path), **common)
+        pipe = pipeline_class.from_pretrained(str(path), **common)
     elif path.exists() or not _HUB_ID.match(model):
         raise CheckpointError(
             f"--model {model!r} does not exist; pass a diffusers folder, a .safetensors file or a hub id like "
@@ -42,17 +50,54 @@ def load_pipeline(model: str, config: str | None = None):
         )
     else:
         try:
-            pipe = StableDiffusionInpaintPipeline.from_pretrained(model, **common)
+            pipe = pipeline_class.from_pretrained(model, **common)
         except OSError as e:
             raise CheckpointError(f"--model {model!r}: could not load it from the Hugging Face hub ({e})") from e
-    check_supported(pipe)
+    check_supported(pipe, family)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def check_supported(pipe) -> None:
+PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
+
+
+def checkpoint_family(model: str, config: str | None = None) -> str:
+    """"sdxl" or "sd" (1.x/2.x), from what the checkpoint says about itself."""
+    path = Path(model)
+    if path.suffix in SINGLE_FILE_SUFFIXES:
+        if config:
+            return checkpoint_family(config)
+        if path.suffix == ".safetensors" and path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:  # reads the header only
+                return "sdxl" if any(k.startswith("conditioner.embedders.") for k in f.keys()) else "sd"
+        return "sd"
+    if path.is_dir():
+        index = path / "model_index.json"
+        return _family_of_index(json.loads(index.read_text())) if index.is_file() else "sd"
+    if not _HUB_ID.match(model):
+        return "sd"
+    try:
+        from diffusers import DiffusionPipeline
+
+        return _family_of_index(DiffusionPipeline.load_config(model))
+    except Exception:  # unreachable hub: the load below reports it
+        return "sd"
+
+
+def _family_of_index(index: dict) -> str:
+    return "sdxl" if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
+
+
+def check_supported(pipe, family: str) -> None:
     unet = pipe.unet.config
     if unet.in_channels not in (4, 9):
         raise CheckpointError(f"the UNet has {unet.in_channels} input channels; inpaintrt exports 9 (inpainting) or 4")
-    if getattr(unet, "addition_embed_type", None) or getattr(unet, "time_cond_proj_dim", None):
-        raise CheckpointError("this UNet takes extra conditioning (SDXL or LCM); inpaintrt exports SD 1.x/2.x UNets")
+    if getattr(unet, "time_cond_proj_dim", None):
+        raise CheckpointError("this UNet takes a guidance embedding (LCM-distilled); inpaintrt does not export those")
+    added = getattr(unet, "addition_embed_type", None)
+    if family == "sdxl" and added != "text_time":
+        raise CheckpointError(f"the SDXL pipeline's UNet has addition_embed_type={added!r}, not 'text_time'")
+    if family == "sd" and added:
+        raise CheckpointError(f"this UNet takes extra conditioning ({added}) that SD 1.x/2.x pipelines do not give")

@@ -82,8 +82,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, scheduler_config: dict | None = None):
     """A StableDiffusionInpaintPipeline of the SD 1.x architecture with random weights."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 
     a = SIZES[size]
     unet_blocks, vae_blocks, text_hidden = a["unet_blocks"], a["vae_blocks"], a["text_hidden"]
@@ -100,31 +99,8 @@ def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, sche
         attention_head_dim=a["head_dim"],
         norm_num_groups=a["groups"],
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=vae_blocks,
-        down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
-        latent_channels=4,
-        layers_per_block=a["layers"],
-        norm_num_groups=a["groups"],
-        sample_size=a["sample_size"] * 8,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 4,
-            hidden_act="quick_gelu",
-            num_hidden_layers=a["text_layers"],
-            num_attention_heads=a["text_heads"],
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=1,
-        )
-    )
+    vae = build_vae(a)
+    text_encoder = build_clip(text_hidden, a["text_layers"], a["text_heads"])
     scheduler = PNDMScheduler.from_config(scheduler_config or SD15_SCHEDULER_CONFIG)
     pipe = StableDiffusionInpaintPipeline(
         vae=vae.eval(),
@@ -140,8 +116,48 @@ def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, sche
     return pipe
 
 
-def save_pipeline(path: str | Path, **kwargs) -> Path:
-    """Build and save a diffusers folder (what `inpaint-export --model FOLDER` reads)."""
+def build_vae(a: dict, scaling_factor: float = 0.18215, force_upcast: bool = True):
+    """The SD VAE layout (SD 1.x, 2.x and SDXL share it; SDXL scales latents by 0.13025)."""
+    from diffusers import AutoencoderKL
+
+    blocks = a["vae_blocks"]
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=blocks,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        latent_channels=4,
+        layers_per_block=a["layers"],
+        norm_num_groups=a["groups"],
+        sample_size=a["sample_size"] * 8,
+        scaling_factor=scaling_factor,
+        force_upcast=force_upcast,
+    ).eval()
+
+
+def build_clip(hidden: int, layers: int, heads: int, projection: int | None = None, act: str = "quick_gelu"):
+    """A CLIP text encoder with openai's vocabulary size; with `projection`, the pooled-output projection
+    model SDXL's second encoder is (CLIPTextModelWithProjection)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 4, hidden_act=act,
+        num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=projection or hidden,
+    )
+    return (CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)).eval()
+
+
+def save_pipeline(path: str | Path, family: str = "sd1", **kwargs) -> Path:
+    """Build and save a diffusers folder (what `inpaint-export --model FOLDER` reads); family "sdxl" or
+    "sdxl-refiner" builds an SDXL one (models_sdxl.py)."""
     path = Path(path)
-    build_pipeline(**kwargs).save_pretrained(path)
+    if family == "sd1":
+        pipe = build_pipeline(**kwargs)
+    else:
+        from .models_sdxl import build_sdxl_pipeline
+
+        pipe = build_sdxl_pipeline(refiner=family == "sdxl-refiner", **kwargs)
+    pipe.save_pretrained(path)
     return path

@@ -49,6 +49,20 @@ class _TextEncoder(torch.nn.Module):
         return self.text_encoder(input_ids, return_dict=False)[0]
 
 
+class _SdxlTextEncoder(torch.nn.Module):
+    """SDXL reads the penultimate layer's hidden states, plus the projected pooled output of the
+    encoder that has a projection (CLIPTextModelWithProjection)."""
+
+    def __init__(self, text_encoder):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = hasattr(text_encoder, "text_projection")
+
+    def forward(self, input_ids):
+        out = self.text_encoder(input_ids, output_hidden_states=True)
+        return (out.hidden_states[-2], out[0]) if self.pooled else out.hidden_states[-2]
+
+
 class _UNet(torch.nn.Module):
     def __init__(self, unet):
         super().__init__()
@@ -56,6 +70,13 @@ class _UNet(torch.nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states):
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class _SdxlUNet(_UNet):
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added,
+                         return_dict=False)[0]
 
 
 class _VaeEncoder(torch.nn.Module):
@@ -83,11 +104,17 @@ def unet_downsampling(unet) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
+def is_sdxl(pipe) -> bool:
+    return hasattr(pipe, "text_encoder_2")
+
+
+def time_ids_length(pipe) -> int:
+    """SDXL's added time ids: original size, crop corner and target size (6) or aesthetic score (5)."""
+    return 5 if pipe.config.requires_aesthetics_score else 6
+
+
 def component_specs(pipe) -> list[ComponentSpec]:
-    unet, vae, text_encoder = pipe.unet, pipe.vae, pipe.text_encoder
-    seq = pipe.tokenizer.model_max_length
-    hidden = text_encoder.config.hidden_size
-    vocab = text_encoder.config.vocab_size
+    unet, vae = pipe.unet, pipe.vae
     in_ch = unet.config.in_channels
     lat_ch = vae.config.latent_channels
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -100,25 +127,33 @@ def component_specs(pipe) -> list[ComponentSpec]:
     def randn(*shape):
         return torch.randn(*shape, generator=gen)
 
-    return [
-        ComponentSpec(
-            "text_encoder",
-            _TextEncoder(text_encoder),
-            [TensorSpec("input_ids", "int64", ("batch", seq))],
-            [TensorSpec("last_hidden_state", "float32", ("batch", seq, hidden))],
-            lambda b, h, w: (torch.randint(0, vocab, (b, seq), generator=gen),),
-            [(1, 0, 0), (3, 0, 0)],
-        ),
+    texts = _text_encoder_specs(pipe, gen)
+    seq = texts[-1].outputs[0].shape[1]
+    hidden = sum(t.outputs[0].shape[2] for t in texts)  # SDXL concatenates both encoders' hidden states
+    unet_inputs = [
+        TensorSpec("sample", "float32", ("batch", in_ch, "latent_height", "latent_width")),
+        TensorSpec("timestep", "float32", ("batch",)),
+        TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
+    ]
+    if is_sdxl(pipe):
+        pooled = texts[-1].outputs[1].shape[1]
+        ids = time_ids_length(pipe)
+        unet_inputs += [TensorSpec("text_embeds", "float32", ("batch", pooled)),
+                        TensorSpec("time_ids", "float32", ("batch", ids))]
+
+    def unet_inputs_of(b, h, w):
+        common = (randn(b, in_ch, h, w), torch.rand(b, generator=gen) * 999, randn(b, seq, hidden))
+        if not is_sdxl(pipe):
+            return common
+        return common + (randn(b, pooled), torch.rand(b, ids, generator=gen) * 1024)
+
+    return texts + [
         ComponentSpec(
             "unet",
-            _UNet(unet),
-            [
-                TensorSpec("sample", "float32", ("batch", in_ch, "latent_height", "latent_width")),
-                TensorSpec("timestep", "float32", ("batch",)),
-                TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
-            ],
+            _SdxlUNet(unet) if is_sdxl(pipe) else _UNet(unet),
+            unet_inputs,
             [TensorSpec("noise_pred", "float32", ("batch", lat_ch, "latent_height", "latent_width"))],
-            lambda b, h, w: (randn(b, in_ch, h, w), torch.rand(b, generator=gen) * 999, randn(b, seq, hidden)),
+            unet_inputs_of,
             [(2, *odd), (1, 2 * f, 3 * f)],
         ),
         ComponentSpec(
@@ -141,3 +176,33 @@ def component_specs(pipe) -> list[ComponentSpec]:
             [(1, *odd), (2, 2, 3)],
         ),
     ]
+
+
+def text_encoders(pipe) -> list[tuple[str, object, object]]:
+    """(component name, text encoder, tokenizer) in the order their hidden states are concatenated;
+    an SDXL refiner has only the second."""
+    pairs = [("text_encoder", pipe.text_encoder, pipe.tokenizer)]
+    if is_sdxl(pipe):
+        pairs.append(("text_encoder_2", pipe.text_encoder_2, pipe.tokenizer_2))
+    return [p for p in pairs if p[1] is not None]
+
+
+def _text_encoder_specs(pipe, gen) -> list[ComponentSpec]:
+    specs = []
+    for name, encoder, tokenizer in text_encoders(pipe):
+        seq, vocab = tokenizer.model_max_length, encoder.config.vocab_size
+        hidden = encoder.config.hidden_size
+        if is_sdxl(pipe):
+            module = _SdxlTextEncoder(encoder)
+            outputs = [TensorSpec("hidden_states", "float32", ("batch", seq, hidden))]
+            if module.pooled:
+                outputs.append(TensorSpec("text_embeds", "float32", ("batch", encoder.config.projection_dim)))
+        else:
+            module = _TextEncoder(encoder)
+            outputs = [TensorSpec("last_hidden_state", "float32", ("batch", seq, hidden))]
+        specs.append(ComponentSpec(
+            name, module, [TensorSpec("input_ids", "int64", ("batch", seq))], outputs,
+            lambda b, h, w, seq=seq, vocab=vocab: (torch.randint(0, vocab, (b, seq), generator=gen),),
+            [(1, 0, 0), (3, 0, 0)],
+        ))
+    return specs

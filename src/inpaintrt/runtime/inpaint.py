@@ -3,7 +3,9 @@
 - 9-channel (inpainting checkpoints): the UNet sees [latents, mask, masked-image latents].
 - 4-channel (ordinary checkpoints): after each step the original latents, re-noised to the next
   timestep with the same initial noise, replace everything outside the mask.
-The models are passed in as callables, so this file knows nothing of ONNX Runtime or TensorRT.
+The models are passed in as callables, so this file knows nothing of ONNX Runtime or TensorRT, and
+the model family enters only as the UNet's conditioning feeds (SD: text hidden states; SDXL: also
+pooled text embeddings and time ids), so SD 1.x/2.x and SDXL share this one loop.
 """
 from __future__ import annotations
 
@@ -23,19 +25,21 @@ class StopDenoising(Exception):
 @dataclass
 class Models:
     encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image -> latent mean, logvar
-    unet: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # sample, timestep, embeddings -> prediction
+    unet: Callable[[np.ndarray, np.ndarray, dict], np.ndarray]  # sample, timestep, conditioning -> prediction
     decode: Callable[[np.ndarray], np.ndarray]  # latents -> image in [-1, 1]
     unet_in_channels: int
     latent_channels: int
     vae_scale_factor: int
     vae_scaling_factor: float
+    vae_latents_mean: np.ndarray | None = None  # (1, C, 1, 1) for VAEs that normalise latents per channel
+    vae_latents_std: np.ndarray | None = None
 
 
 @dataclass
 class Request:
     image: np.ndarray  # (1, 3, H, W) in [-1, 1]
     mask: np.ndarray  # (1, 1, H, W) of 0/1
-    embeddings: np.ndarray  # (B, seq, hidden); with guidance, [uncond (B), cond (B)]
+    conditioning: dict  # the UNet's other feeds, e.g. encoder_hidden_states (B, seq, hidden); [uncond, cond] when guided
     batch: int  # B: prompts x images per prompt
     guidance_scale: float
     num_inference_steps: int
@@ -43,6 +47,12 @@ class Request:
     latents: np.ndarray | None = None  # caller's initial noise (B, C, h, w)
     callback: Callable | None = None  # (step, timestep, latents) -> latents or None
     image_latents: np.ndarray | None = None  # the image already as scaled latents (1, C, h, w): not encoded again
+    denoising_start: float | None = None  # fraction of the schedule already done (SDXL refiner hand-off)
+    denoising_end: float | None = None  # fraction after which to stop, returning noisy latents
+
+    @property
+    def guided(self) -> bool:
+        return next(iter(self.conditioning.values())).shape[0] == 2 * self.batch
 
 
 def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
@@ -52,19 +62,38 @@ def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
     return models.vae_scaling_factor * sample
 
 
-def run_timesteps(scheduler, steps: int, strength: float) -> tuple[int, np.ndarray]:
-    """diffusers' get_timesteps: the begin index and the timesteps still to run for this strength."""
+def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float | None = None,
+                  denoising_end: float | None = None) -> tuple[int, np.ndarray]:
+    """diffusers' get_timesteps (SDXL's, with denoising_start) and its denoising_end cut: the begin
+    index and the timesteps still to run."""
     scheduler.set_timesteps(steps)
-    init = min(int(steps * strength), steps)
-    t_start = max(steps - init, 0)
-    if steps - t_start < 1:
-        raise ValueError(
-            f"strength={strength} with num_inference_steps={steps} leaves no denoising step; "
-            f"raise strength to at least {1 / steps:.3g} or use more steps"
-        )
-    begin = t_start * scheduler.order
+    train_steps = scheduler.config["num_train_timesteps"]
+    if denoising_start is None:
+        init = min(int(steps * strength), steps)
+        t_start = max(steps - init, 0)
+        if steps - t_start < 1:
+            raise ValueError(
+                f"strength={strength} with num_inference_steps={steps} leaves no denoising step; "
+                f"raise strength to at least {1 / steps:.3g} or use more steps"
+            )
+        begin = t_start * scheduler.order
+    else:  # strength is replaced by the fraction already denoised
+        cutoff = int(round(train_steps - denoising_start * train_steps))
+        remaining = int((scheduler.timesteps < cutoff).sum())
+        if scheduler.order == 2 and remaining % 2 == 0:
+            remaining += 1  # never stop between a second-order scheduler's two halves
+        begin = len(scheduler.timesteps) - remaining
     scheduler.begin_index = begin
-    return begin, scheduler.timesteps[begin:]
+    timesteps = scheduler.timesteps[begin:]
+    if denoising_end is not None:
+        cutoff = int(round(train_steps - denoising_end * train_steps))
+        timesteps = timesteps[timesteps >= cutoff]
+    if len(timesteps) < 1:
+        raise ValueError(
+            f"denoising_start={denoising_start} / denoising_end={denoising_end} with num_inference_steps={steps} "
+            "leave no denoising step; use more steps or move them apart"
+        )
+    return begin, timesteps
 
 
 def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter) -> np.ndarray:
@@ -72,18 +101,23 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     r = request
     _, _, height, width = r.image.shape
     shape = (r.batch, models.latent_channels, height // models.vae_scale_factor, width // models.vae_scale_factor)
-    begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength)
+    begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength, r.denoising_start,
+                                     r.denoising_end)
     full_strength = r.strength == 1.0
     blend = models.unet_in_channels == 4
+    continuing = r.denoising_start is not None  # the latents are already partly denoised: no noise added
 
-    # draw 1: the image's own latents, when the 4-channel blend or a partial strength needs them
+    # draw 1: the image's own latents, when the 4-channel blend, a partial strength or a hand-off needs them
     image_latents = None
     if r.image_latents is not None:
         image_latents = np.repeat(r.image_latents, r.batch, axis=0)
-    elif blend or (r.latents is None and not full_strength):
+    elif blend or continuing or (r.latents is None and not full_strength):
         image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
-    # draw 2: the initial noise, unless the caller gave it
-    if r.latents is None:
+    # draw 2: the initial noise, unless the caller gave it (a hand-off draws it and starts from the image)
+    if continuing:
+        noise = draw(generator, shape)
+        latents = image_latents
+    elif r.latents is None:
         noise = draw(generator, shape)
         latents = noise * scheduler.init_noise_sigma if full_strength else scheduler.add_noise(image_latents, noise, begin)
     else:
@@ -91,12 +125,13 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         latents = noise * scheduler.init_noise_sigma
     latents = latents.astype(np.float32)
     mask = nearest_resize(r.mask, shape[2], shape[3])
-    guided = r.embeddings.shape[0] == 2 * r.batch
-    copies = 2 if guided else 1
-    # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and
-    # throws them away; drawing the same noise without the VAE encode keeps the draws in step.
+    copies = 2 if r.guided else 1
+    # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and throws
+    # them away (drawing the same noise without the VAE encode keeps the draws in step), except when the
+    # image came as latents, which cannot be masked.
     if blend:
-        draw(generator, (1, *shape[1:]))
+        if r.image_latents is None:
+            draw(generator, (1, *shape[1:]))
     else:
         masked_latents = encode_latents(models, r.image * (r.mask < 0.5), generator)
         unet_mask = np.repeat(mask, r.batch * copies, axis=0)
@@ -106,13 +141,13 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     for i in progress(range(len(timesteps))):
         index = begin + i
         t = timesteps[i]
-        model_input = np.concatenate([latents] * copies) if guided else latents
+        model_input = np.concatenate([latents] * copies) if r.guided else latents
         model_input = scheduler.scale_model_input(model_input, index)
         if not blend:
             model_input = np.concatenate([model_input, unet_mask, unet_masked], axis=1)
         timestep = np.full((model_input.shape[0],), t, dtype=np.float32)
-        pred = models.unet(model_input.astype(np.float32), timestep, r.embeddings)
-        if guided:
+        pred = models.unet(model_input.astype(np.float32), timestep, r.conditioning)
+        if r.guided:
             uncond, cond = np.split(pred, 2)
             pred = uncond + r.guidance_scale * (cond - uncond)
         latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
@@ -139,7 +174,11 @@ def _checked_callback_latents(changed, shape) -> np.ndarray:
 
 
 def decode_latents(models: Models, latents: np.ndarray) -> np.ndarray:
-    image = models.decode((latents / models.vae_scaling_factor).astype(np.float32))
+    if models.vae_latents_mean is not None:
+        latents = latents * models.vae_latents_std / models.vae_scaling_factor + models.vae_latents_mean
+    else:
+        latents = latents / models.vae_scaling_factor
+    image = models.decode(latents.astype(np.float32))
     if not np.isfinite(image).all():
         raise FloatingPointError("the VAE decoder produced NaN or infinite values; the image would be garbage")
     return image

@@ -1,0 +1,250 @@
+"""The FastAPI application: the HTTP API over a JobManager, and the web page.
+
+`create_app(settings)` builds it; `inpaint-serve` runs it under uvicorn and the Ray ingress wraps
+the same app (with engines that live in Ray replicas instead of local threads).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import secrets
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..runtime.schedulers import SCHEDULERS
+from .errors import ApiError, install_handlers
+from .inputs import InpaintParameters, Limits, SyncParameters, read_request, request_schema
+from .jobs import CANCELLED, DONE, FINISHED, JobManager, QueueFull, ShuttingDown
+from .limits import BodyLimit
+
+STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
+
+
+@dataclass
+class Settings:
+    engine_dir: str
+    backend: str = "auto"
+    workers: int = 1
+    queue_size: int = 16
+    token: str | None = None
+    max_upload_mb: float = 20
+    max_pixels: int = 4096 * 4096
+    max_output_pixels: int = 1024 * 1024
+    max_steps: int = 150
+    keep_finished: int = 64
+    cors_origins: list[str] = field(default_factory=list)
+    announce: str | None = None  # printed once the engines are loaded and requests are answered
+
+    def limits(self) -> Limits:
+        return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps)
+
+
+def engine_facts(engine) -> dict:
+    """What request checks and /v1/info need to know about the model (plain data: it travels to Ray)."""
+    model = engine.manifest["model"]
+    return {"family": model.get("family", "sd15"), "unet_in_channels": model["unet_in_channels"],
+            "latent_channels": model["latent_channels"], "default_height": model["default_height"],
+            "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
+            "scheduler_config": engine.scheduler_config, "backend": engine.backend}
+
+
+def local_engines(settings: Settings) -> Callable:
+    from .. import Engine
+
+    return lambda: Engine.load(settings.engine_dir, backend=settings.backend)
+
+
+def create_app(settings: Settings, load_engine: Callable | None = None, manager: JobManager | None = None) -> FastAPI:
+    """The API and page. Engines are loaded at startup, one per worker, by `load_engine()`."""
+    manager = manager or JobManager(load_engine or local_engines(settings), settings.workers, settings.queue_size,
+                                    settings.keep_finished)
+    limits = settings.limits()
+    facts: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await asyncio.to_thread(manager.start, asyncio.get_running_loop())
+        facts.update(engine_facts(manager.engines[0]))
+        if settings.announce:
+            print(settings.announce, flush=True)
+        yield
+        await asyncio.to_thread(manager.stop)
+
+    app = FastAPI(title="inpaintrt", version=__version__, lifespan=lifespan,
+                  description="Stable Diffusion inpainting. Field names follow `Engine.inpaint` (diffusers' "
+                              "`StableDiffusionInpaintPipeline`); `seed` is its `generator`. Errors are "
+                              "`{\"error\": {status, field, message, fix}}`.")
+    app.state.manager, app.state.settings = manager, settings
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Seed", "X-Timings", "X-Job-Id"])
+
+    async def authorized(request: Request) -> None:
+        if settings.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+            raise ApiError(401, "authorization", "missing or wrong bearer token",
+                           "send the header Authorization: Bearer <the server's token>",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+    bodies = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": request_schema(SyncParameters, binary=True)},
+        "application/json": {"schema": request_schema(SyncParameters, binary=False)}}}}
+    job_bodies = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": request_schema(InpaintParameters, binary=True)},
+        "application/json": {"schema": request_schema(InpaintParameters, binary=False)}}}}
+
+    def submit(parsed):
+        try:
+            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps)
+        except QueueFull:
+            raise ApiError(429, "queue", f"all {settings.queue_size} queue slots are taken",
+                           "retry after the Retry-After seconds", headers={"Retry-After": str(_retry_after(manager))})
+        except ShuttingDown:
+            raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/v1/health", summary="Liveness: ok once the engines are loaded, with queue figures")
+    async def health():
+        return {"status": "draining" if manager.draining else "ok", **manager.stats()}
+
+    @app.get("/v1/info", dependencies=guarded, summary="Model family, channels, default size, schedulers, limits")
+    async def info():
+        return {"version": __version__, "model": {k: v for k, v in facts.items() if k != "scheduler_config"},
+                "schedulers": sorted(SCHEDULERS), "limits": {
+                    "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
+                    "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,
+                    "queue_size": settings.queue_size, "workers": manager.worker_count},
+                "batching": "none: each request runs its own UNet calls on one worker's engine"}
+
+    @app.post("/v1/inpaint", dependencies=guarded, openapi_extra=bodies, summary="Inpaint and wait for the picture",
+              responses={200: {"content": {"image/png": {}, "application/json": {}},
+                               "description": "The picture (X-Seed, X-Timings headers) or JSON with base64"}})
+    async def inpaint(request: Request):
+        parsed = await read_request(request, SyncParameters, limits, facts)
+        job = submit(parsed)
+        try:
+            while job.status not in FINISHED:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(job.changed.wait(), 1.0)
+                job.changed.clear()
+                if job.status not in FINISHED and await request.is_disconnected():
+                    manager.cancel(job.id)  # nobody waits for it: free the worker
+            return _result(job, parsed.response_format)
+        finally:
+            manager.forget(job.id)
+
+    @app.post("/v1/jobs", dependencies=guarded, openapi_extra=job_bodies, status_code=202,
+              summary="Queue an inpaint job; returns its id at once")
+    async def create_job(request: Request):
+        job = submit(await read_request(request, InpaintParameters, limits, facts))
+        return JSONResponse(_job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    def find(job_id: str):
+        job = manager.get(job_id)
+        if job is None:
+            raise ApiError(404, "job_id", f"no job {job_id!r} (finished jobs are kept only for a while)",
+                           "use the id POST /v1/jobs returned, and fetch results soon after they finish")
+        return job
+
+    @app.get("/v1/jobs/{job_id}", dependencies=guarded, summary="A job's status, progress, seed and timings")
+    async def job_status(job_id: str):
+        return _job_view(find(job_id))
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=guarded, summary="The finished job's PNG",
+             responses={200: {"content": {"image/png": {}}}})
+    async def job_result(job_id: str, response_format: str = "png"):
+        return _result(find(job_id), response_format)
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=guarded,
+             summary="Server-sent events of this job only: `progress` (step, total), then `done`, `failed` or "
+                     "`cancelled`")
+    async def job_events(job_id: str):
+        job = find(job_id)
+
+        async def stream():
+            last = None
+            while True:
+                view = _job_view(job)
+                if view != last:
+                    kind = view["status"] if view["status"] in FINISHED else "progress"
+                    yield f"event: {kind}\ndata: {json.dumps(view)}\n\n"
+                    last = view
+                if view["status"] in FINISHED:
+                    return
+                try:
+                    await asyncio.wait_for(job.changed.wait(), 15.0)
+                except asyncio.TimeoutError:
+                    yield ": still running\n\n"  # a heartbeat, so proxies keep the stream open
+                job.changed.clear()
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=guarded,
+                summary="Cancel: a queued job leaves the queue, a running one stops after its current step")
+    async def cancel_job(job_id: str):
+        find(job_id)
+        return _job_view(manager.cancel(job_id))
+
+    return app
+
+
+def _job_view(job) -> dict:
+    view = job.snapshot()
+    if job.status == DONE:
+        view["result_url"] = f"/v1/jobs/{job.id}/result"
+    return view
+
+
+def _result(job, response_format: str) -> Response:
+    if job.status == DONE:
+        timings = job.snapshot()["timings"]
+        if response_format == "json":
+            return JSONResponse({"seed": job.seed, "width": job.width, "height": job.height, "timings": timings,
+                                 "image": base64.b64encode(job.png).decode()})
+        return Response(job.png, media_type="image/png", headers={
+            "X-Seed": str(job.seed), "X-Timings": json.dumps(timings), "X-Job-Id": job.id})
+    if job.status == CANCELLED and "shutting down" in (job.error or ""):
+        raise ApiError(503, "server", f"job {job.id} was not run: {job.error}", "retry against a running server")
+    if job.status == CANCELLED:
+        raise ApiError(409, "job_id", f"job {job.id} was cancelled ({job.error})", "submit it again")
+    if job.status in FINISHED:  # failed
+        internal = (job.error or "").startswith("internal error")
+        raise ApiError(500 if internal else 422, _field_of(job.error or ""), job.error or "failed",
+                       "report this with the request that caused it" if internal else "change that field and retry")
+    raise ApiError(409, "job_id", f"job {job.id} is {job.status} ({job.step}/{job.total})",
+                   "wait for its `done` event or poll GET /v1/jobs/{id}")
+
+
+def _field_of(message: str) -> str:
+    """The engine names the parameter first in its messages."""
+    first = message.split(" ")[0].split("=")[0].rstrip(":")
+    return first if first in InpaintParameters.model_fields or first in ("image", "mask_image") else "request"
+
+
+def _retry_after(manager: JobManager) -> int:
+    """Seconds until a slot is likely free: the recent run time times the queue per worker."""
+    stats = manager.stats()
+    per_job = manager.recent_run_seconds()
+    return max(1, math.ceil(per_job * (stats["queued"] + stats["busy"]) / max(1, stats["workers"])))

@@ -1,0 +1,116 @@
+"""`inpaint-serve --engine DIR`: the HTTP API and web page under uvicorn (or on Ray Serve with --ray)."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+
+TOKEN_VARIABLE = "INPAINTRT_TOKEN"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inpaint-serve", description="Serve an inpaintrt engine over HTTP, with a web "
+                                "page where you paint the mask. API docs at /docs once it runs.")
+    p.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
+    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cpu"), help="engine backend")
+    p.add_argument("--workers", type=int, default=1, help="worker threads, each with its own engine (default 1)")
+    p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait; beyond it 429 (default 16)")
+    p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set {TOKEN_VARIABLE})")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="request body cap in MB; beyond it 413")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded picture in pixels; 413")
+    p.add_argument("--max-output-pixels", type=int, default=1024 * 1024, help="largest height x width generated")
+    p.add_argument("--max-steps", type=int, default=150, help="largest num_inference_steps accepted (at most 1000)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="allow browser calls from this origin (repeatable); CORS is off without it")
+    p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
+    return p
+
+
+def settings_from(args):
+    from .app import Settings
+
+    for name in ("workers", "queue_size", "replicas", "max_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.max_steps > 1000:
+        raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
+    return Settings(engine_dir=args.engine, backend=args.backend, workers=args.workers, queue_size=args.queue_size,
+                    token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
+                    max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
+                    cors_origins=args.cors_origin)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from ..engine.manifest import read_manifest
+        from .app import create_app
+    except ImportError as e:
+        print(f"error: serving needs its extra ({e}); install it with pip install 'inpaintrt[serve]'", file=sys.stderr)
+        return 2
+    try:
+        settings = settings_from(args)
+        read_manifest(args.engine, verify_hashes=False)  # a wrong directory fails here, before the server starts
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.ray:
+        from .ray_app import run_on_ray
+
+        return run_on_ray(settings, args.host, args.port, args.replicas)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port} ({e}); pick another --port", file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    settings.announce = f"inpaint-serve: http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)"
+    app = create_app(settings)
+    server = _draining_server()(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=60))
+    # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: make that
+    # handler end run() so a drained server exits with status 0
+    signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run(sockets=[sock])
+    except Stopped:
+        pass
+    print("inpaint-serve: stopped", flush=True)
+    return 0
+
+
+class Stopped(Exception):
+    """SIGTERM arrived again after uvicorn's graceful shutdown."""
+
+
+def _stopped(*_):
+    raise Stopped()
+
+
+def _draining_server():
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: queued jobs are cancelled at once and running ones finish, so waiting
+        requests get their answers and event streams end before uvicorn closes."""
+
+        def handle_exit(self, sig, frame):
+            manager = getattr(getattr(self.config.app, "state", None), "manager", None)
+            if manager is not None:
+                manager.drain()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

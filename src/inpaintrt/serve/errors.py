@@ -1,0 +1,79 @@
+"""One error shape for every refusal: {"error": {"status", "field", "message", "fix"}}.
+
+A client (or a person reading the page) learns which field was wrong and what to send instead;
+nothing a request contains should reach the user as a bare 500.
+"""
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, field: str, message: str, fix: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.field, self.message, self.fix, self.headers = status, field, message, fix, headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.field, self.message, self.fix, self.headers)
+
+
+def error_response(status: int, field: str, message: str, fix: str, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"status": status, "field": field, "message": message, "fix": fix}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# the fix for a field whose value failed validation
+FIELD_FIXES = {
+    "prompt": "send a text of at most 2000 characters",
+    "negative_prompt": "send a text of at most 2000 characters, or leave it out",
+    "num_inference_steps": "send an integer from 1 to the server's max_steps (GET /v1/info)",
+    "guidance_scale": "send a number from 0 to 50 (<= 1 turns guidance off)",
+    "strength": "send a number greater than 0 and at most 1",
+    "scheduler": "send one of the names GET /v1/info lists under schedulers, or leave it out",
+    "scheduler_options": "send a JSON object of scheduler settings, e.g. {\"use_karras_sigmas\": true}",
+    "seed": "send an integer from 0 to 2**63 - 1, or leave it out for a random one",
+    "height": "send a multiple of 8 (at least 8), or leave it out for the model's default",
+    "width": "send a multiple of 8 (at least 8), or leave it out for the model's default",
+    "padding_mask_crop": "send an integer number of pixels >= 0, or leave it out",
+    "blur_factor": "send a blur radius in pixels from 0 to 1000",
+    "keep_unmasked": "send true or false",
+    "keep_input_size": "send true or false",
+    "response_format": "send png or json",
+    "image": "send the picture as a PNG, JPEG or WebP file (multipart) or base64 text (JSON)",
+    "mask_image": "send the mask (white = repaint) as a PNG file (multipart) or base64 text (JSON)",
+}
+
+
+def validation_error(errors: list[dict]) -> ApiError:
+    """The first pydantic error as an ApiError naming its field."""
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    field = location[0] if location else "body"
+    if first.get("type") == "extra_forbidden":
+        return ApiError(422, field, f"{field} is not a field of this endpoint",
+                        "leave it out; GET /docs lists every field")
+    if first.get("type") == "missing":
+        return ApiError(422, field, f"{field} is required", FIELD_FIXES.get(field, "send it"))
+    shown = repr(first.get("input"))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ApiError(422, field, f"{field}={shown}: {first.get('msg', 'invalid value')}",
+                    FIELD_FIXES.get(field, "see GET /docs for this field"))
+
+
+def install_handlers(app) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError):
+        return e.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(_: Request, e: RequestValidationError):
+        return validation_error(list(e.errors())).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        fixes = {404: "check the path; GET /docs lists the endpoints", 405: "check the method; see GET /docs"}
+        return error_response(e.status_code, "path", f"{request.method} {request.url.path}: {e.detail}",
+                              fixes.get(e.status_code, "see GET /docs"), getattr(e, "headers", None))

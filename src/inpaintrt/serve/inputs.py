@@ -1,0 +1,232 @@
+"""Reading an inpaint request (multipart or JSON), checking every field before a worker sees it.
+
+Every check raises ApiError naming the field, so a bad request costs the server no worker time
+and never kills a worker. Field names are Engine.inpaint's; `seed` stands for its `generator=int`.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..runtime import images as imaging
+from ..runtime.inpaint import run_timesteps
+from ..runtime.schedulers import SCHEDULERS, make_scheduler
+from .errors import ApiError, validation_error
+
+SchedulerName = Literal[tuple(sorted(SCHEDULERS))]  # type: ignore[valid-type]
+
+
+class InpaintParameters(BaseModel):
+    """The fields of POST /v1/inpaint and POST /v1/jobs besides the two pictures."""
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
+    negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
+    num_inference_steps: int = Field(50, ge=1, le=1000, description="Denoising steps (the server's max_steps caps it).")
+    guidance_scale: float = Field(7.5, ge=0, le=50, allow_inf_nan=False,
+                                  description="Classifier-free guidance; <= 1 turns it off.")
+    strength: float = Field(1.0, gt=0, le=1, allow_inf_nan=False,
+                            description="1 repaints the masked area fully; smaller keeps more of the picture.")
+    scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
+    scheduler_options: Optional[dict[str, Any]] = Field(
+        None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} (JSON text in multipart).")
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1,
+                                description="Random seed (Engine.inpaint's generator). Leave it out for a random "
+                                            "one; the seed used is returned either way.")
+    height: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output height; default: the model's.")
+    width: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output width; default: the model's.")
+    padding_mask_crop: Optional[int] = Field(None, ge=0, description="Inpaint only the mask's box padded by N pixels.")
+    blur_factor: float = Field(0, ge=0, le=1000, allow_inf_nan=False, description="Blur radius of the mask edge.")
+    keep_unmasked: bool = Field(False, description="Paste the result over the input: unmasked pixels stay as sent.")
+    keep_input_size: bool = Field(False, description="Output at the input's size (rounded down to multiples of 8).")
+
+
+class SyncParameters(InpaintParameters):
+    response_format: Literal["png", "json"] = Field(
+        "png", description="png: the picture, seed and timings in X-Seed / X-Timings headers; json: base64 + fields.")
+
+
+@dataclass
+class Limits:
+    max_upload_bytes: int
+    max_pixels: int  # of an uploaded picture, checked from its header before decoding
+    max_output_pixels: int  # height x width generated (memory grows with it)
+    max_steps: int
+
+
+@dataclass
+class Parsed:
+    arguments: dict  # keyword arguments for Engine.inpaint, pictures decoded
+    seed: int
+    total_steps: int  # denoising loop iterations (fewer with strength < 1, more for second-order samplers)
+    response_format: str = "png"
+
+
+def request_schema(model: type[BaseModel], binary: bool) -> dict:
+    """The OpenAPI schema of a request body: the parameters plus the two pictures."""
+    schema = model.model_json_schema()
+    picture = ({"type": "string", "format": "binary"} if binary else
+               {"type": "string", "contentEncoding": "base64", "description": "base64 (a data: URL is fine)"})
+    schema["properties"] = {
+        "image": {**picture, "description": "The picture (PNG, JPEG, WebP, ...)."},
+        "mask_image": {**picture, "description": "Mask of the same size: white = repaint, black = keep."},
+        **schema["properties"]}
+    schema["required"] = ["image", "mask_image"]
+    return schema
+
+
+async def read_request(request, model: type[BaseModel], limits: Limits, engine_facts: dict) -> Parsed:
+    """Parse the body by its content type, check it, decode the pictures."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        fields, files = await _read_multipart(request, limits)
+    elif kind == "application/json":
+        fields, files = await _read_json(request)
+    else:
+        raise ApiError(415, "content-type", f"content type {kind or 'none'!r} is not accepted",
+                       "send multipart/form-data (image and mask_image files) or application/json (base64 pictures)")
+    try:
+        params = model.model_validate(fields)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from None
+    return check(params, files, limits, engine_facts)
+
+
+async def _read_multipart(request, limits: Limits) -> tuple[dict, dict]:
+    try:
+        form = await request.form(max_files=2, max_fields=40, max_part_size=limits.max_upload_bytes)
+    except ApiError:
+        raise
+    except Exception as e:  # the multipart parser's own complaints: malformed body, too many parts
+        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        raise ApiError(400, "body", f"the multipart body could not be read: {detail}",
+                       "send multipart/form-data with the files image and mask_image and one part per field") from None
+    fields, files = {}, {}
+    for name, value in form.multi_items():
+        if name in ("image", "mask_image"):
+            if isinstance(value, str):
+                raise ApiError(422, name, f"{name} arrived as a text field, not a file",
+                               f"send {name} as a file part (curl: -F {name}=@picture.png)")
+            files[name] = await value.read()
+        elif name == "scheduler_options" and value:
+            try:
+                fields[name] = json.loads(value)
+            except json.JSONDecodeError:
+                raise ApiError(422, name, f"scheduler_options={value[:60]!r} is not JSON",
+                               "send a JSON object, e.g. {\"eta\": 0.3}") from None
+        elif value != "":  # an empty form field means "not given"
+            fields[name] = value
+    return fields, files
+
+
+async def _read_json(request) -> tuple[dict, dict]:
+    body = await request.body()
+    try:
+        fields = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "body", f"the JSON body could not be parsed: {e}",
+                       "send one JSON object with base64 image and mask_image and the other fields") from None
+    if not isinstance(fields, dict):
+        raise ApiError(400, "body", f"the JSON body is a {type(fields).__name__}, not an object",
+                       "send one JSON object with base64 image and mask_image and the other fields")
+    files = {}
+    for name in ("image", "mask_image"):
+        if name not in fields:
+            continue
+        text = fields.pop(name)
+        if not isinstance(text, str):
+            raise ApiError(422, name, f"{name} must be base64 text, got {type(text).__name__}",
+                           f"send {name} as base64 text of the file's bytes")
+        if text.startswith("data:") and "," in text:
+            text = text.split(",", 1)[1]
+        try:
+            files[name] = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, name, f"{name} is not valid base64",
+                           f"send {name} as standard base64 (A-Z a-z 0-9 + /, padded with =)") from None
+    return fields, files
+
+
+def check(params: InpaintParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:
+    for name in ("image", "mask_image"):
+        if name not in files:
+            raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
+    if params.num_inference_steps > limits.max_steps:
+        raise ApiError(422, "num_inference_steps", f"num_inference_steps={params.num_inference_steps} is above this "
+                       f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
+    image = decode_picture(files["image"], "image", limits.max_pixels)
+    mask = decode_picture(files["mask_image"], "mask_image", limits.max_pixels)
+    if image.size != mask.size:
+        raise ApiError(422, "mask_image", f"mask_image is {mask.size[0]}x{mask.size[1]} but image is "
+                       f"{image.size[0]}x{image.size[1]}", "send a mask of exactly the picture's size")
+    if np.asarray(mask.convert("L")).max() < 128:
+        raise ApiError(422, "mask_image", "mask_image is all black (nothing to repaint)",
+                       "paint white where the picture should change")
+    _check_output_size(params, image.size, limits, engine_facts)
+    total = _count_steps(params, engine_facts)
+    arguments = params.model_dump(exclude={"seed", "response_format"})
+    arguments.update(image=image, mask_image=mask)
+    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
+    return Parsed(arguments, seed, total, getattr(params, "response_format", "png"))
+
+
+def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Header first (size, bomb), then the pixels; every failure names the field."""
+    if not data:
+        raise ApiError(422, name, f"{name} is empty", f"send the file's bytes as {name}")
+    try:
+        header = Image.open(io.BytesIO(data))
+        width, height = header.size
+    except Image.DecompressionBombError:
+        width = height = math.isqrt(max_pixels) + 1  # PIL's own bomb limit: far over ours
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ApiError(422, name, f"{name} is not a picture ({e})", f"send {name} as a PNG, JPEG or WebP file") from None
+    if width * height > max_pixels:
+        raise ApiError(413, name, f"{name} is {width}x{height} = {width * height} pixels, over this server's "
+                       f"limit of {max_pixels}", f"downscale {name} to at most {max_pixels} pixels")
+    try:
+        picture = imaging.load_picture(data, name, max_pixels)
+    except ValueError as e:
+        raise ApiError(422, name, str(e), f"send {name} as an intact PNG, JPEG or WebP file") from None
+    if not isinstance(picture, Image.Image):  # a float picture (mode F): take it as 8-bit grey
+        picture = Image.fromarray((np.clip(picture[..., 0], 0, 1) * 255).round().astype(np.uint8))
+    return picture
+
+
+def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dict) -> None:
+    if params.keep_input_size:
+        if params.height is not None or params.width is not None:
+            raise ApiError(422, "keep_input_size", "keep_input_size takes height and width from the image",
+                           "leave height and width out, or keep_input_size false")
+        width, height, name = size[0] // 8 * 8, size[1] // 8 * 8, "keep_input_size"
+    else:
+        height, width = params.height or facts["default_height"], params.width or facts["default_width"]
+        name = "height" if params.height else "width"
+    if height * width > limits.max_output_pixels:
+        raise ApiError(422, name, f"the output would be {width}x{height} = {width * height} pixels, over this server's "
+                       f"max_output_pixels={limits.max_output_pixels}",
+                       "ask for a smaller height x width (or use padding_mask_crop on a big picture)")
+
+
+def _count_steps(params, facts: dict) -> int:
+    try:
+        scheduler = make_scheduler(params.scheduler or facts["default_scheduler"], facts["scheduler_config"],
+                                   params.scheduler_options)
+    except (ValueError, TypeError) as e:
+        field = "scheduler_options" if params.scheduler_options else "scheduler"
+        raise ApiError(422, field, str(e), "GET /v1/info lists the schedulers; inpaint --help their options") from None
+    try:
+        _, timesteps = run_timesteps(scheduler, params.num_inference_steps, params.strength)
+    except ValueError as e:
+        raise ApiError(422, "strength", str(e), "raise strength or num_inference_steps") from None
+    return len(timesteps)

@@ -1,0 +1,218 @@
+"""Jobs: a bounded queue, worker threads that each own one Engine, per-job progress and cancellation.
+
+Why threads: ONNX Runtime releases the GIL while a graph runs, so N workers with N engines run N
+requests at once; an Engine is never touched by two threads (each worker loads its own). Nothing
+here knows about HTTP: the app turns a Job into responses and events.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import io
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+
+
+class QueueFull(Exception):
+    """Every waiting slot is taken; the client should retry later."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining for exit and takes no new work."""
+
+
+class JobCancelled(Exception):
+    """Raised inside the denoising loop (from the step callback) to stop a cancelled job."""
+
+
+@dataclass
+class Job:
+    id: str
+    arguments: dict  # keyword arguments for Engine.inpaint (image and mask_image already decoded)
+    seed: int
+    status: str = QUEUED
+    step: int = 0
+    total: int = 0
+    error: str | None = None
+    png: bytes | None = None
+    width: int = 0
+    height: int = 0
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    cancel_requested: bool = False
+    worker: int | None = None
+    # set on the event loop's thread each time the job changes; awaited by the job's event stream
+    changed: asyncio.Event | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def snapshot(self) -> dict:
+        timings = {"queued_ms": _ms(self.created, self.started or self.finished),
+                   "run_ms": _ms(self.started, self.finished)}
+        return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "seed": self.seed,
+                "error": self.error, "width": self.width, "height": self.height, "timings": timings}
+
+
+def _ms(start, end) -> float | None:
+    return None if start is None or end is None else round((end - start) * 1000, 1)
+
+
+class JobManager:
+    """Owns the queue and the workers. Thread-safe; `loop` is where job change notifications go."""
+
+    def __init__(self, load_engine: Callable[[], Any], workers: int = 1, queue_size: int = 8,
+                 keep_finished: int = 64):
+        self.load_engine, self.worker_count, self.queue_size = load_engine, workers, queue_size
+        self.keep_finished = keep_finished
+        self.jobs: dict[str, Job] = {}
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.finished_order: collections.deque[str] = collections.deque()
+        self.lock = threading.Condition()
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.threads: list[threading.Thread] = []
+        self.engines: list[Any] = []
+        self.busy = 0
+        self.run_seconds = 1.0  # moving average of finished runs, for Retry-After
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Load one engine per worker (here, so a broken directory fails the start) and start the workers."""
+        self.loop = loop
+        self.engines = [self.load_engine() for _ in range(self.worker_count)]
+        for index, engine in enumerate(self.engines):
+            thread = threading.Thread(target=self._work, args=(index, engine), name=f"inpaint-worker-{index}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def submit(self, arguments: dict, seed: int, total: int) -> Job:
+        """Queue a job; `total` is the number of denoising steps it will report."""
+        job = Job(id=secrets.token_urlsafe(16), arguments=arguments, seed=seed, total=total)
+        if self.loop is not None:
+            job.changed = asyncio.Event()
+        with self.lock:
+            if self.draining:
+                raise ShuttingDown()
+            if len(self.waiting) >= self.queue_size:
+                raise QueueFull()
+            self.jobs[job.id] = job
+            self.waiting.append(job)
+            self.lock.notify()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self.lock:
+            return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """A queued job leaves the queue now; a running one stops after its current step."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.status in FINISHED:
+                return job
+            job.cancel_requested = True
+            if job.status == QUEUED:
+                self.waiting.remove(job)  # frees its queue slot at once
+                self._finish(job, CANCELLED)
+        return job
+
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job's result now (the synchronous endpoint has answered with it)."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status in FINISHED:
+                del self.jobs[job_id]
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"workers": self.worker_count, "busy": self.busy, "queued": len(self.waiting),
+                    "queue_size": self.queue_size, "draining": self.draining}
+
+    def recent_run_seconds(self) -> float:
+        return self.run_seconds
+
+    def drain(self) -> None:
+        """Shutdown: take no new jobs and cancel the queued ones; running jobs finish."""
+        with self.lock:
+            self.draining = True
+            while self.waiting:
+                self._finish(self.waiting.popleft(), CANCELLED, "the server is shutting down; submit again later")
+            self.lock.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Exit: drain, cancel what still runs (it stops within one step) and join the workers."""
+        self.drain()
+        with self.lock:
+            for job in self.jobs.values():
+                if job.status == RUNNING:
+                    job.cancel_requested = True
+        for thread in self.threads:
+            thread.join(timeout)
+
+    # -- worker side ---------------------------------------------------------------------------
+
+    def _work(self, index: int, engine) -> None:
+        while True:
+            with self.lock:
+                while not self.waiting and not self.draining:
+                    self.lock.wait()
+                if not self.waiting:
+                    return  # draining and nothing left
+                job = self.waiting.popleft()
+                job.status, job.started, job.worker = RUNNING, time.monotonic(), index
+                self.busy += 1
+            self._notify(job)
+            try:
+                self._run(job, engine)
+            finally:
+                with self.lock:
+                    self.busy -= 1
+
+    def _run(self, job: Job, engine) -> None:
+        def on_step(step, timestep, latents):
+            job.step, job.total = step + 1, max(job.total, step + 1)
+            self._notify(job)
+            if job.cancel_requested:
+                raise JobCancelled()
+
+        try:
+            result = engine.inpaint(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
+                                    progress=False, output_type="pil")
+            picture = result.images[0]
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG", compress_level=1)  # fast; the size hardly matters on loopback
+            job.png, (job.width, job.height) = buffer.getvalue(), picture.size
+            outcome, error = DONE, None
+        except JobCancelled:
+            outcome, error = CANCELLED, "cancelled"
+        except (ValueError, FloatingPointError) as e:  # the engine's documented bad-input errors
+            outcome, error = FAILED, str(e)
+        except Exception as e:  # a worker must survive anything one request does
+            outcome, error = FAILED, f"internal error: {type(e).__name__}: {e}"
+        job.arguments = {}  # the decoded pictures are not needed any more
+        with self.lock:
+            if outcome == DONE:
+                self.run_seconds = 0.8 * self.run_seconds + 0.2 * (time.monotonic() - job.started)
+            self._finish(job, outcome, error)
+
+    def _finish(self, job: Job, status: str, error: str | None = None) -> None:
+        """Call with the lock held."""
+        job.status, job.error, job.finished = status, error, time.monotonic()
+        self.finished_order.append(job.id)
+        while len(self.finished_order) > self.keep_finished:  # bounded memory: old results go
+            self.jobs.pop(self.finished_order.popleft(), None)
+        job.done.set()
+        self._notify(job)
+
+    def _notify(self, job: Job) -> None:
+        if self.loop is not None and job.changed is not None and not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(job.changed.set)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass

@@ -1,11 +1,14 @@
 """The TensorRT path, everything of it that runs without TensorRT: sizes and profiles from the
-manifest, plan keys and refusal, the manifest round trip and `auto` falling back, and the backend's
-buffer bookkeeping against a fake engine whose "kernel" reads and writes the memory at the
-addresses it was given. Tests marked `tensorrt` build and run real plans; they skip without it."""
+manifest, plan keys and refusal, the manifest round trip and `auto` falling back, which TensorRT
+versions are taken, and the backend's buffer bookkeeping against a fake engine of each API surface
+(10.x, 11.x) whose "kernel" reads and writes the memory at the addresses it was given. Builds and the
+whole backend run in test_tensorrt_build.py. Tests marked `tensorrt` build and run real plans; they
+skip without it."""
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +22,7 @@ from inpaintrt.engine.manifest import EngineDirectoryError, read_manifest, write
 from inpaintrt.engine.plans import (PlanMismatchError, batch_range, check_batch, check_plan_key, parse_sizes,
                                     plan_layout, select_plan)
 from inpaintrt.engine.trt_backend import PlanRunner, SharedScratch, TensorRTRuntime
-from trt_fakes import FakeEngine, FakeStream, FakeTrt, OrtPlanEngine
+from trt_fakes import SURFACES, FakeStream, install, tensorrt_module, toy_engine
 
 
 def test_parse_sizes():
@@ -145,54 +148,38 @@ def test_export_without_tensorrt_fails_fast_with_install_message(checkpoints, tm
     assert "--max-images must be at least 1" in capsys.readouterr().err
 
 
+def _cupy_module():
+    properties = {"name": b"NVIDIA H100 80GB HBM3", "major": 9, "minor": 0}
+    runtime = SimpleNamespace(getDeviceProperties=lambda index: properties)
+    return SimpleNamespace(cuda=SimpleNamespace(runtime=runtime, Device=lambda: SimpleNamespace(id=0)))
+
+
+@pytest.mark.parametrize("version, surface", [("10.8.0.43", "10.x"), ("10.16.1.11", "10.x"), ("11.0.0.114", "11.x"),
+                                              ("11.4.0.106", "11.x"), ("10.7.0", "10.x")])
+def test_tensorrt_10_8_and_later_is_taken_and_older_refused(monkeypatch, version, surface):
+    trt = tensorrt_module(surface)
+    trt.__version__ = version
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_module())
+    if version == "10.7.0":
+        with pytest.raises(backends.BackendError, match=r"TensorRT 10.7.0 is too old; install TensorRT 10.8\+ or 11.x"
+                                                        r".*inpaintrt\[trt\]'` \(CUDA 12\).*inpaintrt\[trt-cu13\]"):
+            backends.load_tensorrt()
+    else:
+        assert backends.load_tensorrt() == (trt, sys.modules["cupy"],
+                                            {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"})
+
+
 def test_failed_plan_rebuild_leaves_the_directory_as_it_was(engines, tmp_path, monkeypatch):
     from inpaintrt.export import trt_build
 
     root = _with_plans(engines[9], tmp_path)
     before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-    monkeypatch.setattr(trt_build, "load_tensorrt",
-                        lambda: (FakeTrt, None, {"name": "GPU", "compute_capability": "9.0"}))
+    install(monkeypatch, "11.x")
     with pytest.raises(trt_build.PlanBuildError, match="has no fp16 graphs for text_encoder, .*inpaint-export --fp16"):
         trt_build.rebuild_plans(root, ((64, 96),), 1)
     assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
     assert not list(root.glob(".plans-*"))
-
-
-@pytest.fixture(scope="module")
-def fp16_engines(checkpoints, tmp_path_factory):
-    from inpaintrt.export.exporter import export_engine
-    from inpaintrt.export.loading import load_pipeline
-
-    root = tmp_path_factory.mktemp("fp16")
-    return {ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", fp16=True, log=lambda *_: None)
-            for ch, path in checkpoints.items()}
-
-
-def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engines):
-    """fp16 weights, float32 inputs/outputs, only standard ONNX operators (TensorRT's parser knows no
-    com.microsoft fusions), checked against torch at export; the plan check's inputs and measure work."""
-    import onnx
-
-    from inpaintrt.engine.backends import OrtBackend
-    from inpaintrt.export.half import FP16_TOLERANCE, relative_error
-    from inpaintrt.export.trt_build import sample_feeds
-
-    fp16_engine = fp16_engines[4]
-    manifest = read_manifest(fp16_engine)
-    layout = plan_layout(manifest["components"], ((64, 96),), 2, manifest["model"]["vae_scale_factor"])
-    for name, component in manifest["components"].items():
-        half = component["fp16"]
-        assert half["file"] == f"fp16/{name}.onnx" and 0 < half["max_rel_error"] <= FP16_TOLERANCE
-        model = onnx.load(str(fp16_engine / half["file"]))
-        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
-        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-        assert [i.type.tensor_type.elem_type for i in model.graph.output] == [onnx.TensorProto.FLOAT] * len(
-            model.graph.output)
-        feeds = sample_feeds(component["inputs"], layout[name][0]["profile"], manifest["tokenizer"]["pad_id"])
-        error = relative_error(OrtBackend(fp16_engine / half["file"]).run(feeds),
-                               OrtBackend(fp16_engine / component["file"]).run(feeds))
-        assert 0 < error <= FP16_TOLERANCE, (name, error)
-    assert relative_error({"x": np.array([np.nan], np.float32)}, {"x": np.ones(1, np.float32)}) == float("inf")
 
 
 # ---- the backend's bookkeeping against a fake engine description ----------------------------------
@@ -207,10 +194,15 @@ def _expected(feeds):
     return feeds["sample"][:, :4] * 2 + feeds["timestep"][:, None, None, None]
 
 
-def test_buffers_are_allocated_once_and_batches_use_their_leading_part():
-    stream = FakeStream()
-    engine = FakeEngine(stream, scratch_bytes=4096)
-    runner = PlanRunner(FakeTrt, engine, SharedScratch(np), stream, np)
+@pytest.fixture(params=SURFACES)
+def surface(request):
+    return request.param
+
+
+def test_buffers_are_allocated_once_and_batches_use_their_leading_part(surface):
+    stream, trt = FakeStream(), tensorrt_module(surface)
+    engine = toy_engine(surface, scratch_bytes=4096)
+    runner = PlanRunner(trt, engine, SharedScratch(np), stream, np)
     assert {n: b.shape for n, b in runner.buffers.items()} == {
         "sample": (4, 9, 8, 12), "timestep": (4,), "noise_pred": (4, 4, 8, 12)}  # the profile's largest
     addresses = {n: b.ctypes.data for n, b in runner.buffers.items()}
@@ -229,24 +221,24 @@ def test_buffers_are_allocated_once_and_batches_use_their_leading_part():
         runner.run(_feeds(1, 0, channels=4))
 
 
-def test_one_scratch_buffer_is_shared_and_grows_for_larger_plans():
-    stream, scratch = FakeStream(), SharedScratch(np)
-    small, large = FakeEngine(stream, 1000), FakeEngine(stream, 5000)
-    PlanRunner(FakeTrt, small, scratch, stream, np)
+def test_one_scratch_buffer_is_shared_and_grows_for_larger_plans(surface):
+    stream, scratch, trt = FakeStream(), SharedScratch(np), tensorrt_module(surface)
+    small, large = toy_engine(surface, 1000), toy_engine(surface, 5000)
+    PlanRunner(trt, small, scratch, stream, np)
     first = scratch.buffer.ctypes.data
     assert small.contexts[0].memory == [(first, 1000)]
-    PlanRunner(FakeTrt, large, scratch, stream, np)
+    PlanRunner(trt, large, scratch, stream, np)
     grown = scratch.buffer.ctypes.data
     assert scratch.buffer.nbytes == 5000 and scratch.generation == 2
     assert small.contexts[0].memory[-1] == (grown, 5000) == large.contexts[0].memory[-1]  # both on the one buffer
-    PlanRunner(FakeTrt, FakeEngine(stream, 3000), scratch, stream, np)
+    PlanRunner(trt, toy_engine(surface, 3000), scratch, stream, np)
     assert scratch.buffer.ctypes.data == grown and scratch.generation == 2  # big enough already: no new buffer
 
 
-def test_cuda_graph_is_captured_per_shape_and_replayed_with_new_inputs():
-    stream, scratch = FakeStream(), SharedScratch(np)
-    engine = FakeEngine(stream, 1000)
-    runner = PlanRunner(FakeTrt, engine, scratch, stream, np, cuda_graph=True)
+def test_cuda_graph_is_captured_per_shape_and_replayed_with_new_inputs(surface):
+    stream, scratch, trt = FakeStream(), SharedScratch(np), tensorrt_module(surface)
+    engine = toy_engine(surface, 1000)
+    runner = PlanRunner(trt, engine, scratch, stream, np, cuda_graph=True)
     for seed in range(3):  # the same shape: captured once, then replayed
         feeds = _feeds(2, seed)
         np.testing.assert_array_equal(runner.run(feeds)["noise_pred"], _expected(feeds))
@@ -254,7 +246,7 @@ def test_cuda_graph_is_captured_per_shape_and_replayed_with_new_inputs():
     feeds = _feeds(1, 9)  # a new shape: a new capture
     np.testing.assert_array_equal(runner.run(feeds)["noise_pred"], _expected(feeds))
     assert len(runner.graphs) == 2
-    PlanRunner(FakeTrt, FakeEngine(stream, 9000), scratch, stream, np)  # the scratch moved: recapture
+    PlanRunner(trt, toy_engine(surface, 9000), scratch, stream, np)  # the scratch moved: recapture
     feeds = _feeds(2, 5)
     np.testing.assert_array_equal(runner.run(feeds)["noise_pred"], _expected(feeds))
     assert len(runner.graphs) == 3 and stream.launches == 2
@@ -279,64 +271,3 @@ def test_tensorrt_plans_match_onnx_runtime(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="has no TensorRT plan"):
         engine.inpaint(picture, mask, generator=1, **dict(args, height=128))
     assert isinstance(engine.sessions["unet"].runtime, TensorRTRuntime)
-
-
-# ---- the whole TensorRT backend, with ONNX Runtime on the fp16 graphs standing in for the plans ------
-
-def _ort_plans(engine_dir, tmp_path, monkeypatch, sizes=((64, 96),), max_images=2):
-    """A copy of an fp16 engine whose plan files name the fp16 graph to run, and a TensorRT that runs them."""
-    root = tmp_path / "engine"
-    shutil.copytree(engine_dir, root)
-    manifest = read_manifest(root)
-    layout = plan_layout(manifest["components"], sizes, max_images, manifest["model"]["vae_scale_factor"])
-    (root / "plans").mkdir()
-    for name, plans in layout.items():
-        for plan in plans:
-            graph = str(root / manifest["components"][name]["fp16"]["file"])
-            (root / plan["file"]).write_text(json.dumps({"graph": graph, "profile": plan["profile"]}))
-    section = {"version": FakeTrt.__version__, "compute_capability": "9.0", "device": "GPU", "precision": "fp16",
-               "max_images": max_images, "sizes": [list(s) for s in sizes], "plans": layout}
-    kept = {k: v for k, v in manifest.items() if k not in ("files", "format", "format_version")}
-    write_manifest(root, dict(kept, tensorrt=section))
-    stream = FakeStream()
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return OrtPlanEngine(json.loads(data), stream)
-
-    trt = SimpleNamespace(**{k: getattr(FakeTrt, k) for k in ("__version__", "TensorIOMode", "nptype",
-                                                                 "ExecutionContextAllocationStrategy")},
-                          Logger=lambda level: None, Runtime=Runtime)
-    trt.Logger.WARNING = 2
-    device = SimpleNamespace(empty=np.empty, uint8=np.uint8, asarray=np.asarray,
-                             cuda=SimpleNamespace(Stream=lambda non_blocking: stream))
-    monkeypatch.setattr(backends, "load_tensorrt", lambda: (trt, device, {"name": "GPU", "compute_capability": "9.0"}))
-    return root, stream
-
-
-@pytest.mark.parametrize("channels", [9, 4])
-def test_tensorrt_backend_runs_the_engine_end_to_end(fp16_engines, channels, tmp_path, monkeypatch):
-    """Engine -> TensorRT components -> plan per size -> runner buffers -> "kernel": the image matches
-    ONNX Runtime's fp32 run within fp16 error, with and without CUDA graphs."""
-    root, stream = _ort_plans(fp16_engines[channels], tmp_path, monkeypatch)
-    args = dict(prompt=["a bench", "a lamp"], num_inference_steps=3, height=64, width=96, output_type="np",
-                progress=False)
-    picture, mask = sample_image(96, 64), sample_mask(96, 64)
-    reference = Engine.load(root, backend="ort-cpu").inpaint(picture, mask, generator=2, **args).images
-    engine = Engine.load(root)  # auto: the plans run here
-    assert engine.backend == "tensorrt"
-    got = engine.inpaint(picture, mask, generator=2, **args).images
-    assert 0 < np.abs(got - reference).max() < 0.02
-    graphed = Engine.load(root, backend="tensorrt", cuda_graph=True)
-    for _ in range(2):
-        np.testing.assert_array_equal(graphed.inpaint(picture, mask, generator=2, **args).images, got)
-    assert stream.launches > 0
-    runners = graphed.sessions["unet"].runners
-    assert list(runners) == ["plans/unet-64x96.plan"] and len(runners["plans/unet-64x96.plan"].graphs) == 1
-    with pytest.raises(ValueError, match=r"128x96 has no TensorRT plan \(built: 64x96\)"):
-        engine.inpaint(picture, mask, generator=2, **dict(args, height=128))
-    with pytest.raises(ValueError, match="unet got a batch of 6 but its TensorRT plan takes at most 4"):
-        engine.inpaint(picture, mask, generator=2, **dict(args, prompt="a bench", num_images_per_prompt=3))

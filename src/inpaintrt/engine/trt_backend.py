@@ -1,4 +1,5 @@
-"""TensorRT backend (TensorRT 10.1+ Python API: named tensors, set_tensor_address, execute_async_v3).
+"""TensorRT backend for TensorRT 10.8+ and 11.x: only Python API names both majors have (named
+tensors, set_tensor_address, execute_async_v3, device_memory_size_v2, set_device_memory(ptr, size)).
 
 - Every plan's input and output buffers are allocated once, at the largest shape of its profile;
   a call with a smaller batch uses the leading part of each buffer (batch is the outer axis, so
@@ -7,8 +8,9 @@
   the largest plan needs, serves all of them, since the components run one after another on one
   stream (DESIGN.md §6).
 - Optionally the UNet call is captured as a CUDA graph per input shape and replayed.
-The TensorRT module, array module (cupy) and stream are passed in, so the bookkeeping is tested
-against a fake engine description without a GPU (tests/test_tensorrt.py).
+- A plan's inputs and outputs (names, dtypes) must be the manifest's, checked when it is loaded.
+The TensorRT module, array module (cupy) and stream are passed in, so all of it runs in the tests
+against fake TensorRT modules of both API surfaces without a GPU (tests/trt_fakes.py).
 """
 from __future__ import annotations
 
@@ -16,13 +18,50 @@ from pathlib import Path
 
 import numpy as np
 
-from .plans import check_batch, check_plan_key, select_plan
+from .plans import PlanMismatchError, check_batch, check_plan_key, select_plan
+
+# TensorRT DataType member names -> numpy dtype names; by name, so no helper that one major lacks is needed
+NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+                "UINT8": "uint8", "BOOL": "bool"}
 
 
 def address(array) -> int:
     """Device address of a cupy array (or host address of a numpy one, for the tests)."""
     data = array.data
     return data.ptr if hasattr(data, "ptr") else array.ctypes.data
+
+
+def numpy_dtype(trt_dtype) -> np.dtype:
+    name = NUMPY_DTYPES.get(trt_dtype.name)
+    if name is None:
+        raise ValueError(f"TensorRT tensor type {trt_dtype.name} has no numpy equivalent; inpaintrt plans take "
+                         f"{', '.join(NUMPY_DTYPES)}")
+    return np.dtype(name)
+
+
+def plan_io(trt, engine) -> dict[str, tuple[str, str]]:
+    """{tensor name: ("input" | "output", numpy dtype name)} of a deserialized plan."""
+    io = {}
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
+        io[name] = (mode, numpy_dtype(engine.get_tensor_dtype(name)).name)
+    return io
+
+
+def io_mismatch(trt, engine, component: dict) -> str | None:
+    """How a plan's inputs and outputs differ from the manifest component's, or None when they agree.
+    A strongly typed plan takes the graph's IO types, so this catches graphs converted without
+    float32 IO as well as plans that belong to another export."""
+    expected = {t["name"]: ("input", t["dtype"]) for t in component["inputs"]}
+    expected.update({t["name"]: ("output", t["dtype"]) for t in component["outputs"]})
+    got = plan_io(trt, engine)
+
+    def describe(entry):
+        return "nothing" if entry is None else f"a {entry[1]} {entry[0]}"
+
+    return "; ".join(f"{name!r}: the plan has {describe(got.get(name))}, the manifest {describe(expected.get(name))}"
+                     for name in sorted(set(got) | set(expected)) if got.get(name) != expected.get(name)) or None
 
 
 class SharedScratch:
@@ -49,6 +88,7 @@ class PlanRunner:
         self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if self.context is None:
             raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+        # device_memory_size_v2 exists from 10.1 on; 11.x removed the unsuffixed one
         scratch.attach(self.context, engine.device_memory_size_v2)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -59,7 +99,7 @@ class PlanRunner:
         self.buffers = {}
         for name in names:
             shape = tuple(self.limits[name][2]) if name in self.inputs else tuple(self.context.get_tensor_shape(name))
-            self.buffers[name] = xp.empty(shape, dtype=np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+            self.buffers[name] = xp.empty(shape, dtype=numpy_dtype(engine.get_tensor_dtype(name)))
             self.context.set_tensor_address(name, address(self.buffers[name]))
         self.cuda_graph, self.graphs = cuda_graph, {}
 
@@ -125,7 +165,7 @@ class TensorRTComponent:
         plan = select_plan(self.plans, *self._size(feeds), self.name)
         check_batch(plan, next(iter(feeds.values())).shape[0], self.name)
         if plan["file"] not in self.runners:
-            self.runners[plan["file"]] = self.runtime.open(plan["file"], self.cuda_graph)
+            self.runners[plan["file"]] = self.runtime.open(self.name, plan["file"], self.cuda_graph)
         return self.runners[plan["file"]].run(feeds)
 
 
@@ -136,6 +176,7 @@ class TensorRTRuntime:
         section = manifest["tensorrt"]
         check_plan_key(section, trt.__version__, device["compute_capability"], root)
         self.root, self.trt, self.xp = root, trt, xp
+        self.manifest_components = manifest["components"]
         self.vae_scale = manifest["model"]["vae_scale_factor"]
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -147,9 +188,13 @@ class TensorRTRuntime:
             for name, plans in section["plans"].items()
         }
 
-    def open(self, file: str, cuda_graph: bool) -> PlanRunner:
+    def open(self, component: str, file: str, cuda_graph: bool) -> PlanRunner:
         engine = self.runtime.deserialize_cuda_engine((self.root / file).read_bytes())
         if engine is None:
             raise RuntimeError(f"TensorRT could not load {self.root / file}; rebuild it with "
                                f"`inpaint-build-plans --engine {self.root}`")
+        mismatch = io_mismatch(self.trt, engine, self.manifest_components[component])
+        if mismatch:
+            raise PlanMismatchError(f"{self.root / file} does not fit the manifest ({mismatch}); rebuild the plans "
+                                    f"with `inpaint-build-plans --engine {self.root}`")
         return PlanRunner(self.trt, engine, self.scratch, self.stream, self.xp, cuda_graph)

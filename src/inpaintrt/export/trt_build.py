@@ -1,9 +1,13 @@
-"""Build TensorRT plans from an engine directory's fp16 ONNX graphs (TensorRT 10.1+ and a GPU; no torch).
+"""Build TensorRT plans from an engine directory's fp16 ONNX graphs (TensorRT 10.8+ or 11.x and a GPU; no torch).
 
+Networks are strongly typed: the precision is the graph's (fp16 weights and activations, softmax and
+inputs/outputs in float32 where the export put them), never a builder flag. TensorRT 11 removed the
+precision flags and builds nothing else; 10.x is asked for it with the STRONGLY_TYPED creation flag.
 One plan per component and static size (the text encoder needs one), each with one optimization
 profile whose batch axis is a range (plans.py computes them from the manifest). A persistent timing
-cache, keyed like the plans by TensorRT version and GPU, makes rebuilds fast. Every plan is run once
-and compared with the stored fp32 ONNX graph before it is accepted.
+cache, keyed like the plans by TensorRT version and GPU, makes rebuilds fast. Every plan must have
+the manifest's input/output names and dtypes, and is run once through the backend's own runner and
+compared with the stored fp32 ONNX graph before it is accepted.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import numpy as np
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import plan_layout
-from ..engine.trt_backend import PlanRunner, SharedScratch
+from ..engine.trt_backend import PlanRunner, SharedScratch, io_mismatch
 from .half import FP16_TOLERANCE, relative_error
 
 WORKSPACE_BYTES = 8 << 30
@@ -32,15 +36,21 @@ def default_timing_cache(version: str, compute_capability: str) -> Path:
     return base / f"tensorrt-{version}-sm{compute_capability.replace('.', '')}.cache"
 
 
+def network_flags(trt) -> int:
+    """Creation flags of a strongly typed network: 11.x networks are nothing else (it ignores the flag)."""
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
 def build_plan(trt, logger, onnx_path: Path, profile: dict, cache_path: Path) -> bytes:
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise PlanBuildError(f"TensorRT could not parse {onnx_path.name}: {errors}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
+    config = builder.create_builder_config()  # no precision flags: the graph's types are the precision
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -98,7 +108,15 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
             log(f"building TensorRT plan {plan['file']} ...")
             data = build_plan(trt, logger, folder / components[name]["fp16"]["file"], plan["profile"], cache_path)
             (plans_dir / Path(plan["file"]).name).write_bytes(data)
-            runner = PlanRunner(trt, runtime.deserialize_cuda_engine(data), scratch, stream, cupy)
+            engine = runtime.deserialize_cuda_engine(data)
+            if engine is None:
+                raise PlanBuildError(f"TensorRT could not load the plan {plan['file']} it built (see its log above)")
+            mismatch = io_mismatch(trt, engine, components[name])
+            if mismatch:
+                raise PlanBuildError(f"the TensorRT plan {plan['file']} does not fit the manifest ({mismatch}); the "
+                                     "fp16 graphs must keep the manifest's input and output types: re-export with "
+                                     "`inpaint-export --fp16`")
+            runner = PlanRunner(trt, engine, scratch, stream, cupy)
             feeds = sample_feeds(components[name]["inputs"], plan["profile"], manifest["tokenizer"]["pad_id"])
             plan["max_rel_error"] = relative_error(runner.run(feeds), reference.run(feeds))
             del runner
@@ -108,7 +126,8 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
                                      f"{plan['max_rel_error']:.2e} (relative), more than {FP16_TOLERANCE:g}; discarded")
     return {
         "version": trt.__version__, "compute_capability": device["compute_capability"], "device": device["name"],
-        "precision": "fp16", "max_images": max_images, "sizes": [list(s) for s in sizes], "plans": layout,
+        "precision": "fp16", "strongly_typed": True, "max_images": max_images, "sizes": [list(s) for s in sizes],
+        "plans": layout,
     }
 
 

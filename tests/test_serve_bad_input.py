@@ -1,0 +1,145 @@
+"""The bad-input corpus of issue 14 as a table: each request gets a 4xx JSON error naming the field
+and the fix, never a 5xx, and the server keeps answering good requests afterwards."""
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from serve_helpers import FAST, files, form, mask, picture, png, running_server  # noqa: E402
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge picture (a decompression bomb), with a few bytes of data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def upload(image: bytes | None = None, mask_bytes: bytes | None = None, **fields):
+    """A multipart request: (method, path, httpx keyword arguments)."""
+    parts = {"image": ("i.png", png(picture()) if image is None else image, "image/png"),
+             "mask_image": ("m.png", png(mask()) if mask_bytes is None else mask_bytes, "image/png")}
+    parts = {k: v for k, v in parts.items() if v[1] != b"-"}  # b"-": leave the part out
+    return "POST", "/v1/inpaint", {"files": parts, "data": form({**FAST, **fields})}
+
+
+def as_json(body) -> tuple:
+    return "POST", "/v1/inpaint", {"content": body if isinstance(body, bytes) else None,
+                                   "json": None if isinstance(body, bytes) else body,
+                                   "headers": {"content-type": "application/json"}}
+
+
+def json_body(**overrides) -> dict:
+    return {**FAST, "image": base64.b64encode(png(picture())).decode(),
+            "mask_image": base64.b64encode(png(mask())).decode(), **overrides}
+
+
+good_png = png(picture())
+tiny_png = png(picture(1, 1))
+black_mask = png(mask().point(lambda _: 0))
+noisy = np.random.default_rng(0).integers(0, 256, (900, 900, 3), np.uint8)  # ~2.4 MB as PNG: over a 1 MB cap
+big_noisy_png = png(__import__("PIL.Image", fromlist=["Image"]).fromarray(noisy))
+
+
+def chunked(data: bytes):
+    for start in range(0, len(data), 65536):
+        yield data[start:start + 65536]
+
+
+CASES = [
+    # name, (method, path, kwargs), status, field
+    ("non-image bytes", upload(image=b"hello, not a picture"), 422, "image"),
+    ("truncated png", upload(image=good_png[: len(good_png) // 2]), 422, "image"),
+    ("empty file", upload(image=b""), 422, "image"),
+    ("1x1 picture", upload(image=tiny_png, mask_bytes=tiny_png), 422, "image"),
+    ("decompression bomb 20000x20000", upload(image=png_claiming(20000, 20000)), 413, "image"),
+    ("picture over max_pixels 5000x5000", upload(image=png_claiming(5000, 5000)), 413, "image"),
+    ("mask bomb", upload(mask_bytes=png_claiming(30000, 30000)), 413, "mask_image"),
+    ("mask of another size", upload(mask_bytes=png(mask(32, 48))), 422, "mask_image"),
+    ("all-black mask", upload(mask_bytes=black_mask), 422, "mask_image"),
+    ("missing image", upload(image=b"-"), 422, "image"),
+    ("missing mask", upload(mask_bytes=b"-"), 422, "mask_image"),
+    ("image as a text field", ("POST", "/v1/inpaint", {"data": {"image": "x", **form(FAST)},
+                                                      "files": {"mask_image": ("m.png", png(mask()), "image/png")}}),
+     422, "image"),
+    ("steps not a number", upload(num_inference_steps="many"), 422, "num_inference_steps"),
+    ("steps fractional", upload(num_inference_steps="2.5"), 422, "num_inference_steps"),
+    ("steps zero", upload(num_inference_steps=0), 422, "num_inference_steps"),
+    ("steps over max_steps", upload(num_inference_steps=151), 422, "num_inference_steps"),
+    ("guidance not a number", upload(guidance_scale="high"), 422, "guidance_scale"),
+    ("guidance nan", upload(guidance_scale="nan"), 422, "guidance_scale"),
+    ("guidance negative", upload(guidance_scale=-1), 422, "guidance_scale"),
+    ("strength zero", upload(strength=0), 422, "strength"),
+    ("strength above one", upload(strength=1.5), 422, "strength"),
+    ("strength leaving no step", upload(strength=0.1, num_inference_steps=2), 422, "strength"),
+    ("seed negative", upload(seed=-1), 422, "seed"),
+    ("height not a multiple of 8", upload(height=65), 422, "height"),
+    ("output over max_output_pixels", upload(height=2048, width=2048), 422, "height"),
+    ("keep_input_size with height", upload(keep_input_size=True, height=64), 422, "keep_input_size"),
+    ("blur negative", upload(blur_factor=-2), 422, "blur_factor"),
+    ("keep_unmasked not a boolean", upload(keep_unmasked="maybe"), 422, "keep_unmasked"),
+    ("unknown scheduler", upload(scheduler="dpm_fancy"), 422, "scheduler"),
+    ("unknown scheduler option", upload(scheduler="euler", scheduler_options='{"warp": 9}'), 422, "scheduler_options"),
+    ("scheduler options not JSON", upload(scheduler_options="{eta: 1"), 422, "scheduler_options"),
+    ("unknown field", upload(num_steps=3), 422, "num_steps"),
+    ("response_format unknown", upload(response_format="gif"), 422, "response_format"),
+    ("malformed JSON", as_json(b'{"prompt": "a cat",'), 400, "body"),
+    ("JSON not an object", as_json(b"[1, 2]"), 400, "body"),
+    ("JSON bad base64", as_json(json_body(image="%%% not base64 %%%")), 422, "image"),
+    ("JSON image not text", as_json(json_body(image=123)), 422, "image"),
+    ("JSON prompt not text", as_json(json_body(prompt=["a", 3])), 422, "prompt"),
+    ("JSON steps as boolean-ish text", as_json(json_body(num_inference_steps="ten")), 422, "num_inference_steps"),
+    ("JSON missing mask", as_json({k: v for k, v in json_body().items() if k != "mask_image"}), 422, "mask_image"),
+    ("wrong content type", ("POST", "/v1/inpaint", {"content": b"prompt=cat",
+                                                   "headers": {"content-type": "text/plain"}}), 415, "content-type"),
+    # the parser finds no complete part in a cut-off body, so the first missing part is named
+    ("cut-off multipart", ("POST", "/v1/inpaint", {"content": b"--xyz\r\nContent-Disposition: form-data; na",
+                                                   "headers": {"content-type": "multipart/form-data; boundary=xyz"}}),
+     422, "image"),
+    ("multipart without boundary", ("POST", "/v1/inpaint", {"content": b"abc",
+                                                            "headers": {"content-type": "multipart/form-data"}}),
+     400, "body"),
+    ("oversized upload (Content-Length)", upload(image=big_noisy_png), 413, "body"),
+    ("oversized upload (chunked)", ("POST", "/v1/inpaint", {"content": chunked(b"x" * (3 * 2**20)),
+                                                           "headers": {"content-type": "application/json"}}),
+     413, "body"),
+    ("jobs endpoint: bad steps", ("POST", "/v1/jobs", upload(num_inference_steps=-3)[2]), 422, "num_inference_steps"),
+    ("unknown path", ("GET", "/v1/nothing", {}), 404, "path"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(engines):
+    with running_server(engines[9], "--max-upload-mb", "1") as s:
+        yield s
+
+
+@pytest.mark.parametrize("name, request_, status, field", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_a_4xx_naming_the_field(server, name, request_, status, field):
+    method, path, kwargs = request_
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["status"] == status
+    assert error["message"] and error["fix"], "every refusal says what was wrong and what to send"
+
+
+def test_the_server_still_works_after_the_corpus(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.post("/v1/inpaint", files=files(), data=form({**FAST, "seed": 0})).status_code == 200
+        assert client.get("/v1/health").json() == {"status": "ok", "workers": 1, "busy": 0, "queued": 0,
+                                                   "queue_size": 16, "draining": False}
+    assert "Traceback" not in "".join(server.output), "no request made the server print a traceback"

@@ -3,16 +3,14 @@ on numpy, a stream that records CUDA graph capture, and engines whose "kernel" r
 at the addresses the backend set (a UNet-like toy, and ONNX Runtime running the graph a fake plan names).
 
 Each surface holds the names this project calls plus the documented differences between the majors
-(NVIDIA's "Migrating from TensorRT 10.x to 11.x", its removed Python APIs), and nothing else, so a call
-to a name that one major lacks raises AttributeError in a test:
-- "10.x" (10.8 to 10.16): weak typing is still there (BuilderFlag.FP16 and the other precision flags,
-  Builder.platform_has_fast_fp16); a network is strongly typed only when created with
-  NetworkDefinitionCreationFlag.STRONGLY_TYPED; device memory sizes unsuffixed and _v2; trt.nptype.
-- "11.x": every network is strongly typed (the creation flag is accepted and ignored); no precision
-  builder flags, no platform_has_fast_fp16, only the _v2 device memory sizes. trt.nptype is left out:
-  11.x's documents do not confirm it, and the backend does not need it.
-A fake build writes a JSON "plan" naming the graph, its profile, whether the network was strongly
-typed and the builder flags set; the fake runtime turns it into an engine that runs the graph.
+(NVIDIA's "Migrating from TensorRT 10.x to 11.x" and its removed Python APIs), and nothing else, so a
+call to a name that one major lacks raises AttributeError in a test:
+- "10.x" (10.8 to 10.16): BuilderFlag.FP16 and the other precision flags, Builder.platform_has_fast_fp16,
+  strong typing only with NetworkDefinitionCreationFlag.STRONGLY_TYPED, unsuffixed and _v2 memory sizes.
+- "11.x": every network strongly typed (the flag is accepted and ignored), no precision flags, no
+  platform_has_fast_fp16, only the _v2 memory sizes; no trt.nptype (11.x's documents do not confirm it).
+A fake build writes a JSON "plan": the graph, its profile, whether the network was strongly typed, the
+builder flags set. The fake runtime turns it into an engine that runs the graph.
 """
 from __future__ import annotations
 
@@ -351,19 +349,15 @@ class _Builder:
 
 
 class _Builder10(_Builder):
+    platform_has_fast_fp16 = True
+
     @staticmethod
     def strongly_typed(flags):
         return bool(flags & 1 << NetworkFlag10.STRONGLY_TYPED)
 
-    @property
-    def platform_has_fast_fp16(self):
-        return True
-
 
 class _Builder11(_Builder):
-    @staticmethod
-    def strongly_typed(flags):
-        return True
+    strongly_typed = staticmethod(lambda flags: True)
 
 
 NetworkFlag10 = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})

@@ -133,3 +133,33 @@ def sample_mask(width: int = 160, height: int = 96) -> Image.Image:
     mask = np.zeros((height, width), np.uint8)
     mask[height // 5 + 3: height * 3 // 4 + 1, width // 4 + 5: width * 2 // 3 - 3] = 255
     return Image.fromarray(mask)
+
+
+SDXL_MODELS = {"inpaint": ("sdxl", 9), "base": ("sdxl", 4), "refiner": ("sdxl-refiner", 4)}
+
+
+@pytest.fixture(scope="session")
+def sdxl_checkpoints(tmp_path_factory):
+    """{"inpaint" (9-channel), "base" (4-channel), "refiner" (one text encoder, aesthetic score): folder}."""
+    from inpaintrt.export.models import save_pipeline
+
+    root = tmp_path_factory.mktemp("sdxl-checkpoints")
+    return {name: save_pipeline(root / name, family=family, in_channels=ch, seed=10 + ch + len(name))
+            for name, (family, ch) in SDXL_MODELS.items()}
+
+
+@pytest.fixture(scope="session")
+def sdxl_engines(sdxl_checkpoints, tmp_path_factory):
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.loading import load_pipeline
+
+    root = tmp_path_factory.mktemp("sdxl-engines")
+    return {name: export_engine(load_pipeline(str(path)), root / name, log=lambda *_: None)
+            for name, path in sdxl_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def sdxl_pipes(sdxl_checkpoints):
+    from inpaintrt.export.loading import load_pipeline
+
+    return {name: load_pipeline(str(path)) for name, path in sdxl_checkpoints.items()}

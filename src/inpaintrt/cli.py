@@ -115,7 +115,8 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--negative-prompt")
     parser.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
     parser.add_argument("--guidance", type=float, default=7.5, help="guidance_scale; <= 1 turns guidance off")
-    parser.add_argument("--strength", type=float, default=1.0, help="in (0, 1]; lower keeps more of the image")
+    parser.add_argument("--strength", type=float,
+                        help="in (0, 1]; lower keeps more of the image (default: diffusers' 1.0, SDXL 0.9999)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
     parser.add_argument("--scheduler-option", action="append", default=[], metavar="NAME=VALUE",
                         help="override a scheduler setting, e.g. use_karras_sigmas=true or eta=0.3 (JSON values)")
@@ -127,6 +128,13 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blur", type=float, default=0, help="blur the mask edge by this radius (blur_factor)")
     parser.add_argument("--keep-unmasked", action="store_true", help="unmasked pixels stay exactly as in the input")
     parser.add_argument("--keep-input-size", action="store_true", help="output at the input's size (multiples of 8)")
+    sdxl = parser.add_argument_group("SDXL")
+    sdxl.add_argument("--prompt-2", help="prompt for the second text encoder (default: --prompt)")
+    sdxl.add_argument("--negative-prompt-2", help="negative prompt for the second text encoder")
+    sdxl.add_argument("--denoising-start", type=float, help="fraction of the schedule already done (refiner hand-off)")
+    sdxl.add_argument("--denoising-end", type=float, help="stop after this fraction of the schedule")
+    sdxl.add_argument("--aesthetic-score", type=float, help="refiner-style checkpoints (default 6.0)")
+    sdxl.add_argument("--negative-aesthetic-score", type=float, help="refiner-style checkpoints (default 2.5)")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cpu"),
                         help="auto (default): TensorRT when the engine has plans that run here, else ONNX Runtime CPU")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the UNet call as a CUDA graph")
@@ -151,7 +159,9 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             scheduler_options=options or None, generator=args.seed,
             height=args.height, width=args.width, num_images_per_prompt=args.num_images, progress=True,
             padding_mask_crop=args.padding_mask_crop, blur_factor=args.blur, keep_unmasked=args.keep_unmasked,
-            keep_input_size=args.keep_input_size,
+            keep_input_size=args.keep_input_size, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
+            denoising_start=args.denoising_start, denoising_end=args.denoising_end,
+            aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
         )
     except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
         return _fail(str(e))

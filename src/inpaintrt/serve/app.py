@@ -52,6 +52,8 @@ class Settings:
 
 def engine_facts(engine) -> dict:
     """What request checks and /v1/info need to know about the model (plain data: it travels to Ray)."""
+    if hasattr(engine, "remote_facts"):  # a Ray engine replica answered already
+        return engine.remote_facts
     model = engine.manifest["model"]
     return {"family": model.get("family", "sd15"), "unet_in_channels": model["unet_in_channels"],
             "latent_channels": model["latent_channels"], "default_height": model["default_height"],
@@ -90,7 +92,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Seed", "X-Timings", "X-Job-Id"])
+                           allow_headers=["*"], expose_headers=["X-Seed", "X-Timings", "X-Job-Id", "X-Replica"])
 
     async def authorized(request: Request) -> None:
         if settings.token is None:
@@ -222,9 +224,11 @@ def _result(job, response_format: str) -> Response:
         timings = job.snapshot()["timings"]
         if response_format == "json":
             return JSONResponse({"seed": job.seed, "width": job.width, "height": job.height, "timings": timings,
-                                 "image": base64.b64encode(job.png).decode()})
-        return Response(job.png, media_type="image/png", headers={
-            "X-Seed": str(job.seed), "X-Timings": json.dumps(timings), "X-Job-Id": job.id})
+                                 "replica": job.replica, "image": base64.b64encode(job.png).decode()})
+        headers = {"X-Seed": str(job.seed), "X-Timings": json.dumps(timings), "X-Job-Id": job.id}
+        if job.replica:
+            headers["X-Replica"] = job.replica
+        return Response(job.png, media_type="image/png", headers=headers)
     if job.status == CANCELLED and "shutting down" in (job.error or ""):
         raise ApiError(503, "server", f"job {job.id} was not run: {job.error}", "retry against a running server")
     if job.status == CANCELLED:

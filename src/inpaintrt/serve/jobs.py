@@ -48,6 +48,7 @@ class Job:
     finished: float | None = None
     cancel_requested: bool = False
     worker: int | None = None
+    replica: str | None = None  # on Ray Serve: the engine replica that ran it
     # set on the event loop's thread each time the job changes; awaited by the job's event stream
     changed: asyncio.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -184,10 +185,13 @@ class JobManager:
         try:
             result = engine.inpaint(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
                                     progress=False, output_type="pil")
-            picture = result.images[0]
-            buffer = io.BytesIO()
-            picture.save(buffer, format="PNG", compress_level=1)  # fast; the size hardly matters on loopback
-            job.png, (job.width, job.height) = buffer.getvalue(), picture.size
+            if hasattr(result, "png"):  # a Ray replica sends the PNG itself
+                job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
+            else:
+                picture = result.images[0]
+                buffer = io.BytesIO()
+                picture.save(buffer, format="PNG", compress_level=1)  # fast; size hardly matters on loopback
+                job.png, (job.width, job.height) = buffer.getvalue(), picture.size
             outcome, error = DONE, None
         except JobCancelled:
             outcome, error = CANCELLED, "cancelled"

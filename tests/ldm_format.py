@@ -82,3 +82,50 @@ def save_single_file(pipe, path: Path) -> Path:
         state[f"cond_stage_model.transformer.{key}"] = value.contiguous()
     save_file(state, str(path))
     return path
+
+
+SDXL_ADDED = [("add_embedding.linear_1", "label_emb.0.0", []), ("add_embedding.linear_2", "label_emb.0.2", [])]
+OPEN_CLIP_LAYER = [("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+                   ("self_attn.out_proj", "attn.out_proj")]
+
+
+def _open_clip(encoder, prefix: str) -> dict:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout (SDXL's second encoder): fused q/k/v
+    in_proj, resblocks, a transposed text_projection."""
+    import torch
+
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           prefix + "text_projection": state.pop("text_projection.weight").T.contiguous()}
+    for key in [k for k in state if k.startswith("final_layer_norm.")]:
+        out[prefix + "ln_final." + key.split(".")[-1]] = state.pop(key)
+    for i in range(encoder.config.num_hidden_layers):
+        layer, block = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{block}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{layer}self_attn.{p}_proj.{kind}") for p in "qkv"]).contiguous()
+            for diff, ldm in OPEN_CLIP_LAYER:
+                out[f"{block}{ldm}.{kind}"] = state.pop(f"{layer}{diff}.{kind}").contiguous()
+    state.pop("embeddings.position_ids", None)
+    assert not state, f"unconverted text encoder weights: {sorted(state)}"
+    return out
+
+
+def save_single_file_sdxl(pipe, path: Path) -> Path:
+    """SDXL's original single-file layout ("conditioner.embedders.*"); a refiner's only encoder is embedder 0."""
+    from safetensors.torch import save_file
+
+    state = {}
+    state.update(_rename(pipe.unet.state_dict(), _unet_prefixes(pipe.unet.config) + SDXL_ADDED,
+                         "model.diffusion_model."))
+    state.update(_rename(pipe.vae.state_dict(), _vae_prefixes(pipe.vae.config), "first_stage_model.", True))
+    second = 0
+    if pipe.text_encoder is not None:
+        for key, value in pipe.text_encoder.state_dict().items():
+            key = key if key.startswith("text_model.") else f"text_model.{key}"
+            state[f"conditioner.embedders.0.transformer.{key}"] = value.contiguous()
+        second = 1
+    state.update(_open_clip(pipe.text_encoder_2, f"conditioner.embedders.{second}.model."))
+    save_file(state, str(path))
+    return path

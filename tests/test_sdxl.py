@@ -130,8 +130,8 @@ def test_prompt_embeds_match_diffusers(sdxl_pipes, loaded):
     import torch
 
     rng = np.random.default_rng(0)
-    embeds = {"prompt_embeds": rng.standard_normal((1, 77, 64), dtype=np.float32),
-              "pooled_prompt_embeds": rng.standard_normal((1, 32), dtype=np.float32)}
+    embeds = {"prompt_embeds": rng.standard_normal((1, 77, 80), dtype=np.float32),
+              "pooled_prompt_embeds": rng.standard_normal((1, 48), dtype=np.float32)}
     image, mask = sample_image(160, 104), sample_mask(160, 104)
     args = dict(num_inference_steps=3, output_type="latent", negative_prompt="dog", **SIZE)
     expected = diffusers_inpaint(sdxl_pipes["inpaint"], 2, "euler", image=image, mask_image=mask, **args,
@@ -207,6 +207,6 @@ def test_manifest_describes_the_family(sdxl_engines):
     assert inpaint["model"]["default_height"] == 128
     assert set(inpaint["tokenizers"]) == {"text_encoder", "text_encoder_2"}
     unet = {t["name"]: t["shape"] for t in inpaint["components"]["unet"]["inputs"]}
-    assert unet["text_embeds"] == ["batch", 32] and unet["time_ids"] == ["batch", 6]
+    assert unet["text_embeds"] == ["batch", 48] and unet["time_ids"] == ["batch", 6]
     for manifest in (inpaint, refiner):
         assert all(c["parity"]["max_rel_error"] <= 1e-4 for c in manifest["components"].values())

@@ -29,13 +29,13 @@ CASES = [
     # (engine, arguments, words the message must contain)
     ("refiner", dict(prompt="a", prompt_2="b"), ["prompt_2", "refiner", "pass prompt only"]),
     ("refiner", dict(prompt="a", negative_prompt_2="b"), ["negative_prompt_2", "pass negative_prompt only"]),
-    ("inpaint", dict(prompt_embeds=pooled(1, 77, 64)), ["pooled_prompt_embeds", "needs both"]),
-    ("inpaint", dict(prompt_embeds=pooled(1, 77, 64), pooled_prompt_embeds=pooled(1, 31)), ["pooled_prompt_embeds", "(1, 32)"]),
-    ("inpaint", dict(prompt_embeds=pooled(2, 77, 64), pooled_prompt_embeds=pooled(1, 32)), ["pooled_prompt_embeds", "(2, 32)"]),
-    ("inpaint", dict(prompt_embeds=pooled(1, 77, 32), pooled_prompt_embeds=pooled(1, 32)), ["prompt_embeds", "(batch, 77, 64)"]),
-    ("inpaint", dict(prompt_embeds=pooled(1, 77, 64), pooled_prompt_embeds=pooled(1, 32) * np.nan), ["pooled_prompt_embeds", "NaN"]),
-    ("inpaint", dict(prompt_embeds=pooled(1, 77, 64), pooled_prompt_embeds=pooled(1, 32),
-                     negative_prompt_embeds=pooled(1, 77, 64)), ["negative_pooled_prompt_embeds"]),
+    ("inpaint", dict(prompt_embeds=pooled(1, 77, 80)), ["pooled_prompt_embeds", "needs both"]),
+    ("inpaint", dict(prompt_embeds=pooled(1, 77, 80), pooled_prompt_embeds=pooled(1, 47)), ["pooled_prompt_embeds", "(1, 48)"]),
+    ("inpaint", dict(prompt_embeds=pooled(2, 77, 80), pooled_prompt_embeds=pooled(1, 48)), ["pooled_prompt_embeds", "(2, 48)"]),
+    ("inpaint", dict(prompt_embeds=pooled(1, 77, 32), pooled_prompt_embeds=pooled(1, 48)), ["prompt_embeds", "(batch, 77, 80)"]),
+    ("inpaint", dict(prompt_embeds=pooled(1, 77, 80), pooled_prompt_embeds=pooled(1, 48) * np.nan), ["pooled_prompt_embeds", "NaN"]),
+    ("inpaint", dict(prompt_embeds=pooled(1, 77, 80), pooled_prompt_embeds=pooled(1, 48),
+                     negative_prompt_embeds=pooled(1, 77, 80)), ["negative_pooled_prompt_embeds"]),
     ("inpaint", dict(prompt="a", denoising_start=0.8, denoising_end=0.8), ["denoising_start=0.8", "below denoising_end"]),
     ("inpaint", dict(prompt="a", denoising_start=0.9, denoising_end=0.2), ["denoising_start", "denoising_end"]),
     ("inpaint", dict(prompt="a", denoising_start=1.5), ["denoising_start=1.5", "between 0 and 1"]),
@@ -64,7 +64,7 @@ def test_sdxl_bad_inputs(sdxl, model, arguments, words):
 
 @pytest.mark.parametrize("arguments,words", [
     (dict(prompt_2="b"), ["prompt_2 is for SDXL engines", "sd1"]),
-    (dict(pooled_prompt_embeds=pooled(1, 32), prompt_embeds=pooled(1, 77, 32)), ["pooled_prompt_embeds", "SDXL"]),
+    (dict(pooled_prompt_embeds=pooled(1, 48), prompt_embeds=pooled(1, 77, 32)), ["pooled_prompt_embeds", "SDXL"]),
     (dict(original_size=(512, 512)), ["original_size", "SDXL micro-conditioning"]),
     (dict(aesthetic_score=6.0), ["aesthetic_score"]),
 ])
@@ -131,3 +131,23 @@ def test_family_comes_from_the_checkpoint(sdxl_checkpoints, checkpoints, tmp_pat
               str(tmp_path / "sd.safetensors"))
     assert checkpoint_family(str(tmp_path / "xl.safetensors")) == "sdxl"
     assert checkpoint_family(str(tmp_path / "sd.safetensors")) == "sd"
+
+
+@pytest.mark.parametrize("model", ["inpaint", "refiner"])
+def test_single_file_exports_the_same_engine(sdxl_pipes, sdxl_checkpoints, sdxl_engines, model, tmp_path):
+    """An SDXL single file (original layout: conditioner.embedders, OpenCLIP's fused attention) with --config
+    exports an engine that paints what the folder's engine paints; the family comes from its key names."""
+    from ldm_format import save_single_file_sdxl
+
+    from inpaintrt.cli import export_main
+    from inpaintrt.export.loading import checkpoint_family
+
+    single = save_single_file_sdxl(sdxl_pipes[model], tmp_path / "model.safetensors")
+    assert checkpoint_family(str(single)) == "sdxl"
+    out = tmp_path / "engine"
+    assert export_main(["--model", str(single), "--config", str(sdxl_checkpoints[model]), "--output", str(out)]) == 0
+    args = dict(prompt="a lamp", num_inference_steps=3, output_type="latent", progress=False, **SIZE)
+    image, mask = sample_image(96, 64), sample_mask(96, 64)
+    from_file = Engine.load(out).inpaint(image, mask, generator=5, **args).images
+    from_folder = Engine.load(sdxl_engines[model]).inpaint(image, mask, generator=5, **args).images
+    assert np.abs(from_file - from_folder).max() <= 1e-5 * np.abs(from_folder).max()

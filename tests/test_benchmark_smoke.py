@@ -4,15 +4,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parent.parent / "benchmarks" / "bench_cpu.py"
 
 
-def test_tiny_benchmark_reports_every_measure(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--out", str(tmp_path)], capture_output=True,
-                            text=True, timeout=600)
+@pytest.mark.parametrize("family,name", [("sd", "tiny"), ("sdxl", "sdxl-tiny")])
+def test_tiny_benchmark_reports_every_measure(tmp_path, family, name):
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--family", family, "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| end_to_end_s |" in result.stdout
-    report = json.loads((tmp_path / "bench-cpu-tiny.json").read_text())
+    report = json.loads((tmp_path / f"bench-cpu-{name}.json").read_text())
     measures = {"cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
                 "peak_rss_mb"}
     for side in ("inpaintrt", "diffusers"):

@@ -33,7 +33,7 @@ def engine(engine_dir):
 @pytest.fixture(scope="module")
 def server(engine_dir):
     with running_server(engine_dir, "--workers", "2", "--token", TOKEN, "--queue-size", "32",
-                        "--max-steps", "1000") as s:
+                        "--max-steps", "1000", "--cors-origin", "http://app.example") as s:
         yield s
 
 
@@ -74,6 +74,16 @@ def test_health_info_docs_and_token(server, client):
         properties = body[kind]["schema"]["properties"]
         assert {"image", "mask_image", "prompt", "num_inference_steps", "seed", "scheduler"} <= set(properties)
         assert all(p.get("description") for p in properties.values()), "every field is documented"
+
+
+def test_cors_only_for_the_origins_asked_for(server):
+    def preflight(origin):
+        return httpx.options(server.url + "/v1/inpaint", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization"})
+
+    assert preflight("http://app.example").headers.get("access-control-allow-origin") == "http://app.example"
+    assert "access-control-allow-origin" not in preflight("http://elsewhere.example").headers
 
 
 def test_inpaint_png_is_the_engine_result_for_its_seed(client, engine):

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -175,7 +175,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     @app.get("/v1/jobs/{job_id}/result", dependencies=guarded, summary="The finished job's PNG",
              responses={200: {"content": {"image/png": {}}}})
-    async def job_result(job_id: str, response_format: str = "png"):
+    async def job_result(job_id: str, response_format: Literal["png", "json"] = "png"):
         return _result(find(job_id), response_format)
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=guarded,

@@ -40,6 +40,11 @@ async function loadInfo() {
     $("num_inference_steps").max = info.limits.max_steps;
   } catch (e) {
     $("server-info").textContent = `server info: ${e.message}`;
+    if (e.message.startsWith("authorization")) {  // the server was started with --token
+      $("server-info").closest("details").open = true;
+      setStatus("This server needs its token: enter it under “Server”.", true);
+      $("token").addEventListener("change", loadInfo, { once: true });
+    }
   }
 }
 

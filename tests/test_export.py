@@ -111,3 +111,59 @@ def test_unoptimized_export_gives_the_same_images(checkpoints, engines, tmp_path
     plain = Engine.load(out).inpaint(image, mask, generator=2, **args).images
     fused = Engine.load(engines[9]).inpaint(image, mask, generator=2, **args).images
     assert np.abs(plain - fused).max() <= 1e-5 * np.abs(plain).max()
+
+
+def test_big_graph_path_streams_weights_and_releases_modules(checkpoints, engines, tmp_path, monkeypatch):
+    """The path a full-size UNet takes (weights beside the graph, copied a tensor at a time; each torch
+    module freed once exported), forced on the tiny model: same engine results, torch weights released."""
+    import torch
+
+    from inpaintrt.export.loading import load_pipeline
+
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_BYTES", 0)
+    pipe = load_pipeline(str(checkpoints[9]))
+    out = exporter.export_engine(pipe, tmp_path / "engine", log=lambda *_: None, release=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, component in manifest["components"].items():
+        assert component["files"] == [f"{name}.onnx", f"{name}.onnx.data"]
+        assert (out / f"{name}.onnx").stat().st_size < (out / f"{name}.onnx.data").stat().st_size
+        assert component["parity"]["max_rel_error"] <= 1e-4
+    assert all(p.device == torch.device("meta") for p in pipe.unet.parameters())
+    assert all(p.device == torch.device("meta") for p in pipe.vae.parameters())
+    args = dict(prompt="a lamp", num_inference_steps=3, height=64, width=96, output_type="latent", progress=False)
+    image, mask = sample_image(96, 64), sample_mask(96, 64)
+    streamed = Engine.load(out).inpaint(image, mask, generator=5, **args).images
+    inline = Engine.load(engines[9]).inpaint(image, mask, generator=5, **args).images
+    assert np.abs(streamed - inline).max() <= 1e-5 * np.abs(inline).max()
+
+
+def test_streaming_save_copies_weights_from_separate_files(tmp_path):
+    """torch's exporter leaves each large weight in its own file (offsets absent); the streaming save
+    gathers them, with tensors made in memory, into one data file that ONNX Runtime reads back exactly."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from inpaintrt.export.external_data import save_streaming, weight_bytes
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 32), dtype=np.float32), rng.standard_normal((32, 16), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "a"], ["h"]), helper.make_node("MatMul", ["h", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 16])],
+        [numpy_helper.from_array(a, "a"), numpy_helper.from_array(b, "b")])
+    source = tmp_path / "torch-style"
+    source.mkdir()
+    onnx.save_model(helper.make_model(graph), str(source / "graph.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    model = onnx.load(str(source / "graph.onnx"), load_external_data=False)
+    model.graph.initializer[1].CopyFrom(numpy_helper.from_array(b * 2, "b"))  # as an optimizer rewrites one
+    assert weight_bytes(model, source) == a.nbytes + b.nbytes
+    out = tmp_path / "out" / "unet.onnx"
+    out.parent.mkdir()
+    assert save_streaming(model, source, out) == ["unet.onnx", "unet.onnx.data"]
+    assert (out.parent / "unet.onnx.data").stat().st_size == a.nbytes + b.nbytes
+    x = rng.standard_normal((2, 64), dtype=np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(got, x @ a @ (b * 2), rtol=1e-5, atol=1e-5)

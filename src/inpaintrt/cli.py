@@ -73,7 +73,7 @@ def export_main(argv: list[str] | None = None) -> int:
         tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config)
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
-                      fp16=args.fp16, tensorrt=tensorrt)
+                      fp16=args.fp16, tensorrt=tensorrt, release=True)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0

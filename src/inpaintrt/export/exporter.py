@@ -19,6 +19,7 @@ from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
 from .half import FP16_TOLERANCE, convert_to_fp16, relative_error
+from .external_data import save_streaming, weight_bytes
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
 
@@ -40,9 +41,11 @@ class PlanOptions:
 
 
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
-                  log=print, fp16: bool = False, tensorrt: PlanOptions | None = None) -> Path:
+                  log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
-    torch); tensorrt also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here."""
+    torch); tensorrt also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
+    release frees each torch component's weights once exported (the pipeline is unusable afterwards):
+    peak memory is then one component's, not the whole pipeline's."""
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
@@ -53,22 +56,20 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     work.chmod(0o755)
     try:
-        components = {}
         if optimize:
             classic_attention(pipe)
-        for spec in component_specs(pipe):
+        # configs first: with `release`, each torch module is dropped once its graph is written
+        manifest = dict(source=source, model=_model_info(pipe), scheduler=_scheduler_config(pipe, work),
+                        **_save_tokenizers(pipe, work), versions=_versions())
+        components = manifest["components"] = {}
+        specs = component_specs(pipe)
+        for i, spec in enumerate(specs):
             log(f"exporting {spec.name} ...")
             components[spec.name] = _export_component(spec, work, optimize, fp16)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
-        manifest = dict(
-            source=source,
-            model=_model_info(pipe),
-            scheduler=_scheduler_config(pipe, work),
-            **_save_tokenizers(pipe, work),
-            components=components,
-            versions=_versions(),
-        )
+            if release:
+                _release(spec, specs[i + 1:])
         if tensorrt is not None:
             from .trt_build import build_plans
 
@@ -90,6 +91,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
 
     path = work / f"{spec.name}.onnx"
     scratch = Path(tempfile.mkdtemp(dir=work))
+    references = torch_references(spec)
     traced = spec.make_inputs(*spec.check_shapes[0])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
@@ -98,7 +100,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
-    half = _export_fp16(spec, scratch / "graph.onnx", work) if fp16 else None
+    half = _export_fp16(spec, scratch / "graph.onnx", work, references) if fp16 else None
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.
     model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)
@@ -106,13 +108,15 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
     if optimize:
         with contextlib.chdir(scratch):
             model, fused = optimize_for_cpu(spec.name, model)
-    onnx.load_external_data_for_model(model, str(scratch))
-    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data")
+    big = weight_bytes(model, scratch) > EXTERNAL_DATA_BYTES
+    if big:  # tensor by tensor from torch's files: the weights are never in memory twice
+        save_streaming(model, scratch, path)
+    else:
+        onnx.load_external_data_for_model(model, str(scratch))
+        onnx.save_model(model, str(path))
     del model
     shutil.rmtree(scratch)
-    error = check_parity(spec, path)
+    error = check_parity(spec, path, references)
     if not error <= FP32_TOLERANCE:
         raise ExportError(
             f"{spec.name}: the ONNX graph differs from torch by {error:.2e} (relative), more than {FP32_TOLERANCE:g}; "
@@ -130,10 +134,10 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
     }
 
 
-def _export_fp16(spec: ComponentSpec, traced: Path, work: Path) -> dict:
+def _export_fp16(spec: ComponentSpec, traced: Path, work: Path, references: list) -> dict:
     path = work / "fp16" / f"{spec.name}.onnx"
     files = convert_to_fp16(traced, path, EXTERNAL_DATA_BYTES)
-    error = check_parity(spec, path)
+    error = check_parity(spec, path, references)
     if not error <= FP16_TOLERANCE:
         raise ExportError(
             f"{spec.name}: the fp16 graph differs from torch by {error:.2e} (relative), more than {FP16_TOLERANCE:g} "
@@ -145,22 +149,47 @@ def _export_fp16(spec: ComponentSpec, traced: Path, work: Path) -> dict:
     return {"file": f"fp16/{path.name}", "files": [f"fp16/{name}" for name in files], "max_rel_error": float(error)}
 
 
-def check_parity(spec: ComponentSpec, path: Path) -> float:
-    """Worst relative error of the saved graph against torch over the spec's check shapes."""
-    import onnxruntime as ort
+def torch_references(spec: ComponentSpec) -> list[tuple[dict, dict]]:
+    """(inputs, torch's outputs) as numpy at each of the spec's check shapes: computed once, before
+    export, so the checks need no torch module afterwards."""
     import torch
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
+    references = []
     for shape in spec.check_shapes:
         inputs = spec.make_inputs(*shape)
         with torch.no_grad():
             expected = spec.module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        names = [t.name for t in spec.outputs]
-        got = session.run(names, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)})
-        worst = max(worst, relative_error(dict(zip(names, got)), {n: e.numpy() for n, e in zip(names, expected)}))
+        references.append(({t.name: x.numpy() for t, x in zip(spec.inputs, inputs)},
+                           {t.name: e.numpy() for t, e in zip(spec.outputs, expected)}))
+    return references
+
+
+def check_parity(spec: ComponentSpec, path: Path, references: list | None = None) -> float:
+    """Worst relative error of the saved graph against torch over the spec's check shapes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if (path.parent / f"{path.name}.data").exists():  # a big graph: hold its weights once, not pre-packed too
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for inputs, expected in references or torch_references(spec):
+        got = session.run(list(expected), inputs)
+        worst = max(worst, relative_error(dict(zip(expected, got)), expected))
     return worst
+
+
+def _release(spec: ComponentSpec, later: list[ComponentSpec]) -> None:
+    """Free the weights of a torch module no later component uses (the VAE serves two)."""
+    import torch
+
+    def weights(module):
+        return {p.data_ptr() for p in module.parameters()}
+
+    if not any(weights(spec.module) & weights(other.module) for other in later):
+        spec.module.to(torch.device("meta"))
 
 
 def _model_info(pipe) -> dict:

@@ -7,6 +7,8 @@ import numbers
 import numpy as np
 
 OUTPUT_TYPES = ("pil", "np", "latent")
+MASK_MODES = ("binary", "soft")
+MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 
 
 def integer(value, name: str, minimum: int) -> int:
@@ -26,6 +28,23 @@ def check_numbers(strength, guidance_scale, output_type, blur_factor, padding_ma
         raise ValueError(f"blur_factor={blur_factor!r} must be a blur radius in pixels >= 0 (0 = no blur)")
     if padding_mask_crop is not None:
         integer(padding_mask_crop, "padding_mask_crop", 0)
+
+
+def mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert) -> None:
+    """The mask arguments beyond diffusers' (issue 15)."""
+    if mask_mode not in MASK_MODES:
+        raise ValueError(f"mask_mode={mask_mode!r} is unknown; choose 'binary' (diffusers': the mask is cut at 0.5) "
+                         "or 'soft' (grey levels say how much each pixel changes)")
+    if masked_content not in MASKED_CONTENTS:
+        raise ValueError(f"masked_content={masked_content!r} is unknown; choose one of {', '.join(MASKED_CONTENTS)}")
+    for name, value in (("mask_grow", mask_grow), ("mask_shrink", mask_shrink)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= 4096:
+            raise ValueError(f"{name}={value!r} must be a whole number of pixels from 0 to 4096 (0 = unchanged)")
+    if mask_grow and mask_shrink:
+        raise ValueError(f"mask_grow={mask_grow} and mask_shrink={mask_shrink} were both given; pass one of them "
+                         "(grow widens the white part, shrink narrows it)")
+    if not isinstance(mask_invert, (bool, np.bool_)):
+        raise ValueError(f"mask_invert={mask_invert!r} must be True or False")
 
 
 def check_size(height, width, factor: int) -> tuple[int, int]:

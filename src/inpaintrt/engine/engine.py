@@ -82,6 +82,8 @@ class Engine:
         denoising_start=None, denoising_end=None, original_size=None, target_size=None,
         crops_coords_top_left=None, negative_original_size=None, negative_target_size=None,
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
+        # beyond diffusers (issue 15)
+        mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.
 
@@ -93,12 +95,19 @@ class Engine:
         the input (rounded down to multiples of 8); `image` may be latents (1, 4, h, w) from an
         earlier `output_type="latent"` call; `callback_on_step_end(step, timestep, latents)` may
         return new latents or raise StopDenoising to finish early.
+
+        Beyond diffusers (the defaults keep diffusers' results): `mask_mode="soft"` reads the mask's
+        grey levels as a change map (Differential Diffusion: white is repainted for every step, black
+        kept, grey changed for that fraction of the steps); `masked_content` is what the masked area
+        starts from when strength < 1 ("original", "fill", "latent_noise", "latent_nothing");
+        `mask_invert`, `mask_grow` / `mask_shrink` (pixels) edit the mask before `blur_factor`.
         """
         steps = check.integer(num_inference_steps, "num_inference_steps", 1)
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
         if strength is None:
             strength = 0.9999 if self.family == "sdxl" else 1.0
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
+        check.mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert)
         start, end = check.fraction(denoising_start, "denoising_start"), check.fraction(denoising_end, "denoising_end")
         if start is not None and end is not None and start >= end:
             raise ValueError(f"denoising_start={start} must be below denoising_end={end}: the first is where this "
@@ -125,14 +134,17 @@ class Engine:
                              f"{imaging.picture_size(mask)}; pass a mask of the same size as the image")
         if given_latents is not None and (keep_unmasked or padding_mask_crop is not None or keep_input_size):
             raise ValueError("image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a picture")
+        if given_latents is not None and masked_content == "fill":
+            raise ValueError("masked_content='fill' paints pixels; pass a picture, or use 'latent_noise' / "
+                             "'latent_nothing' with image latents")
         height, width = self._size(height, width, picture, given_latents, keep_input_size)
         if self.backend == "tensorrt":  # static plans: refuse other sizes before any work
             select_plan(self.manifest["tensorrt"]["plans"]["unet"], height, width, "unet")
-        if blur_factor:
-            mask = masking.blur(mask, blur_factor)
+        mask = masking.edit(mask, mask_invert, mask_grow, mask_shrink, blur_factor)
         crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
         mask_pixels = imaging.preprocess_mask(mask, height, width, crop)
-        if not mask_pixels.any():
+        soft = imaging.preprocess_mask(mask, height, width, crop, soft=True) if mask_mode == "soft" else None
+        if soft is None and not mask_pixels.any():
             raise ValueError("mask_image is all black (below 0.5 everywhere), so there is nothing to repaint; "
                              "paint white where the picture should change")
 
@@ -154,12 +166,14 @@ class Engine:
             pixels = np.clip(decode_latents(self._models, given_latents), -1, 1)
         else:
             pixels = imaging.preprocess_image(picture, height, width, crop)
+        if masked_content == "fill":
+            pixels = masking.fill(pixels, mask_pixels)
         request = Request(
             image=pixels, mask=mask_pixels,
             conditioning=cond if uncond is None else {k: np.concatenate([uncond[k], cond[k]]) for k in cond},
             batch=batch, guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
             latents=latents, callback=callback_on_step_end, image_latents=given_latents,
-            denoising_start=start, denoising_end=end,
+            denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content,
         )
         final = denoise(self._models, sched, request, gen, _progress(progress))
         if output_type == "latent":

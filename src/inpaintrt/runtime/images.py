@@ -132,10 +132,18 @@ def preprocess_image(picture, height: int, width: int, crop=None) -> np.ndarray:
     return (2.0 * pixels - 1.0).transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def preprocess_mask(picture, height: int, width: int, crop=None) -> np.ndarray:
-    """(1, 1, H, W) float32 of 0/1: 1 where the picture is repainted."""
+def preprocess_mask(picture, height: int, width: int, crop=None, soft: bool = False) -> np.ndarray:
+    """(1, 1, H, W) float32 of 0/1: 1 where the picture is repainted; soft: the grey levels in [0, 1]."""
     pixels = _float_pixels(picture, height, width, "L", crop)
-    return (pixels >= 0.5).astype(np.float32).transpose(2, 0, 1)[None]
+    values = pixels if soft else pixels >= 0.5
+    return values.astype(np.float32).transpose(2, 0, 1)[None]
+
+
+def area_resize(array: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each factor x factor block over the last two axes (sizes are multiples of factor)."""
+    *lead, height, width = array.shape
+    blocks = array.reshape(*lead, height // factor, factor, width // factor, factor)
+    return blocks.mean(axis=(-3, -1), dtype=np.float32)
 
 
 def resize_and_fill(picture: Image.Image, width: int, height: int) -> Image.Image:

@@ -6,6 +6,15 @@
 The models are passed in as callables, so this file knows nothing of ONNX Runtime or TensorRT, and
 the model family enters only as the UNet's conditioning feeds (SD: text hidden states; SDXL: also
 pooled text embeddings and time ids), so SD 1.x/2.x and SDXL share this one loop.
+
+Beyond diffusers, in the same loop (issue 15):
+- soft (differential) masks: a grey-level change map; after each step every pixel whose grey level
+  says it is not yet free is put back to the original latents re-noised to the next timestep (the
+  4-channel blend with a per-step mask). A pixel of grey level v is left to the model for the last
+  ceil(v x steps) steps: white is repainted fully, black kept. Any UNet (9-channel ones keep their
+  binary mask input and get the blend on top).
+- masked content (what the masked area starts from): the image latents under the mask replaced by
+  noise (`latent_noise`) or zeros (`latent_nothing`); `fill` happens on the pixels, in the engine.
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .images import nearest_resize
+from .images import area_resize, nearest_resize
 from .noise import draw
 
 
@@ -49,6 +58,8 @@ class Request:
     image_latents: np.ndarray | None = None  # the image already as scaled latents (1, C, h, w): not encoded again
     denoising_start: float | None = None  # fraction of the schedule already done (SDXL refiner hand-off)
     denoising_end: float | None = None  # fraction after which to stop, returning noisy latents
+    change_map: np.ndarray | None = None  # soft mode: (1, 1, H, W) grey levels in [0, 1], white = change fully
+    masked_content: str = "original"  # "latent_noise" / "latent_nothing": what the masked latents start from
 
     @property
     def guided(self) -> bool:
@@ -114,16 +125,7 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     elif blend or continuing or (r.latents is None and not full_strength):
         image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
     # draw 2: the initial noise, unless the caller gave it (a hand-off draws it and starts from the image)
-    if continuing:
-        noise = draw(generator, shape)
-        latents = image_latents
-    elif r.latents is None:
-        noise = draw(generator, shape)
-        latents = noise * scheduler.init_noise_sigma if full_strength else scheduler.add_noise(image_latents, noise, begin)
-    else:
-        noise = r.latents.astype(np.float32)
-        latents = noise * scheduler.init_noise_sigma
-    latents = latents.astype(np.float32)
+    noise = draw(generator, shape) if continuing or r.latents is None else r.latents.astype(np.float32)
     mask = nearest_resize(r.mask, shape[2], shape[3])
     copies = 2 if r.guided else 1
     # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and throws
@@ -137,6 +139,25 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         unet_mask = np.repeat(mask, r.batch * copies, axis=0)
         unet_masked = np.repeat(masked_latents, r.batch * copies, axis=0)
     blend_mask = np.repeat(mask, r.batch, axis=0)
+    # beyond diffusers, drawn after diffusers' draws so the defaults keep them: draw 4, the image
+    # latents a soft mask blends back (9-channel at strength 1 has none yet); draw 5, latent noise
+    soft = r.change_map is not None
+    if soft and image_latents is None:
+        image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
+    if image_latents is not None and r.masked_content in ("latent_noise", "latent_nothing"):
+        fresh = draw(generator, (1, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
+        image_latents = ((1 - blend_mask) * image_latents + blend_mask * fresh).astype(np.float32)
+    if continuing:
+        latents = image_latents
+    elif r.latents is None and not full_strength:
+        latents = scheduler.add_noise(image_latents, noise, begin)
+    else:
+        latents = noise * scheduler.init_noise_sigma
+    latents = latents.astype(np.float32)
+    if soft:
+        change = area_resize(r.change_map, models.vae_scale_factor)
+        n = len(timesteps)  # after step i, free = left to the model from step i + 1 on (and at the end)
+        free_after = [(change > max(n - i - 2, 0) / n).astype(np.float32) for i in range(n)]
 
     for i in progress(range(len(timesteps))):
         index = begin + i
@@ -151,11 +172,12 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             uncond, cond = np.split(pred, 2)
             pred = uncond + r.guidance_scale * (cond - uncond)
         latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
-        if blend:
+        if blend or soft:
             proper = image_latents
             if i < len(timesteps) - 1:
                 proper = scheduler.add_noise(image_latents, noise, index + 1)
-            latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
+            free = free_after[i] if soft else blend_mask
+            latents = ((1 - free) * proper + free * latents).astype(np.float32)
         if r.callback is not None:
             try:
                 changed = r.callback(i, t, latents)

@@ -79,3 +79,94 @@ def _resize_and_crop(picture: Image.Image, width: int, height: int) -> Image.Ima
     out.paste(picture.resize((src_w, src_h), resample=Image.LANCZOS),
               box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
     return out
+
+
+# ---- beyond diffusers: mask editing (issue 15) -------------------------------------------------
+
+def edit(mask, invert: bool = False, grow: int = 0, shrink: int = 0, blur_radius: float = 0):
+    """The mask as the call uses it: inverted, then grown or shrunk by whole pixels (a square
+    neighbourhood, ComfyUI's grow-mask-by), then blurred. Untouched when nothing is asked, so the
+    defaults keep diffusers' path. PIL masks come back as L images, float arrays as float arrays."""
+    if invert or grow or shrink:
+        is_array = not isinstance(mask, Image.Image)
+        values = _values(mask)
+        if invert:
+            values = 1.0 - values
+        if grow:
+            values = _max_filter(values, grow)
+        if shrink:
+            values = 1.0 - _max_filter(1.0 - values, shrink)
+        mask = values[..., None] if is_array else Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
+    return blur(mask, blur_radius) if blur_radius else mask
+
+
+def _values(mask) -> np.ndarray:
+    """A loaded mask as float32 HxW in [0, 1] (grey levels kept)."""
+    if isinstance(mask, Image.Image):
+        return np.asarray(mask.convert("L"), np.float32) / 255.0
+    if mask.shape[2] == 1:
+        return mask[..., 0].astype(np.float32)
+    return mask[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _max_filter(values: np.ndarray, radius: int) -> np.ndarray:
+    """Grey dilation with a (2r+1)² square; outside the picture counts as nothing."""
+    for axis in (0, 1):
+        values = _max_1d(values, int(radius), axis)
+    return values
+
+
+def _max_1d(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    size, length = 2 * radius + 1, values.shape[axis]
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (radius, radius)
+    span, current = 1, np.pad(values, pad, constant_values=-np.inf)
+    while 2 * span <= size:  # current[i] = max over [i, i + span), doubling span each round
+        shifted = np.take(current, np.arange(span, current.shape[axis]), axis=axis)
+        current = np.maximum(np.take(current, np.arange(shifted.shape[axis]), axis=axis), shifted)
+        span *= 2
+    first = np.take(current, np.arange(length), axis=axis)
+    last = np.take(current, np.arange(size - span, size - span + length), axis=axis)
+    return np.maximum(first, last)
+
+
+def fill(pixels: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """AUTOMATIC1111's "fill" masked content: (1, C, H, W) pixels whose `hole` (1, 1, H, W) > 0.5 part
+    is replaced by a smooth blend of the surrounding colours (a push-pull pyramid: the known pixels
+    averaged over ever larger blocks, then interpolated back down), so nothing of what was under the
+    hole survives. Known pixels are returned unchanged; each filled value is a convex combination of
+    known ones."""
+    missing = hole[0, 0] > 0.5
+    if not missing.any():
+        return pixels
+    if missing.all():
+        return np.zeros_like(pixels)  # nothing to take colours from: mid-grey
+    known = (~missing).astype(np.float32)
+    filled = _push_pull(pixels[0] * known, known)
+    return np.where(missing, filled, pixels[0])[None].astype(np.float32)
+
+
+def _push_pull(values: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Colours (C, H, W) everywhere from weight-premultiplied `values` known where weight > 0."""
+    height, width = weight.shape
+    own = values / np.maximum(weight, 1e-12)
+    if (weight > 0).all():
+        return own
+    ph, pw = height % 2, width % 2
+    v = np.pad(values, ((0, 0), (0, ph), (0, pw)))
+    w = np.pad(weight, ((0, ph), (0, pw)))
+    h2, w2 = (height + ph) // 2, (width + pw) // 2
+    coarse = _push_pull(v.reshape(len(v), h2, 2, w2, 2).sum((2, 4)), w.reshape(h2, 2, w2, 2).sum((1, 3)))
+    up = _smooth(coarse.repeat(2, axis=1).repeat(2, axis=2))[:, :height, :width]
+    alpha = np.minimum(weight, 1.0)
+    return alpha * np.where(weight > 0, own, 0) + (1 - alpha) * up
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """A [1, 2, 1] / 4 blur along both picture axes, edges repeated."""
+    for axis in (1, 2):
+        padded = np.pad(values, [(0, 0)] * axis + [(1, 1)] + [(0, 0)] * (2 - axis), mode="edge")
+        n = values.shape[axis]
+        values = (np.take(padded, range(0, n), axis) + 2 * np.take(padded, range(1, n + 1), axis)
+                  + np.take(padded, range(2, n + 2), axis)) / 4
+    return values

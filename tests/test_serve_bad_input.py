@@ -3,7 +3,6 @@ and the fix, never a 5xx, and the server keeps answering good requests afterward
 from __future__ import annotations
 
 import base64
-import io
 import struct
 import zlib
 

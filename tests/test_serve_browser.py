@@ -118,3 +118,43 @@ def test_invert_clear_and_chaining(page):
     page.wait_for_function("() => window.inpaintrt.state.results.length === 2", timeout=120_000)
     assert page.locator("#history li").count() == 2
     assert page.errors == []
+
+
+DROP = """async (dataUrl) => {
+  const blob = await (await fetch(dataUrl)).blob();
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+  document.getElementById("stage").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+}"""
+PAINTED = "() => window.inpaintrt.editor.snapshot().data.filter((v, i) => i % 4 == 3 && v >= 128).length"
+
+
+def test_drop_mask_file_eraser_and_zoom(page, tmp_path):
+    import io as _io
+
+    picture, mask = sample_picture(160, 96)
+    buffer = _io.BytesIO()
+    picture.save(buffer, format="PNG")
+    page.evaluate(DROP, "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode())
+    page.wait_for_function("() => window.inpaintrt.editor.width === 160 && window.inpaintrt.editor.height === 96")
+    assert not page.evaluate("() => window.inpaintrt.editor.hasMask()"), "a new picture starts without a mask"
+
+    mask.save(tmp_path / "mask.png")
+    page.set_input_files("#mask-file", str(tmp_path / "mask.png"))
+    page.wait_for_function("() => window.inpaintrt.editor.hasMask()")
+    sent = decoded(page.evaluate(BLOB_AS_BASE64, "mask"))[..., 0]
+    assert np.array_equal(sent, np.where(np.asarray(mask) >= 128, 255, 0)), "the mask file is sent as it was"
+
+    before = page.evaluate(PAINTED)
+    page.keyboard.press("e")
+    paint(page, [(30, 58), (85, 58)])  # across the mask's ellipse
+    assert 0 < page.evaluate(PAINTED) < before, "the eraser removes mask"
+    page.keyboard.press("b")
+
+    scale = page.evaluate("() => window.inpaintrt.editor.view.scale")
+    page.mouse.move(*to_screen(page, 80, 48))
+    page.mouse.wheel(0, -300)
+    page.wait_for_function(f"() => window.inpaintrt.editor.view.scale > {scale}")
+    page.keyboard.press("0")
+    assert page.evaluate("() => window.inpaintrt.editor.view.scale") == pytest.approx(scale)
+    assert page.errors == []

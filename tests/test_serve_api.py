@@ -43,9 +43,9 @@ def client(server):
         yield c
 
 
-def events(client, job_id: str) -> list[tuple[str, dict]]:
-    """Every server-sent event of one job, until its last."""
-    found, kind = [], None
+def events(client, job_id: str, found: list | None = None) -> list[tuple[str, dict]]:
+    """Every server-sent event of one job, until its last (appended to `found` as they arrive)."""
+    found, kind = [] if found is None else found, None
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
@@ -174,17 +174,16 @@ def test_full_queue_answers_429_with_retry_after(engine_dir):
 
 
 def test_sigterm_finishes_the_running_job_cancels_the_queued_and_exits(engine_dir):
-    with running_server(engine_dir, "--workers", "1", "--max-steps", "400") as s, \
+    with running_server(engine_dir, "--workers", "1", "--max-steps", "600") as s, \
             httpx.Client(base_url=s.url, timeout=60) as client:
-        running = client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 300, "scheduler": "euler"})).json()
+        running = client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 600, "scheduler": "euler"})).json()
         queued = client.post("/v1/jobs", files=files(), data=form(FAST)).json()
         wait_until(lambda: client.get(f"/v1/jobs/{running['id']}").json()["step"] >= 1)
-        streams = {}
-        threads = [threading.Thread(target=lambda i=i: streams.__setitem__(i, events(client, i)))
-                   for i in (running["id"], queued["id"])]
+        streams = {running["id"]: [], queued["id"]: []}
+        threads = [threading.Thread(target=events, args=(client, i, found)) for i, found in streams.items()]
         for t in threads:
             t.start()
-        wait_until(lambda: True, 0.5)
+        wait_until(lambda: all(streams.values()))  # both streams are open before the signal
         s.process.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)

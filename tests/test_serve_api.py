@@ -61,7 +61,8 @@ def test_health_info_docs_and_token(server, client):
     refused = httpx.get(server.url + "/v1/info")
     assert refused.status_code == 401 and refused.json()["error"]["field"] == "authorization"
     assert refused.headers["www-authenticate"] == "Bearer"
-    wrong = httpx.post(server.url + "/v1/inpaint", files=files(), data=form(FAST), headers={"Authorization": "Bearer x"})
+    wrong = httpx.post(server.url + "/v1/inpaint", files=files(), data=form(FAST),
+                       headers={"Authorization": "Bearer x"})
     assert wrong.status_code == 401
     info = client.get("/v1/info").json()
     assert info["model"]["unet_in_channels"] == 9 and info["model"]["backend"] == "ort-cpu"
@@ -139,7 +140,8 @@ def test_jobs_report_progress_only_for_themselves(client, engine):
 
 
 def test_cancel_stops_a_running_job_within_one_step_and_frees_the_worker(client, engine):
-    job = client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 1000, "scheduler": "euler"})).json()
+    long = form({**FAST, "num_inference_steps": 1000, "scheduler": "euler"})
+    job = client.post("/v1/jobs", files=files(), data=long).json()
     wait_until(lambda: client.get(f"/v1/jobs/{job['id']}").json()["step"] >= 2)
     at_cancel = client.delete(f"/v1/jobs/{job['id']}").json()
     final = events(client, job["id"])[-1]
@@ -176,7 +178,8 @@ def test_full_queue_answers_429_with_retry_after(engine_dir):
 def test_sigterm_finishes_the_running_job_cancels_the_queued_and_exits(engine_dir):
     with running_server(engine_dir, "--workers", "1", "--max-steps", "600") as s, \
             httpx.Client(base_url=s.url, timeout=60) as client:
-        running = client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 600, "scheduler": "euler"})).json()
+        long = form({**FAST, "num_inference_steps": 600, "scheduler": "euler"})
+        running = client.post("/v1/jobs", files=files(), data=long).json()
         queued = client.post("/v1/jobs", files=files(), data=form(FAST)).json()
         wait_until(lambda: client.get(f"/v1/jobs/{running['id']}").json()["step"] >= 1)
         streams = {running["id"]: [], queued["id"]: []}

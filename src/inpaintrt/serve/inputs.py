@@ -39,7 +39,8 @@ class InpaintParameters(BaseModel):
                             description="1 repaints the masked area fully; smaller keeps more of the picture.")
     scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
     scheduler_options: Optional[dict[str, Any]] = Field(
-        None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} (JSON text in multipart).")
+        None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} "
+                          "(JSON text in multipart).")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1,
                                 description="Random seed (Engine.inpaint's generator). Leave it out for a random "
                                             "one; the seed used is returned either way.")
@@ -190,7 +191,8 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         width = height = math.isqrt(max_pixels) + 1  # PIL's own bomb limit: far over ours
     except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(422, name, f"{name} is not a picture ({e})", f"send {name} as a PNG, JPEG or WebP file") from None
+        raise ApiError(422, name, f"{name} is not a picture ({e})",
+                       f"send {name} as a PNG, JPEG or WebP file") from None
     if width * height > max_pixels:
         raise ApiError(413, name, f"{name} is {width}x{height} = {width * height} pixels, over this server's "
                        f"limit of {max_pixels}", f"downscale {name} to at most {max_pixels} pixels")

@@ -46,8 +46,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 @contextlib.contextmanager
-def numpy_randn(seed: int):
-    """Make diffusers draw every randn_tensor from numpy's default_rng(seed), in its own call order."""
+def numpy_randn(seed: int, shapes: list | None = None):
+    """Make diffusers draw every randn_tensor from numpy's default_rng(seed), in its own call order
+    (appending each draw's shape to `shapes` when given)."""
     import torch
     from diffusers.utils import torch_utils
 
@@ -55,6 +56,8 @@ def numpy_randn(seed: int):
     rng = np.random.default_rng(seed)
 
     def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        if shapes is not None:
+            shapes.append(tuple(shape))
         return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
 
     patched = [m for m in list(sys.modules.values())
@@ -78,8 +81,9 @@ DIFFUSERS_SCHEDULERS = {
 }
 
 
-def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_config: dict | None = None, **kwargs):
-    """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise."""
+def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_config: dict | None = None,
+                      draws: list | None = None, **kwargs):
+    """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise (draw shapes into `draws`)."""
     import diffusers
     import torch
 
@@ -89,7 +93,7 @@ def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_c
         class_name, extra = DIFFUSERS_SCHEDULERS[scheduler]
         pipe.scheduler = getattr(diffusers, class_name).from_config(
             pipe.checkpoint_scheduler_config, **extra, **(scheduler_config or {}))
-    with numpy_randn(seed), torch.no_grad():
+    with numpy_randn(seed, draws), torch.no_grad():
         return pipe(**kwargs).images
 
 

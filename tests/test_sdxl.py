@@ -210,3 +210,42 @@ def test_manifest_describes_the_family(sdxl_engines):
     assert unet["text_embeds"] == ["batch", 48] and unet["time_ids"] == ["batch", 6]
     for manifest in (inpaint, refiner):
         assert all(c["parity"]["max_rel_error"] <= 1e-4 for c in manifest["components"].values())
+
+
+class RecordingGenerator:
+    """numpy's generator, remembering the shape of every draw."""
+
+    def __init__(self, seed):
+        self.rng, self.shapes = np.random.default_rng(seed), []
+
+    def standard_normal(self, shape, dtype=np.float32):
+        self.shapes.append(tuple(shape))
+        return self.rng.standard_normal(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("model,kwargs", [
+    ("inpaint", {}), ("inpaint", dict(strength=1.0)), ("base", {}), ("base", dict(strength=1.0)),
+    ("refiner", dict(scheduler="euler_a")), ("base", dict(denoising_end=0.5, scheduler="ddim")),
+], ids=["inpaint", "inpaint-full", "base", "base-full", "refiner-ancestral", "base-end"])
+def test_every_draw_in_diffusers_order(sdxl_pipes, loaded, model, kwargs):
+    """The same draws, in the same order and shapes, as diffusers: none skipped, none extra."""
+    kwargs = dict(kwargs)
+    scheduler = kwargs.pop("scheduler", "euler")
+    theirs, ours = [], RecordingGenerator(4)
+    image, mask = sample_image(160, 104), sample_mask(160, 104)
+    args = dict(prompt=PROMPT, num_inference_steps=4, output_type="latent", **SIZE, **kwargs)
+    diffusers_inpaint(sdxl_pipes[model], 4, scheduler, draws=theirs, image=image, mask_image=mask, **args)
+    loaded[model].inpaint(image, mask, scheduler=scheduler, generator=ours, progress=False, **args)
+    assert ours.shapes == theirs and len(theirs) >= 2
+
+
+def test_refiner_hand_off_draws_in_diffusers_order(sdxl_pipes, loaded):
+    latents = np.random.default_rng(0).standard_normal((1, 4, 13, 20), dtype=np.float32)
+    import torch
+
+    theirs, ours = [], RecordingGenerator(4)
+    args = dict(prompt=PROMPT, num_inference_steps=4, output_type="latent", denoising_start=0.5, **SIZE)
+    diffusers_inpaint(sdxl_pipes["refiner"], 4, "euler", draws=theirs, image=torch.from_numpy(latents),
+                      mask_image=sample_mask(160, 104), **args)
+    loaded["refiner"].inpaint(latents, sample_mask(160, 104), generator=ours, progress=False, **args)
+    assert ours.shapes == theirs == [(1, 4, 13, 20)]  # the noise only: no image encode, no masked-image encode

@@ -110,7 +110,7 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     parser.add_argument("--image", required=True, help="input picture file")
-    parser.add_argument("--mask", required=True, help="mask file: white = repaint, black = keep")
+    parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
     parser.add_argument("--prompt", default="")
     parser.add_argument("--negative-prompt")
     parser.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
@@ -128,6 +128,22 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--blur", type=float, default=0, help="blur the mask edge by this radius (blur_factor)")
     parser.add_argument("--keep-unmasked", action="store_true", help="unmasked pixels stay exactly as in the input")
     parser.add_argument("--keep-input-size", action="store_true", help="output at the input's size (multiples of 8)")
+    masks = parser.add_argument_group("masks (beyond diffusers)")
+    masks.add_argument("--mask-mode", choices=("binary", "soft"), default="binary",
+                       help="binary (default, diffusers'): cut at 0.5; soft: grey levels = how much each pixel changes")
+    masks.add_argument("--masked-content", choices=("original", "fill", "latent_noise", "latent_nothing"),
+                       default="original", help="what the masked area starts from when --strength < 1")
+    masks.add_argument("--mask-grow", type=int, default=0, help="widen the white part by N pixels")
+    masks.add_argument("--mask-shrink", type=int, default=0, help="narrow the white part by N pixels")
+    masks.add_argument("--mask-invert", action="store_true", help="repaint the black part instead")
+    outpaint = parser.add_argument_group("outpainting")
+    outpaint.add_argument("--extend", metavar="SIDE=N,...",
+                          help="grow the canvas instead of using --mask, e.g. left=256,right=128 (sides: left, right, "
+                               "top, bottom); passes of at most --height x --width (default: the model's size)")
+    outpaint.add_argument("--overlap", type=int, default=32,
+                          help="pixels the repaint reaches into the existing picture, feathered (default 32)")
+    outpaint.add_argument("--fill", choices=("edge", "mirror", "noise"), default="edge",
+                          help="pre-fill of the new area (default edge: the border stretched out and blurred)")
     sdxl = parser.add_argument_group("SDXL")
     sdxl.add_argument("--prompt-2", help="prompt for the second text encoder (default: --prompt)")
     sdxl.add_argument("--negative-prompt-2", help="negative prompt for the second text encoder")
@@ -151,24 +167,47 @@ def inpaint_main(argv: list[str] | None = None) -> int:
 
     try:
         options = dict(_parse_option(text) for text in args.scheduler_option)
-        image, mask = Image.open(args.image), Image.open(args.mask)
+        if (args.mask is None) == (args.extend is None):
+            raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
+        sides = _parse_extend(args.extend) if args.extend else None
+        image, mask = Image.open(args.image), None if sides else Image.open(args.mask)
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph)
-        result = engine.inpaint(
-            image, mask, prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+        common = dict(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
             guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler,
-            scheduler_options=options or None, generator=args.seed,
-            height=args.height, width=args.width, num_images_per_prompt=args.num_images, progress=True,
-            padding_mask_crop=args.padding_mask_crop, blur_factor=args.blur, keep_unmasked=args.keep_unmasked,
-            keep_input_size=args.keep_input_size, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
+            scheduler_options=options or None, generator=args.seed, height=args.height, width=args.width,
+            progress=True, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
             denoising_start=args.denoising_start, denoising_end=args.denoising_end,
             aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
+            mask_mode=args.mask_mode, masked_content=args.masked_content,
         )
+        masking = dict(num_images_per_prompt=args.num_images, padding_mask_crop=args.padding_mask_crop,
+                       blur_factor=args.blur, keep_unmasked=args.keep_unmasked, keep_input_size=args.keep_input_size,
+                       mask_grow=args.mask_grow, mask_shrink=args.mask_shrink, mask_invert=args.mask_invert)
+        if sides:  # what only an inpaint call takes goes along only when set, so outpaint can refuse it
+            unset = dict(num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
+                         keep_input_size=False, mask_grow=0, mask_shrink=0, mask_invert=False)
+            result = engine.outpaint(image, **sides, overlap=args.overlap, fill=args.fill, **common,
+                                     **{k: v for k, v in masking.items() if v != unset[k]})
+        else:
+            result = engine.inpaint(image, mask, **common, **masking)
     except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
         result.images.pop(0).save(path)
         print(path)
     return 0
+
+
+def _parse_extend(text: str) -> dict[str, int]:
+    sides = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or name not in ("left", "right", "top", "bottom") or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"--extend {text!r}: each part must be SIDE=PIXELS with SIDE one of left, right, top, "
+                             "bottom, e.g. left=256,right=128")
+        sides[name] = int(value)
+    return sides
 
 
 def _parse_option(text: str) -> tuple[str, object]:

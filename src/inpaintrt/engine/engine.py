@@ -186,6 +186,26 @@ class Engine:
             return InpaintOutput(pasted)
         return InpaintOutput(np.stack([np.asarray(p, np.float32) / 255.0 for p in pasted]))
 
+    def outpaint(self, image, left=0, right=0, top=0, bottom=0, prompt=None, overlap=32, fill="edge", height=None,
+                 width=None, generator=None, output_type="pil", max_pixels=imaging.MAX_PIXELS,
+                 **inpaint_arguments) -> InpaintOutput:
+        """Grow the picture by left/right/top/bottom pixels and paint the new area (issue 15).
+
+        The new area is pre-filled (`fill`: "edge" — the border stretched outwards and blurred, the
+        default: it continues the picture's colours without repeating its shapes —, "mirror" or
+        "noise"), then inpainted in passes of at most height x width (default: the model's size), each
+        on a window half made of pixels that already exist; the mask reaches `overlap` pixels into them,
+        feathered. Existing pixels farther than `overlap` from the new area keep their bytes. Any size
+        works (not only multiples of 8: each pass runs the model at the nearest multiple of 8). Other
+        arguments (prompt, steps, strength, scheduler, mask_mode, masked_content, ...) go to each
+        `inpaint` pass; the pre-fill matters where the start comes from the picture (strength < 1, and
+        the 4-channel blend). Returns one picture of (width + left + right) x (height + top + bottom)."""
+        from .outpaint import outpaint
+
+        sides = dict(left=left, right=right, top=top, bottom=bottom)
+        return outpaint(self, image, sides, overlap, fill, height, width, generator, output_type, max_pixels,
+                        dict(inpaint_arguments, prompt=prompt))
+
     def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
         factor = self.model["vae_scale_factor"]
         if keep_input_size:

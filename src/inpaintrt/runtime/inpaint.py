@@ -79,6 +79,12 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
     index and the timesteps still to run."""
     scheduler.set_timesteps(steps)
     train_steps = scheduler.config["num_train_timesteps"]
+    if float(np.max(scheduler.timesteps)) >= train_steps:  # diffusers fails here with an IndexError
+        raise ValueError(
+            f"num_inference_steps={steps} makes this scheduler's timestep spacing reach timestep "
+            f"{float(np.max(scheduler.timesteps)):g}, past the model's {train_steps} training steps; "
+            f"use fewer steps (e.g. {train_steps // 2})"
+        )
     if denoising_start is None:
         init = min(int(steps * strength), steps)
         t_start = max(steps - init, 0)
@@ -157,7 +163,7 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if soft:
         change = area_resize(r.change_map, models.vae_scale_factor)
         n = len(timesteps)  # after step i, free = left to the model from step i + 1 on (and at the end)
-        free_after = [(change > max(n - i - 2, 0) / n).astype(np.float32) for i in range(n)]
+        free_after = [change > max(n - i - 2, 0) / n for i in range(n)]
 
     for i in progress(range(len(timesteps))):
         index = begin + i
@@ -176,8 +182,10 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             proper = image_latents
             if i < len(timesteps) - 1:
                 proper = scheduler.add_noise(image_latents, noise, index + 1)
-            free = free_after[i] if soft else blend_mask
-            latents = ((1 - free) * proper + free * latents).astype(np.float32)
+            if soft:  # where(), so what the model made for a kept pixel cannot leak in, even as NaN
+                latents = np.where(free_after[i], latents, proper).astype(np.float32)
+            else:
+                latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
         if r.callback is not None:
             try:
                 changed = r.callback(i, t, latents)

@@ -93,10 +93,13 @@ def edit(mask, invert: bool = False, grow: int = 0, shrink: int = 0, blur_radius
         if invert:
             values = 1.0 - values
         if grow:
-            values = _max_filter(values, grow)
+            values = max_filter(values, grow)
         if shrink:
-            values = 1.0 - _max_filter(1.0 - values, shrink)
-        mask = values[..., None] if is_array else Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
+            values = 1.0 - max_filter(1.0 - values, shrink)
+        if is_array:
+            mask = values.reshape(np.shape(mask)[:2] + (1,))
+        else:
+            mask = Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
     return blur(mask, blur_radius) if blur_radius else mask
 
 
@@ -104,12 +107,12 @@ def _values(mask) -> np.ndarray:
     """A loaded mask as float32 HxW in [0, 1] (grey levels kept)."""
     if isinstance(mask, Image.Image):
         return np.asarray(mask.convert("L"), np.float32) / 255.0
-    if mask.shape[2] == 1:
-        return mask[..., 0].astype(np.float32)
+    if mask.ndim == 2 or mask.shape[2] == 1:
+        return mask.reshape(mask.shape[:2]).astype(np.float32)
     return mask[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _max_filter(values: np.ndarray, radius: int) -> np.ndarray:
+def max_filter(values: np.ndarray, radius: int) -> np.ndarray:
     """Grey dilation with a (2r+1)² square; outside the picture counts as nothing."""
     for axis in (0, 1):
         values = _max_1d(values, int(radius), axis)

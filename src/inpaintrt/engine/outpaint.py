@@ -1,0 +1,162 @@
+"""Outpainting (issue 15): grow the canvas, pre-fill the new area, inpaint it in passes.
+
+1. The canvas is the picture with `left`/`right`/`top`/`bottom` pixels added; the new area is
+   pre-filled ("edge": the border pixels stretched outwards, then blurred; "mirror"; "noise").
+2. Windows of at most the model's size (or height x width) cover the canvas, starting on the
+   original and moving outwards; every new window keeps at least half of itself on pixels that
+   already exist, so each pass is conditioned on what the earlier ones made.
+3. Each window is inpainted with a mask that is white on the new pixels in it and fades to black
+   over `overlap` pixels into the existing ones, and pasted back through that mask
+   (`keep_unmasked`): existing pixels farther than `overlap` from new ones keep their bytes.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from ..runtime import images as imaging
+from ..runtime.masking import max_filter
+from ..runtime.noise import as_generator, draw
+from . import arguments as check
+
+FILLS = ("edge", "mirror", "noise")
+SIDES = ("left", "right", "top", "bottom")
+# inpaint arguments outpaint sets itself, or that have no meaning for a canvas it builds
+NOT_HERE = {
+    "mask_image": "outpaint makes the mask itself from the extensions",
+    "keep_unmasked": "outpaint always keeps the existing pixels outside the overlap band",
+    "keep_input_size": "the output is the grown canvas", "padding_mask_crop": "each pass is already a crop",
+    "num_images_per_prompt": "outpaint makes one picture per call; call it again with another seed",
+    "latents": "each pass draws its own noise", "mask_grow": "use overlap", "mask_shrink": "use overlap",
+    "mask_invert": "the new area is what is painted", "blur_factor": "the overlap band is already feathered",
+}
+
+
+def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator, output_type, max_pixels, kwargs):
+    """The grown picture as InpaintOutput (one image); see Engine.outpaint."""
+    from .engine import InpaintOutput
+
+    for name, reason in NOT_HERE.items():
+        if name in kwargs:
+            raise ValueError(f"{name} is not an outpaint argument: {reason}")
+    for name, value in sides.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{name}={value!r} must be a whole number of pixels >= 0 to add on that side "
+                             "(to cut the picture, crop it before)")
+    if not any(sides.values()):
+        raise ValueError("left, right, top and bottom are all 0: give the number of pixels to add on at least one side")
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or not 0 <= overlap <= 1024:
+        raise ValueError(f"overlap={overlap!r} must be a whole number of pixels from 0 to 1024 (how far the repaint "
+                         "reaches into the existing picture; 0 = a hard seam)")
+    if fill not in FILLS:
+        raise ValueError(f"fill={fill!r} is unknown; choose one of {', '.join(FILLS)}")
+    if output_type not in ("pil", "np"):
+        raise ValueError(f"output_type={output_type!r}: outpaint returns a picture; use 'pil' or 'np'")
+    factor = engine.model["vae_scale_factor"]
+    window = check.check_size(engine.model["default_height"] if height is None else height,
+                              engine.model["default_width"] if width is None else width, factor)
+    if check.latent_image(image, engine.model["latent_channels"]) is not None:
+        raise ValueError("image is latents; outpaint needs a picture")
+    original = np.asarray(_rgb(image, max_pixels))
+    h, w = original.shape[:2]
+    size = (h + sides["top"] + sides["bottom"], w + sides["left"] + sides["right"])
+    if size[0] * size[1] > max_pixels:
+        raise ValueError(f"the grown canvas would be {size[1]}x{size[0]} pixels, more than max_pixels={max_pixels}; "
+                         "extend less or raise max_pixels")
+    gen = as_generator(generator)
+    box = (sides["top"], sides["left"], sides["top"] + h, sides["left"] + w)
+    canvas = prefill(original, sides, fill, gen)
+    known = np.zeros(size, bool)
+    known[box[0]:box[2], box[1]:box[3]] = True
+    for y, x, wh, ww in plan(size, box, window):
+        unknown = ~known[y:y + wh, x:x + ww]
+        if not unknown.any():
+            continue
+        mask = Image.fromarray(np.round(feather(unknown, overlap) * 255).astype(np.uint8), "L")
+        result = engine.inpaint(Image.fromarray(canvas[y:y + wh, x:x + ww]), mask, generator=gen, keep_unmasked=True,
+                                height=_model_size(wh, factor), width=_model_size(ww, factor), max_pixels=max_pixels,
+                                **kwargs).images
+        if len(result) != 1:
+            raise ValueError(f"this call would make {len(result)} pictures; outpaint makes one: pass one prompt")
+        canvas[y:y + wh, x:x + ww] = np.asarray(result[0])
+        known[y:y + wh, x:x + ww] = True
+    if output_type == "np":
+        return InpaintOutput(canvas[None].astype(np.float32) / 255.0)
+    return InpaintOutput([Image.fromarray(canvas)])
+
+
+def _rgb(image, max_pixels: int) -> Image.Image:
+    picture = imaging.load_picture(image, "image", max_pixels)
+    if not isinstance(picture, Image.Image):  # float array in [0, 1]
+        picture = Image.fromarray(np.round(np.repeat(picture, 3 // picture.shape[2], axis=2)[..., :3] * 255)
+                                  .astype(np.uint8))
+    return picture.convert("RGB")
+
+
+def _model_size(pixels: int, factor: int) -> int:
+    """The nearest multiple of factor (a window smaller than the model's size may be any size)."""
+    return max(factor, int(round(pixels / factor)) * factor)
+
+
+def prefill(original: np.ndarray, sides: dict, fill: str, generator) -> np.ndarray:
+    """The canvas (H, W, 3) uint8: the original at its place, the new area pre-filled."""
+    pad = ((sides["top"], sides["bottom"]), (sides["left"], sides["right"]), (0, 0))
+    h, w = original.shape[:2]
+    if fill == "mirror":
+        canvas = np.pad(original, pad, mode="symmetric")
+    elif fill == "noise":  # the picture's own colour statistics, per channel
+        mean, std = original.reshape(-1, 3).mean(0), original.reshape(-1, 3).std(0) + 8
+        shape = (h + sum(pad[0]), w + sum(pad[1]), 3)
+        canvas = np.clip(np.round(mean + std * draw(generator, shape)), 0, 255).astype(np.uint8)
+    else:  # edge: streaks of the border pixels, blurred so they become colour fields
+        radius = max(4, max(sides.values()) // 8)
+        canvas = np.asarray(Image.fromarray(np.pad(original, pad, mode="edge")).filter(ImageFilter.GaussianBlur(radius)))
+        canvas = canvas.copy()
+    canvas[pad[0][0]:pad[0][0] + h, pad[1][0]:pad[1][0] + w] = original
+    return canvas
+
+
+def feather(unknown: np.ndarray, overlap: int) -> np.ndarray:
+    """1 on the new pixels, then 1 - d / (overlap + 1) at chessboard distance d <= overlap into the
+    existing ones, 0 beyond."""
+    mask = unknown.astype(np.float32)
+    reached = mask
+    for d in range(1, overlap + 1):
+        grown = max_filter(reached, 1)
+        mask = np.where((grown > 0) & (reached == 0), 1 - d / (overlap + 1), mask)
+        reached = grown
+    return mask
+
+
+def plan(size: tuple[int, int], box: tuple[int, int, int, int], window: tuple[int, int]):
+    """[(y, x, height, width)] of the passes, in the order they run."""
+    (height, width), (wh, ww) = size, window
+    wh, ww = min(wh, height), min(ww, width)
+    rows, cols = _starts(height, box[0], box[2], wh), _starts(width, box[1], box[3], ww)
+    order = sorted(((ry + rx, ry, rx, y, x) for y, ry in rows for x, rx in cols))
+    return [(y, x, wh, ww) for _, _, _, y, x in order]
+
+
+def _starts(total: int, lo: int, hi: int, win: int) -> list[tuple[int, int]]:
+    """Window starts along one axis with their rank (passes away from the original [lo, hi)): the
+    first centred on the original, then outwards, each new one half on what is covered."""
+    if total <= win:
+        return [(0, 0)]
+    keep = max(8, win // 16 * 8)  # half the window, on the 8-pixel grid
+    first = min(max((lo + hi - win) // 2, 0), total - win)
+    starts, (a, b) = [(first, 0)], (first, first + win)
+    rank = 0
+    while b < total:
+        rank += 1
+        start = min(b - keep, total - win)
+        starts.append((start, rank))
+        b = start + win
+    rank = 0
+    while a > 0:
+        rank += 1
+        start = max(a + keep - win, 0)
+        starts.append((start, rank))
+        a = start
+    return starts

@@ -47,6 +47,7 @@ CALL_CASES = [  # (overrides, expected message fragment)
     (dict(strength=0.1, num_inference_steps=5), "leaves no denoising step; raise strength"),
     (dict(scheduler="dpm++"), "scheduler 'dpm\\+\\+' is unknown; choose one of"),
     (dict(num_inference_steps=0), "num_inference_steps=0 must be an integer >= 1"),
+    (dict(num_inference_steps=1000, scheduler="ddim"), "reach timestep 1000, past the model's 1000 training steps"),
     (dict(num_inference_steps=-3), "num_inference_steps=-3 must be an integer >= 1"),
     (dict(num_inference_steps=2.5), "num_inference_steps=2.5 must be an integer >= 1"),
     (dict(guidance_scale=float("nan")), "guidance_scale=nan must be a finite number"),

@@ -9,11 +9,13 @@ call to a name that one major lacks raises AttributeError in a test:
   strong typing only with NetworkDefinitionCreationFlag.STRONGLY_TYPED, unsuffixed and _v2 memory sizes.
 - "11.x": every network strongly typed (the flag is accepted and ignored), no precision flags, no
   platform_has_fast_fp16, only the _v2 memory sizes; no trt.nptype (11.x's documents do not confirm it).
-A fake build writes a JSON "plan": the graph, its profile, whether the network was strongly typed, the
-builder flags set. The fake runtime turns it into an engine that runs the graph.
+A fake build writes a JSON "plan": the graph's path and bytes (self-contained, like a plan: it still runs
+after an export renames its directory), its profile, whether the network was strongly typed, the builder
+flags set. The fake runtime turns it into an engine that runs the graph.
 """
 from __future__ import annotations
 
+import base64
 import ctypes
 import enum
 import itertools
@@ -224,7 +226,7 @@ class OrtEngine(_Engine):
         import onnxruntime as ort
 
         self.plan, self.shape_cache = plan, {}
-        self.session = ort.InferenceSession(plan["graph"], providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(base64.b64decode(plan["onnx"]), providers=["CPUExecutionProvider"])
         tensors = {t.name: (TensorIOMode.INPUT, ORT_TYPES[t.type], [tuple(s) for s in plan["profile"][t.name]])
                    for t in self.session.get_inputs()}
         tensors.update({t.name: (TensorIOMode.OUTPUT, ORT_TYPES[t.type], None) for t in self.session.get_outputs()})
@@ -255,7 +257,7 @@ def toy_engine(surface: str, scratch_bytes: int, channels: int = 9) -> ToyEngine
 
 class _Network:
     def __init__(self, flags: int, strongly_typed: bool):
-        self.flags, self.strongly_typed, self.graph = flags, strongly_typed, None
+        self.flags, self.strongly_typed, self.graph, self.onnx = flags, strongly_typed, None, None
 
 
 class OnnxParser:
@@ -274,7 +276,7 @@ class OnnxParser:
         if unknown:  # TensorRT's parser knows no ONNX Runtime fusions
             self.errors = [f"no importer registered for op: {', '.join(unknown)}"]
             return False
-        self.network.graph = path
+        self.network.graph, self.network.onnx = path, model.SerializeToString()
         return True
 
     @property
@@ -343,7 +345,8 @@ class _Builder:
         if network.graph is None or len(config.profiles) != 1 or config.cache is None:
             return None
         config.cache.builds += 1
-        plan = {"graph": network.graph, "profile": config.profiles[0].shapes,
+        plan = {"graph": network.graph, "onnx": base64.b64encode(network.onnx).decode(),
+                "profile": config.profiles[0].shapes,
                 "strongly_typed": network.strongly_typed, "flags": config.flags}
         return memoryview(json.dumps(plan).encode())
 
@@ -392,12 +395,13 @@ def tensorrt_module(surface: str) -> types.ModuleType:
 
 
 def install(monkeypatch, surface: str, compute_capability: str = "9.0"):
-    """Make the backend and the plan build find this fake TensorRT and cupy; returns both."""
+    """Make the backend, the plan build and `inpaint-export --backend tensorrt` find this fake TensorRT
+    and cupy; returns both."""
     from inpaintrt.engine import backends
-    from inpaintrt.export import trt_build
+    from inpaintrt.export import exporter, trt_build
 
     trt, cupy = tensorrt_module(surface), fake_cupy()
     found = (trt, cupy, {"name": "Fake GPU", "compute_capability": compute_capability})
-    monkeypatch.setattr(backends, "load_tensorrt", lambda: found)
-    monkeypatch.setattr(trt_build, "load_tensorrt", lambda: found)
+    for module in (backends, trt_build, exporter):  # each bound the name when imported
+        monkeypatch.setattr(module, "load_tensorrt", lambda: found)
     return trt, cupy

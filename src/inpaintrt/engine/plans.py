@@ -2,7 +2,9 @@
 
 A plan is compiled for one TensorRT version and one GPU architecture; the manifest's `tensorrt`
 section records both, and a plan from anywhere else is refused with the way to rebuild it. Every
-component but the text encoder gets one plan per static image size; its batch axis stays a range.
+component whose inputs have an image-size axis (UNet, VAE) gets one plan per static image size; the
+others (SD's text encoder, SDXL's two) get one; the batch axis stays a range. Which inputs there are
+(SDXL's UNet adds `text_embeds` and `time_ids`) and their fixed widths come from the manifest.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import re
 
 DEFAULT_SIZES = ((512, 512), (1024, 1024))
 DEFAULT_MAX_IMAGES = 2
-SIZE_FREE = ("text_encoder",)  # components whose shapes do not depend on the image size
+SIZE_AXES = ("height", "width", "latent_height", "latent_width")  # the axes a static size fixes
 
 
 class PlanMismatchError(RuntimeError):
@@ -34,15 +36,35 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 
 def batch_range(component: str, max_images: int) -> tuple[int, int, int]:
     """(min, opt, max) batch of each component as the engine calls it: the UNet sees the unguided and
-    guided halves together, the VAE encoder one picture, the others one row per image or prompt."""
+    guided halves together, the VAE encoder one picture, text encoders (SD's one, SDXL's two) one row
+    per distinct prompt, the decoder one per image."""
     if max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
-    return {
+    ranges = {
         "text_encoder": (1, 1, max_images),
+        "text_encoder_2": (1, 1, max_images),
         "unet": (1, 2, 2 * max_images),
         "vae_encoder": (1, 1, 1),
         "vae_decoder": (1, 1, max_images),
-    }[component]
+    }
+    if component not in ranges:
+        raise ValueError(f"no TensorRT batch range for component {component!r} (plans.py knows {', '.join(ranges)}); "
+                         "the engine directory is from a newer inpaintrt: upgrade, or use backend='ort-cpu'")
+    return ranges[component]
+
+
+def size_free(component: dict) -> bool:
+    """Whether no input of a manifest component depends on the image size (one plan serves all sizes)."""
+    return not any(dim in SIZE_AXES for tensor in component["inputs"] for dim in tensor["shape"])
+
+
+def fp32_components(model: dict) -> tuple[str, ...]:
+    """Components of a manifest's `model` whose TensorRT input (and so plan) stays fp32: the SDXL VAE
+    unless its checkpoint says it is fp16-safe (force_upcast False, e.g. the fp16-fix VAE); its decoder
+    overflows in fp16, which is why diffusers upcasts it."""
+    if model.get("family") == "sdxl" and model.get("vae_force_upcast", True):
+        return ("vae_encoder", "vae_decoder")
+    return ()
 
 
 def profile_shapes(inputs: list[dict], size: tuple[int, int] | None, vae_scale: int,
@@ -78,12 +100,14 @@ def plan_file(component: str, size: tuple[int, int] | None) -> str:
 
 
 def plan_layout(components: dict, sizes, max_images: int, vae_scale: int) -> dict:
-    """{component: [{size, file, profile}]}: every plan to build, with its optimization profile."""
+    """{component: [{size, file, precision, profile}]}: every plan to build, with its optimization
+    profile; the precision is that of the graph it is built from (fp32 for a VAE kept out of fp16)."""
     layout = {}
     for name, component in components.items():
-        plan_sizes = [None] if name in SIZE_FREE else list(sizes)
+        plan_sizes = [None] if size_free(component) else list(sizes)
+        precision = component.get("fp16", {}).get("precision", "fp16")
         layout[name] = [
-            {"size": None if size is None else list(size), "file": plan_file(name, size),
+            {"size": None if size is None else list(size), "file": plan_file(name, size), "precision": precision,
              "profile": profile_shapes(component["inputs"], size, vae_scale, batch_range(name, max_images))}
             for size in plan_sizes
         ]

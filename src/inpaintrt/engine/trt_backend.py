@@ -8,7 +8,9 @@ tensors, set_tensor_address, execute_async_v3, device_memory_size_v2, set_device
   the largest plan needs, serves all of them, since the components run one after another on one
   stream (DESIGN.md §6).
 - Optionally the UNet call is captured as a CUDA graph per input shape and replayed.
-- A plan's inputs and outputs (names, dtypes) must be the manifest's, checked when it is loaded.
+- A plan's inputs and outputs (names, dtypes) must be the manifest's, checked when it is loaded;
+  components are whatever the manifest lists (SDXL: `text_encoder_2`, a UNet with `text_embeds` and
+  `time_ids`), and an SDXL VAE that is not fp16-safe must have fp32 plans.
 The TensorRT module, array module (cupy) and stream are passed in, so all of it runs in the tests
 against fake TensorRT modules of both API surfaces without a GPU (tests/trt_fakes.py).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .plans import PlanMismatchError, check_batch, check_plan_key, select_plan
+from .plans import PlanMismatchError, check_batch, check_plan_key, fp32_components, select_plan
 
 # TensorRT DataType member names -> numpy dtype names; by name, so no helper that one major lacks is needed
 NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
@@ -175,6 +177,12 @@ class TensorRTRuntime:
     def __init__(self, root: Path, manifest: dict, trt, xp, device: dict, cuda_graph: bool = False):
         section = manifest["tensorrt"]
         check_plan_key(section, trt.__version__, device["compute_capability"], root)
+        fp16 = [name for name in fp32_components(manifest["model"])
+                if any(plan.get("precision", "fp16") != "fp32" for plan in section["plans"][name])]
+        if fp16:  # plans from before the SDXL VAE was kept fp32: its decoder would overflow
+            raise PlanMismatchError(f"the TensorRT plans of {', '.join(fp16)} in {root} are fp16, but this SDXL VAE is "
+                                    f"not fp16-safe (vae_force_upcast); re-export with `inpaint-export --fp16` and "
+                                    f"rebuild with `inpaint-build-plans --engine {root}`, or use backend='ort-cpu'")
         self.root, self.trt, self.xp = root, trt, xp
         self.manifest_components = manifest["components"]
         self.vae_scale = manifest["model"]["vae_scale_factor"]

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
-from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES
-from .half import FP16_TOLERANCE, convert_to_fp16, relative_error
+from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, fp32_components
+from .half import FP16_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
 from .external_data import save_streaming, weight_bytes
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
@@ -65,7 +65,8 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
         specs = component_specs(pipe)
         for i, spec in enumerate(specs):
             log(f"exporting {spec.name} ...")
-            components[spec.name] = _export_component(spec, work, optimize, fp16)
+            half = ("fp32" if spec.name in fp32_components(manifest["model"]) else "fp16") if fp16 else None
+            components[spec.name] = _export_component(spec, work, optimize, half)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
             if release:
@@ -85,7 +86,8 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     return output
 
 
-def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: bool) -> dict:
+def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None) -> dict:
+    """fp16: None, or the precision of the TensorRT input graph written beside the fp32 one ("fp16" or "fp32")."""
     import onnx
     import torch
 
@@ -100,7 +102,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
-    half = _export_fp16(spec, scratch / "graph.onnx", work, references) if fp16 else None
+    half = _export_fp16(spec, scratch / "graph.onnx", work, references, fp16) if fp16 else None
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.
     model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)
@@ -134,19 +136,25 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: boo
     }
 
 
-def _export_fp16(spec: ComponentSpec, traced: Path, work: Path, references: list) -> dict:
+def _export_fp16(spec: ComponentSpec, traced: Path, work: Path, references: list, precision: str = "fp16") -> dict:
+    """The TensorRT input graph in fp16/: fp16, or for the SDXL VAE with force_upcast a plain fp32 copy
+    (recorded as its `precision`), so no plan of it runs in fp16."""
     path = work / "fp16" / f"{spec.name}.onnx"
-    files = convert_to_fp16(traced, path, EXTERNAL_DATA_BYTES)
+    if precision == "fp32":
+        files, tolerance = copy_fp32(traced, path, EXTERNAL_DATA_BYTES), FP32_TOLERANCE
+    else:
+        files, tolerance = convert_to_fp16(traced, path, EXTERNAL_DATA_BYTES), FP16_TOLERANCE
     error = check_parity(spec, path, references)
-    if not error <= FP16_TOLERANCE:
+    if not error <= tolerance:
         raise ExportError(
-            f"{spec.name}: the fp16 graph differs from torch by {error:.2e} (relative), more than {FP16_TOLERANCE:g} "
-            "(fp16 overflow?); export without --fp16 / --backend tensorrt for this checkpoint"
+            f"{spec.name}: the {precision} graph for TensorRT differs from torch by {error:.2e} (relative), more than "
+            f"{tolerance:g} (fp16 overflow?); export without --fp16 / --backend tensorrt for this checkpoint"
         )
     for name in files:
         (path.parent / name).chmod(0o644)
     (work / "fp16").chmod(0o755)
-    return {"file": f"fp16/{path.name}", "files": [f"fp16/{name}" for name in files], "max_rel_error": float(error)}
+    return {"file": f"fp16/{path.name}", "files": [f"fp16/{name}" for name in files], "max_rel_error": float(error),
+            "precision": precision}
 
 
 def torch_references(spec: ComponentSpec) -> list[tuple[dict, dict]]:

@@ -4,6 +4,8 @@ measure of every parity check.
 They are converted from the plain traced graph, not from the CPU-optimized one: ONNX Runtime's
 fused operators (com.microsoft domain) are unknown to TensorRT's ONNX parser. Inputs and outputs
 stay float32 so the runtime feeds every backend the same arrays; weights and activations are fp16.
+The SDXL VAE whose config says `force_upcast` is the exception: its decoder overflows in fp16
+(diffusers upcasts it to fp32 for the same reason), so its TensorRT input is an fp32 copy.
 """
 from __future__ import annotations
 
@@ -35,6 +37,18 @@ def convert_to_fp16(traced: Path, output: Path, external_data_bytes: int) -> lis
     onnx.save_model(model, str(output), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=f"{output.name}.data")
     shaped.unlink()
+    return [output.name] + ([f"{output.name}.data"] if big else [])
+
+
+def copy_fp32(traced: Path, output: Path, external_data_bytes: int) -> list[str]:
+    """Write the plain traced graph (weights inline or beside it) to `output`, still fp32; return the files."""
+    import onnx
+
+    model = onnx.load(str(traced))
+    big = sum(t.ByteSize() for t in model.graph.initializer) > external_data_bytes
+    output.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(output), save_as_external_data=big, all_tensors_to_one_file=True,
+                    location=f"{output.name}.data")
     return [output.name] + ([f"{output.name}.data"] if big else [])
 
 

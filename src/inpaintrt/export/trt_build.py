@@ -3,8 +3,10 @@
 Networks are strongly typed: the precision is the graph's (fp16 weights and activations, softmax and
 inputs/outputs in float32 where the export put them), never a builder flag. TensorRT 11 removed the
 precision flags and builds nothing else; 10.x is asked for it with the STRONGLY_TYPED creation flag.
-One plan per component and static size (the text encoder needs one), each with one optimization
-profile whose batch axis is a range (plans.py computes them from the manifest). A persistent timing
+One plan per component and static size (a text encoder needs one), each with one optimization
+profile whose batch axis is a range (plans.py computes them from the manifest, SDXL's UNet inputs
+`text_embeds`/`time_ids` and its second text encoder included). The SDXL VAE with `force_upcast` is
+built from its fp32 graph (the export keeps it out of fp16), so that plan is fp32. A persistent timing
 cache, keyed like the plans by TensorRT version and GPU, makes rebuilds fast. Every plan must have
 the manifest's input/output names and dtypes, and is run once through the backend's own runner and
 compared with the stored fp32 ONNX graph before it is accepted.
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
-from ..engine.plans import plan_layout
+from ..engine.plans import fp32_components, plan_layout
 from ..engine.trt_backend import PlanRunner, SharedScratch, io_mismatch
 from .half import FP16_TOLERANCE, relative_error
 
@@ -68,19 +70,45 @@ def build_plan(trt, logger, onnx_path: Path, profile: dict, cache_path: Path) ->
     return bytes(plan)
 
 
-def sample_feeds(inputs: list[dict], profile: dict, pad_id: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs at each profile's opt shape with the values the engine feeds: token ids, timesteps, normals."""
+def sample_feeds(inputs: list[dict], profile: dict, largest_id: int, seed: int = 0,
+                 size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Inputs at each profile's opt shape with the values the engine feeds: token ids up to largest_id,
+    timesteps, SDXL's time ids for the plan's size (original size, crop (0, 0), target size or aesthetic
+    score 6), normals."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for tensor in inputs:
         shape = tuple(profile[tensor["name"]][1])
         if tensor["dtype"].startswith("int"):
-            feeds[tensor["name"]] = rng.integers(0, pad_id + 1, shape).astype(tensor["dtype"])
+            feeds[tensor["name"]] = rng.integers(0, largest_id + 1, shape).astype(tensor["dtype"])
         elif tensor["name"] == "timestep":
             feeds[tensor["name"]] = rng.uniform(0, 1000, shape).astype(np.float32)
+        elif tensor["name"] == "time_ids":
+            height, width = size or (1024, 1024)
+            ids = [height, width, 0, 0] + ([height, width] if shape[1] == 6 else [6.0])
+            feeds[tensor["name"]] = np.tile(np.array(ids, np.float32), (shape[0], 1))
         else:
             feeds[tensor["name"]] = np.clip(rng.standard_normal(shape, dtype=np.float32), -3, 3)
     return feeds
+
+
+def largest_token_id(folder: Path, manifest: dict, component: str) -> int:
+    """The largest id of the tokenizer feeding `component` (its vocabulary, not its pad id: SDXL's second
+    tokenizer pads with id 0)."""
+    from tokenizers import Tokenizer
+
+    info = (manifest.get("tokenizers") or {}).get(component, manifest["tokenizer"])
+    return Tokenizer.from_file(str(folder / info["file"])).get_vocab_size() - 1
+
+
+def check_precisions(folder: Path, manifest: dict) -> None:
+    """Refuse fp16 graphs where the plan must stay fp32 (an SDXL VAE exported before that rule)."""
+    wrong = [name for name in fp32_components(manifest["model"])
+             if manifest["components"][name]["fp16"].get("precision", "fp16") != "fp32"]
+    if wrong:
+        raise PlanBuildError(f"{folder} holds fp16 graphs of {', '.join(wrong)}, but this SDXL VAE is not fp16-safe "
+                             "(vae_force_upcast) and would overflow in fp16; re-export with this inpaintrt's "
+                             "`inpaint-export --fp16`, which keeps it fp32")
 
 
 def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cache: Path | None = None,
@@ -95,6 +123,7 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
     if lacking:
         raise PlanBuildError(f"{folder} has no fp16 graphs for {', '.join(lacking)}; re-export with "
                              "`inpaint-export --fp16` (or `--backend tensorrt`)")
+    check_precisions(folder, manifest)
     cache_path = timing_cache or default_timing_cache(trt.__version__, device["compute_capability"])
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
@@ -117,7 +146,8 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
                                      "fp16 graphs must keep the manifest's input and output types: re-export with "
                                      "`inpaint-export --fp16`")
             runner = PlanRunner(trt, engine, scratch, stream, cupy)
-            feeds = sample_feeds(components[name]["inputs"], plan["profile"], manifest["tokenizer"]["pad_id"])
+            largest = largest_token_id(folder, manifest, name) if name.startswith("text_encoder") else 0
+            feeds = sample_feeds(components[name]["inputs"], plan["profile"], largest, size=plan["size"])
             plan["max_rel_error"] = relative_error(runner.run(feeds), reference.run(feeds))
             del runner
             log(f"  {plan['file']}: max relative error vs the fp32 graph {plan['max_rel_error']:.2e}")
@@ -126,7 +156,9 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
                                      f"{plan['max_rel_error']:.2e} (relative), more than {FP16_TOLERANCE:g}; discarded")
     return {
         "version": trt.__version__, "compute_capability": device["compute_capability"], "device": device["name"],
-        "precision": "fp16", "strongly_typed": True, "max_images": max_images, "sizes": [list(s) for s in sizes],
+        # "mixed": the plans' own `precision` says which are fp32 (the SDXL VAE with force_upcast)
+        "precision": "fp16" if all(p["precision"] == "fp16" for ps in layout.values() for p in ps) else "mixed",
+        "strongly_typed": True, "max_images": max_images, "sizes": [list(s) for s in sizes],
         "plans": layout,
     }
 

@@ -66,11 +66,10 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
         for i, spec in enumerate(specs):
             log(f"exporting {spec.name} ...")
             half = ("fp32" if spec.name in fp32_components(manifest["model"]) else "fp16") if fp16 else None
-            components[spec.name] = _export_component(spec, work, optimize, half)
+            done = (lambda spec=spec, later=specs[i + 1:]: _release(spec, later)) if release else None
+            components[spec.name] = _export_component(spec, work, optimize, half, done)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
-            if release:
-                _release(spec, specs[i + 1:])
         if tensorrt is not None:
             from .trt_build import build_plans
 
@@ -86,7 +85,8 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     return output
 
 
-def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None) -> dict:
+def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None,
+                      done_with_torch=None) -> dict:
     """fp16: None, or the precision of the TensorRT input graph written beside the fp32 one ("fp16" or "fp32")."""
     import onnx
     import torch
@@ -102,6 +102,8 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
+    if done_with_torch:  # the references are computed and the graph is on disk: free the torch weights now
+        done_with_torch()
     half = _export_fp16(spec, scratch / "graph.onnx", work, references, fp16) if fp16 else None
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..xp import array_module, draw_like
 from .common import SchedulerBase, spaced_timesteps
 
 
@@ -40,11 +41,11 @@ class DDIM(SchedulerBase):
             raise ValueError(f"DDIM supports prediction_type epsilon, sample or v_prediction, not {kind!r}")
         if self.config["clip_sample"]:
             limit = self.config["clip_sample_range"]
-            pred_x0 = np.clip(pred_x0, -limit, limit)
+            pred_x0 = array_module(pred_x0).clip(pred_x0, -limit, limit)
         eta = self.option("eta")
         variance = (1 - alpha_prev) / beta_t * (1 - alpha_t / alpha_prev)
         std = eta * variance**0.5
         prev = alpha_prev**0.5 * pred_x0 + (1 - alpha_prev - std**2) ** 0.5 * pred_eps
         if eta > 0:
-            prev = prev + std * generator.standard_normal(model_output.shape, dtype=np.float32)
+            prev = prev + std * draw_like(generator, model_output.shape, model_output)
         return prev

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..noise import draw
+from ..xp import draw_like
 from .sigmas import SigmaScheduler
 
 
@@ -49,4 +49,4 @@ class EulerAncestral(SigmaScheduler):
         sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
         prev = sample + (sample - pred_x0) / sigma * (sigma_down - sigma)
-        return prev + draw(generator, model_output.shape) * sigma_up
+        return prev + draw_like(generator, model_output.shape, model_output) * sigma_up

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..xp import array_module
 from .sigmas import SigmaScheduler
 
 
@@ -30,7 +31,7 @@ class Heun(SigmaScheduler):
         pred_x0 = self.predict_x0(model_output, sample, sigma_input)
         if self.config["clip_sample"]:
             limit = self.config["clip_sample_range"]
-            pred_x0 = np.clip(pred_x0, -limit, limit)
+            pred_x0 = array_module(pred_x0).clip(pred_x0, -limit, limit)
         if first_order:
             derivative = (sample - pred_x0) / sigma
             dt = sigma_next - sigma

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..noise import draw
+from ..xp import array_module, draw_like
 from .common import SchedulerBase
 
 
@@ -43,8 +43,8 @@ class LCM(SchedulerBase):
         else:
             raise ValueError(f"lcm supports prediction_type epsilon, sample or v_prediction, not {kind!r}")
         if c["clip_sample"]:
-            pred_x0 = np.clip(pred_x0, -c["clip_sample_range"], c["clip_sample_range"])
+            pred_x0 = array_module(pred_x0).clip(pred_x0, -c["clip_sample_range"], c["clip_sample_range"])
         denoised = c_out * pred_x0 + c_skip * sample
         if index == len(self.timesteps) - 1:
             return denoised
-        return np.sqrt(alpha_prev) * denoised + np.sqrt(1 - alpha_prev) * draw(generator, model_output.shape)
+        return np.sqrt(alpha_prev) * denoised + np.sqrt(1 - alpha_prev) * draw_like(generator, model_output.shape, model_output)

@@ -1,0 +1,115 @@
+"""The schedulers run on whatever array module holds the latents (DESIGN.md §9), proved without a GPU.
+
+A stand-in "device" array behaves as cupy does where it matters: numpy functions called on it fail
+(cupy arrays refuse `np.clip` & co. via implicit conversion), mixing it with a host numpy array in
+arithmetic fails, numpy scalars mix freely, and its module is found by `array_module`. Every
+scheduler configuration of test_schedulers.py is driven with it and must give the numpy trajectory
+bit for bit, as device arrays.
+"""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from inpaintrt.runtime.inpaint import run_timesteps
+from inpaintrt.runtime.schedulers import make_scheduler
+from inpaintrt.runtime.xp import array_module, draw_like, to_host
+from test_schedulers import CASES, CONFIGS
+
+
+class DeviceArray(np.ndarray):
+    """A numpy array pretending to live on a device."""
+
+    def __array_namespace__(self, api_version=None):
+        return device
+
+    def __array_function__(self, func, types_, args, kwargs):
+        raise TypeError(f"numpy.{func.__name__} called on a device array; use the array module's function")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        for x in inputs:
+            if type(x) is np.ndarray:
+                raise TypeError(f"{ufunc.__name__}: a host numpy array {x.shape} mixed with a device array")
+        args = [x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) for o in out)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        return _wrap(result)
+
+    def __float__(self):
+        raise TypeError("float() of a device array would synchronise; keep scalars on the host")
+
+
+def _wrap(result):
+    if isinstance(result, tuple):
+        return tuple(_wrap(r) for r in result)
+    return np.asarray(result).view(DeviceArray) if isinstance(result, np.ndarray) else result
+
+
+def _plain(a):
+    return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
+
+
+def _device_function(name):
+    return lambda *args, **kwargs: _wrap(getattr(np, name)(*[_plain(a) for a in args], **kwargs))
+
+
+device = types.SimpleNamespace(
+    __name__="device", float32=np.float32, float16=np.float16,
+    asarray=lambda a, dtype=None: np.array(_plain(a), dtype=dtype).view(DeviceArray),
+    asnumpy=lambda a: np.array(_plain(a)),
+    **{name: _device_function(name) for name in ("clip", "where", "concatenate", "repeat", "split", "full",
+                                                  "zeros", "empty", "exp", "sqrt", "isfinite")},
+)
+
+
+def test_array_module_finds_the_module_without_importing_cupy():
+    import sys
+
+    had_cupy = "cupy" in sys.modules
+    x = np.zeros(3, np.float32)
+    assert array_module(x) is np and array_module(None, 1.0, np.float32(2), x) is np
+    assert array_module(x, device.asarray(x)) is device
+    assert isinstance(draw_like(np.random.default_rng(0), (2,), device.asarray(x)), DeviceArray)
+    assert type(to_host(device.asarray(x))) is np.ndarray
+    assert ("cupy" in sys.modules) == had_cupy
+
+
+def test_stand_in_refuses_what_cupy_refuses():
+    d = device.asarray(np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="numpy.clip called on a device array"):
+        np.clip(d, 0, 1)
+    with pytest.raises(TypeError, match="host numpy array"):
+        d + np.ones(3, np.float32)
+    assert isinstance(d * np.float32(2) + 1.0, DeviceArray)
+
+
+@pytest.mark.parametrize("config_name", ["sd15", "sd2-v"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1] or ''}")
+@pytest.mark.parametrize("steps,strength", [(10, 1.0), (7, 0.5)])
+def test_every_scheduler_runs_on_a_device_array_module(config_name, case, steps, strength):
+    name, options, _, overrides, _ = case
+    if not overrides.get("skip_prk_steps", True) and strength < 1:
+        pytest.skip("PNDM's Runge-Kutta warm-up needs the full schedule")
+    config = dict(CONFIGS[config_name], **overrides)
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((1, 4, 5, 6), dtype=np.float32)
+    outputs = [rng.standard_normal((1, 4, 5, 6), dtype=np.float32) for _ in range(64)]
+
+    trajectories = []
+    for module in (np, device):
+        sched = make_scheduler(name, config, options)
+        begin, timesteps = run_timesteps(sched, steps, strength)
+        x, gen, path = module.asarray(sample), np.random.default_rng(9), []
+        for i, out in zip(range(len(timesteps)), outputs):
+            scaled = sched.scale_model_input(x, begin + i)
+            noised = sched.add_noise(x, module.asarray(out), begin + i)
+            x = sched.step(module.asarray(out), begin + i, x, gen)
+            for value in (scaled, noised, x):
+                assert array_module(value) is module, f"step {i} left the {module.__name__} module"
+            path.append(to_host(x))
+        trajectories.append(path)
+    for i, (a, b) in enumerate(zip(*trajectories)):
+        np.testing.assert_array_equal(a, b, err_msg=f"step {i}")

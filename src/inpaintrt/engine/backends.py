@@ -1,12 +1,14 @@
 """Executors for the engine's components, all with one interface: run(feeds) -> outputs.
 
 ONNX Runtime on the CPU runs the stored fp32 graphs; TensorRT runs the plans of the manifest's
-`tensorrt` section (trt_backend.py). "auto" takes TensorRT when the directory has plans that can
-run here and otherwise ONNX Runtime on the CPU, with a warning that says why. An explicit
-backend never falls back: it starts or raises.
+`tensorrt` section (trt_backend.py); "ort-cuda" runs ONNX Runtime's CUDA provider (ort_cuda.py).
+"auto" takes TensorRT when the directory has plans that can run here, else ort-cuda when it starts,
+else ONNX Runtime on the CPU, with a warning that says why (only a log line when the installed
+onnxruntime has no CUDA provider at all). An explicit backend never falls back: it starts or raises.
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -76,7 +78,9 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "ort-cuda":
-        raise BackendError("backend 'ort-cuda' is not available in this inpaintrt yet; use 'tensorrt' or 'ort-cpu'")
+        from .ort_cuda import ort_cuda_sessions
+
+        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph)
     if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
         try:
             return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
@@ -84,7 +88,28 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
             if name == "tensorrt":
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
+    if name == "auto":
+        cuda = _auto_ort_cuda(root, manifest, cuda_graph)
+        if cuda is not None:
+            return "ort-cuda", cuda
     return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in manifest["components"]}
+
+
+def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool) -> dict | None:
+    """ort-cuda's executors when it starts; None, saying why, when backend='auto' has to take the CPU."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # the plain CPU install: nothing to warn about
+        logging.getLogger("inpaintrt").info("backend='auto' runs ONNX Runtime on the CPU: the installed onnxruntime "
+                                            "has no CUDA provider")
+        return None
+    from .ort_cuda import ort_cuda_sessions
+
+    try:
+        return ort_cuda_sessions(root, manifest, cuda_graph)
+    except BackendError as e:
+        warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=4)
+        return None
 
 
 def _tensorrt_sessions(root: Path, manifest: dict, cuda_graph: bool) -> dict:

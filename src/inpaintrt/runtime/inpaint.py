@@ -79,12 +79,6 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
     index and the timesteps still to run."""
     scheduler.set_timesteps(steps)
     train_steps = scheduler.config["num_train_timesteps"]
-    if float(np.max(scheduler.timesteps)) >= train_steps:  # diffusers fails here with an IndexError
-        raise ValueError(
-            f"num_inference_steps={steps} makes this scheduler's timestep spacing reach timestep "
-            f"{float(np.max(scheduler.timesteps)):g}, past the model's {train_steps} training steps; "
-            f"use fewer steps (e.g. {train_steps // 2})"
-        )
     if denoising_start is None:
         init = min(int(steps * strength), steps)
         t_start = max(steps - init, 0)

@@ -35,8 +35,9 @@ class InpaintParameters(BaseModel):
     num_inference_steps: int = Field(50, ge=1, le=1000, description="Denoising steps (the server's max_steps caps it).")
     guidance_scale: float = Field(7.5, ge=0, le=50, allow_inf_nan=False,
                                   description="Classifier-free guidance; <= 1 turns it off.")
-    strength: float = Field(1.0, gt=0, le=1, allow_inf_nan=False,
-                            description="1 repaints the masked area fully; smaller keeps more of the picture.")
+    strength: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False,
+                                      description="1 repaints the masked area fully; smaller keeps more of the "
+                                                  "picture. Default: diffusers' for the family (1.0; SDXL 0.9999).")
     scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
     scheduler_options: Optional[dict[str, Any]] = Field(
         None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} "
@@ -228,7 +229,9 @@ def _count_steps(params, facts: dict) -> int:
         field = "scheduler_options" if params.scheduler_options else "scheduler"
         raise ApiError(422, field, str(e), "GET /v1/info lists the schedulers; inpaint --help their options") from None
     try:
-        _, timesteps = run_timesteps(scheduler, params.num_inference_steps, params.strength)
+        strength = params.strength or (0.9999 if facts["family"] == "sdxl" else 1.0)
+        _, timesteps = run_timesteps(scheduler, params.num_inference_steps, strength)
     except ValueError as e:
-        raise ApiError(422, "strength", str(e), "raise strength or num_inference_steps") from None
+        field = "num_inference_steps" if str(e).startswith("num_inference_steps") else "strength"
+        raise ApiError(422, field, str(e), "raise strength or change num_inference_steps") from None
     return len(timesteps)

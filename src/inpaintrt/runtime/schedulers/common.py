@@ -101,6 +101,16 @@ def torch_linspace(start: float, end: float, n: int) -> np.ndarray:
     return np.where(i < n // 2, from_start, from_end).astype(np.float32)
 
 
+def check_indexable(config: dict, timesteps: np.ndarray, num_steps: int) -> None:
+    """Schedulers that look up alphas_cumprod by timestep need every timestep below the training count
+    (leading spacing with steps_offset reaches it at num_train_timesteps steps; diffusers then fails
+    with an IndexError)."""
+    n = config["num_train_timesteps"]
+    if timesteps.size and int(timesteps.max()) >= n:
+        raise ValueError(f"num_inference_steps={num_steps} makes this scheduler's timestep spacing reach timestep "
+                         f"{int(timesteps.max())}, past the model's {n} training steps; use fewer steps (e.g. {n // 2})")
+
+
 def spaced_timesteps(config: dict, num_steps: int) -> np.ndarray:
     """Descending float64 timesteps for `num_steps` steps, following config['timestep_spacing']."""
     n = config["num_train_timesteps"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..xp import array_module, draw_like
-from .common import SchedulerBase, spaced_timesteps
+from .common import SchedulerBase, check_indexable, spaced_timesteps
 
 
 class DDIM(SchedulerBase):
@@ -19,6 +19,7 @@ class DDIM(SchedulerBase):
             )
         self.num_steps = num_steps
         self.timesteps = np.round(spaced_timesteps(self.config, num_steps)).astype(np.int64)
+        check_indexable(self.config, self.timesteps, num_steps)
         self.final_alpha = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
     def step(self, model_output, index, sample, generator=None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SchedulerBase, spaced_timesteps
+from .common import SchedulerBase, check_indexable, spaced_timesteps
 
 
 class PNDM(SchedulerBase):
@@ -22,6 +22,7 @@ class PNDM(SchedulerBase):
             self.prk_timesteps = prk[:-1].repeat(2)[1:-1][::-1].copy()
             plms = base[:-3][::-1]
         self.timesteps = np.concatenate([self.prk_timesteps, plms]).astype(np.int64)
+        check_indexable(self.config, self.timesteps, num_steps)
         self.final_alpha = np.float32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
         self.ets: list[np.ndarray] = []
         self.cur_sample = None

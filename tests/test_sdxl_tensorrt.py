@@ -204,3 +204,25 @@ def test_fp16_sdxl_vae_graphs_and_plans_are_refused(fp16_engines, tmp_path, monk
         Engine.load(root, backend="tensorrt")
     with pytest.warns(RuntimeWarning, match="are fp16.*runs ONNX Runtime on the CPU instead"):
         assert Engine.load(root).backend == "ort-cpu"
+
+
+def test_plan_check_inputs_are_what_an_sdxl_engine_feeds(fp16_engines):
+    """The build's sample inputs: the second tokenizer's whole vocabulary (it pads with id 0), time ids
+    of the plan's size; a component plans.py does not know is refused by name."""
+    from inpaintrt.engine.plans import batch_range
+    from inpaintrt.export.trt_build import largest_token_id, sample_feeds
+
+    root = fp16_engines["base"]
+    manifest = read_manifest(root)
+    assert manifest["tokenizers"]["text_encoder_2"]["pad_id"] == 0
+    assert largest_token_id(root, manifest, "text_encoder_2") == largest_token_id(root, manifest, "text_encoder") == 49407
+    layout = plan_layout(manifest["components"], ((1024, 768),), 2, 8)
+    unet = sample_feeds(manifest["components"]["unet"]["inputs"], layout["unet"][0]["profile"], 0, size=(1024, 768))
+    np.testing.assert_array_equal(unet["time_ids"], [[1024, 768, 0, 0, 1024, 768]] * 2)
+    assert unet["text_embeds"].shape == (2, 48) and unet["sample"].shape == (2, 4, 128, 96)
+    ids = sample_feeds(manifest["components"]["text_encoder_2"]["inputs"], layout["text_encoder_2"][0]["profile"],
+                       49407)["input_ids"]
+    assert ids.shape == (1, 77) and ids.max() > 1000
+    with pytest.raises(ValueError, match=r"no TensorRT batch range for component 'controlnet' \(plans.py knows "
+                                         r"text_encoder, text_encoder_2, .*backend='ort-cpu'"):
+        batch_range("controlnet", 2)

@@ -44,7 +44,7 @@ def first_unet_sample(engine, image, mask, **kwargs) -> np.ndarray:
 @pytest.mark.parametrize("channels", [9, 4])
 def test_original_is_the_default(loaded, channels):
     image, mask = sample_image(96, 64), sample_mask(96, 64)
-    run = lambda **kw: loaded[channels].inpaint(image, mask, generator=1, strength=0.6, output_type="latent",  # noqa: E731
+    run = lambda **kw: loaded[channels].inpaint(image, mask, generator=1, strength=0.6, output_type="latent",
                                                 **ARGS, **kw).images
     np.testing.assert_array_equal(run(masked_content="original"), run())
 
@@ -52,7 +52,7 @@ def test_original_is_the_default(loaded, channels):
 @pytest.mark.parametrize("channels", [9, 4])
 def test_fill_forgets_what_was_under_the_mask(loaded, channels):
     image, mask = sample_image(96, 64), sample_mask(96, 64)
-    run = lambda picture, mode: loaded[channels].inpaint(picture, mask, generator=1, strength=0.6, output_type="np",  # noqa: E731
+    run = lambda picture, mode: loaded[channels].inpaint(picture, mask, generator=1, strength=0.6, output_type="np",
                                                          masked_content=mode, **ARGS).images
     filled = run(image, "fill")
     np.testing.assert_array_equal(run(with_other_hole(image, mask), "fill"), filled)
@@ -85,7 +85,8 @@ def test_latent_modes_replace_the_start_under_the_mask(loaded, channels):
     other = sample_image(96, 64, seed=9)  # a different picture altogether
     inside = np.asarray(mask)[::8, ::8] > 127  # the latent mask (nearest, every 8th pixel)
     start = {(mode, name): first_unet_sample(engine, picture, mask, generator=1, strength=0.6, masked_content=mode)
-             for mode in ("original", "latent_noise", "latent_nothing") for name, picture in (("a", image), ("b", other))}
+             for mode in ("original", "latent_noise", "latent_nothing")
+             for name, picture in (("a", image), ("b", other))}
     for mode in ("latent_noise", "latent_nothing"):  # under the mask: nothing of the picture
         np.testing.assert_array_equal(start[mode, "a"][..., inside], start[mode, "b"][..., inside])
         np.testing.assert_array_equal(start[mode, "a"][..., ~inside], start["original", "a"][..., ~inside])
@@ -100,7 +101,7 @@ def test_latent_modes_replace_the_start_under_the_mask(loaded, channels):
 
 def test_latent_modes_change_nothing_for_an_inpainting_unet_at_full_strength(loaded):
     image, mask = sample_image(96, 64), sample_mask(96, 64)
-    run = lambda mode: loaded[9].inpaint(image, mask, generator=1, output_type="latent", masked_content=mode,  # noqa: E731
+    run = lambda mode: loaded[9].inpaint(image, mask, generator=1, output_type="latent", masked_content=mode,
                                          **ARGS).images
     reference = run("original")
     for mode in ("latent_noise", "latent_nothing", "fill"):
@@ -110,7 +111,7 @@ def test_latent_modes_change_nothing_for_an_inpainting_unet_at_full_strength(loa
 def test_mask_invert(loaded):
     image, mask = sample_image(96, 64), sample_mask(96, 64)
     inverted = Image.fromarray(255 - np.asarray(mask))
-    run = lambda m, **kw: loaded[4].inpaint(image, m, generator=1, keep_unmasked=True, **ARGS, **kw).images[0]  # noqa: E731
+    run = lambda m, **kw: loaded[4].inpaint(image, m, generator=1, keep_unmasked=True, **ARGS, **kw).images[0]
     got = run(mask, mask_invert=True)
     assert np.array_equal(np.asarray(got), np.asarray(run(inverted)))
     keep = np.asarray(mask) > 127  # the white part of the given mask is now kept
@@ -129,7 +130,7 @@ def test_mask_grow_and_shrink(loaded):
     as_float = np.asarray(mask, np.float32) / 255
     edited = masking.edit(as_float, grow=5)
     assert isinstance(edited, np.ndarray) and np.array_equal(edited[..., 0] > 0.5, grown)  # arrays stay arrays
-    run = lambda m, **kw: loaded[9].inpaint(image, m, generator=1, keep_unmasked=True, **ARGS, **kw).images[0]  # noqa: E731
+    run = lambda m, **kw: loaded[9].inpaint(image, m, generator=1, keep_unmasked=True, **ARGS, **kw).images[0]
     by_argument = run(mask, mask_grow=5)
     assert np.array_equal(np.asarray(by_argument), np.asarray(run(Image.fromarray(grown.astype(np.uint8) * 255))))
     assert np.array_equal(np.asarray(by_argument)[~grown], np.asarray(image)[~grown])
@@ -150,6 +151,7 @@ def test_mask_edits_apply_before_the_blur():
     (dict(mask_grow=4, mask_shrink=2), "pass one of them"),
     (dict(mask_invert="yes"), "mask_invert='yes' must be True or False"),
     (dict(mask_shrink=40), "mask_image is all black"),  # shrunk away: nothing left to repaint
+    (dict(masked_content="latent_nothing", denoising_start=0.5), "with denoising_start the call continues"),
 ])
 def test_bad_mask_options(loaded, kwargs, match):
     with pytest.raises(ValueError, match=match):

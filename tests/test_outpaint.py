@@ -65,6 +65,9 @@ def test_any_size_and_no_overlap(loaded):
     assert np.array_equal(np.asarray(out)[:61, :90], np.asarray(image))
     out = loaded[9].outpaint(image, right=13, overlap=7, generator=3, output_type="np", **ARGS).images
     assert out.shape == (1, 61, 103, 3) and out.dtype == np.float32
+    for picture in (np.asarray(image.convert("RGBA"), np.float32) / 255, np.asarray(image.convert("L"))):
+        out = loaded[9].outpaint(picture, right=13, overlap=0, generator=3, output_type="np", **ARGS).images
+        assert out.shape == (1, 61, 103, 3)  # float RGBA and grey pictures
 
 
 def spy(engine, monkeypatch):

@@ -23,7 +23,7 @@ def grey(level: float) -> np.ndarray:
 @pytest.mark.parametrize("strength", [1.0, 0.6])
 def test_all_white_map_equals_ordinary_inpainting(loaded, channels, strength):
     image, white = sample_image(96, 64), np.full((64, 96), 255, np.uint8)
-    run = lambda **kw: loaded[channels].inpaint(image, white, generator=1, strength=strength, output_type="np",  # noqa: E731
+    run = lambda **kw: loaded[channels].inpaint(image, white, generator=1, strength=strength, output_type="np",
                                                 **ARGS, **kw).images
     np.testing.assert_array_equal(run(mask_mode="soft"), run())
 
@@ -33,7 +33,7 @@ def test_black_and_white_map_on_the_latent_grid_is_the_blend(loaded):
     image, mask = sample_image(96, 64), np.zeros((64, 96), np.uint8)
     mask[16:48, 24:72] = 255
     for strength in (1.0, 0.5):
-        run = lambda **kw: loaded[4].inpaint(image, mask, generator=2, strength=strength, scheduler="euler",  # noqa: E731
+        run = lambda **kw: loaded[4].inpaint(image, mask, generator=2, strength=strength, scheduler="euler",
                                              output_type="latent", **ARGS, **kw).images
         np.testing.assert_array_equal(run(mask_mode="soft"), run())
 
@@ -66,7 +66,7 @@ def test_all_black_map_returns_the_input(loaded, channels):
 def test_change_grows_with_the_grey_level(loaded, channels, strength):
     engine, image = loaded[channels], sample_image(96, 64)
     args = dict(ARGS, num_inference_steps=8, output_type="latent", scheduler="euler", strength=strength)
-    run = lambda level: engine.inpaint(image, grey(level), generator=3, mask_mode="soft", **args).images  # noqa: E731
+    run = lambda level: engine.inpaint(image, grey(level), generator=3, mask_mode="soft", **args).images
     kept = run(0.0)
     change = [float(np.abs(run(level) - kept).mean()) for level in (0.0, 0.25, 0.5, 0.75, 1.0)]
     assert change[0] == 0
@@ -104,7 +104,7 @@ def test_soft_mode_with_crop_and_batches(loaded):
 def test_sdxl_soft_mask(sdxl_engines, name):
     engine, image = Engine.load(sdxl_engines[name]), sample_image(96, 64)
     white = np.full((64, 96), 255, np.uint8)
-    run = lambda mask, **kw: engine.inpaint(image, mask, generator=5, **ARGS, **kw).images  # noqa: E731
+    run = lambda mask, **kw: engine.inpaint(image, mask, generator=5, **ARGS, **kw).images
     np.testing.assert_array_equal(run(white, mask_mode="soft", output_type="np"), run(white, output_type="np"))
     kept = run(grey(0), mask_mode="soft", keep_unmasked=True)[0]
     assert np.array_equal(np.asarray(kept), np.asarray(image))

@@ -89,9 +89,9 @@ def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator
 
 def _rgb(image, max_pixels: int) -> Image.Image:
     picture = imaging.load_picture(image, "image", max_pixels)
-    if not isinstance(picture, Image.Image):  # float array in [0, 1]
-        picture = Image.fromarray(np.round(np.repeat(picture, 3 // picture.shape[2], axis=2)[..., :3] * 255)
-                                  .astype(np.uint8))
+    if not isinstance(picture, Image.Image):  # float array in [0, 1], HxWx1, 3 or 4
+        rgb = np.repeat(picture, 3, axis=2) if picture.shape[2] == 1 else picture[..., :3]
+        picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
     return picture.convert("RGB")
 
 
@@ -112,8 +112,8 @@ def prefill(original: np.ndarray, sides: dict, fill: str, generator) -> np.ndarr
         canvas = np.clip(np.round(mean + std * draw(generator, shape)), 0, 255).astype(np.uint8)
     else:  # edge: streaks of the border pixels, blurred so they become colour fields
         radius = max(4, max(sides.values()) // 8)
-        canvas = np.asarray(Image.fromarray(np.pad(original, pad, mode="edge")).filter(ImageFilter.GaussianBlur(radius)))
-        canvas = canvas.copy()
+        stretched = Image.fromarray(np.pad(original, pad, mode="edge"))
+        canvas = np.array(stretched.filter(ImageFilter.GaussianBlur(radius)))
     canvas[pad[0][0]:pad[0][0] + h, pad[1][0]:pad[1][0] + w] = original
     return canvas
 

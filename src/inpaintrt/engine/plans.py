@@ -48,8 +48,8 @@ def batch_range(component: str, max_images: int) -> tuple[int, int, int]:
         "vae_decoder": (1, 1, max_images),
     }
     if component not in ranges:
-        raise ValueError(f"no TensorRT batch range for component {component!r} (plans.py knows {', '.join(ranges)}); "
-                         "the engine directory is from a newer inpaintrt: upgrade, or use backend='ort-cpu'")
+        raise ValueError(f"no TensorRT batch range for component {component!r} (plans.py knows {', '.join(ranges)}): "
+                         "this inpaintrt builds no TensorRT plans for it; use backend='ort-cpu'")
     return ranges[component]
 
 

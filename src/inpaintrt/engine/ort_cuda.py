@@ -166,7 +166,13 @@ class BoundComponent:
         else:
             providers = [provider]
         self._ort = ort
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:
+            if not cuda_graph:
+                raise
+            raise BackendError(f"ONNX Runtime cannot capture {path.name} as a CUDA graph ({e}); "
+                               "load with cuda_graph=False") from None
         if provider == CUDA_PROVIDER:
             require_cuda_provider(self.session.get_providers(), cuda_major(ort))
         self.input_types = {i.name: _ORT_TYPES[i.type] for i in self.session.get_inputs()}

@@ -101,3 +101,13 @@ def test_a_graph_the_cuda_provider_cannot_run_is_refused(traced, tmp_path):
     onnx.save(model, str(tmp_path / "fp32.onnx"))
     with pytest.raises(CudaGraphError, match="float weight bytes of the fp16 graph are fp16"):
         check_cuda_graph(tmp_path / "fp32.onnx", references)
+
+
+def test_export_step_writes_the_cuda_folder_and_its_record(traced, tmp_path):
+    from inpaintrt.export.cuda_graphs import export_cuda_graph
+
+    path, references = traced["unet"]
+    record = export_cuda_graph("unet", path, tmp_path, references, "fp16", 1 << 30, unfused={"max_rel_error": 1e-3})
+    assert record["file"] == "cuda/unet.onnx" and (tmp_path / "cuda" / "unet.onnx").is_file()
+    assert record["check"]["kind"] == "structural" and record["check"]["unfused_max_rel_error"] == 1e-3
+    assert (tmp_path / "cuda" / "unet.onnx").stat().st_mode & 0o777 == 0o644

@@ -30,8 +30,8 @@ CUDA_CONTRIB_OPS = {"MultiHeadAttention", "Attention", "PackedMultiHeadAttention
 MIN_FP16_WEIGHT_FRACTION = 0.9  # of the float weight bytes; the rest feed ops kept in fp32
 
 
-class CudaGraphError(RuntimeError):
-    """The CUDA-optimized graph is not what ort-cuda can run."""
+class CudaGraphError(ValueError):
+    """The CUDA-optimized graph is not what ort-cuda can run (a ValueError, so the CLI prints it)."""
 
 
 def model_type(component: str) -> str:
@@ -77,6 +77,26 @@ def optimize_for_cuda(component: str, traced: Path, output: Path, external_data_
     return {"file": output.name, "files": [output.name] + ([f"{output.name}.data"] if big else []),
             "precision": precision, "target": "cuda", "onnxruntime": onnxruntime.__version__,
             "fusion_options": enabled, "fused": fused, "operators": operator_counts(model)}
+
+
+def export_cuda_graph(component: str, traced: Path, work: Path, references: list, precision: str,
+                      external_data_bytes: int, unfused: dict | None = None) -> dict:
+    """The exporter's step: cuda/<component>.onnx from the traced graph, checked, as its manifest record.
+    `unfused`: the record of the plain fp16 graph of the same component, whose parity with torch is the
+    numeric check of the fp16 conversion when the fused graph cannot run on the CPU."""
+    from .exporter import FP32_TOLERANCE
+
+    path = work / "cuda" / f"{component}.onnx"
+    record = optimize_for_cuda(component, traced, path, external_data_bytes, precision)
+    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+    record["check"] = check_cuda_graph(path, references, precision, tolerance)
+    if unfused is not None:
+        record["check"]["unfused_max_rel_error"] = unfused["max_rel_error"]
+    for name in record["files"]:
+        (path.parent / name).chmod(0o644)
+    path.parent.chmod(0o755)
+    record["file"], record["files"] = f"cuda/{path.name}", [f"cuda/{name}" for name in record["files"]]
+    return record
 
 
 def operator_counts(model) -> dict:

@@ -7,6 +7,13 @@
 WRITTEN WITHOUT A GPU: this script has never run on one. It needs onnxruntime-gpu, cupy, torch with
 CUDA and, for the diffusers side and the export, diffusers + transformers.
 
+On the lent GPU machine (DESIGN.md §8: torch cu130, cupy-cuda13x, CPU onnxruntime; no onnxruntime-gpu,
+no diffusers, no network): here, `../shared/tools/device-wheels onnxruntime-gpu==1.31.1 diffusers==0.42.0`
+(1.31 is a CUDA 13 build if the release notes read here are right; the backend refuses a mismatch
+with cupy's CUDA), carry the .devwK folders one call at a time into /tmp/devw there, run
+`bash /tmp/devw/devw-install.sh && export PYTHONPATH=/tmp/site`, then this script (the export of the
+SD 1.5-size model runs on the machine's CPUs first, a few minutes; --steps 20 fits one call sooner).
+
 The model is the SD 1.5 inpainting architecture with random weights (inpaintrt.export.models), saved
 and exported with `inpaint-export --fp16` (the CUDA-optimized fp16 graphs) unless --model / --engine
 name existing ones. Variants, each in a fresh process, alternated --processes times:

@@ -86,8 +86,12 @@ def test_stand_in_refuses_what_cupy_refuses():
     assert isinstance(d * np.float32(2) + 1.0, DeviceArray)
 
 
+# the SD configs turn clip_sample off: these run the clipping branches on the device too
+CLIPPING = [(name, {"clip_sample": True}, None, {}, {}) for name in ("ddim", "heun", "lcm")]
+
+
 @pytest.mark.parametrize("config_name", ["sd15", "sd2-v"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1] or ''}")
+@pytest.mark.parametrize("case", CASES + CLIPPING, ids=lambda c: f"{c[0]}{c[1] or ''}")
 @pytest.mark.parametrize("steps,strength", [(10, 1.0), (7, 0.5)])
 def test_every_scheduler_runs_on_a_device_array_module(config_name, case, steps, strength):
     name, options, _, overrides, _ = case

@@ -47,6 +47,10 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx",
                         help="onnx (default): ONNX graphs for ONNX Runtime; tensorrt: also fp16 graphs and TensorRT "
                              "plans built on this machine's GPU (needs TensorRT 10.1+ and cupy)")
+    parser.add_argument("--controlnet", action="append", default=[], metavar="[inpaint=|plain=]SOURCE",
+                        help="add a ControlNet (hub id, diffusers folder or .safetensors; repeat for several): the UNet "
+                             "then takes its residuals. 'inpaint=' marks one conditioned on the masked picture "
+                             "(default when its name contains 'inpaint'), 'plain=' any other (canny, depth, ...)")
     parser.add_argument("--fp16", action="store_true",
                         help="also store fp16 graphs, so `inpaint-build-plans` can build TensorRT plans later elsewhere")
     _plan_arguments(parser)
@@ -72,8 +76,13 @@ def export_main(argv: list[str] | None = None) -> int:
     try:
         tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config)
+        controlnets = None
+        if args.controlnet:
+            from .export.controlnet import load_controlnet
+
+            controlnets = [load_controlnet(source) for source in args.controlnet]
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
-                      fp16=args.fp16, tensorrt=tensorrt, release=True)
+                      fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0
@@ -151,6 +160,15 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     sdxl.add_argument("--denoising-end", type=float, help="stop after this fraction of the schedule")
     sdxl.add_argument("--aesthetic-score", type=float, help="refiner-style checkpoints (default 6.0)")
     sdxl.add_argument("--negative-aesthetic-score", type=float, help="refiner-style checkpoints (default 2.5)")
+    control = parser.add_argument_group("ControlNet (engines exported with --controlnet)")
+    control.add_argument("--control-image", action="append", default=[], metavar="FILE|none",
+                         help="control picture, one per ControlNet in export order ('none': an inpaint ControlNet "
+                              "builds it from the image and mask, a plain one stays off); default: none for all")
+    control.add_argument("--controlnet-scale", action="append", type=float, default=[], metavar="SCALE",
+                         help="controlnet_conditioning_scale, one or one per ControlNet (default 1.0)")
+    control.add_argument("--control-start", type=float, default=0.0, help="control_guidance_start (default 0)")
+    control.add_argument("--control-end", type=float, default=1.0, help="control_guidance_end (default 1)")
+    control.add_argument("--guess-mode", action="store_true", help="guess_mode: the ControlNet sees no negative prompt")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cpu"),
                         help="auto (default): TensorRT when the engine has plans that run here, else ONNX Runtime CPU")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the UNet call as a CUDA graph")
@@ -179,7 +197,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             progress=True, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
             denoising_start=args.denoising_start, denoising_end=args.denoising_end,
             aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
-            mask_mode=args.mask_mode, masked_content=args.masked_content,
+            mask_mode=args.mask_mode, masked_content=args.masked_content, **_control_arguments(args),
         )
         masking = dict(num_images_per_prompt=args.num_images, padding_mask_crop=args.padding_mask_crop,
                        blur_factor=args.blur, keep_unmasked=args.keep_unmasked, keep_input_size=args.keep_input_size,
@@ -197,6 +215,26 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         result.images.pop(0).save(path)
         print(path)
     return 0
+
+
+def _control_arguments(args) -> dict:
+    """The ControlNet flags as Engine.inpaint arguments; only those given, so engines without one are not asked."""
+    from PIL import Image
+
+    found = {}
+    if args.control_image:
+        images = [None if f.lower() == "none" else Image.open(f) for f in args.control_image]
+        found["control_image"] = images[0] if len(images) == 1 else images
+    if args.controlnet_scale:
+        scales = args.controlnet_scale
+        found["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
+    if args.control_start != 0.0:
+        found["control_guidance_start"] = args.control_start
+    if args.control_end != 1.0:
+        found["control_guidance_end"] = args.control_end
+    if args.guess_mode:
+        found["guess_mode"] = True
+    return found
 
 
 def _parse_extend(text: str) -> dict[str, int]:

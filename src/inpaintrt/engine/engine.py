@@ -15,6 +15,7 @@ from . import arguments as check
 from .backends import open_backend
 from .manifest import read_manifest
 from .plans import select_plan
+from .control import ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
@@ -33,6 +34,7 @@ class Engine:
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
         self.family = self.model["family"]
         self.text = TextConditioner(root, manifest, sessions)
+        self.controlnets = ControlNets(manifest, sessions)  # issue 16; empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
         self._models = Models(
@@ -84,6 +86,9 @@ class Engine:
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
         # beyond diffusers (issue 15)
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
+        # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
+        control_image=None, controlnet_conditioning_scale=1.0, control_guidance_start=0.0, control_guidance_end=1.0,
+        guess_mode=False,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.
 
@@ -171,12 +176,16 @@ class Engine:
             pixels = imaging.preprocess_image(picture, height, width, crop)
         if masked_content == "fill":
             pixels = masking.fill(pixels, mask_pixels)
+        control = self.controlnets.prepare(
+            control_image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode,
+            picture=picture, pixels=pixels, mask_pixels=mask_pixels, crop=crop, height=height, width=width,
+            batch=batch, cond=cond, uncond=uncond, max_pixels=max_pixels)
         request = Request(
             image=pixels, mask=mask_pixels,
             conditioning=cond if uncond is None else {k: np.concatenate([uncond[k], cond[k]]) for k in cond},
             batch=batch, guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
             latents=latents, callback=callback_on_step_end, image_latents=given_latents,
-            denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content,
+            denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content, control=control,
         )
         final = denoise(self._models, sched, request, gen, _progress(progress))
         if output_type == "latent":

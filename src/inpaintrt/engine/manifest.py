@@ -75,6 +75,7 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
     missing += _missing_plan_keys(manifest)
+    missing += _missing_controlnet_keys(manifest)
     if missing:
         raise EngineDirectoryError(f"{path} lacks {', '.join(missing)}; {rebuild}")
     for rel, info in manifest["files"].items():
@@ -89,6 +90,26 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
         if verify_hashes and file_digest(file) != info["sha256"]:
             raise EngineDirectoryError(f"{rel} in {root} does not match its hash in the manifest (altered); {rebuild}")
     return manifest
+
+
+CONTROLNET_KEYS = ("component", "source", "kind", "conditioning_channels", "global_pool_conditions")
+
+
+def _missing_controlnet_keys(manifest: dict) -> list[str]:
+    """The optional `controlnets` list (issue 16): each entry's keys and component, the residual layout,
+    and the UNet's inputs for every residual."""
+    entries = manifest.get("controlnets")
+    if not entries:
+        return []
+    missing = [f"controlnets[{i}].{k}" for i, e in enumerate(entries) for k in CONTROLNET_KEYS if k not in e]
+    components = manifest.get("components", {})
+    missing += [f"components.{e['component']}" for e in entries if "component" in e and e["component"] not in components]
+    layout = manifest.get("controlnet_residuals") or []
+    if not layout:
+        missing.append("controlnet_residuals")
+    unet_inputs = {t.get("name") for t in components.get("unet", {}).get("inputs", [])}
+    missing += [f"components.unet.inputs[{r.get('name')}]" for r in layout if r.get("name") not in unet_inputs]
+    return missing
 
 
 TENSORRT_KEYS = ("version", "compute_capability", "device", "precision", "max_images", "sizes", "plans")

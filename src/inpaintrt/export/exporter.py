@@ -41,11 +41,16 @@ class PlanOptions:
 
 
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
-                  log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False) -> Path:
+                  log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False,
+                  controlnets: list | None = None) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
     torch); tensorrt also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
     release frees each torch component's weights once exported (the pipeline is unusable afterwards):
-    peak memory is then one component's, not the whole pipeline's."""
+    peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
+    load_controlnet) adds them and makes the UNet take their residuals."""
+    if controlnets and tensorrt is not None:
+        raise ExportError("TensorRT plans for ControlNets are not built yet; export with --controlnet for ONNX Runtime "
+                          "(--backend onnx, optionally --fp16)")
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
@@ -63,6 +68,11 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
                         **_save_tokenizers(pipe, work), versions=_versions())
         components = manifest["components"] = {}
         specs = component_specs(pipe)
+        if controlnets:  # issue 16
+            from .controlnet import with_controlnets
+
+            specs, control = with_controlnets(pipe, specs, controlnets, optimize)
+            manifest.update(control)
         for i, spec in enumerate(specs):
             log(f"exporting {spec.name} ...")
             half = ("fp32" if spec.name in fp32_components(manifest["model"]) else "fp16") if fp16 else None

@@ -21,7 +21,7 @@ def optimize_for_cpu(component: str, model):
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_by_fusion
 
-    kind = MODEL_TYPES[component]
+    kind = MODEL_TYPES["unet" if component.startswith("controlnet_") else component]  # a ControlNet is half a UNet
     options = FusionOptions(kind)
     for name in CUDA_ONLY:
         setattr(options, name, False)

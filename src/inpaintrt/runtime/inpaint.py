@@ -60,6 +60,7 @@ class Request:
     denoising_end: float | None = None  # fraction after which to stop, returning noisy latents
     change_map: np.ndarray | None = None  # soft mode: (1, 1, H, W) grey levels in [0, 1], white = change fully
     masked_content: str = "original"  # "latent_noise" / "latent_nothing": what the masked latents start from
+    control: Callable | None = None  # ControlNets: (step, steps, 4-channel model input, timestep) -> extra UNet feeds
 
     @property
     def guided(self) -> bool:
@@ -164,10 +165,13 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         t = timesteps[i]
         model_input = np.concatenate([latents] * copies) if r.guided else latents
         model_input = scheduler.scale_model_input(model_input, index)
+        timestep = np.full((model_input.shape[0],), t, dtype=np.float32)
+        feeds = r.conditioning
+        if r.control is not None:  # ControlNet residuals (runtime/control.py)
+            feeds = {**feeds, **r.control(i, len(timesteps), model_input.astype(np.float32), timestep)}
         if not blend:
             model_input = np.concatenate([model_input, unet_mask, unet_masked], axis=1)
-        timestep = np.full((model_input.shape[0],), t, dtype=np.float32)
-        pred = models.unet(model_input.astype(np.float32), timestep, r.conditioning)
+        pred = models.unet(model_input.astype(np.float32), timestep, feeds)
         if r.guided:
             uncond, cond = np.split(pred, 2)
             pred = uncond + r.guidance_scale * (cond - uncond)

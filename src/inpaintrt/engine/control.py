@@ -1,0 +1,203 @@
+"""Engine.inpaint's ControlNet arguments (issue 16): checks, control image preprocessing, the per-step residuals.
+
+Semantics of diffusers' StableDiffusionControlNetInpaintPipeline (0.42):
+- control images are preprocessed like its `control_image_processor`, not like the init image: PIL
+  pictures are cropped (padding_mask_crop), resized with Lanczos (diffusers' "fill" mode with a crop),
+  converted to RGB and scaled to [0, 1] — not to [-1, 1]; float arrays (H x W x C, or C x H x W /
+  1 x C x H x W as torch tensors and `make_inpaint_condition` give them) are taken as they are and
+  resized with nearest-neighbour interpolation;
+- `controlnet_conditioning_scale` (one number, or one per ControlNet), `control_guidance_start/end`
+  (fractions of the steps that run, one number or one per ControlNet), `guess_mode`.
+Beyond diffusers: an inpaint-style ControlNet (control_v11p_sd15_inpaint) given no control image gets
+`make_inpaint_condition(image, mask)`'s picture — the image in [0, 1] with the repainted pixels at -1 —
+built from the same resized image and mask the UNet sees. A plain ControlNet given no image does not
+run (its residuals are zeros), nor does one whose scale is 0.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from PIL import Image
+
+from ..runtime import images as imaging
+from ..runtime.control import ControlResiduals, ControlUnit
+
+REEXPORT = "re-export it with `inpaint-export --model <checkpoint> --controlnet <ControlNet> --output <dir>`"
+
+
+class ControlNets:
+    """The engine's ControlNets (manifest `controlnets`); empty for engines exported without one."""
+
+    def __init__(self, manifest: dict, sessions: dict):
+        self.entries = manifest.get("controlnets", [])
+        self.layout = manifest.get("controlnet_residuals", [])
+        self.sessions = sessions
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def describe(self) -> str:
+        return ", ".join(f"{e['component']} ({e['kind']}, {e['source']})" for e in self.entries)
+
+    def prepare(self, control_image, scale, start, end, guess_mode, *, picture, pixels, mask_pixels, crop,
+                height: int, width: int, batch: int, cond: dict, uncond: dict | None,
+                max_pixels: int = imaging.MAX_PIXELS) -> ControlResiduals | None:
+        """The per-step callable for denoise's Request.control, or None for an engine without ControlNets.
+
+        picture: the input picture (None when the image came as latents); pixels / mask_pixels: the
+        (1, 3, H, W) image in [-1, 1] and (1, 1, H, W) 0/1 mask the UNet works on; batch: images made;
+        cond / uncond: the UNet's text conditioning (uncond None without classifier-free guidance)."""
+        n = len(self.entries)
+        if not n:
+            _refuse_without_controlnet(control_image, scale, start, end, guess_mode)
+            return None
+        images = _per_controlnet(control_image, n)
+        scales = _scales(scale, n)
+        starts, ends = _window(start, end, n)
+        if not isinstance(guess_mode, (bool, np.bool_)):
+            raise ValueError(f"guess_mode={guess_mode!r} must be True or False")
+        guess = bool(guess_mode) or self.entries[0]["global_pool_conditions"]  # diffusers reads the first's
+        guided = uncond is not None
+        rows = batch * (2 if guided and not guess else 1)
+        units = []
+        for i, (entry, value) in enumerate(zip(self.entries, images)):
+            name = "control_image" if n == 1 else f"control_image[{i}]"
+            if value is None and entry["kind"] == "inpaint":
+                if picture is None:
+                    raise ValueError(f"{name}: the image came as latents, so the inpaint ControlNet's condition "
+                                     "(the picture with the masked pixels at -1) cannot be made; pass control_image")
+                value = _inpaint_condition(pixels, mask_pixels)
+            elif value is None:
+                continue  # a plain ControlNet without a picture to follow does not run
+            else:
+                value = control_pixels(value, name, entry["conditioning_channels"], height, width, crop,
+                                       imaging.picture_size(picture) if picture is not None else None, max_pixels)
+            if scales[i] == 0:
+                continue
+            session = self.sessions[entry["component"]]
+            units.append(ControlUnit(session.run, np.repeat(value, rows, axis=0), scales[i], starts[i], ends[i],
+                                     entry["global_pool_conditions"]))
+        hidden = cond["encoder_hidden_states"]
+        if guided:
+            hidden = np.concatenate([uncond["encoder_hidden_states"], hidden])
+        return ControlResiduals(units, self.layout, hidden, guided, guess)
+
+
+def _refuse_without_controlnet(control_image, scale, start, end, guess_mode) -> None:
+    given = [name for name, value, default in (
+        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, 1.0),
+        ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0), ("guess_mode", guess_mode, False),
+    ) if not (value is default or (default is not None and isinstance(value, numbers.Real) and value == default))]
+    if given:
+        raise ValueError(f"{', '.join(given)} given, but this engine was exported without a ControlNet; "
+                         f"leave them out, or {REEXPORT}")
+
+
+def _per_controlnet(control_image, n: int) -> list:
+    if isinstance(control_image, (list, tuple)):
+        if len(control_image) != n:
+            raise ValueError(f"control_image has {len(control_image)} entries but this engine has {n} ControlNet"
+                             f"{'s' if n > 1 else ''}; pass one per ControlNet, in export order (None for an "
+                             "inpaint ControlNet to get the masked picture, or for a ControlNet to leave off)")
+        return list(control_image)
+    if n > 1 and control_image is not None:
+        raise ValueError(f"this engine has {n} ControlNets; pass control_image as a list of {n} pictures, one per "
+                         "ControlNet in export order (None where none is wanted)")
+    return [control_image] * n
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number")
+    return float(value)
+
+
+def _scales(scale, n: int) -> list[float]:
+    if isinstance(scale, (list, tuple)):
+        if len(scale) != n:
+            raise ValueError(f"controlnet_conditioning_scale has {len(scale)} entries but this engine has {n} "
+                             f"ControlNet{'s' if n > 1 else ''}; give one number, or one per ControlNet")
+        return [_number(s, "controlnet_conditioning_scale") for s in scale]
+    return [_number(scale, "controlnet_conditioning_scale")] * n
+
+
+def _window(start, end, n: int) -> tuple[list[float], list[float]]:
+    """diffusers' alignment: a number next to a list is repeated to the list's length."""
+    if not isinstance(start, (list, tuple)) and isinstance(end, (list, tuple)):
+        start = [start] * len(end)
+    elif not isinstance(end, (list, tuple)) and isinstance(start, (list, tuple)):
+        end = [end] * len(start)
+    elif not isinstance(start, (list, tuple)):
+        start, end = [start] * n, [end] * n
+    if len(start) != len(end) or len(start) != n:
+        raise ValueError(f"control_guidance_start has {len(start)} entries and control_guidance_end {len(end)}; "
+                         f"this engine has {n} ControlNet{'s' if n > 1 else ''}: give numbers, or one per ControlNet")
+    starts = [_number(s, "control_guidance_start") for s in start]
+    ends = [_number(e, "control_guidance_end") for e in end]
+    for s, e in zip(starts, ends):
+        if not 0 <= s < e <= 1:
+            raise ValueError(f"control_guidance_start={s} and control_guidance_end={e} must satisfy 0 <= start < end "
+                             "<= 1 (the fractions of the steps during which the ControlNet steers)")
+    return starts, ends
+
+
+def _inpaint_condition(pixels: np.ndarray, mask_pixels: np.ndarray) -> np.ndarray:
+    """make_inpaint_condition: the picture in [0, 1], -1 where the mask repaints."""
+    return np.where(mask_pixels >= 0.5, np.float32(-1), (pixels + 1) / 2).astype(np.float32)
+
+
+def control_pixels(value, name: str, channels: int, height: int, width: int, crop, image_size,
+                   max_pixels: int) -> np.ndarray:
+    """(1, channels, height, width) float32 as diffusers' control_image_processor makes it."""
+    if not isinstance(value, np.ndarray) and hasattr(value, "__array__") and hasattr(value, "shape"):
+        value = _channels_last(np.asarray(value), name)  # a CPU torch tensor: (C, H, W) or (1, C, H, W)
+    elif isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+        value = _float_layout(value, name, channels)
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating) and value.ndim == 3:
+        pixels = value
+    else:
+        pixels = imaging.load_picture(value, name, max_pixels)
+    size = imaging.picture_size(pixels)
+    allowed = {(width, height)} | ({tuple(image_size)} if image_size else set())
+    if size not in allowed:
+        raise ValueError(f"{name} is {size[0]}x{size[1]} (width x height); pass it at the image's size"
+                         + (f" ({image_size[0]}x{image_size[1]})" if image_size else "")
+                         + f" or at the output size ({width}x{height}), so that it lines up with the picture")
+    if isinstance(pixels, Image.Image):
+        if channels != 3:
+            raise ValueError(f"{name}: this ControlNet takes {channels}-channel conditions; pass a float array")
+        rgb = imaging._float_pixels(pixels, height, width, "RGB", crop)  # crop, Lanczos, then RGB: diffusers' order
+        return rgb.transpose(2, 0, 1)[None].astype(np.float32)
+    if crop is not None:
+        raise ValueError(f"{name}: padding_mask_crop needs PIL or uint8 control images (diffusers crops only those)")
+    if pixels.shape[2] != channels:
+        raise ValueError(f"{name} has {pixels.shape[2]} channels; this ControlNet takes {channels}")
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return imaging.nearest_resize(pixels.transpose(2, 0, 1), height, width)[None].astype(np.float32)
+
+
+def _channels_last(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(f"{name} holds {array.shape[0]} pictures; pass one control image per ControlNet")
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"{name} has shape {array.shape}; pass (C, H, W) or (1, C, H, W)")
+    return np.ascontiguousarray(array.transpose(1, 2, 0)).astype(np.float32)
+
+
+def _float_layout(array: np.ndarray, name: str, channels: int) -> np.ndarray:
+    """H x W x C as diffusers reads numpy arrays; also C x H x W and 1 x C x H x W (make_inpaint_condition's)."""
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise ValueError(f"{name} holds {array.shape[0]} pictures; pass one control image per ControlNet")
+        array = array[0]
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3:
+        raise ValueError(f"{name} has shape {array.shape}; pass H x W x C (or C x H x W) floats")
+    if array.shape[2] != channels and array.shape[0] == channels:
+        array = array.transpose(1, 2, 0)
+    return array.astype(np.float32)

@@ -1,0 +1,184 @@
+"""ControlNets at export (issue 16): load them, one spec each, and the UNet variant that takes their residuals.
+
+With `--controlnet`, the engine's "unet" component takes the ControlNets' down-block residuals and
+mid-block residual as extra inputs (added to its own, as diffusers' `down_block_additional_residuals`
+/ `mid_block_additional_residual` do; zeros give the plain UNet, so one graph serves calls with and
+without control), and each ControlNet becomes a component "controlnet_<i>" whose outputs carry the
+same names. Without `--controlnet` nothing here runs and the engine is what it always was.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..runtime.control import residual_size
+from .loading import SINGLE_FILE_SUFFIXES, CheckpointError
+from .specs import ComponentSpec, TensorSpec, unet_downsampling
+
+KINDS = ("inpaint", "plain")  # inpaint: conditioned on the picture with masked pixels at -1 (control_v11p_sd15_inpaint)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ControlNetSource:
+    source: str  # hub id, diffusers folder or single file
+    kind: str  # "inpaint" or "plain"
+    model: object  # diffusers ControlNetModel, fp32, eval
+
+
+def parse_controlnet_argument(text: str) -> tuple[str, str]:
+    """`--controlnet [inpaint=|plain=]SOURCE` -> (source, kind); without a prefix the kind is "inpaint" when the
+    source's name says so (lllyasviel/control_v11p_sd15_inpaint), else "plain"."""
+    prefix, sep, rest = text.partition("=")
+    if sep and prefix in KINDS:
+        return rest, prefix
+    return text, "inpaint" if "inpaint" in Path(text.rstrip("/")).name.lower() else "plain"
+
+
+def load_controlnet(text: str) -> ControlNetSource:
+    """A ControlNet from a hub id, a diffusers folder (config.json + weights) or a single .safetensors file."""
+    from diffusers import ControlNetModel
+
+    source, kind = parse_controlnet_argument(text)
+    path = Path(source)
+    try:
+        if path.suffix in SINGLE_FILE_SUFFIXES:
+            if not path.is_file():
+                raise CheckpointError(f"--controlnet {source!r}: no such file")
+            model = ControlNetModel.from_single_file(str(path), torch_dtype=torch.float32)
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise CheckpointError(f"--controlnet {source!r} is a folder without config.json; pass a ControlNet "
+                                      "saved with save_pretrained, a single .safetensors file or a hub id")
+            model = ControlNetModel.from_pretrained(str(path), torch_dtype=torch.float32)
+        elif path.exists() or not _HUB_ID.match(source):
+            raise CheckpointError(f"--controlnet {source!r} does not exist; pass a diffusers folder, a .safetensors "
+                                  "file or a hub id like lllyasviel/control_v11p_sd15_inpaint")
+        else:
+            model = ControlNetModel.from_pretrained(source, torch_dtype=torch.float32)
+    except OSError as e:
+        raise CheckpointError(f"--controlnet {source!r} could not be loaded ({e})") from e
+    return ControlNetSource(source, kind, model.eval())
+
+
+def check_controlnet(pipe, net: ControlNetSource) -> None:
+    """Refuse a ControlNet that does not fit the checkpoint, before anything is traced."""
+    unet, c = pipe.unet.config, net.model.config
+    name = f"--controlnet {net.source!r}"
+    if hasattr(pipe, "text_encoder_2") or c.addition_embed_type:
+        raise CheckpointError(f"{name}: SDXL ControlNets are not supported yet (SD 1.x/2.x only)")
+    if c.in_channels != pipe.vae.config.latent_channels:
+        raise CheckpointError(f"{name} takes {c.in_channels}-channel samples; ControlNets see the "
+                              f"{pipe.vae.config.latent_channels}-channel latents (also with 9-channel inpainting UNets)")
+    if c.cross_attention_dim != unet.cross_attention_dim:
+        raise CheckpointError(f"{name} has cross_attention_dim {c.cross_attention_dim} but the UNet "
+                              f"{unet.cross_attention_dim}: it was trained for another Stable Diffusion version")
+    if tuple(c.block_out_channels) != tuple(unet.block_out_channels) or c.layers_per_block != unet.layers_per_block:
+        raise CheckpointError(f"{name}'s blocks {tuple(c.block_out_channels)} x {c.layers_per_block} do not match the "
+                              f"UNet's {tuple(unet.block_out_channels)} x {unet.layers_per_block}")
+    embedding = 2 ** (len(c.conditioning_embedding_out_channels) - 1)
+    vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    if embedding != vae_scale:
+        raise CheckpointError(f"{name} downsamples its control image {embedding}x, the VAE {vae_scale}x")
+
+
+class _ControlNet(torch.nn.Module):
+    """Residuals unscaled (conditioning_scale 1, no guess mode): the runtime scales them per step."""
+
+    def __init__(self, controlnet):
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond):
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                                    controlnet_cond=controlnet_cond, return_dict=False)
+        return (*down, mid)
+
+
+class _ControlledUNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, *residuals):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                         down_block_additional_residuals=residuals[:-1], mid_block_additional_residual=residuals[-1],
+                         return_dict=False)[0]
+
+
+def residual_layout(net) -> list[dict]:
+    """[{name, channels, downsamplings}] of the ControlNet's outputs (the 12 down residuals and the mid one
+    for SD 1.5), found by running it once at a 16x16 latent size."""
+    scale = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
+    with torch.no_grad():
+        down, mid = net(torch.zeros(1, net.config.in_channels, 16, 16), torch.tensor([1.0]),
+                        encoder_hidden_states=torch.zeros(1, 1, net.config.cross_attention_dim),
+                        controlnet_cond=torch.zeros(1, net.config.conditioning_channels, 16 * scale, 16 * scale),
+                        return_dict=False)
+    names = [f"down_residual_{i}" for i in range(len(down))] + ["mid_residual"]
+    return [{"name": name, "channels": int(x.shape[1]), "downsamplings": int(round(math.log2(16 / x.shape[2])))}
+            for name, x in zip(names, (*down, mid))]
+
+
+def _residual_specs(layout: list[dict]) -> list[TensorSpec]:
+    def axis(side: str, k: int) -> str:
+        return f"latent_{side}" if k == 0 else f"latent_{side}_down{k}"
+
+    return [TensorSpec(r["name"], "float32", ("batch", r["channels"], axis("height", r["downsamplings"]),
+                                               axis("width", r["downsamplings"]))) for r in layout]
+
+
+def with_controlnets(pipe, specs: list[ComponentSpec], nets: list[ControlNetSource],
+                     optimize: bool) -> tuple[list[ComponentSpec], dict]:
+    """The specs with the UNet replaced by its residual-input variant and one spec per ControlNet appended,
+    and the manifest's `controlnets` / `controlnet_residuals` entries."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    for net in nets:
+        check_controlnet(pipe, net)
+        if optimize:
+            net.model.set_attn_processor(AttnProcessor())  # the pattern ORT's fusion knows, as for the UNet
+    layout = residual_layout(nets[0].model)
+    residuals = _residual_specs(layout)
+    gen = torch.Generator().manual_seed(1)
+    unet = next(s for s in specs if s.name == "unet")
+    scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def residual_inputs(b, h, w):
+        return tuple(0.1 * torch.randn(b, r["channels"], residual_size(h, r["downsamplings"]),
+                                       residual_size(w, r["downsamplings"]), generator=gen) for r in layout)
+
+    controlled = ComponentSpec(
+        "unet", _ControlledUNet(pipe.unet), unet.inputs + residuals, unet.outputs,
+        lambda b, h, w: unet.make_inputs(b, h, w) + residual_inputs(b, h, w), unet.check_shapes)
+    seq, hidden = unet.inputs[2].shape[1], unet.inputs[2].shape[2]
+    f = unet_downsampling(pipe.unet)
+    added, entries = [], []
+    for i, net in enumerate(nets):
+        c = net.model.config
+        cond = c.conditioning_channels
+        added.append(ComponentSpec(
+            f"controlnet_{i}", _ControlNet(net.model),
+            [TensorSpec("sample", "float32", ("batch", c.in_channels, "latent_height", "latent_width")),
+             TensorSpec("timestep", "float32", ("batch",)),
+             TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
+             TensorSpec("controlnet_cond", "float32", ("batch", cond, "height", "width"))],
+            _pooled(residuals) if c.global_pool_conditions else residuals,
+            lambda b, h, w, c=c, cond=cond: (torch.randn(b, c.in_channels, h, w, generator=gen),
+                                             torch.rand(b, generator=gen) * 999, torch.randn(b, seq, hidden, generator=gen),
+                                             torch.rand(b, cond, h * scale, w * scale, generator=gen) * 2 - 1),
+            [(2, f + 1, 2 * f + 3), (1, 2 * f, 3 * f)],
+        ))
+        entries.append({"component": f"controlnet_{i}", "source": net.source, "kind": net.kind,
+                        "conditioning_channels": int(cond), "global_pool_conditions": bool(c.global_pool_conditions)})
+    specs = [controlled if s.name == "unet" else s for s in specs] + added
+    return specs, {"controlnets": entries, "controlnet_residuals": layout}
+
+
+def _pooled(residuals: list[TensorSpec]) -> list[TensorSpec]:
+    """global_pool_conditions ControlNets (shuffle) average their residuals over the picture."""
+    return [TensorSpec(t.name, t.dtype, (*t.shape[:2], 1, 1)) for t in residuals]

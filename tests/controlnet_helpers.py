@@ -1,0 +1,95 @@
+"""Tiny ControlNets for the tests (random weights, the tiny UNet's blocks) and diffusers' ControlNet inpaint
+pipeline around the conftest checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import sample_image, sample_mask
+
+SIZE = dict(height=104, width=160)  # 13x20 latents: 13 is not divisible by the tiny UNet's 4x
+KINDS = ("inpaint", "plain")
+
+
+def build_controlnet(seed: int, conditioning_channels: int = 3):
+    """A ControlNet of the tiny UNet's architecture (models.SIZES["tiny"]). Its zero-initialised output
+    convolutions get random weights too, or every residual would be zero and parity would prove nothing."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel(
+        in_channels=4, conditioning_channels=conditioning_channels, block_out_channels=(16, 32, 32),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+        conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )
+    zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for module in zeroed:
+            for p in module.parameters():
+                p.normal_(0, 0.2)
+    return net.eval()
+
+
+def save_controlnets(root) -> dict:
+    """{"inpaint": folder, "plain": folder}; the inpaint one's folder name says so (export reads the kind from it)."""
+    folders = {}
+    for i, kind in enumerate(KINDS):
+        folders[kind] = root / f"tiny-controlnet-{kind}"
+        build_controlnet(20 + i).save_pretrained(folders[kind])
+    return folders
+
+
+def controlnet_pipeline(pipe, nets):
+    """diffusers' StableDiffusionControlNetInpaintPipeline sharing `pipe`'s components."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+
+    control = StableDiffusionControlNetInpaintPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        controlnet=nets if len(nets) > 1 else nets[0], scheduler=pipe.scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    control.set_progress_bar_config(disable=True)
+    return control
+
+
+def make_inpaint_condition(image, mask):
+    """The inpainting guide's helper: the picture in [0, 1], masked pixels at -1, as a (1, 3, H, W) tensor."""
+    import torch
+
+    pixels = np.asarray(image.convert("RGB"), np.float32) / 255.0
+    pixels[np.asarray(mask.convert("L"), np.float32) / 255.0 > 0.5] = -1.0
+    return torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy())
+
+
+def edge_picture(width: int = 160, height: int = 104, seed: int = 3):
+    """A canny-like control picture: white lines on black."""
+    from PIL import ImageFilter
+
+    return sample_image(width, height, seed).convert("L").filter(ImageFilter.FIND_EDGES).point(
+        lambda v: 255 if v > 12 else 0).convert("RGB")
+
+
+def inputs(width: int = 160, height: int = 104):
+    return sample_image(width, height), sample_mask(width, height)
+
+
+_EXPORTED: dict = {}  # one export per test session, shared by the ControlNet test modules
+
+
+def controlnet_engines(checkpoints, tmp_path_factory) -> dict:
+    """{9: engine with [inpaint, plain] ControlNets, 4: the same, "single": 9-channel with the plain one only}."""
+    if not _EXPORTED:
+        from inpaintrt.export.controlnet import load_controlnet
+        from inpaintrt.export.exporter import export_engine
+        from inpaintrt.export.loading import load_pipeline
+
+        root = tmp_path_factory.mktemp("controlnet-engines")
+        folders = save_controlnets(root)
+        both = [str(folders["inpaint"]), str(folders["plain"])]
+        plans = {9: both, 4: both, "single": [str(folders["plain"])]}
+        _EXPORTED["folders"] = folders
+        _EXPORTED["engines"] = {
+            key: export_engine(load_pipeline(str(checkpoints[9 if key == "single" else key])), root / f"cn-{key}",
+                               log=lambda *_: None, controlnets=[load_controlnet(s) for s in sources])
+            for key, sources in plans.items()}
+    return _EXPORTED

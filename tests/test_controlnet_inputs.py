@@ -179,3 +179,31 @@ def test_command_lines(exported, checkpoints, tmp_path):
     assert (tmp_path / "out.png").is_file()
     assert inpaint_main(["--engine", str(exported["engines"]["single"]), *common, "--control-start", "0.6",
                          "--control-end", "0.5", "--output", str(tmp_path / "bad.png")]) == 2
+
+
+NO_TORCH = """
+import sys
+for name in ("torch", "diffusers", "transformers"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+import numpy as np
+from PIL import Image
+from inpaintrt import Engine
+engine = Engine.load(sys.argv[1])
+image, mask = Image.new("RGB", (64, 48), (120, 80, 40)), Image.new("L", (64, 48), 255)
+out = engine.inpaint(image, mask, prompt="a cat", num_inference_steps=2, height=48, width=64, generator=0,
+                     control_image=[None, Image.new("RGB", (64, 48))], guess_mode=True, output_type="np",
+                     progress=False)
+assert out.images.shape == (1, 48, 64, 3) and np.isfinite(out.images).all()
+print("heavy modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers")
+                               and sys.modules[m] is not None))
+"""
+
+
+def test_controlnet_runtime_runs_without_torch(exported):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(exported["engines"][9])], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert "heavy modules: []" in result.stdout

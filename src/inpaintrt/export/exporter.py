@@ -48,9 +48,6 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     release frees each torch component's weights once exported (the pipeline is unusable afterwards):
     peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
     load_controlnet) adds them and makes the UNet take their residuals."""
-    if controlnets and tensorrt is not None:
-        raise ExportError("TensorRT plans for ControlNets are not built yet; export with --controlnet for ONNX Runtime "
-                          "(--backend onnx, optionally --fp16)")
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True

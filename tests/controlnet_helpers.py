@@ -10,7 +10,7 @@ SIZE = dict(height=104, width=160)  # 13x20 latents: 13 is not divisible by the 
 KINDS = ("inpaint", "plain")
 
 
-def build_controlnet(seed: int, conditioning_channels: int = 3):
+def build_controlnet(seed: int, conditioning_channels: int = 3, **extra):
     """A ControlNet of the tiny UNet's architecture (models.SIZES["tiny"]). Its zero-initialised output
     convolutions get random weights too, or every residual would be zero and parity would prove nothing."""
     import torch
@@ -21,7 +21,7 @@ def build_controlnet(seed: int, conditioning_channels: int = 3):
         in_channels=4, conditioning_channels=conditioning_channels, block_out_channels=(16, 32, 32),
         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-        conditioning_embedding_out_channels=(8, 8, 16, 16),
+        conditioning_embedding_out_channels=(8, 8, 16, 16), **extra,
     )
     zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
     with torch.no_grad():

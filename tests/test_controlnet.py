@@ -171,3 +171,35 @@ def test_without_control_the_engine_is_the_plain_pipeline(pipes, loaded):
     got = loaded["single"].inpaint(image, mask, scheduler="euler", generator=np.random.default_rng(5),
                                    progress=False, **args).images
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_padding_mask_crop_crops_the_control_image(pipes, loaded, nets):
+    """padding_mask_crop: the PIL control image is cropped to the mask's box and fill-resized like the image,
+    and the result is pasted back (diffusers' apply_overlay)."""
+    image, mask = inputs()
+    canny = edge_picture()
+    args = dict(prompt=PROMPT, num_inference_steps=3, padding_mask_crop=6, output_type="pil", height=64, width=64,
+                control_image=canny, controlnet_conditioning_scale=1.2)
+    expected = diffusers_inpaint(controlnet_pipeline(pipes[9], [nets["plain"]]), 4, "euler", image=image,
+                                 mask_image=mask, **args)[0]
+    got = loaded["single"].inpaint(image, mask, scheduler="euler", generator=np.random.default_rng(4),
+                                   progress=False, **args).images[0]
+    assert got.size == expected.size == image.size
+    assert np.abs(np.asarray(got, np.int16) - np.asarray(expected, np.int16)).max() <= 1
+
+
+def test_global_pool_controlnet(checkpoints, pipes, tmp_path):
+    """A global_pool_conditions ControlNet (shuffle-like): residuals averaged over the picture in its graph,
+    guess mode forced on, as diffusers does."""
+    from controlnet_helpers import build_controlnet
+    from inpaintrt.export.controlnet import load_controlnet
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.loading import load_pipeline
+
+    net = build_controlnet(30, global_pool_conditions=True)
+    net.save_pretrained(tmp_path / "shuffle")
+    engine = Engine.load(export_engine(load_pipeline(str(checkpoints[9])), tmp_path / "engine", log=lambda *_: None,
+                                       controlnets=[load_controlnet(str(tmp_path / "shuffle"))]))
+    assert engine.manifest["controlnets"][0]["global_pool_conditions"] is True
+    run_both(pipes[9], engine, [net.eval()], strength=0.8, ours=dict(control_image=edge_picture()),
+             theirs=dict(control_image=edge_picture(), controlnet_conditioning_scale=1.0))

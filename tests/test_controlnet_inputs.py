@@ -72,8 +72,8 @@ def test_control_changes_the_result(loaded):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(control_image=edge_picture(96, 96)), r"control_image is 96x96 .* image's size \(160x104\) or at the output"),
     (dict(control_image=[edge_picture(), edge_picture()]), r"control_image has 2 entries but this engine has 1 "),
-    (dict(control_image=edge_picture(), controlnet_conditioning_scale=[1.0, 0.5]), r"has 2 entries but this engine has 1"),
-    (dict(control_image=edge_picture(), control_guidance_start=0.5, control_guidance_end=0.5), r"0 <= start < end <= 1"),
+    (dict(control_image=edge_picture(), controlnet_conditioning_scale=[1.0, 0.5]), r"has 2 entries but .* has 1"),
+    (dict(control_image=edge_picture(), control_guidance_start=0.5, control_guidance_end=0.5), r"0 <= start < end"),
     (dict(control_image=edge_picture(), control_guidance_start=-0.1), r"0 <= start < end"),
     (dict(control_image=edge_picture(), control_guidance_end=1.5), r"0 <= start < end <= 1"),
     (dict(control_image=edge_picture(), controlnet_conditioning_scale=float("nan")), r"must be a finite number"),
@@ -91,7 +91,7 @@ def test_bad_control_arguments_single(loaded, kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(control_image=edge_picture()), r"this engine has 2 ControlNets; pass control_image as a list of 2"),
-    (dict(control_image=[None, None, edge_picture()]), r"control_image has 3 entries but this engine has 2 ControlNets"),
+    (dict(control_image=[None, None, edge_picture()]), r"control_image has 3 entries but this engine has 2 "),
     (dict(controlnet_conditioning_scale=[1.0, 1.0, 1.0]), r"controlnet_conditioning_scale has 3 entries"),
     (dict(control_guidance_start=[0.0, 0.2, 0.4]), r"control_guidance_start has 3 entries and control_guidance_end 3"),
     (dict(control_guidance_start=[0.0, 0.2], control_guidance_end=[1.0]), r"has 2 entries and control_guidance_end 1"),
@@ -159,7 +159,8 @@ def test_controlnet_argument_kinds():
 
     assert parse_controlnet_argument("lllyasviel/control_v11p_sd15_inpaint") == (
         "lllyasviel/control_v11p_sd15_inpaint", "inpaint")
-    assert parse_controlnet_argument("lllyasviel/control_v11p_sd15_canny") == ("lllyasviel/control_v11p_sd15_canny", "plain")
+    canny = "lllyasviel/control_v11p_sd15_canny"
+    assert parse_controlnet_argument(canny) == (canny, "plain")
     assert parse_controlnet_argument("inpaint=./nets/mine") == ("./nets/mine", "inpaint")
     assert parse_controlnet_argument("plain=./nets/inpaint-like") == ("./nets/inpaint-like", "plain")
 

@@ -73,7 +73,7 @@ def check_controlnet(pipe, net: ControlNetSource) -> None:
         raise CheckpointError(f"{name}: SDXL ControlNets are not supported yet (SD 1.x/2.x only)")
     if c.in_channels != pipe.vae.config.latent_channels:
         raise CheckpointError(f"{name} takes {c.in_channels}-channel samples; ControlNets see the "
-                              f"{pipe.vae.config.latent_channels}-channel latents (also with 9-channel inpainting UNets)")
+                              f"{pipe.vae.config.latent_channels}-channel latents (also beside 9-channel UNets)")
     if c.cross_attention_dim != unet.cross_attention_dim:
         raise CheckpointError(f"{name} has cross_attention_dim {c.cross_attention_dim} but the UNet "
                               f"{unet.cross_attention_dim}: it was trained for another Stable Diffusion version")
@@ -114,14 +114,21 @@ def residual_layout(net) -> list[dict]:
     """[{name, channels, downsamplings}] of the ControlNet's outputs (the 12 down residuals and the mid one
     for SD 1.5), found by running it once at a 16x16 latent size."""
     scale = 2 ** (len(net.config.conditioning_embedding_out_channels) - 1)
-    with torch.no_grad():
-        down, mid = net(torch.zeros(1, net.config.in_channels, 16, 16), torch.tensor([1.0]),
-                        encoder_hidden_states=torch.zeros(1, 1, net.config.cross_attention_dim),
-                        controlnet_cond=torch.zeros(1, net.config.conditioning_channels, 16 * scale, 16 * scale),
-                        return_dict=False)
-    names = [f"down_residual_{i}" for i in range(len(down))] + ["mid_residual"]
-    return [{"name": name, "channels": int(x.shape[1]), "downsamplings": int(round(math.log2(16 / x.shape[2])))}
-            for name, x in zip(names, (*down, mid))]
+    blocks = [*net.controlnet_down_blocks, net.controlnet_mid_block]
+    shapes = {}  # read before global_pool_conditions averages them
+    hooks = [b.register_forward_hook(lambda m, i, out, k=k: shapes.__setitem__(k, out.shape))
+             for k, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, net.config.in_channels, 16, 16), torch.tensor([1.0]),
+                encoder_hidden_states=torch.zeros(1, 1, net.config.cross_attention_dim),
+                controlnet_cond=torch.zeros(1, net.config.conditioning_channels, 16 * scale, 16 * scale))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    names = [f"down_residual_{i}" for i in range(len(blocks) - 1)] + ["mid_residual"]
+    return [{"name": name, "channels": int(shapes[k][1]), "downsamplings": int(round(math.log2(16 / shapes[k][2])))}
+            for k, name in enumerate(names)]
 
 
 def _residual_specs(layout: list[dict]) -> list[TensorSpec]:
@@ -169,7 +176,8 @@ def with_controlnets(pipe, specs: list[ComponentSpec], nets: list[ControlNetSour
              TensorSpec("controlnet_cond", "float32", ("batch", cond, "height", "width"))],
             _pooled(residuals) if c.global_pool_conditions else residuals,
             lambda b, h, w, c=c, cond=cond: (torch.randn(b, c.in_channels, h, w, generator=gen),
-                                             torch.rand(b, generator=gen) * 999, torch.randn(b, seq, hidden, generator=gen),
+                                             torch.rand(b, generator=gen) * 999,
+                                             torch.randn(b, seq, hidden, generator=gen),
                                              torch.rand(b, cond, h * scale, w * scale, generator=gen) * 2 - 1),
             [(2, f + 1, 2 * f + 3), (1, 2 * f, 3 * f)],
         ))

@@ -171,7 +171,7 @@ def test_missing_engine_directory(tmp_path):
 
 def test_count_of_bad_input_cases():
     """The README reports this count; keep them in step."""
-    assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 64
+    assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 66
 
 
 def test_unknown_and_unavailable_backends(engines):

@@ -158,7 +158,7 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if soft:
         change = area_resize(r.change_map, models.vae_scale_factor)
         n = len(timesteps)  # after step i, free = left to the model from step i + 1 on (and at the end)
-        free_after = [(change > max(n - i - 2, 0) / n).astype(np.float32) for i in range(n)]
+        free_after = [change > max(n - i - 2, 0) / n for i in range(n)]
 
     for i in progress(range(len(timesteps))):
         index = begin + i
@@ -180,8 +180,10 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             proper = image_latents
             if i < len(timesteps) - 1:
                 proper = scheduler.add_noise(image_latents, noise, index + 1)
-            free = free_after[i] if soft else blend_mask
-            latents = ((1 - free) * proper + free * latents).astype(np.float32)
+            if soft:  # where(), so what the model made for a kept pixel cannot leak in, even as NaN
+                latents = np.where(free_after[i], latents, proper).astype(np.float32)
+            else:
+                latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
         if r.callback is not None:
             try:
                 changed = r.callback(i, t, latents)

@@ -111,3 +111,23 @@ def test_export_step_writes_the_cuda_folder_and_its_record(traced, tmp_path):
     assert record["file"] == "cuda/unet.onnx" and (tmp_path / "cuda" / "unet.onnx").is_file()
     assert record["check"]["kind"] == "structural" and record["check"]["unfused_max_rel_error"] == 1e-3
     assert (tmp_path / "cuda" / "unet.onnx").stat().st_mode & 0o777 == 0o644
+
+
+def test_fp16_export_writes_cuda_graphs_and_records_them(tmp_path):
+    from inpaintrt import Engine
+    from inpaintrt.engine.manifest import read_manifest
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.models import build_pipeline
+
+    root = export_engine(build_pipeline(size="tiny", in_channels=9, seed=9), tmp_path / "e", fp16=True,
+                         log=lambda *_: None)
+    manifest = read_manifest(root)
+    for name, component in manifest["components"].items():
+        cuda = component["cuda"]
+        assert cuda["file"] == f"cuda/{name}.onnx" and all(f in manifest["files"] for f in cuda["files"])
+        assert cuda["precision"] == component["fp16"]["precision"] == "fp16"
+        assert cuda["check"]["unfused_max_rel_error"] == component["fp16"]["max_rel_error"]
+        assert component["optimization"]["target"] == "cpu"  # the CPU-fused graph stays what ort-cpu runs
+    assert manifest["components"]["unet"]["cuda"]["fused"]["NhwcConv"] > 0
+    assert manifest["components"]["text_encoder"]["cuda"]["check"]["kind"] == "onnxruntime-cpu"
+    assert Engine.load(root, backend="auto").backend == "ort-cpu"  # here: no GPU, nothing changes for the CPU

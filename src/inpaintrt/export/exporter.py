@@ -19,6 +19,7 @@ from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, fp32_components
 from .half import FP16_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
+from .cuda_graphs import export_cuda_graph
 from .external_data import save_streaming, weight_bytes
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
@@ -44,7 +45,8 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
                   log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False,
                   controlnets: list | None = None) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
-    torch); tensorrt also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
+    torch) and, when optimizing, CUDA-optimized fp16 graphs for ort-cuda (cuda_graphs.py); tensorrt
+    also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
     release frees each torch component's weights once exported (the pipeline is unusable afterwards):
     peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
     load_controlnet) adds them and makes the UNet take their residuals."""
@@ -112,6 +114,9 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str
     if done_with_torch:  # the references are computed and the graph is on disk: free the torch weights now
         done_with_torch()
     half = _export_fp16(spec, scratch / "graph.onnx", work, references, fp16) if fp16 else None
+    # issue 11: ort-cuda's graph, fused for the CUDA provider and converted from the same traced graph
+    cuda = (export_cuda_graph(spec.name, scratch / "graph.onnx", work, references, fp16, EXTERNAL_DATA_BYTES, half)
+            if fp16 and optimize else None)
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.
     model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)
@@ -142,6 +147,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str
         "parity": {"max_rel_error": float(error), "shapes": [list(s) for s in spec.check_shapes]},
         "optimization": {"target": "cpu", "fused": fused} if optimize else None,
         **({"fp16": half} if half else {}),
+        **({"cuda": cuda} if cuda else {}),
     }
 
 

@@ -194,3 +194,15 @@ def test_sigterm_finishes_the_running_job_cancels_the_queued_and_exits(engine_di
         assert streams[running["id"]][-1][0] == "done", "the running job finishes"
         assert streams[queued["id"]][-1][0] == "cancelled", "the queued job is cancelled"
         assert "stopped" in "".join(s.output)
+
+
+def test_mask_edits_and_modes_reach_the_engine(client, engine):
+    """Issue 15's arguments over HTTP give Engine.inpaint's result for the same seed."""
+    extra = {"mask_grow": 4, "masked_content": "fill", "strength": 0.7, "mask_mode": "soft"}
+    answer = client.post("/v1/inpaint", files=files(), data=form({**FAST, "seed": 3, **extra}))
+    assert answer.status_code == 200, answer.text
+    assert np.array_equal(pixels(answer.content), engine_reference(engine, 3, **extra))
+    inverted = client.post("/v1/inpaint", files=files(), data=form({**FAST, "seed": 3, "mask_invert": "true"}))
+    assert np.array_equal(pixels(inverted.content), engine_reference(engine, 3, mask_invert=True))
+    wrong = client.post("/v1/inpaint", files=files(), data=form({**FAST, "masked_content": "blank"}))
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "masked_content"

@@ -51,6 +51,15 @@ class InpaintParameters(BaseModel):
     blur_factor: float = Field(0, ge=0, le=1000, allow_inf_nan=False, description="Blur radius of the mask edge.")
     keep_unmasked: bool = Field(False, description="Paste the result over the input: unmasked pixels stay as sent.")
     keep_input_size: bool = Field(False, description="Output at the input's size (rounded down to multiples of 8).")
+    mask_mode: Literal["binary", "soft"] = Field(
+        "binary", description="binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps "
+                              "a pixel may change (differential diffusion; white = fully, black = kept).")
+    masked_content: Literal["original", "fill", "latent_noise", "latent_nothing"] = Field(
+        "original", description="What the masked area starts from when strength < 1: the picture (diffusers), "
+                                "colours filled in from around it, pure noise, or nothing.")
+    mask_grow: int = Field(0, ge=0, le=1000, description="Grow the mask by this many pixels before use.")
+    mask_shrink: int = Field(0, ge=0, le=1000, description="Shrink the mask by this many pixels before use.")
+    mask_invert: bool = Field(False, description="Repaint the black part of the mask instead of the white.")
 
 
 class SyncParameters(InpaintParameters):
@@ -171,8 +180,11 @@ def check(params: InpaintParameters, files: dict, limits: Limits, engine_facts: 
     if image.size != mask.size:
         raise ApiError(422, "mask_image", f"mask_image is {mask.size[0]}x{mask.size[1]} but image is "
                        f"{image.size[0]}x{image.size[1]}", "send a mask of exactly the picture's size")
-    if np.asarray(mask.convert("L")).max() < 128:
-        raise ApiError(422, "mask_image", "mask_image is all black (nothing to repaint)",
+    level = np.asarray(mask.convert("L"))
+    level = 255 - level if params.mask_invert else level
+    if level.max() < (1 if params.mask_mode == "soft" else 128):
+        raise ApiError(422, "mask_image", "mask_image marks nothing to repaint (all black"
+                       + (", after mask_invert)" if params.mask_invert else ")"),
                        "paint white where the picture should change")
     _check_output_size(params, image.size, limits, engine_facts)
     total = _count_steps(params, engine_facts)

@@ -139,7 +139,7 @@ function updateButtons() {
 function fields() {
   const form = new FormData();
   for (const name of ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed",
-    "scheduler", "padding_mask_crop", "blur_factor"]) {
+    "scheduler", "padding_mask_crop", "blur_factor", "mask_mode", "masked_content", "mask_grow", "mask_shrink"]) {
     const value = $(name).value.trim();
     if (value !== "") form.append(name, value);
   }

@@ -167,3 +167,11 @@ def sdxl_pipes(sdxl_checkpoints):
     from inpaintrt.export.loading import load_pipeline
 
     return {name: load_pipeline(str(path)) for name, path in sdxl_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def controlnet_exported(checkpoints, tmp_path_factory):
+    """The ControlNet test engines, exported once for every ControlNet test file."""
+    from controlnet_helpers import controlnet_engines
+
+    return controlnet_engines(checkpoints, tmp_path_factory)

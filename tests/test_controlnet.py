@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import diffusers_inpaint, record
-from controlnet_helpers import (SIZE, controlnet_engines, controlnet_pipeline, edge_picture, inputs,
+from controlnet_helpers import (SIZE, controlnet_pipeline, edge_picture, inputs,
                                 make_inpaint_condition)
 from inpaintrt import Engine
 
@@ -13,8 +13,8 @@ PROMPT = "a red bench in a park"
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoints, tmp_path_factory):
-    return controlnet_engines(checkpoints, tmp_path_factory)
+def exported(controlnet_exported):
+    return controlnet_exported
 
 
 @pytest.fixture(scope="module")

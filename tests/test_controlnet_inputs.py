@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pytest
 
-from controlnet_helpers import SIZE, build_controlnet, controlnet_engines, edge_picture, inputs
+from controlnet_helpers import SIZE, build_controlnet, edge_picture, inputs
 from inpaintrt import Engine
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoints, tmp_path_factory):
-    return controlnet_engines(checkpoints, tmp_path_factory)
+def exported(controlnet_exported):
+    return controlnet_exported
 
 
 @pytest.fixture(scope="module")

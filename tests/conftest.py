@@ -3,12 +3,11 @@ runs whose every random draw comes from a numpy generator (DESIGN.md §4), so an
 same seed must reproduce them."""
 from __future__ import annotations
 
-import contextlib
-import sys
-
 import numpy as np
 import pytest
 from PIL import Image
+
+from inpaintrt.export.replay import numpy_randn  # noqa: F401 (test files import it from here)
 
 
 PARITY: dict[str, float] = {}  # measure -> worst value seen, printed after the run
@@ -43,32 +42,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorrt" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-@contextlib.contextmanager
-def numpy_randn(seed: int, shapes: list | None = None):
-    """Make diffusers draw every randn_tensor from numpy's default_rng(seed), in its own call order
-    (appending each draw's shape to `shapes` when given)."""
-    import torch
-    from diffusers.utils import torch_utils
-
-    original = torch_utils.randn_tensor
-    rng = np.random.default_rng(seed)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        if shapes is not None:
-            shapes.append(tuple(shape))
-        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
-
-    patched = [m for m in list(sys.modules.values())
-               if m is not None and m.__name__.startswith("diffusers") and getattr(m, "randn_tensor", None) is original]
-    for module in patched:
-        module.randn_tensor = randn_tensor
-    try:
-        yield
-    finally:
-        for module in patched:
-            module.randn_tensor = original
 
 
 # our scheduler name -> the diffusers class (and config) a diffusers user would pick

@@ -43,12 +43,14 @@ class DeviceArray(np.ndarray):
 
 
 def _wrap(result):
-    if isinstance(result, tuple):
-        return tuple(_wrap(r) for r in result)
+    if isinstance(result, (tuple, list)):
+        return type(result)(_wrap(r) for r in result)
     return np.asarray(result).view(DeviceArray) if isinstance(result, np.ndarray) else result
 
 
 def _plain(a):
+    if isinstance(a, (list, tuple)):
+        return type(a)(_plain(x) for x in a)
     return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
 
 
@@ -117,3 +119,61 @@ def test_every_scheduler_runs_on_a_device_array_module(config_name, case, steps,
         trajectories.append(path)
     for i, (a, b) in enumerate(zip(*trajectories)):
         np.testing.assert_array_equal(a, b, err_msg=f"step {i}")
+
+
+class DeviceSessions(dict):
+    """The engine's CPU sessions behind device arrays, as ort-cuda's are behind cupy: device feeds give
+    device outputs. Records which UNet feeds arrived as device arrays."""
+
+    def __init__(self, sessions):
+        super().__init__({name: _DeviceSession(session, self) for name, session in sessions.items()})
+        self.unet_feeds = []
+
+
+class _DeviceSession:
+    def __init__(self, session, owner):
+        self.session, self.owner, self.name = session, owner, None
+
+    def run(self, feeds):
+        on_device = {name for name, v in feeds.items() if isinstance(v, DeviceArray)}
+        if "sample" in feeds:
+            self.owner.unet_feeds.append(on_device == set(feeds))
+        outputs = self.session.run({name: _plain(v) for name, v in feeds.items()})
+        return {k: device.asarray(v) for k, v in outputs.items()} if on_device else outputs
+
+
+LOOP_CASES = {
+    "default": {},
+    "partial strength": dict(strength=0.6, scheduler="euler_a"),
+    "soft mask": dict(mask_mode="soft", blur_factor=9),
+    "latent noise": dict(strength=0.7, masked_content="latent_noise"),
+}
+
+
+@pytest.mark.parametrize("channels", [9, 4])
+@pytest.mark.parametrize("case", list(LOOP_CASES))
+def test_the_whole_loop_runs_on_the_device_array_module(engines, channels, case):
+    """Engine.inpaint with its loop on the stand-in device module (as ort-cuda runs it on cupy) gives the
+    numpy loop's image bit for bit, and every UNet call sees only device arrays: the latents, masks and
+    text embeddings stay on the device for the whole loop."""
+    from conftest import sample_image, sample_mask
+    from inpaintrt import Engine
+
+    seen = []
+
+    def callback(step, timestep, latents):
+        seen.append(array_module(latents).__name__)
+
+    args = dict(prompt=["a red door", "a blue sky"], negative_prompt="dark", num_inference_steps=4, generator=5,
+                output_type="np", progress=False, callback_on_step_end=callback, **LOOP_CASES[case])
+    host = Engine.load(engines[channels], backend="ort-cpu")
+    expected = host.inpaint(sample_image(), sample_mask(), **args).images
+    on_device = Engine.load(engines[channels], backend="ort-cpu")
+    on_device.sessions = DeviceSessions(on_device.sessions)
+    on_device.xp = device
+    got = on_device.inpaint(sample_image(), sample_mask(), **args).images
+
+    assert type(got) is np.ndarray and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert on_device.sessions.unet_feeds and all(on_device.sessions.unet_feeds), "a UNet feed came from the host"
+    assert set(seen) == {"numpy", "device"}, "the callback should see the loop's own arrays"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import warnings
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -147,6 +149,18 @@ def test_graph_choice():
     assert graph_for_cuda({**fp32, "fp16": {"file": "fp16/unet.onnx", "precision": "fp16"}}) == ("fp16/unet.onnx", "fp16")
     sdxl_vae = {**fp32, "fp16": {"file": "fp16/v.onnx", "precision": "fp32"}, "cuda": {"file": "cuda/v.onnx", "precision": "fp32"}}
     assert graph_for_cuda(sdxl_vae) == ("cuda/v.onnx", "fp32")
+    assert graph_for_cuda(sdxl_vae, "fp32") == ("unet.onnx", "fp32")  # precision='fp32': the exact graphs
+
+
+@pytest.mark.parametrize("backend,precision,message", [
+    ("ort-cpu", "fp16", "precision='fp16' chooses ort-cuda's graphs; backend 'ort-cpu'"),
+    ("auto", "half", "precision 'half' is unknown; choose one of fp16, fp32"),
+])
+def test_precision_is_checked_before_loading(engines, backend, precision, message):
+    from inpaintrt import Engine
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Engine.load(engines[9], backend=backend, precision=precision)
 
 
 # ---- on a GPU (written without one: these have never run) ----

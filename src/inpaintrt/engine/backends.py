@@ -73,14 +73,24 @@ def load_tensorrt():
     return trt, cupy, {"name": name, "compute_capability": f"{props['major']}.{props['minor']}"}
 
 
-def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False) -> tuple[str, dict]:
-    """(the backend that runs, {component: executor})."""
+PRECISIONS = ("fp16", "fp32")
+
+
+def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
+                 precision: str | None = None) -> tuple[str, dict]:
+    """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
+    default where the directory has them) or "fp32" (diffusers' exact results)."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)} or leave it unset")
+    if precision is not None and name not in ("ort-cuda", "auto"):
+        raise ValueError(f"precision={precision!r} chooses ort-cuda's graphs; backend {name!r} runs the graphs or "
+                         "plans it has: leave precision unset, or use backend='ort-cuda'")
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 
-        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph)
+        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision)
     if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
         try:
             return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
@@ -89,13 +99,13 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
     if name == "auto":
-        cuda = _auto_ort_cuda(root, manifest, cuda_graph)
+        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision)
         if cuda is not None:
             return "ort-cuda", cuda
     return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in manifest["components"]}
 
 
-def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool) -> dict | None:
+def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str | None = None) -> dict | None:
     """ort-cuda's executors when it starts; None, saying why, when backend='auto' has to take the CPU."""
     import onnxruntime as ort
 
@@ -106,7 +116,7 @@ def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool) -> dict | None:
     from .ort_cuda import ort_cuda_sessions
 
     try:
-        return ort_cuda_sessions(root, manifest, cuda_graph)
+        return ort_cuda_sessions(root, manifest, cuda_graph, precision)
     except BackendError as e:
         warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=4)
         return None

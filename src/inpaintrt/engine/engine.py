@@ -11,6 +11,7 @@ from ..runtime import masking
 from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
+from ..runtime.xp import to_host
 from . import arguments as check
 from .backends import open_backend
 from .manifest import read_manifest
@@ -33,6 +34,8 @@ class Engine:
         self.scheduler_config = manifest["scheduler"]
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
         self.family = self.model["family"]
+        # where the denoising loop runs: ort-cuda keeps it on the GPU (cupy), the others on the host
+        self.xp = __import__("cupy") if backend == "ort-cuda" else np
         self.text = TextConditioner(root, manifest, sessions)
         self.controlnets = ControlNets(manifest, sessions)  # issue 16; empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
@@ -51,15 +54,16 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
-             cuda_graph: bool = False) -> "Engine":
+             cuda_graph: bool = False, precision: str | None = None) -> "Engine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
-        CPU, with a warning), "tensorrt" or "ort-cpu". cuda_graph: TensorRT replays the UNet call as a
-        CUDA graph."""
+        CPU, with a warning), "tensorrt", "ort-cuda" or "ort-cpu". cuda_graph: TensorRT / ort-cuda replay
+        the UNet call as a CUDA graph. precision: ort-cuda's graphs, "fp16" (default where exported
+        with --fp16) or "fp32"."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=verify_hashes)
-        return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph))
+        return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision))
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
                       prompt_2=None, negative_prompt_2=None):
@@ -99,7 +103,8 @@ class Engine:
         pixels are unchanged (output at the input's size); `keep_input_size` sets height/width from
         the input (rounded down to multiples of 8); `image` may be latents (1, 4, h, w) from an
         earlier `output_type="latent"` call; `callback_on_step_end(step, timestep, latents)` may
-        return new latents or raise StopDenoising to finish early.
+        return new latents or raise StopDenoising to finish early (on ort-cuda the latents it sees are
+        cupy arrays: the loop stays on the GPU).
 
         Beyond diffusers (the defaults keep diffusers' results): `mask_mode="soft"` reads the mask's
         grey levels as a change map (Differential Diffusion: white is repainted for every step, black
@@ -187,10 +192,10 @@ class Engine:
             latents=latents, callback=callback_on_step_end, image_latents=given_latents,
             denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content, control=control,
         )
-        final = denoise(self._models, sched, request, gen, _progress(progress))
+        final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
         if output_type == "latent":
-            return InpaintOutput(final)
-        images = imaging.postprocess(decode_latents(self._models, final))
+            return InpaintOutput(to_host(final))
+        images = imaging.postprocess(to_host(decode_latents(self._models, final)))
         if crop is None and not keep_unmasked:
             return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images)
         pasted = [masking.overlay(mask, picture, result, crop) for result in imaging.to_pil(images)]

@@ -229,17 +229,22 @@ class CheckedDecoder:
         return self.fp32.run(feeds)
 
 
-def graph_for_cuda(component: dict) -> tuple[str, str]:
+def graph_for_cuda(component: dict, precision: str | None = None) -> tuple[str, str]:
     """(file, precision) ort-cuda runs for a manifest component: the CUDA-optimized fp16 graph of
-    `inpaint-export --fp16`, else the plain fp16 graph, else the fp32 one."""
-    for key in ("cuda", "fp16"):
+    `inpaint-export --fp16`, else the plain fp16 graph, else the fp32 one; precision "fp32" takes the
+    fp32 graph."""
+    for key in ("cuda", "fp16") if precision != "fp32" else ():
         if key in component:
             return component[key]["file"], component[key].get("precision", "fp16")
     return component["file"], "fp32"
 
 
-def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False) -> dict:
+def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, precision: str | None = None) -> dict:
     """{component: executor} on the GPU, or BackendError."""
+    graphs = {name: graph_for_cuda(c, precision) for name, c in manifest["components"].items()}
+    if precision == "fp16" and not any(p == "fp16" for _, p in graphs.values()):
+        raise BackendError(f"{root} has no fp16 graphs; export with `inpaint-export --fp16`, or load with "
+                           "precision='fp32'")
     ort, cupy = load_ort_cuda()
     stream = cupy.cuda.Stream(non_blocking=False)  # blocking: the loop's default-stream math waits for it
 
@@ -248,12 +253,12 @@ def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False) -> d
 
     sessions = {}
     for name, component in manifest["components"].items():
-        file, precision = graph_for_cuda(component)
+        file, graph_precision = graphs[name]
         executor = open_one(name, file, cuda_graph and name == "unet")
-        if name == "vae_decoder" and precision == "fp16":
+        if name == "vae_decoder" and graph_precision == "fp16":
             executor = CheckedDecoder(executor, lambda c=component: open_one("vae_decoder", c["file"]))
         sessions[name] = executor
-    if not any(graph_for_cuda(c)[1] == "fp16" for c in manifest["components"].values()):
+    if precision is None and not any(p == "fp16" for _, p in graphs.values()):
         warnings.warn(f"{root} has no fp16 graphs; ort-cuda runs the fp32 ones. Export with `inpaint-export --fp16` "
                       "for the CUDA-optimized fp16 graphs", RuntimeWarning, stacklevel=3)
     return sessions

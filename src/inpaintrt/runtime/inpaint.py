@@ -25,6 +25,7 @@ import numpy as np
 
 from .images import area_resize, nearest_resize
 from .noise import draw
+from .xp import array_module, to_host
 
 
 class StopDenoising(Exception):
@@ -70,7 +71,8 @@ class Request:
 def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
     """VAE encode and sample the latent distribution, scaled: diffusers' _encode_vae_image."""
     mean, logvar = models.encode(image)
-    sample = mean + np.exp(0.5 * logvar) * draw(generator, mean.shape)
+    xp = array_module(mean)
+    sample = mean + xp.exp(0.5 * logvar) * xp.asarray(draw(generator, mean.shape))
     return models.vae_scaling_factor * sample
 
 
@@ -108,9 +110,16 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
     return begin, timesteps
 
 
-def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter) -> np.ndarray:
-    """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'."""
+def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter, xp=np) -> np.ndarray:
+    """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'.
+
+    The request holds host (numpy) arrays; the loop runs on the array module `xp` (DESIGN.md §9): numpy,
+    or cupy, where the latents, masks and text embeddings stay on the GPU for the whole loop and the
+    result is a device array. The noise is drawn on the host generator in diffusers' order and moved."""
     r = request
+    noise_of = lambda shape: xp.asarray(draw(generator, shape))  # noqa: E731
+    image = xp.asarray(r.image)
+    conditioning = {name: xp.asarray(value) for name, value in r.conditioning.items()}
     _, _, height, width = r.image.shape
     shape = (r.batch, models.latent_channels, height // models.vae_scale_factor, width // models.vae_scale_factor)
     begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength, r.denoising_start,
@@ -122,12 +131,12 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     # draw 1: the image's own latents, when the 4-channel blend, a partial strength or a hand-off needs them
     image_latents = None
     if r.image_latents is not None:
-        image_latents = np.repeat(r.image_latents, r.batch, axis=0)
+        image_latents = xp.repeat(xp.asarray(r.image_latents), r.batch, axis=0)
     elif blend or continuing or (r.latents is None and not full_strength):
-        image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
+        image_latents = xp.repeat(encode_latents(models, image, generator), r.batch, axis=0)
     # draw 2: the initial noise, unless the caller gave it (a hand-off draws it and starts from the image)
-    noise = draw(generator, shape) if continuing or r.latents is None else r.latents.astype(np.float32)
-    mask = nearest_resize(r.mask, shape[2], shape[3])
+    noise = noise_of(shape) if continuing or r.latents is None else xp.asarray(r.latents, dtype=np.float32)
+    mask = xp.asarray(nearest_resize(r.mask, shape[2], shape[3]))
     copies = 2 if r.guided else 1
     # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and throws
     # them away (drawing the same noise without the VAE encode keeps the draws in step), except when the
@@ -136,17 +145,17 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         if r.image_latents is None:
             draw(generator, (1, *shape[1:]))
     else:
-        masked_latents = encode_latents(models, r.image * (r.mask < 0.5), generator)
-        unet_mask = np.repeat(mask, r.batch * copies, axis=0)
-        unet_masked = np.repeat(masked_latents, r.batch * copies, axis=0)
-    blend_mask = np.repeat(mask, r.batch, axis=0)
+        masked_latents = encode_latents(models, xp.asarray(r.image * (r.mask < 0.5)), generator)
+        unet_mask = xp.repeat(mask, r.batch * copies, axis=0)
+        unet_masked = xp.repeat(masked_latents, r.batch * copies, axis=0)
+    blend_mask = xp.repeat(mask, r.batch, axis=0)
     # beyond diffusers, drawn after diffusers' draws so the defaults keep them: draw 4, the image
     # latents a soft mask blends back (9-channel at strength 1 has none yet); draw 5, latent noise
     soft = r.change_map is not None
     if soft and image_latents is None:
-        image_latents = np.repeat(encode_latents(models, r.image, generator), r.batch, axis=0)
+        image_latents = xp.repeat(encode_latents(models, image, generator), r.batch, axis=0)
     if image_latents is not None and r.masked_content in ("latent_noise", "latent_nothing"):
-        fresh = draw(generator, (1, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
+        fresh = noise_of((1, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
         image_latents = ((1 - blend_mask) * image_latents + blend_mask * fresh).astype(np.float32)
     if continuing:
         latents = image_latents
@@ -158,22 +167,23 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if soft:
         change = area_resize(r.change_map, models.vae_scale_factor)
         n = len(timesteps)  # after step i, free = left to the model from step i + 1 on (and at the end)
-        free_after = [change > max(n - i - 2, 0) / n for i in range(n)]
+        free_after = [xp.asarray(change > max(n - i - 2, 0) / n) for i in range(n)]
 
     for i in progress(range(len(timesteps))):
         index = begin + i
         t = timesteps[i]
-        model_input = np.concatenate([latents] * copies) if r.guided else latents
+        model_input = xp.concatenate([latents] * copies) if r.guided else latents
         model_input = scheduler.scale_model_input(model_input, index)
-        timestep = np.full((model_input.shape[0],), t, dtype=np.float32)
-        feeds = r.conditioning
-        if r.control is not None:  # ControlNet residuals (runtime/control.py)
-            feeds = {**feeds, **r.control(i, len(timesteps), model_input.astype(np.float32), timestep)}
+        timestep = xp.full((model_input.shape[0],), t, dtype=np.float32)
+        feeds = conditioning
+        if r.control is not None:  # ControlNet residuals (runtime/control.py, on the host)
+            residuals = r.control(i, len(timesteps), to_host(model_input).astype(np.float32), to_host(timestep))
+            feeds = {**feeds, **{name: xp.asarray(value) for name, value in residuals.items()}}
         if not blend:
-            model_input = np.concatenate([model_input, unet_mask, unet_masked], axis=1)
-        pred = models.unet(model_input.astype(np.float32), timestep, feeds)
+            model_input = xp.concatenate([model_input, unet_mask, unet_masked], axis=1)
+        pred = models.unet(model_input.astype(np.float32), timestep, feeds).astype(np.float32, copy=False)
         if r.guided:
-            uncond, cond = np.split(pred, 2)
+            uncond, cond = xp.split(pred, 2)
             pred = uncond + r.guidance_scale * (cond - uncond)
         latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
         if blend or soft:
@@ -181,7 +191,7 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             if i < len(timesteps) - 1:
                 proper = scheduler.add_noise(image_latents, noise, index + 1)
             if soft:  # where(), so what the model made for a kept pixel cannot leak in, even as NaN
-                latents = np.where(free_after[i], latents, proper).astype(np.float32)
+                latents = xp.where(free_after[i], latents, proper).astype(np.float32)
             else:
                 latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
         if r.callback is not None:
@@ -190,23 +200,26 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             except StopDenoising:
                 break
             if changed is not None:
-                latents = _checked_callback_latents(changed, latents.shape)
+                latents = _checked_callback_latents(changed, latents.shape, xp)
     return latents
 
 
-def _checked_callback_latents(changed, shape) -> np.ndarray:
-    changed = np.asarray(changed, dtype=np.float32)
-    if changed.shape != shape or not np.isfinite(changed).all():
+def _checked_callback_latents(changed, shape, xp=np) -> np.ndarray:
+    changed = xp.asarray(changed, dtype=np.float32)
+    if changed.shape != shape or not bool(xp.isfinite(changed).all()):
         raise ValueError(f"callback_on_step_end returned latents of shape {changed.shape}; return finite {shape} or None")
     return changed
 
 
 def decode_latents(models: Models, latents: np.ndarray) -> np.ndarray:
+    """The VAE decode of latents of any array module, in that module (one host read: the NaN check)."""
+    xp = array_module(latents)
     if models.vae_latents_mean is not None:
-        latents = latents * models.vae_latents_std / models.vae_scaling_factor + models.vae_latents_mean
+        mean, std = xp.asarray(models.vae_latents_mean), xp.asarray(models.vae_latents_std)
+        latents = latents * std / models.vae_scaling_factor + mean
     else:
         latents = latents / models.vae_scaling_factor
     image = models.decode(latents.astype(np.float32))
-    if not np.isfinite(image).all():
+    if not bool(array_module(image).isfinite(image).all()):
         raise FloatingPointError("the VAE decoder produced NaN or infinite values; the image would be garbage")
     return image

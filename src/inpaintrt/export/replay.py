@@ -30,7 +30,7 @@ def numpy_randn(seed: int, shapes: list | None = None):
         return values.to(device=device or "cpu", dtype=dtype or torch.float32)
 
     patched = [m for m in list(sys.modules.values())
-               if m is not None and m.__name__.startswith("diffusers") and getattr(m, "randn_tensor", None) is original]
+               if getattr(m, "__name__", "").startswith("diffusers") and getattr(m, "randn_tensor", None) is original]
     for module in patched:
         module.randn_tensor = randn_tensor
     try:

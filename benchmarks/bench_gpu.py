@@ -318,15 +318,17 @@ def device_info() -> dict:
 
 
 def _commit() -> str | None:
-    """The commit measured: git's, or INPAINTRT_COMMIT where the tree travelled without its .git."""
+    """The commit measured: INPAINTRT_COMMIT when set (a copied tree's .git can be stale), else git's."""
     import os
 
+    if os.environ.get("INPAINTRT_COMMIT"):
+        return os.environ["INPAINTRT_COMMIT"]
     try:
         found = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         found = ""
-    return found or os.environ.get("INPAINTRT_COMMIT")
+    return found or None
 
 
 def summarize(runs: dict, args, engine: Path) -> dict:

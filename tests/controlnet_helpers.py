@@ -49,6 +49,8 @@ def controlnet_pipeline(pipe, nets):
         controlnet=nets if len(nets) > 1 else nets[0], scheduler=pipe.scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     control.set_progress_bar_config(disable=True)
+    # the checkpoint's scheduler config, not whatever scheduler an earlier test left on the shared pipe
+    control.checkpoint_scheduler_config = getattr(pipe, "checkpoint_scheduler_config", pipe.scheduler.config)
     return control
 
 

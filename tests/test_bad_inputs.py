@@ -49,6 +49,8 @@ CALL_CASES = [  # (overrides, expected message fragment)
     (dict(num_inference_steps=0), "num_inference_steps=0 must be an integer >= 1"),
     (dict(num_inference_steps=1000, scheduler="ddim"), "reach timestep 1000, past the model's 1000 training steps"),
     (dict(num_inference_steps=1000, scheduler="pndm"), "use fewer steps"),
+    (dict(num_inference_steps=1000, scheduler="unipc"), r"timestep \d+ twice, and its multistep update would divide by zero"),
+    (dict(num_inference_steps=1000, scheduler="dpmpp_2m"), r"use fewer steps \(e\.g\. 999\) or another scheduler"),
     (dict(num_inference_steps=-3), "num_inference_steps=-3 must be an integer >= 1"),
     (dict(num_inference_steps=2.5), "num_inference_steps=2.5 must be an integer >= 1"),
     (dict(guidance_scale=float("nan")), "guidance_scale=nan must be a finite number"),
@@ -171,7 +173,7 @@ def test_missing_engine_directory(tmp_path):
 
 def test_count_of_bad_input_cases():
     """The README reports this count; keep them in step."""
-    assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 66
+    assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 68
 
 
 def test_unknown_and_unavailable_backends(engines):

@@ -111,6 +111,16 @@ def check_indexable(config: dict, timesteps: np.ndarray, num_steps: int) -> None
                          f"{int(timesteps.max())}, past the model's {n} training steps; use fewer steps (e.g. {n // 2})")
 
 
+def check_distinct(sigmas: np.ndarray, timesteps: np.ndarray, num_steps: int) -> None:
+    """Multistep solvers divide by the step between consecutive noise levels: a repeated one (linspace
+    spacing rounds two steps onto one timestep near num_train_timesteps steps) gives NaN, in diffusers too."""
+    same = np.flatnonzero(sigmas[:-2] == sigmas[1:-1])
+    if same.size:
+        raise ValueError(f"num_inference_steps={num_steps} gives this scheduler timestep {int(timesteps[same[0]])} "
+                         "twice, and its multistep update would divide by zero (diffusers returns NaN there); "
+                         f"use fewer steps (e.g. {num_steps - 1}) or another scheduler")
+
+
 def spaced_timesteps(config: dict, num_steps: int) -> np.ndarray:
     """Descending float64 timesteps for `num_steps` steps, following config['timestep_spacing']."""
     n = config["num_train_timesteps"]

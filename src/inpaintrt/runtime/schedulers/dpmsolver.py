@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import SchedulerBase
+from .common import SchedulerBase, check_distinct
 from .sigmas import karras_sigmas, sigma_to_t
 
 
@@ -39,6 +39,7 @@ class DPMSolverMultistep(SchedulerBase):
         last_sigma = train_sigmas[0] if c["final_sigmas_type"] == "sigma_min" else 0
         self.sigmas = np.concatenate([sigmas, [last_sigma]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.int64)
+        check_distinct(self.sigmas, self.timesteps, num_steps)
         self.outputs: list[np.ndarray] = []
 
     @staticmethod

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .common import check_distinct
 from .dpmsolver import DPMSolverMultistep, multistep_timesteps
 from .sigmas import karras_sigmas, sigma_to_t
 
@@ -32,6 +33,7 @@ class UniPC(DPMSolverMultistep):
             last = train_sigmas[0] if c["final_sigmas_type"] == "sigma_min" else 0
         self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.int64)
+        check_distinct(self.sigmas, self.timesteps, num_steps)
         self.outputs: list[np.ndarray] = []
         self.last_sample = None
         self.this_order = 1

@@ -1,4 +1,5 @@
-"""Load a Stable Diffusion 1.x/2.x or SDXL checkpoint with diffusers: hub id, local folder or single file.
+"""Load a Stable Diffusion 1.x/2.x or SDXL checkpoint with diffusers: hub id, local folder or single file
+(Kandinsky 2.2 is detected here and loaded by kandinsky.py).
 
 The family is read from the checkpoint itself (the pipeline class in model_index.json, the UNet's
 config, or the single file's key names), never guessed from weight shapes."""
@@ -27,6 +28,9 @@ def load_pipeline(model: str, config: str | None = None):
 
     path = Path(model)
     family = checkpoint_family(model, config)
+    if family == "kandinsky22":
+        raise CheckpointError(f"--model {model!r} is a Kandinsky 2.2 pipeline; export/kandinsky.py's load_kandinsky "
+                              "loads it (inpaint-export does so by itself)")
     pipeline_class = getattr(diffusers, PIPELINES[family])
     common = dict(dtype=torch.float32)
     if family == "sd":
@@ -62,7 +66,7 @@ PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLI
 
 
 def checkpoint_family(model: str, config: str | None = None) -> str:
-    """"sdxl" or "sd" (1.x/2.x), from what the checkpoint says about itself."""
+    """"sdxl", "sd" (1.x/2.x) or "kandinsky22", from what the checkpoint says about itself."""
     path = Path(model)
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if config:
@@ -87,6 +91,8 @@ def checkpoint_family(model: str, config: str | None = None) -> str:
 
 
 def _family_of_index(index: dict) -> str:
+    if index.get("_class_name", "").startswith("KandinskyV22"):  # issue 18: export/kandinsky.py loads these
+        return "kandinsky22"
     return "sdxl" if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
 
 

@@ -39,6 +39,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True,
                         help="hub id (e.g. runwayml/stable-diffusion-inpainting), diffusers folder or .safetensors file")
     parser.add_argument("--output", required=True, help="engine directory to write (written atomically)")
+    parser.add_argument("--prior", help="Kandinsky 2.2: the prior (e.g. kandinsky-community/kandinsky-2-2-prior) for "
+                                        "--model kandinsky-community/kandinsky-2-2-decoder-inpaint; without it the "
+                                        "engine needs image_embeds")
     parser.add_argument("--config", help="single-file checkpoints only: a diffusers folder or hub id with its configs "
                                          "and tokenizer (otherwise diffusers infers them, which needs the hub)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing engine directory")
@@ -74,6 +77,10 @@ def export_main(argv: list[str] | None = None) -> int:
     from .export.trt_build import PlanBuildError
 
     try:
+        from .export.loading import checkpoint_family
+
+        if checkpoint_family(args.model, args.config) == "kandinsky22" or args.prior:
+            return _export_kandinsky(args)
         tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config)
         controlnets = None
@@ -84,6 +91,26 @@ def export_main(argv: list[str] | None = None) -> int:
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
                       fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def _export_kandinsky(args) -> int:
+    """issue 18: the decoder (+ prior) graphs; the GPU options are not built for this family yet."""
+    from .export.exporter import ExportError
+    from .export.kandinsky import export_kandinsky, load_kandinsky
+    from .export.loading import CheckpointError
+
+    refused = [flag for flag, given in (("--backend tensorrt", args.backend == "tensorrt"), ("--fp16", args.fp16),
+                                        ("--controlnet", args.controlnet), ("--config", args.config)) if given]
+    if refused:
+        return _fail(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available for Kandinsky 2.2 engines "
+                     "yet; export without")
+    try:
+        decoder, prior = load_kandinsky(args.model, args.prior)
+        export_kandinsky(decoder, prior, args.output, source=args.model, prior_source=args.prior or "",
+                         overwrite=args.overwrite, optimize=not args.no_optimize)
+    except (CheckpointError, ExportError, ValueError) as e:
         return _fail(str(e))
     return 0
 

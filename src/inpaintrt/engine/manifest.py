@@ -14,6 +14,10 @@ FORMAT_VERSION = 1
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # an SDXL refiner has only the second text encoder; base and inpainting checkpoints have both
 SDXL_COMPONENTS = ("text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+# Kandinsky 2.2 (issue 18): the decoder always, the prior's two graphs when exported with --prior
+KANDINSKY_COMPONENTS = ("unet", "movq_encoder", "movq_decoder")
+KANDINSKY_PRIOR_COMPONENTS = ("prior_text_encoder", "prior")
+KANDINSKY_PRIOR_KEYS = ("scheduler", "embedding_dim", "tokenizer", "constants")
 MODEL_KEYS = (
     "family", "unet_in_channels", "prediction_type", "latent_channels", "vae_scale_factor",
     "vae_scaling_factor", "default_height", "default_width",
@@ -42,7 +46,10 @@ def describe_files(root: Path) -> dict:
 
 
 def required_components(manifest: dict) -> tuple[str, ...]:
-    return SDXL_COMPONENTS if manifest.get("model", {}).get("family") == "sdxl" else COMPONENTS
+    family = manifest.get("model", {}).get("family")
+    if family == "kandinsky22":
+        return KANDINSKY_COMPONENTS + (KANDINSKY_PRIOR_COMPONENTS if manifest.get("prior") else ())
+    return SDXL_COMPONENTS if family == "sdxl" else COMPONENTS
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
@@ -71,7 +78,11 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
         raise EngineDirectoryError(
             f"{root} has manifest format version {version!r}, but this inpaintrt reads version {FORMAT_VERSION}; {rebuild}"
         )
-    missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest]
+    kandinsky = manifest.get("model", {}).get("family") == "kandinsky22"  # a decoder-only one has no tokenizer
+    missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest
+               and not (kandinsky and k == "tokenizer")]
+    missing += [f"prior.{k}" for k in KANDINSKY_PRIOR_KEYS if kandinsky and manifest.get("prior") is not None
+                and k not in manifest["prior"]]
     missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
     missing += _missing_plan_keys(manifest)

@@ -11,7 +11,8 @@ import contextlib
 import io
 
 # component -> onnxruntime.transformers model type
-MODEL_TYPES = {"unet": "unet", "text_encoder": "clip", "text_encoder_2": "clip", "vae_encoder": "vae", "vae_decoder": "vae"}
+MODEL_TYPES = {"unet": "unet", "text_encoder": "clip", "text_encoder_2": "clip", "vae_encoder": "vae", "vae_decoder": "vae",
+               "prior_text_encoder": "clip"}  # the last: Kandinsky 2.2's prior
 CUDA_ONLY = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
              "enable_packed_qkv", "enable_packed_kv", "enable_bias_add")
 

@@ -63,7 +63,8 @@ device = types.SimpleNamespace(
     asarray=lambda a, dtype=None: np.array(_plain(a), dtype=dtype).view(DeviceArray),
     asnumpy=lambda a: np.array(_plain(a)),
     **{name: _device_function(name) for name in ("clip", "where", "concatenate", "repeat", "split", "full",
-                                                  "zeros", "empty", "exp", "sqrt", "isfinite")},
+                                                  "zeros", "empty", "exp", "sqrt", "isfinite", "broadcast_to",
+                                                  "zeros_like")},
 )
 
 
@@ -177,3 +178,25 @@ def test_the_whole_loop_runs_on_the_device_array_module(engines, channels, case)
     np.testing.assert_array_equal(got, expected)
     assert on_device.sessions.unet_feeds and all(on_device.sessions.unet_feeds), "a UNet feed came from the host"
     assert set(seen) == {"numpy", "device"}, "the callback should see the loop's own arrays"
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_controlnet_residuals_stay_on_the_device_array_module(controlnet_exported, guess_mode):
+    """ControlNet residuals are made and summed in the loop's module: with the stand-in device module the
+    image is the numpy loop's bit for bit and the UNet (residual feeds included) sees only device arrays."""
+    from controlnet_helpers import SIZE, edge_picture, inputs
+    from inpaintrt import Engine
+
+    image, mask = inputs()
+    args = dict(prompt="a red bench", num_inference_steps=3, generator=4, output_type="np", progress=False,
+                control_image=edge_picture(), guess_mode=guess_mode, control_guidance_end=0.6, **SIZE)
+    path = controlnet_exported["engines"]["single"]
+    expected = Engine.load(path, backend="ort-cpu").inpaint(image, mask, **args).images
+    on_device = Engine.load(path, backend="ort-cpu")
+    on_device.sessions = DeviceSessions(on_device.sessions)
+    on_device.controlnets.sessions = on_device.sessions
+    on_device.xp = device
+    got = on_device.inpaint(image, mask, **args).images
+
+    np.testing.assert_array_equal(got, expected)
+    assert on_device.sessions.unet_feeds and all(on_device.sessions.unet_feeds), "a UNet feed came from the host"

@@ -9,6 +9,7 @@ ControlNet never sees the 9-channel UNet input) and adds what it returns to the 
   with classifier-free guidance the ControlNet runs on the conditional half only, zeros for the other;
 - several ControlNets: their residuals summed in order;
 - no ControlNet running: zeros, which leave the residual-input UNet equal to the plain one.
+The residuals are arrays of the model input's module (cupy on ort-cuda: they never leave the GPU).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from .xp import array_module
 
 
 @dataclass
@@ -43,32 +46,40 @@ class ControlResiduals:
         self.units, self.layout, self.hidden = units, layout, hidden_states
         self.guided, self.guess_mode = guided, guess_mode
         self._zeros: dict[tuple, dict] = {}
+        self._moved: dict[str, tuple] = {}  # host arrays moved to the loop's module once
 
     def shapes(self, rows: int, height: int, width: int) -> dict[str, tuple]:
         return {r["name"]: (rows, r["channels"], residual_size(height, r["downsamplings"]),
                             residual_size(width, r["downsamplings"])) for r in self.layout}
 
-    def zeros(self, rows: int, height: int, width: int) -> dict[str, np.ndarray]:
-        key = (rows, height, width)
+    def zeros(self, rows: int, height: int, width: int, xp=np) -> dict[str, np.ndarray]:
+        key = (rows, height, width, xp.__name__)
         if key not in self._zeros:
-            self._zeros = {key: {name: np.zeros(shape, np.float32)
+            self._zeros = {key: {name: xp.zeros(shape, np.float32)
                                  for name, shape in self.shapes(rows, height, width).items()}}
         return self._zeros[key]
 
+    def _on(self, xp, name: str, host: np.ndarray):
+        if self._moved.get(name, (None,))[0] is not xp:
+            self._moved[name] = (xp, xp.asarray(host))
+        return self._moved[name][1]
+
     def __call__(self, step: int, steps: int, model_input: np.ndarray, timestep: np.ndarray) -> dict:
+        xp = array_module(model_input)
         rows, _, height, width = model_input.shape
         half = self.guess_mode and self.guided  # the ControlNet sees the conditional half only
-        sample, hidden, times = model_input, self.hidden, timestep
+        sample, hidden, times = model_input, self._on(xp, "hidden", self.hidden), timestep
         if half:
-            sample, hidden, times = model_input[rows // 2:], self.hidden[rows // 2:], timestep[rows // 2:]
+            sample, hidden, times = model_input[rows // 2:], hidden[rows // 2:], timestep[rows // 2:]
         total = None
         for unit in self.units:
             keep = 1.0 - float(step / steps < unit.start or (step + 1) / steps > unit.end)
             scale = unit.scale * keep
             if scale == 0:
                 continue
+            image = self._on(xp, f"image{id(unit)}", unit.image)
             out = unit.run({"sample": sample, "timestep": times, "encoder_hidden_states": hidden,
-                            "controlnet_cond": unit.image[: len(sample)]})
+                            "controlnet_cond": image[: len(sample)]})
             residuals = [out[r["name"]] for r in self.layout]
             if self.guess_mode and not unit.global_pool:
                 factors = np.logspace(-1, 0, len(residuals)).astype(np.float32) * np.float32(scale)
@@ -77,10 +88,10 @@ class ControlResiduals:
             residuals = [r * f for r, f in zip(residuals, factors)]
             total = residuals if total is None else [a + b for a, b in zip(total, residuals)]
         if total is None:
-            return self.zeros(rows, height, width)
+            return self.zeros(rows, height, width, xp)
         shapes = self.shapes(len(sample), height, width)
         found = {}
         for r, value in zip(self.layout, total):
-            value = np.broadcast_to(value, shapes[r["name"]]).astype(np.float32)  # pooled (1 x 1) residuals
-            found[r["name"]] = np.concatenate([np.zeros_like(value), value]) if half else value
+            value = xp.broadcast_to(value, shapes[r["name"]]).astype(np.float32)  # pooled (1 x 1) residuals
+            found[r["name"]] = xp.concatenate([xp.zeros_like(value), value]) if half else value
         return found

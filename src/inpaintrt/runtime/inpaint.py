@@ -15,6 +15,12 @@ Beyond diffusers, in the same loop (issue 15):
   binary mask input and get the blend on top).
 - masked content (what the masked area starts from): the image latents under the mask replaced by
   noise (`latent_noise`) or zeros (`latent_nothing`); `fill` happens on the pixels, in the engine.
+
+Kandinsky 2.2 (issue 18) enters as `latent_masking`: its pipeline masks in latent space (the image's
+MoVQ latents times a dilated keep mask) and feeds [latents, masked latents, keep mask] to its 9-channel
+UNet, yet also blends the image back after every step as the 4-channel path does, and once more after
+the loop. Those inputs are built by the engine (runtime/kandinsky.py); here they switch the blend on
+and replace the SD mask channels.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import numpy as np
 
 from .images import area_resize, nearest_resize
 from .noise import draw
-from .xp import array_module, to_host
+from .xp import array_module
 
 
 class StopDenoising(Exception):
@@ -62,6 +68,8 @@ class Request:
     change_map: np.ndarray | None = None  # soft mode: (1, 1, H, W) grey levels in [0, 1], white = change fully
     masked_content: str = "original"  # "latent_noise" / "latent_nothing": what the masked latents start from
     control: Callable | None = None  # ControlNets: (step, steps, 4-channel model input, timestep) -> extra UNet feeds
+    # Kandinsky 2.2: (repaint mask (1, 1, h, w), UNet channels after the latents (1, C + 1, h, w)), in latent space
+    latent_masking: tuple | None = None
 
     @property
     def guided(self) -> bool:
@@ -125,7 +133,8 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength, r.denoising_start,
                                      r.denoising_end)
     full_strength = r.strength == 1.0
-    blend = models.unet_in_channels == 4
+    latent_masked = r.latent_masking is not None  # Kandinsky: a 9-channel UNet and the blend
+    blend = models.unet_in_channels == 4 or latent_masked
     continuing = r.denoising_start is not None  # the latents are already partly denoised: no noise added
 
     # draw 1: the image's own latents, when the 4-channel blend, a partial strength or a hand-off needs them
@@ -136,7 +145,7 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         image_latents = xp.repeat(encode_latents(models, image, generator), r.batch, axis=0)
     # draw 2: the initial noise, unless the caller gave it (a hand-off draws it and starts from the image)
     noise = noise_of(shape) if continuing or r.latents is None else xp.asarray(r.latents, dtype=np.float32)
-    mask = xp.asarray(nearest_resize(r.mask, shape[2], shape[3]))
+    mask = xp.asarray(r.latent_masking[0] if latent_masked else nearest_resize(r.mask, shape[2], shape[3]))
     copies = 2 if r.guided else 1
     # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and throws
     # them away (drawing the same noise without the VAE encode keeps the draws in step), except when the
@@ -144,6 +153,8 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if blend:
         if r.image_latents is None:
             draw(generator, (1, *shape[1:]))
+        if latent_masked:
+            unet_extra = xp.repeat(xp.asarray(r.latent_masking[1]), r.batch * copies, axis=0)
     else:
         masked_latents = encode_latents(models, xp.asarray(r.image * (r.mask < 0.5)), generator)
         unet_mask = xp.repeat(mask, r.batch * copies, axis=0)
@@ -176,10 +187,11 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         model_input = scheduler.scale_model_input(model_input, index)
         timestep = xp.full((model_input.shape[0],), t, dtype=np.float32)
         feeds = conditioning
-        if r.control is not None:  # ControlNet residuals (runtime/control.py, on the host)
-            residuals = r.control(i, len(timesteps), to_host(model_input).astype(np.float32), to_host(timestep))
-            feeds = {**feeds, **{name: xp.asarray(value) for name, value in residuals.items()}}
-        if not blend:
+        if r.control is not None:  # ControlNet residuals (runtime/control.py), in the loop's module
+            feeds = {**feeds, **r.control(i, len(timesteps), model_input.astype(np.float32), timestep)}
+        if latent_masked:
+            model_input = xp.concatenate([model_input, unet_extra], axis=1)
+        elif not blend:
             model_input = xp.concatenate([model_input, unet_mask, unet_masked], axis=1)
         pred = models.unet(model_input.astype(np.float32), timestep, feeds).astype(np.float32, copy=False)
         if r.guided:
@@ -201,6 +213,8 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
                 break
             if changed is not None:
                 latents = _checked_callback_latents(changed, latents.shape, xp)
+    if latent_masked:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
+        latents = ((1 - blend_mask) * image_latents + blend_mask * latents).astype(np.float32)
     return latents
 
 

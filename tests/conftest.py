@@ -148,3 +148,11 @@ def controlnet_exported(checkpoints, tmp_path_factory):
     from controlnet_helpers import controlnet_engines
 
     return controlnet_engines(checkpoints, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def kandinsky(tmp_path_factory):
+    """Kandinsky 2.2 (issue 18): tiny checkpoints, engines with and without the prior, diffusers' pipelines."""
+    from kandinsky_helpers import kandinsky_setup
+
+    return kandinsky_setup(tmp_path_factory)

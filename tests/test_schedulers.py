@@ -94,7 +94,7 @@ def test_unknown_option_is_an_error():
 
 
 def test_unknown_scheduler_is_an_error():
-    with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, lms, pndm, unipc"):
+    with pytest.raises(ValueError, match="scheduler 'dpm' is unknown; choose one of ddim, ddpm, dpmpp_2m, dpmpp_2m_karras, euler, euler_a, heun, lcm, lms, pndm, unipc"):
         make_scheduler("dpm", SD15_SCHEDULER_CONFIG)
 
 

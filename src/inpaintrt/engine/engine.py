@@ -63,6 +63,10 @@ class Engine:
         with --fp16) or "fp32"."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=verify_hashes)
+        if manifest["model"]["family"] == "kandinsky22":  # issue 18: the manifest's family decides
+            from .kandinsky import KandinskyEngine
+
+            cls = KandinskyEngine
         return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision))
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
@@ -92,7 +96,7 @@ class Engine:
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
         # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
         control_image=None, controlnet_conditioning_scale=1.0, control_guidance_start=0.0, control_guidance_end=1.0,
-        guess_mode=False,
+        guess_mode=False, **kandinsky,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.
 
@@ -112,6 +116,14 @@ class Engine:
         starts from when strength < 1 ("original", "fill", "latent_noise", "latent_nothing");
         `mask_invert`, `mask_grow` / `mask_shrink` (pixels) edit the mask before `blur_factor`.
         """
+        if kandinsky:  # Kandinsky 2.2's arguments are refused by name (engine/kandinsky.py)
+            from .kandinsky import kandinsky_only_arguments
+
+            named = sorted(set(kandinsky) & kandinsky_only_arguments())
+            if not named:
+                raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
+            raise ValueError(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for Kandinsky 2.2 engines; this "
+                             f"engine is {self.family}: leave {'it' if len(named) == 1 else 'them'} out")
         steps = check.integer(num_inference_steps, "num_inference_steps", 1)
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
         if strength is None:

@@ -15,6 +15,7 @@ class PromptTokenizer:
         self._tokenizer = Tokenizer.from_file(str(path))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+        self.eos_id = self._tokenizer.token_to_id("<|endoftext|>")  # Kandinsky's prior masks what follows it
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         """(len(prompts), max_length) int64 ids: BOS, tokens, EOS, padded; long prompts truncated with a warning."""

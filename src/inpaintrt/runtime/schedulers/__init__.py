@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 from .ddim import DDIM
+from .ddpm import DDPM
 from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepKarras
 from .euler import Euler, EulerAncestral
 from .heun import Heun
 from .lcm import LCM
 from .lms import LMS
 from .pndm import PNDM
+from .unclip import UnCLIP  # noqa: F401 (Kandinsky's prior loop; not an image scheduler)
 from .unipc import UniPC
 
 SCHEDULERS = {cls.name: cls for cls in (PNDM, DDIM, Euler, EulerAncestral, Heun, LMS, DPMSolverMultistep,
-                                         DPMSolverMultistepKarras, UniPC, LCM)}
+                                         DPMSolverMultistepKarras, UniPC, LCM, DDPM)}
 # diffusers class name -> our name (a checkpoint's scheduler_config.json names its class)
 DIFFUSERS_CLASSES = {
     "PNDMScheduler": "pndm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_a", "HeunDiscreteScheduler": "heun", "LMSDiscreteScheduler": "lms",
     "DPMSolverMultistepScheduler": "dpmpp_2m", "UniPCMultistepScheduler": "unipc", "LCMScheduler": "lcm",
+    "DDPMScheduler": "ddpm",
 }
 
 

@@ -44,7 +44,7 @@ class SchedulerBase:
         self.config.update(self.forced)
         self.config.update({k: v for k, v in (options or {}).items() if k in known})
         for key, default in UNSUPPORTED.items():
-            if config.get(key, default) != default:
+            if key not in self.defaults and config.get(key, default) != default:  # a scheduler's own key: it checks it
                 raise ValueError(
                     f"the scheduler config sets {key}={config[key]!r}, which inpaintrt's {self.name!r} does not "
                     "implement; results would differ from diffusers"

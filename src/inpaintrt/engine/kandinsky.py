@@ -1,0 +1,240 @@
+"""Kandinsky 2.2 engines (issue 18): Engine.load returns a KandinskyEngine when the manifest's family is
+kandinsky22. `inpaint` takes KandinskyV22InpaintCombinedPipeline's arguments (prior first, then the
+decoder); arguments of the Stable Diffusion families are refused by name."""
+from __future__ import annotations
+
+import inspect
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..runtime import images as imaging
+from ..runtime import kandinsky as kd
+from ..runtime.inpaint import Models, Request, decode_latents, denoise
+from ..runtime.noise import as_generator
+from ..runtime.schedulers import make_scheduler
+from ..runtime.tokenizer import PromptTokenizer
+from ..runtime.xp import to_host
+from . import arguments as check
+from .engine import Engine, InpaintOutput, _progress, _single
+
+SCHEDULERS = ("ddpm", "ddim")  # diffusers' Kandinsky loop never scales the model input: only these fit it
+PRIOR_ARGUMENTS = ("prompt", "negative_prompt", "negative_prior_prompt", "prior_guidance_scale",
+                   "prior_num_inference_steps", "prior_latents")
+
+
+@dataclass
+class PriorOutput:
+    image_embeds: np.ndarray  # (B, D)
+    negative_image_embeds: np.ndarray
+
+
+class KandinskyEngine(Engine):
+    def __init__(self, root, manifest: dict, backend: str, sessions: dict):
+        self.root, self.manifest, self.backend, self.sessions = root, manifest, backend, sessions
+        self.model = manifest["model"]
+        self.family = self.model["family"]
+        self.scheduler_config = manifest["scheduler"]
+        self.default_scheduler = "ddpm" if self.scheduler_config.get("_class_name") == "DDPMScheduler" else "ddim"
+        self.xp = __import__("cupy") if backend == "ort-cuda" else np
+        self.controlnets = None
+        self.embed_dim = self.model["image_embed_dim"]
+        self._models = Models(
+            encode=None,  # the MoVQ encode is deterministic: the engine calls it and passes image latents
+            unet=lambda s, t, c: _single(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
+            decode=lambda z: _single(self.sessions["movq_decoder"].run({"latents": z})),
+            unet_in_channels=self.model["unet_in_channels"], latent_channels=self.model["latent_channels"],
+            vae_scale_factor=self.model["vae_scale_factor"], vae_scaling_factor=1.0,
+        )
+        self._prior = None
+        info = manifest.get("prior")
+        if info:
+            tokenizer = info["tokenizer"]
+            constants = np.load(root / info["constants"])
+            self._prior = kd.Prior(
+                text_encoder=sessions["prior_text_encoder"].run, transformer=sessions["prior"].run,
+                tokenizer=PromptTokenizer(root / tokenizer["file"], tokenizer["max_length"], tokenizer["pad_id"]),
+                scheduler_config=info["scheduler"], zero_image_embeds=constants["zero_image_embeds"],
+                clip_mean=constants["clip_mean"], clip_std=constants["clip_std"])
+
+    def encode_prompt(self, *args, **kwargs):
+        raise ValueError("Kandinsky 2.2 conditions on image embeddings, not text embeddings: use engine.prior(prompt) "
+                         "for (image_embeds, negative_image_embeds)")
+
+    def prior(self, prompt, negative_prompt=None, num_images_per_prompt=1, num_inference_steps=25, guidance_scale=4.0,
+              generator=None, latents=None, progress=True) -> PriorOutput:
+        """KandinskyV22PriorPipeline: the prompt's CLIP image embedding and the negative one."""
+        if self._prior is None:
+            raise ValueError("this engine was exported without a prior; export with `inpaint-export --model <decoder> "
+                             "--prior kandinsky-community/kandinsky-2-2-prior`, or pass image_embeds to inpaint")
+        prompts = check.prompts("" if prompt is None else prompt, "prompt")
+        negatives = None if negative_prompt is None else check.negatives(negative_prompt, len(prompts))
+        steps = check.integer(num_inference_steps, "prior_num_inference_steps", 2)
+        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        scale = _number(guidance_scale, "prior_guidance_scale")
+        if latents is not None:
+            latents = np.asarray(latents, dtype=np.float32)
+        embeds, negative = self._prior(prompts, negatives, per_prompt, steps, scale, as_generator(generator), latents,
+                                       _prior_progress(progress))
+        return PriorOutput(embeds, negative)
+
+    def inpaint(
+        self, image, mask_image, prompt=None, negative_prompt=None, negative_prior_prompt=None, image_embeds=None,
+        negative_image_embeds=None, prior_guidance_scale=None, prior_num_inference_steps=None, prior_latents=None,
+        guidance_scale=4.0, num_inference_steps=100, num_images_per_prompt=1, height=None, width=None,
+        generator=None, latents=None, scheduler=None, scheduler_options=None, output_type="pil",
+        callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS, **others,
+    ) -> InpaintOutput:
+        """Repaint the white part of `mask_image`, as KandinskyV22InpaintCombinedPipeline does (with its
+        defaults: 512x512, prior 25 steps at guidance 4, decoder 100 steps at guidance 4).
+
+        The prior turns `prompt` (and `negative_prompt`, also accepted as `negative_prior_prompt`, the name
+        of the prior's own pipeline) into image embeddings; or pass `image_embeds` and
+        `negative_image_embeds` (B, D) yourself, as to KandinskyV22InpaintPipeline. `prior_latents` is
+        the combined pipeline's `latents` (the prior's initial noise); `latents` here is the decoder's.
+        height and width must be multiples of the manifest's size_multiple (64 for the real models)."""
+        _refuse(others, self.family)
+        given = {name: value for name, value in dict(
+            prompt=prompt, negative_prompt=negative_prompt, negative_prior_prompt=negative_prior_prompt,
+            prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
+            prior_latents=prior_latents).items() if value is not None}
+        if negative_prompt is not None and negative_prior_prompt is not None:
+            raise ValueError("negative_prompt and negative_prior_prompt name the same thing (the prior's negative "
+                             "prompt); pass one of them")
+        steps = check.integer(num_inference_steps, "num_inference_steps", 1)
+        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        scale = _number(guidance_scale, "guidance_scale")
+        if output_type not in check.OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(check.OUTPUT_TYPES)}")
+        height, width = self._kandinsky_size(height, width)
+        name = scheduler or self.default_scheduler
+        if name not in SCHEDULERS:
+            raise ValueError(f"scheduler={name!r} does not fit Kandinsky 2.2's loop (it never scales the model "
+                             f"input); choose one of {', '.join(SCHEDULERS)}")
+        config = self.scheduler_config if name == "ddpm" else {k: v for k, v in self.scheduler_config.items()
+                                                                if k != "variance_type"}
+        sched = make_scheduler(name, config, scheduler_options)
+        picture = imaging.load_picture(image, "image", max_pixels)
+        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
+        if imaging.picture_size(picture) != imaging.picture_size(mask):
+            raise ValueError(f"image is {imaging.picture_size(picture)} (width, height) but mask_image is "
+                             f"{imaging.picture_size(mask)}; pass a mask of the same size as the image")
+        gen = as_generator(generator)
+
+        if image_embeds is None:  # the prior first: its draws come before the decoder's
+            if self._prior is None:
+                raise ValueError(f"this engine was exported without a prior, so {', '.join(given) or 'a prompt'} "
+                                 "cannot be used; pass image_embeds and negative_image_embeds (e.g. from another "
+                                 "engine's prior), or export with --prior kandinsky-community/kandinsky-2-2-prior")
+            if negative_image_embeds is not None:
+                raise ValueError("negative_image_embeds was given without image_embeds; pass both, or neither "
+                                 "(the prior then makes them from prompt)")
+            out = self.prior(prompt, negative_prompt if negative_prompt is not None else negative_prior_prompt,
+                             per_prompt, 25 if prior_num_inference_steps is None else prior_num_inference_steps,
+                             4.0 if prior_guidance_scale is None else prior_guidance_scale, gen, prior_latents, progress)
+            embeds, negative, per_prompt = out.image_embeds, out.negative_image_embeds, 1
+        else:
+            if given:
+                raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the prior, which "
+                                 "image_embeds replaces; leave them out, or pass prompt instead of image_embeds")
+            embeds = self._embeds(image_embeds, "image_embeds")
+            negative = None
+            if scale > 1:
+                if negative_image_embeds is None:
+                    raise ValueError("guidance_scale > 1 needs negative_image_embeds with image_embeds (engine.prior "
+                                     "returns both); pass it, or set guidance_scale=1")
+                negative = self._embeds(negative_image_embeds, "negative_image_embeds", len(embeds))
+        embeds = np.repeat(embeds, per_prompt, axis=0)
+        batch = len(embeds)
+        conditioning = {"image_embeds": embeds}
+        if scale > 1:
+            conditioning = {"image_embeds": np.concatenate([np.repeat(negative, per_prompt, axis=0), embeds])}
+        factor = self.model["vae_scale_factor"]
+        if latents is not None:
+            latents = check.latents(latents, "latents", (batch, self.model["latent_channels"], height // factor,
+                                                         width // factor))
+        pixels = kd.preprocess_image(picture, height, width)
+        repaint = imaging.preprocess_mask(mask, height, width)
+        image_latents = to_host(_single(self.sessions["movq_encoder"].run({"image": pixels}))).astype(np.float32)
+        request = Request(
+            image=pixels, mask=repaint, conditioning=conditioning, batch=batch, guidance_scale=scale,
+            num_inference_steps=steps, strength=1.0, latents=latents, callback=callback_on_step_end,
+            image_latents=image_latents, latent_masking=kd.latent_masking(repaint, image_latents))
+        final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
+        if output_type == "latent":
+            return InpaintOutput(to_host(final))
+        images = imaging.postprocess(to_host(decode_latents(self._models, final)))
+        return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images)
+
+    def _kandinsky_size(self, height, width) -> tuple[int, int]:
+        multiple = self.model.get("size_multiple", 64)
+        height = self.model["default_height"] if height is None else height
+        width = self.model["default_width"] if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
+                hint = max(multiple, round(value / multiple) * multiple) if isinstance(value, numbers.Real) else 512
+                raise ValueError(
+                    f"{name}={value!r} must be a positive multiple of {multiple} for this Kandinsky 2.2 engine, e.g. "
+                    f"{hint}: diffusers makes latents of ceil({name} / {multiple}) x {self.model['vae_scale_factor']} "
+                    "while the MoVQ encodes the image to a size / "
+                    f"{self.model['vae_scale_factor']}, and the two agree only there")
+        return int(height), int(width)
+
+    def _embeds(self, value, name: str, batch: int | None = None) -> np.ndarray:
+        value = np.asarray(value) if hasattr(value, "__array__") else value
+        if isinstance(value, np.ndarray) and value.ndim == 1:
+            value = value[None]
+        want = f"({batch if batch else 'batch'}, {self.embed_dim})"
+        if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating) or value.ndim != 2:
+            got = f"shape {value.shape} of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+            raise ValueError(f"{name} must be a float array of shape {want} (CLIP image embeddings), got {got}")
+        if value.shape[1] != self.embed_dim:
+            raise ValueError(f"{name} has shape {value.shape}, but this engine's decoder reads {self.embed_dim}-wide "
+                             f"image embeddings {want}; pass embeddings of the prior that belongs to this decoder")
+        if batch is not None and len(value) not in (1, batch):
+            raise ValueError(f"{name} has {len(value)} rows but image_embeds has {batch}; give 1 or {batch}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        value = value.astype(np.float32)
+        return np.repeat(value, batch, axis=0) if batch and len(value) == 1 else value
+
+    def outpaint(self, *args, **kwargs):
+        raise ValueError("outpaint is not available for Kandinsky 2.2 engines yet; grow the canvas yourself and call "
+                         "inpaint with a mask over the new area")
+
+
+def _prior_progress(enabled: bool):
+    if not enabled:
+        return iter
+    from tqdm.auto import tqdm
+
+    return lambda steps: tqdm(steps, desc="prior", unit="step")
+
+
+def _parameters(function) -> set[str]:
+    return {name for name, p in inspect.signature(function).parameters.items() if p.kind != p.VAR_KEYWORD}
+
+
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number (<= 1 turns guidance off)")
+    return float(value)
+
+
+def _refuse(others: dict, family: str) -> None:
+    """Stable Diffusion arguments by name (ValueError), unknown ones as Python would (TypeError)."""
+    if not others:
+        return
+    theirs = _parameters(Engine.inpaint)
+    known = sorted(name for name in others if name in theirs)
+    if known:
+        raise ValueError(f"{', '.join(known)} {'is an argument' if len(known) == 1 else 'are arguments'} of the Stable "
+                         f"Diffusion engines; this engine is {family} (KandinskyV22InpaintCombinedPipeline's "
+                         "arguments): leave them out")
+    raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(others)[0]!r}")
+
+
+def kandinsky_only_arguments() -> set[str]:
+    """What a Stable Diffusion engine refuses by name."""
+    return _parameters(KandinskyEngine.inpaint) - _parameters(Engine.inpaint)

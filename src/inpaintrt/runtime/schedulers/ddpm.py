@@ -1,0 +1,60 @@
+"""DDPM, matching diffusers' DDPMScheduler (Kandinsky 2.2's decoder scheduler): ancestral, one draw per step
+while t > 0, variance fixed_small / fixed_small_log / fixed_large (the learned ones need the UNet's
+variance output, which the exported graphs drop)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..xp import array_module, draw_like
+from .common import SchedulerBase, check_indexable, spaced_timesteps
+
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
+
+
+class DDPM(SchedulerBase):
+    name = "ddpm"
+    defaults = {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 1.0}
+
+    def set_timesteps(self, num_steps: int) -> None:
+        n = self.config["num_train_timesteps"]
+        if num_steps > n:
+            raise ValueError(f"num_inference_steps={num_steps} exceeds the {n} training timesteps; use at most {n}")
+        if self.config["variance_type"] not in VARIANCE_TYPES:
+            raise ValueError(f"the scheduler config sets variance_type={self.config['variance_type']!r}, which "
+                             f"inpaintrt's 'ddpm' does not implement; it implements {', '.join(VARIANCE_TYPES)}")
+        self.timesteps = np.round(spaced_timesteps(self.config, num_steps)).astype(np.int64)
+        check_indexable(self.config, self.timesteps, num_steps)
+
+    def step(self, model_output, index, sample, generator=None):
+        t = int(self.timesteps[index])
+        prev_t = int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+        alpha_t = self.alphas_cumprod[t]
+        alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else np.float32(1.0)
+        beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
+        current_alpha = alpha_t / alpha_prev
+        current_beta = 1 - current_alpha
+        kind = self.config["prediction_type"]
+        if kind == "epsilon":
+            pred_x0 = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
+        elif kind == "sample":
+            pred_x0 = model_output
+        elif kind == "v_prediction":
+            pred_x0 = alpha_t**0.5 * sample - beta_t**0.5 * model_output
+        else:
+            raise ValueError(f"DDPM supports prediction_type epsilon, sample or v_prediction, not {kind!r}")
+        if self.config["clip_sample"]:
+            limit = self.config["clip_sample_range"]
+            pred_x0 = array_module(pred_x0).clip(pred_x0, -limit, limit)
+        prev = (alpha_prev**0.5 * current_beta / beta_t) * pred_x0 + (current_alpha**0.5 * beta_prev / beta_t) * sample
+        if t > 0:
+            noise = draw_like(generator, model_output.shape, model_output)
+            variance = max(beta_prev / beta_t * current_beta, np.float32(1e-20))
+            kind = self.config["variance_type"]
+            if kind == "fixed_small_log":
+                std = np.exp(np.float32(0.5) * np.log(variance))
+            elif kind == "fixed_large":
+                std = current_beta**0.5
+            else:
+                std = variance**0.5
+            prev = prev + std * noise
+        return prev

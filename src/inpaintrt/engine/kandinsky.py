@@ -226,13 +226,23 @@ def _refuse(others: dict, family: str) -> None:
     """Stable Diffusion arguments by name (ValueError), unknown ones as Python would (TypeError)."""
     if not others:
         return
-    theirs = _parameters(Engine.inpaint)
-    known = sorted(name for name in others if name in theirs)
+    theirs = inspect.signature(Engine.inpaint).parameters
+    unknown = sorted(name for name in others if name not in theirs)
+    if unknown:
+        raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
+    # at their defaults (as the inpaint CLI passes them) they change nothing: refused only when they would
+    known = sorted(name for name, value in others.items() if not _is_default(value, theirs[name].default))
     if known:
         raise ValueError(f"{', '.join(known)} {'is an argument' if len(known) == 1 else 'are arguments'} of the Stable "
                          f"Diffusion engines; this engine is {family} (KandinskyV22InpaintCombinedPipeline's "
                          "arguments): leave them out")
-    raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(others)[0]!r}")
+
+
+def _is_default(value, default) -> bool:
+    try:
+        return value is default or bool(value == default)
+    except (ValueError, TypeError):  # arrays
+        return False
 
 
 def kandinsky_only_arguments() -> set[str]:

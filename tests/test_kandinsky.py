@@ -109,6 +109,22 @@ def test_decoder_with_given_embeddings(kandinsky, engines, guidance_scale, which
     check(*run_both(theirs, ours, 4, sample_image(W, H), sample_mask(W, H), **kwargs))
 
 
+def test_numpy_picture_and_mask(kandinsky, engines):
+    """diffusers' own example passes the mask as a float HxW array (1 = repaint) and takes uint8 HxWx3 pictures."""
+    image = np.asarray(sample_image(W, H, seed=5))
+    mask = np.zeros((H, W), np.float32)
+    mask[5:30, 20:61] = 1
+    embeds, negative = np.random.default_rng(3).standard_normal((2, 1, 32), dtype=np.float32)
+    kwargs = dict(image_embeds=embeds, negative_image_embeds=negative, num_inference_steps=3, height=H, width=W,
+                  output_type="np")
+
+    def theirs(image=None, mask_image=None, **kw):
+        kw.update(image_embeds=torch.from_numpy(embeds), negative_image_embeds=torch.from_numpy(negative))
+        return kandinsky.combined.decoder_pipe(image=image, mask_image=mask_image.copy(), **kw)
+
+    check(*run_both(theirs, engines[1].inpaint, 6, image, mask, **kwargs))
+
+
 def test_ddim_and_given_latents(kandinsky, engines):
     """scheduler='ddim' (a DDIMScheduler from the decoder's config), the combined pipeline's `latents`
     (the prior's: prior_latents here) and the decoder's own latents."""

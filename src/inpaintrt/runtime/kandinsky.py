@@ -76,8 +76,8 @@ class Prior:
         ids = self.tokenizer(prompts)
         eos = ids == self.tokenizer.eos_id
         mask = (np.cumsum(eos, axis=1) - eos == 0).astype(np.int64)  # up to and including the first end token
-        out = self.text_encoder({"input_ids": ids})
-        return out["text_embeds"], out["last_hidden_state"], mask
+        out = self.text_encoder({"input_ids": ids})  # host arrays: the prior loop is small and runs on numpy
+        return to_host(out["text_embeds"]), to_host(out["last_hidden_state"]), mask
 
     def __call__(self, prompts: list[str], negatives: list[str] | None, per_prompt: int, steps: int,
                  guidance_scale: float, generator, latents: np.ndarray | None = None,

@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	# openai's CLIP vocabulary for the locally built models; --no-deps: its torchvision is not needed
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
-	$(BIN)/pip install -q -e ".[export,test,serve]"
+	$(BIN)/pip install -q -e ".[export,test,serve,openvino,bench]"
 	touch $(STAMP)
 
 .PHONY: demo test chromium

@@ -5,6 +5,8 @@ ONNX Runtime on the CPU runs the stored fp32 graphs; TensorRT runs the plans of 
 "auto" takes TensorRT when the directory has plans that can run here, else ort-cuda when it starts,
 else ONNX Runtime on the CPU, with a warning that says why (only a log line when the installed
 onnxruntime has no CUDA provider at all). An explicit backend never falls back: it starts or raises.
+"openvino" runs the same graphs on OpenVINO's CPU plugin in bf16 or fp32 (openvino_backend.py);
+"auto" with precision="bf16" means it (never without: "auto" on the CPU stays exact fp32).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import numpy as np
 
 from .plans import PlanMismatchError
 
-BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt", "openvino")
 TRT_INSTALL = ("install TensorRT 10.8+ or 11.x and cupy for your CUDA version on a machine with an NVIDIA GPU: "
                "`pip install 'inpaintrt[trt]'` (CUDA 12) or `pip install 'inpaintrt[trt-cu13]'` (CUDA 13)")
 
@@ -73,20 +75,31 @@ def load_tensorrt():
     return trt, cupy, {"name": name, "compute_capability": f"{props['major']}.{props['minor']}"}
 
 
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "bf16")
+# the precisions each backend can be asked for ("auto": any; tensorrt runs what its plans were built in)
+BACKEND_PRECISIONS = {"ort-cuda": ("fp16", "fp32"), "openvino": ("bf16", "fp32"), "ort-cpu": ("fp32",), "tensorrt": ()}
 
 
 def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
                  precision: str | None = None) -> tuple[str, dict]:
     """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
-    default where the directory has them) or "fp32" (diffusers' exact results)."""
+    default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
+    on the CPU (backend "openvino", or "auto", which then takes it)."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is unknown; choose one of {', '.join(PRECISIONS)} or leave it unset")
-    if precision is not None and name not in ("ort-cuda", "auto"):
-        raise ValueError(f"precision={precision!r} chooses ort-cuda's graphs; backend {name!r} runs the graphs or "
-                         "plans it has: leave precision unset, or use backend='ort-cuda'")
+    if precision is not None and name != "auto" and precision not in BACKEND_PRECISIONS[name]:
+        where = {"fp16": "chooses ort-cuda's graphs", "bf16": "runs on OpenVINO (backend 'openvino' or 'auto')",
+                 "fp32": "is not a choice there"}[precision]
+        runs = BACKEND_PRECISIONS[name]
+        raise ValueError(f"precision={precision!r} {where}; backend {name!r} runs " + (
+            " or ".join(runs) if runs else "the precision its plans were built in") + ": leave precision unset, "
+            "or choose the backend that runs it")
+    if name == "openvino" or (name == "auto" and precision == "bf16"):
+        from .openvino_backend import openvino_sessions
+
+        return "openvino", openvino_sessions(root, manifest, precision)
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 
@@ -137,3 +150,16 @@ def _ort_cpu(path: Path, hot: bool) -> OrtBackend:
     run once per image, where the arena would only hold on to their peak (1 GB for a 512x512 decode)."""
     threads = int(os.environ.get("INPAINTRT_THREADS", "0")) or None
     return OrtBackend(path, "CPUExecutionProvider", threads, arena=hot)
+
+
+def running_precision(backend: str, manifest: dict, sessions: dict, requested: str | None) -> str:
+    """The precision the UNet runs in, as `engine.precision` reports it."""
+    if backend == "openvino":
+        return sessions["unet"].precision
+    if backend == "ort-cuda":
+        from .ort_cuda import graph_for_cuda
+
+        return graph_for_cuda(manifest["components"]["unet"], requested)[1]
+    if backend == "tensorrt":
+        return manifest["tensorrt"].get("precision", "fp16")
+    return "fp32"

@@ -13,7 +13,7 @@ from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
-from .backends import open_backend
+from .backends import open_backend, running_precision
 from .manifest import read_manifest
 from .plans import select_plan
 from .control import ControlNets
@@ -60,14 +60,18 @@ class Engine:
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
         CPU, with a warning), "tensorrt", "ort-cuda" or "ort-cpu". cuda_graph: TensorRT / ort-cuda replay
         the UNet call as a CUDA graph. precision: ort-cuda's graphs, "fp16" (default where exported
-        with --fp16) or "fp32"."""
+        with --fp16) or "fp32"; "bf16" runs OpenVINO on the CPU (backend "openvino", which also runs
+        "fp32", its default; "auto" takes it only when bf16 is asked for). `engine.precision` says
+        what the UNet runs in."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=verify_hashes)
         if manifest["model"]["family"] == "kandinsky22":  # issue 18: the manifest's family decides
             from .kandinsky import KandinskyEngine
 
             cls = KandinskyEngine
-        return cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision))
+        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision))
+        engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
+        return engine
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
                       prompt_2=None, negative_prompt_2=None):

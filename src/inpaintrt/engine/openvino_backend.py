@@ -1,0 +1,120 @@
+"""Backend "openvino": the engine directory's ONNX graphs on OpenVINO's CPU plugin, in bf16 or fp32.
+
+OpenVINO (2026.4) reads the stored graphs as they are, ONNX Runtime's com.microsoft fusions
+included (Attention, MultiHeadAttention, SkipLayerNormalization, Gelu, QuickGelu), and runs them to
+1e-6 of ONNX Runtime in fp32; so the export is unchanged and no second copy of the graphs is written.
+`precision` is OpenVINO's inference precision hint: "bf16" runs the convolutions and matmuls in
+bfloat16 where the CPU has native bf16 (AVX-512 BF16, AMX), "fp32" keeps diffusers' results.
+
+Loading compiles each graph; OpenVINO's model cache (CACHE_DIR) keeps the compiled models in
+`<engine>/.openvino-cache/` (or the user's cache folder when the engine directory is read-only),
+in one folder per graph content hash, precision and OpenVINO version, so a re-exported graph never
+meets a stale compiled model. A second load imports them instead of compiling. `compile_model` is
+given the file, not a read model, so no uncompiled copy of the weights stays in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .backends import BackendError
+
+INSTALL = "install it with `pip install 'inpaintrt[openvino]'`"
+OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # ours -> OpenVINO's inference_precision_hint
+CACHE_FOLDER = ".openvino-cache"
+log = logging.getLogger("inpaintrt")
+
+
+def load_openvino():
+    """The openvino module, or BackendError saying how to install it."""
+    try:
+        import openvino
+    except Exception as e:  # ImportError, or a broken install raising something else
+        raise BackendError(f"OpenVINO cannot be imported ({type(e).__name__}: {e}); {INSTALL}") from None
+    return openvino
+
+
+def cpu_has_bf16(core) -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX-512 BF16 or AMX)."""
+    try:
+        return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:
+        return False
+
+
+class OpenVinoBackend:
+    """One compiled model and its infer request; run(feeds) -> {output name: numpy array}."""
+
+    def __init__(self, core, path: Path, precision: str, cache_dir: Path | None, threads: int | None = None):
+        config = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.precision, self.path = precision, path
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        self.from_cache = bool(cache_dir is not None and _property(self.compiled, "LOADED_FROM_CACHE"))
+        self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
+        self.outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: calls from several threads take turns
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {name: np.ascontiguousarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
+        with self.lock:
+            results = self.request.infer(feeds)  # copies the outputs out of the request's buffers
+            return {name: results[port] for name, port in self.outputs}
+
+
+def _property(compiled, name: str):
+    try:
+        return compiled.get_property(name)
+    except Exception:
+        return None
+
+
+def openvino_sessions(root: Path, manifest: dict, precision: str | None) -> dict:
+    """{component: OpenVinoBackend} for every graph in the manifest, or BackendError."""
+    precision = precision or "fp32"
+    if precision not in OV_PRECISIONS:
+        raise ValueError(f"precision {precision!r} does not run on backend 'openvino'; choose 'bf16' or 'fp32'")
+    ov = load_openvino()
+    core = ov.Core()
+    if precision == "bf16" and not cpu_has_bf16(core):
+        raise BackendError("this CPU has no native bf16 (OpenVINO lists "
+                           f"{core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}; it needs AVX-512 BF16 or AMX), "
+                           "where bf16 would be emulated and slower than fp32: load with precision='fp32'")
+    threads = int(os.environ.get("INPAINTRT_THREADS", "0")) or None
+    sessions = {}
+    for name, component in manifest["components"].items():
+        cache = cache_folder(root, manifest, component["file"], precision, ov.get_version())
+        sessions[name] = OpenVinoBackend(core, root / component["file"], precision, cache, threads)
+    cached = sum(s.from_cache for s in sessions.values())
+    log.info("openvino %s: %d of %d graphs from the model cache", precision, cached, len(sessions))
+    return sessions
+
+
+def cache_folder(root: Path, manifest: dict, file: str, precision: str, version: str) -> Path | None:
+    """The model-cache folder for one graph: keyed by its content hash (from the manifest), the
+    precision and OpenVINO's version. Inside the engine directory where it can be written, else in
+    the user's cache folder; None (compile every load) when neither can be written."""
+    digest = manifest["files"].get(file, {}).get("sha256", file)
+    key = hashlib.sha256(f"{digest}|{precision}|{version}".encode()).hexdigest()[:20]
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "inpaintrt" / "openvino"
+    for base in (root / CACHE_FOLDER, user):
+        folder = base / key
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return folder
+        except OSError:
+            continue
+    log.warning("openvino: no writable model-cache folder (%s, %s): every load compiles", root / CACHE_FOLDER, user)
+    return None

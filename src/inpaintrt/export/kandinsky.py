@@ -248,8 +248,7 @@ def export_kandinsky(decoder, prior, output: str | Path, source: str = "", prior
         components = manifest["components"] = {}
         for spec in kandinsky_specs(decoder, prior):
             log(f"exporting {spec.name} ...")
-            # ONNX Runtime's fusions know the SD UNet/CLIP patterns, not these graphs: stored as traced
-            components[spec.name] = _export_component(spec, work, optimize and spec.name == "prior_text_encoder", None)
+            components[spec.name] = _export_component(spec, work, optimize, None)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
         write_manifest(work, manifest)
         read_manifest(work)

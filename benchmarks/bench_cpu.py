@@ -3,12 +3,21 @@
     python benchmarks/bench_cpu.py                  # SD 1.5-inpainting-sized model (random weights), 512x512
     python benchmarks/bench_cpu.py --family sdxl    # mid-size SDXL-architecture inpainting model, 512x512
     python benchmarks/bench_cpu.py --tiny           # tiny model: a smoke run of seconds (either family)
+    python benchmarks/bench_cpu.py --variants inpaintrt-bf16,diffusers-bf16   # only these (see VARIANTS)
 
 The model is built from the real architecture configs (SD 1.5: UNet 9->4, 320/640/1280/1280, CLIP
 ViT-L/14, the SD VAE; SDXL: its block layout, two text encoders and added conditions at a width that
 fits this machine, `--size sdxl` for the full 2.6 B-parameter UNet), saved, and exported with inpaint-export. Each measurement runs in a fresh process,
-alternating ours and diffusers', so the two share the machine's state; medians and the ratio
-diffusers / ours are printed as a table and written as JSON.
+alternating the variants, so they share the machine's state; medians and the ratios are printed as a
+table and written as JSON, with a bar chart (PNG) when matplotlib is installed (`inpaintrt[bench]`).
+
+Variants (issue 17): ours in fp32 (ONNX Runtime) and in bf16 (OpenVINO, `precision="bf16"`),
+diffusers in fp32 and in bf16 (`torch.autocast("cpu", torch.bfloat16)`). Cold start is load + first
+image; `cold_start_first_s` is the first process's (for OpenVINO: its model cache emptied first, so it
+compiles), `cold_start_s` the median of the later ones (OpenVINO imports the cached compiled models;
+it always gets at least two processes). The files stay in the OS page cache throughout: no variant
+reads from a cold disk. Every variant's end-to-end image is made with the same numpy noise (diffusers
+replays it, DESIGN.md §4); the PSNR of each against diffusers fp32 is reported.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +39,13 @@ PROMPT, NEGATIVE = "a wooden bench in a sunny park", "blurry"
 RUNTIME_ROOTS = ("inpaintrt",)  # what `pip install inpaintrt` brings
 DIFFUSERS_ROOTS = ("diffusers", "torch", "transformers", "accelerate", "safetensors")
 MEASURES = ("cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
-            "peak_rss_mb")
+            "peak_rss_mb", "load_s")
+# name -> (side, precision); ours in bf16 runs backend "openvino"
+VARIANTS = {"inpaintrt": ("inpaintrt", "fp32"), "inpaintrt-bf16": ("inpaintrt", "bf16"),
+            "diffusers": ("diffusers", "fp32"), "diffusers-bf16": ("diffusers", "bf16")}
+# (numerator, denominator, label) of the ratios reported: how many times faster the denominator is
+RATIOS = (("diffusers", "inpaintrt", "diffusers / ours"), ("diffusers", "inpaintrt-bf16", "diffusers / ours-bf16"),
+          ("diffusers-bf16", "inpaintrt-bf16", "diffusers-bf16 / ours-bf16"))
 
 
 def main() -> int:
@@ -41,7 +57,9 @@ def main() -> int:
     parser.add_argument("--out", default="bench-out", help="folder for the model, the engine and the JSON")
     parser.add_argument("--reps", type=int, help="processes per side (default 2, tiny 1)")
     parser.add_argument("--steps", type=int, help="denoising steps (default 4, tiny 2)")
-    parser.add_argument("--child", choices=("inpaintrt", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; the bf16 "
+                        "ones only where OpenVINO is installed and the CPU runs bf16)")
+    parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = "tiny" if args.tiny else args.size or ("mid" if args.family == "sdxl" else "sd15")
     if size != "tiny" and (size == "sd15") != (args.family == "sd"):
@@ -53,8 +71,11 @@ def main() -> int:
     name = size if args.family == "sd" else f"sdxl-{size}"
     model, engine = out / f"{name}-model", out / f"{name}-engine"
     if args.child:
-        print(json.dumps(measure(args.child, model, engine, steps, pixels)))
+        print(json.dumps(measure(args.child, model, engine, steps, pixels, out / f"{name}-{args.child}.npy")))
         return 0
+    variants = args.variants.split(",") if args.variants else default_variants()
+    if not {"inpaintrt", "diffusers"} & set(variants) or set(variants) - set(VARIANTS):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}, diffusers or inpaintrt among them")
 
     out.mkdir(parents=True, exist_ok=True)
     if not (model / "model_index.json").exists():
@@ -65,34 +86,60 @@ def main() -> int:
         subprocess.run([sys.executable, "-c", "import sys; from inpaintrt.cli import export_main; "
                         "sys.exit(export_main(sys.argv[1:]))", "--model", str(model), "--output", str(engine)],
                        check=True)
-    runs = {"inpaintrt": [], "diffusers": []}
-    for _ in range(args.reps or (1 if args.tiny else 2)):
+    shutil.rmtree(engine / ".openvino-cache", ignore_errors=True)  # the first OpenVINO load compiles
+    for f in out.glob(f"{name}-*.npy"):
+        f.unlink()
+    runs = {who: [] for who in variants}
+    reps = args.reps or (1 if args.tiny else 2)
+    for rep in range(max(reps, 2) if "inpaintrt-bf16" in runs else reps):
         for who in runs:  # alternate, each in a fresh process
+            if rep >= reps and who != "inpaintrt-bf16":
+                continue  # the extra process: OpenVINO's second (cached) load
             child = [sys.executable, __file__, "--child", who, "--out", str(out), "--steps", str(steps),
                      "--family", args.family] + (["--tiny"] if args.tiny else ["--size", size])
-            result = subprocess.run(child, check=True, capture_output=True, text=True)
+            result = subprocess.run(child, capture_output=True, text=True)
+            if result.returncode:
+                sys.exit(f"{who} failed:\n{result.stderr[-3000:]}")
             runs[who].append(json.loads(result.stdout.strip().splitlines()[-1]))
-    report = summarize(runs, name, pixels, steps)
+    report = summarize(runs, name, pixels, steps, accuracy(out, name, variants))
     (out / f"bench-cpu-{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
     print(f"\nJSON: {out / f'bench-cpu-{name}.json'}")
+    print(chart(report, out / f"bench-cpu-{name}.png"))
     return 0
 
 
-def measure(who: str, model: Path, engine: Path, steps: int, pixels: int) -> dict:
-    """One process: cold start (load + first image), then warm end-to-end and per-component times."""
+def default_variants() -> list[str]:
+    try:
+        from inpaintrt.engine.openvino_backend import cpu_has_bf16, load_openvino
+
+        if cpu_has_bf16(load_openvino().Core()):
+            return list(VARIANTS)
+    except Exception:
+        pass
+    print("the bf16 variants are left out: OpenVINO is not installed or this CPU has no bf16", file=sys.stderr)
+    return ["inpaintrt", "diffusers"]
+
+
+def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, picture: Path) -> dict:
+    """One process: cold start (load + first image), then warm end-to-end and per-component times;
+    the first process of a variant saves its image (np, numpy noise of seed 0) for the PSNR."""
     import numpy as np
 
     from inpaintrt.sample import sample_picture
 
     image, mask = sample_picture(pixels, pixels)
+    side, precision = VARIANTS[who]
     start = time.perf_counter()
-    if who == "inpaintrt":
-        run, parts = _ours(engine, steps, pixels, image, mask)
+    if side == "inpaintrt":
+        run, parts = _ours(engine, steps, pixels, image, mask, precision)
     else:
-        run, parts = _theirs(model, steps, pixels, image, mask)
-    run()
-    result = {"cold_start_s": time.perf_counter() - start}
+        run, parts = _theirs(model, steps, pixels, image, mask, precision)
+    loaded = time.perf_counter() - start
+    first = run()
+    result = {"cold_start_s": time.perf_counter() - start, "load_s": loaded}
+    if not picture.exists():
+        np.save(picture, np.asarray(first, np.float32))
     result["end_to_end_s"] = _timed(run, 1)
     for name, call in parts.items():
         result[f"{name}_s"] = _timed(call, 2)
@@ -110,12 +157,13 @@ def _timed(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _ours(engine, steps, pixels, image, mask):
+def _ours(engine, steps, pixels, image, mask, precision):
     import numpy as np
 
     from inpaintrt import Engine
 
-    e = Engine.load(engine)
+    e = Engine.load(engine, backend="openvino" if precision == "bf16" else "auto", precision=precision)
+    assert e.precision == precision, (e.backend, e.precision)
     h = pixels // 8
     ids = {name: e.text.tokenizers[name]([PROMPT]) for name in e.text.encoders}
     unet = {t["name"]: _zeros(t, h) for t in e.manifest["components"]["unet"]["inputs"]}
@@ -123,7 +171,7 @@ def _ours(engine, steps, pixels, image, mask):
     picture = np.zeros((1, 3, pixels, pixels), np.float32)
     z = np.zeros((1, 4, h, h), np.float32)
     run = lambda: e.inpaint(image, mask, prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps,
-                            height=pixels, width=pixels, generator=0, progress=False)
+                            height=pixels, width=pixels, generator=0, progress=False, output_type="np").images
     parts = {
         "text_encoder": lambda: [e.sessions[name].run({"input_ids": ids[name]}) for name in ids],
         "unet_step": lambda: e.sessions["unet"].run(unet),
@@ -142,9 +190,13 @@ def _zeros(tensor: dict, latent: int):
     return np.full(shape, 500 if tensor["name"] == "timestep" else 0, tensor["dtype"])
 
 
-def _theirs(model, steps, pixels, image, mask):
+def _theirs(model, steps, pixels, image, mask, precision):
+    import contextlib
+
     import diffusers
     import torch
+
+    from inpaintrt.export.replay import numpy_randn
 
     torch.set_grad_enabled(False)
     index = json.loads((model / "model_index.json").read_text())
@@ -164,13 +216,24 @@ def _theirs(model, steps, pixels, image, mask):
         added = {"added_cond_kwargs": {"text_embeds": torch.zeros(2, pipe.text_encoder_2.config.projection_dim),
                                        "time_ids": torch.zeros(2, ids_length)}}
     picture, z = torch.zeros(1, 3, pixels, pixels), torch.zeros(1, 4, h, h)
-    run = lambda: pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=mask, height=pixels,
-                       width=pixels, num_inference_steps=steps, generator=torch.Generator().manual_seed(0))
+    cast = lambda: torch.autocast("cpu", torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+    def run():  # numpy noise of seed 0, as ours draws it
+        with numpy_randn(0), cast():
+            return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=mask, height=pixels,
+                        width=pixels, num_inference_steps=steps, output_type="np").images
+
+    def casted(call):
+        def inner():
+            with cast():
+                return call()
+        return inner
+
     parts = {
-        "text_encoder": lambda: [enc(ids, output_hidden_states=sdxl) for enc in encoders],
-        "unet_step": lambda: pipe.unet(x, torch.tensor([500, 500]), encoder_hidden_states=emb, **added),
-        "vae_encode": lambda: pipe.vae.encode(picture),
-        "vae_decode": lambda: pipe.vae.decode(z),
+        "text_encoder": casted(lambda: [enc(ids, output_hidden_states=sdxl) for enc in encoders]),
+        "unet_step": casted(lambda: pipe.unet(x, torch.tensor([500, 500]), encoder_hidden_states=emb, **added)),
+        "vae_encode": casted(lambda: pipe.vae.encode(picture)),
+        "vae_decode": casted(lambda: pipe.vae.decode(z)),
     }
     return run, parts
 
@@ -192,16 +255,44 @@ def installed_mb(roots: tuple[str, ...]) -> float:
     return total / 2**20
 
 
-def summarize(runs: dict, size: str, pixels: int, steps: int) -> dict:
-    medians = {who: {m: statistics.median(r[m] for r in rs) for m in MEASURES} for who, rs in runs.items()}
-    ratios = {m: medians["diffusers"][m] / medians["inpaintrt"][m] for m in MEASURES}
+def accuracy(out: Path, name: str, variants: list[str]) -> dict:
+    """PSNR (dB, images in [0, 1]) of each variant's image against diffusers fp32's, same numpy noise."""
+    import numpy as np
+
+    reference = out / f"{name}-diffusers.npy"
+    if not reference.exists():
+        return {}
+    expected = np.load(reference).astype(np.float64)
+    found = {}
+    for who in variants:
+        if who != "diffusers":
+            mse = float(np.mean((np.load(out / f"{name}-{who}.npy").astype(np.float64) - expected) ** 2))
+            found[who] = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
+    return found
+
+
+def summarize(runs: dict, size: str, pixels: int, steps: int, psnr: dict | None = None) -> dict:
+    medians = {}
+    for who, rs in runs.items():
+        medians[who] = {m: statistics.median(r[m] for r in rs) for m in MEASURES}
+        # the first process loads without OpenVINO's model cache; the later ones load the second time
+        medians[who]["cold_start_first_s"] = rs[0]["cold_start_s"]
+        medians[who]["cold_start_s"] = statistics.median(r["cold_start_s"] for r in rs[1:] or rs)
+    measures = MEASURES + ("cold_start_first_s",)
+    ratios = {label: {m: medians[a][m] / medians[b][m] for m in measures}
+              for a, b, label in RATIOS if a in medians and b in medians}
     sizes = {"inpaintrt": installed_mb(RUNTIME_ROOTS), "diffusers": installed_mb(DIFFUSERS_ROOTS)}
-    return {
-        "model": size, "pixels": pixels, "steps": steps, "guidance_scale": 7.5, "processes_per_side": len(runs["inpaintrt"]),
+    report = {
+        "model": size, "pixels": pixels, "steps": steps, "guidance_scale": 7.5,
+        "processes_per_side": min(len(rs) for rs in runs.values()),
+        "processes": {who: len(rs) for who, rs in runs.items()},
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
-        "median": medians, "ratio_diffusers_over_ours": ratios, "install_mb": sizes,
-        "install_ratio": sizes["diffusers"] / sizes["inpaintrt"], "runs": runs,
+        "median": medians, "ratios": ratios, "psnr_vs_diffusers_fp32_db": psnr or {},
+        "install_mb": sizes, "install_ratio": sizes["diffusers"] / sizes["inpaintrt"], "runs": runs,
     }
+    if "diffusers / ours" in ratios:  # the name earlier results files used
+        report["ratio_diffusers_over_ours"] = ratios["diffusers / ours"]
+    return report
 
 
 def _cpu() -> str:
@@ -215,17 +306,55 @@ def _cpu() -> str:
 
 
 def table(report: dict) -> str:
+    variants, ratios = list(report["median"]), report["ratios"]
     rows = [f"{report['model']} model, {report['pixels']}x{report['pixels']}, {report['steps']} steps, guidance "
-            f"7.5, {report['processes_per_side']} process(es) per side, {report['machine']['cores']} cores "
-            f"({report['machine']['cpu']})", "",
-            "| measure | inpaintrt | diffusers | diffusers / inpaintrt |", "|---|---|---|---|"]
-    for m in MEASURES:
-        ours, theirs = report["median"]["inpaintrt"][m], report["median"]["diffusers"][m]
-        rows.append(f"| {m} | {ours:.3f} | {theirs:.3f} | {report['ratio_diffusers_over_ours'][m]:.2f}x |")
+            f"7.5, processes {report['processes']}, {report['machine']['cores']} cores ({report['machine']['cpu']})",
+            "", "| measure | " + " | ".join(variants + list(ratios)) + " |", "|---" * (1 + len(variants) + len(ratios)) + "|"]
+    for m in ("end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s", "load_s",
+              "cold_start_first_s", "cold_start_s", "peak_rss_mb"):
+        values = [f"{report['median'][who][m]:.3f}" for who in variants] + [f"{r[m]:.2f}x" for r in ratios.values()]
+        rows.append(f"| {m} | " + " | ".join(values) + " |")
+    psnr = report["psnr_vs_diffusers_fp32_db"]
+    rows.append("| PSNR vs diffusers fp32, dB | " + " | ".join(
+        "ref" if who == "diffusers" else f"{psnr[who]:.1f}" if who in psnr else "-" for who in variants)
+        + " |" + " |" * len(ratios))
     sizes = report["install_mb"]
-    rows.append(f"| installed size, MB | {sizes['inpaintrt']:.0f} | {sizes['diffusers']:.0f} | "
-                f"{report['install_ratio']:.1f}x |")
+    rows.append(f"\ninstalled size, MB: inpaintrt {sizes['inpaintrt']:.0f}, diffusers {sizes['diffusers']:.0f} "
+                f"({report['install_ratio']:.1f}x; extras such as openvino not counted)")
     return "\n".join(rows)
+
+
+CHART = (("end_to_end_s", "end to end, s"), ("unet_step_s", "UNet step (batch 2), s"), ("vae_decode_s", "VAE decode, s"),
+         ("cold_start_first_s", "cold start, first load, s"), ("cold_start_s", "cold start, second load, s"),
+         ("peak_rss_mb", "peak RSS, MB"))
+
+
+def chart(report: dict, path: Path) -> str:
+    """A bar chart of the table's main measures, one panel per measure, one bar per variant."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "chart: not written (matplotlib is not installed: `pip install 'inpaintrt[bench]'`)"
+    variants = list(report["median"])
+    colours = {"inpaintrt": "#1f77b4", "inpaintrt-bf16": "#6baed6", "diffusers": "#d62728", "diffusers-bf16": "#fc9272"}
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    for ax, (m, title) in zip(axes.flat, CHART):
+        values = [report["median"][who][m] for who in variants]
+        bars = ax.bar(range(len(variants)), values, color=[colours[v] for v in variants])
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
+        ax.margins(y=0.15)
+    fig.suptitle(f"inpaintrt vs diffusers on the CPU: {report['model']} model, {report['pixels']}x{report['pixels']}, "
+                 f"{report['steps']} steps ({report['machine']['cores']} cores, {report['machine']['cpu']}); lower is better",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"chart: {path}"
 
 
 if __name__ == "__main__":

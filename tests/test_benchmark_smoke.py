@@ -17,9 +17,24 @@ def test_tiny_benchmark_reports_every_measure(tmp_path, family, name):
     assert "| end_to_end_s |" in result.stdout
     report = json.loads((tmp_path / f"bench-cpu-{name}.json").read_text())
     measures = {"cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
-                "peak_rss_mb"}
+                "peak_rss_mb", "load_s", "cold_start_first_s"}
     for side in ("inpaintrt", "diffusers"):
         assert set(report["median"][side]) == measures
         assert all(value > 0 for value in report["median"][side].values())
     assert set(report["ratio_diffusers_over_ours"]) == measures
     assert report["install_mb"]["inpaintrt"] < report["install_mb"]["diffusers"]
+    assert report["psnr_vs_diffusers_fp32_db"]["inpaintrt"] > 80  # the fp32 engine, same numpy noise
+
+
+def test_tiny_benchmark_bf16_variants_and_chart(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed: `pip install 'inpaintrt[openvino]'`")
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed: `pip install 'inpaintrt[bench]'`")
+    variants = "inpaintrt,inpaintrt-bf16,diffusers-bf16"
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--variants", variants, "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "bench-cpu-tiny.json").read_text())
+    assert report["processes"] == {"inpaintrt": 1, "inpaintrt-bf16": 2, "diffusers-bf16": 1}  # + a cached load
+    assert list(report["ratios"]) == ["diffusers-bf16 / ours-bf16"]  # only ratios whose two sides ran
+    assert set(report["psnr_vs_diffusers_fp32_db"]) == set()  # no diffusers fp32 reference: no PSNR
+    assert (tmp_path / "bench-cpu-tiny.png").stat().st_size > 10_000

@@ -182,3 +182,19 @@ def test_runs_without_torch(kandinsky):
     result = subprocess.run([sys.executable, "-c", NO_TORCH, str(kandinsky.engine)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "heavy modules: []" in result.stdout
+
+
+def test_cli_takes_the_family_defaults(kandinsky, engines, tmp_path):
+    """`inpaint` without --guidance runs Kandinsky's guidance 4 (not Stable Diffusion's 7.5)."""
+    from PIL import Image
+
+    from inpaintrt.cli import inpaint_main
+
+    sample_image(W, H).save(tmp_path / "in.png")
+    sample_mask(W, H).save(tmp_path / "mask.png")
+    args = ["--engine", str(kandinsky.engine), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+            "--prompt", "a cat", "--steps", "2", "--seed", "3", "--height", str(H), "--width", str(W)]
+    assert inpaint_main(args + ["--output", str(tmp_path / "cli.png")]) == 0
+    api = engines[0].inpaint(sample_image(W, H), sample_mask(W, H), prompt="a cat", num_inference_steps=2,
+                             generator=3, height=H, width=W, progress=False).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(api))

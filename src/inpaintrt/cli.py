@@ -149,8 +149,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
     parser.add_argument("--prompt", default="")
     parser.add_argument("--negative-prompt")
-    parser.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="guidance_scale; <= 1 turns guidance off")
+    parser.add_argument("--steps", type=int, help="num_inference_steps (default: the family's, 50; Kandinsky 100)")
+    parser.add_argument("--guidance", type=float,
+                        help="guidance_scale; <= 1 turns guidance off (default: the family's, 7.5; Kandinsky 4)")
     parser.add_argument("--strength", type=float,
                         help="in (0, 1]; lower keeps more of the image (default: diffusers' 1.0, SDXL 0.9999)")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
@@ -224,14 +225,15 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
-            prompt=args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, strength=args.strength, scheduler=args.scheduler,
+            prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, scheduler=args.scheduler,
             scheduler_options=options or None, generator=args.seed, height=args.height, width=args.width,
             progress=True, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
             denoising_start=args.denoising_start, denoising_end=args.denoising_end,
             aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
             mask_mode=args.mask_mode, masked_content=args.masked_content, **_control_arguments(args),
         )
+        given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance)  # else the engine's defaults
+        common.update({name: value for name, value in given.items() if value is not None})
         masking = dict(num_images_per_prompt=args.num_images, padding_mask_crop=args.padding_mask_crop,
                        blur_factor=args.blur, keep_unmasked=args.keep_unmasked, keep_input_size=args.keep_input_size,
                        mask_grow=args.mask_grow, mask_shrink=args.mask_shrink, mask_invert=args.mask_invert)

@@ -206,3 +206,30 @@ def test_mask_edits_and_modes_reach_the_engine(client, engine):
     assert np.array_equal(pixels(inverted.content), engine_reference(engine, 3, mask_invert=True))
     wrong = client.post("/v1/inpaint", files=files(), data=form({**FAST, "masked_content": "blank"}))
     assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "masked_content"
+
+
+OUTPAINT = {**FAST, "right": 40, "bottom": 24, "overlap": 8, "fill": "mirror"}  # 104x88 from 64x64: several passes
+
+
+def test_outpaint_is_engine_outpaint_for_its_seed_synchronously_and_as_a_job(client, engine):
+    steps = []
+    expected = engine.outpaint(picture(), generator=9, progress=False, **OUTPAINT,
+                               callback_on_step_end=lambda *_: steps.append(1)).images[0]
+    assert expected.size == (104, 88)
+    answer = client.post("/v1/outpaint", files={"image": files()["image"]}, data=form({**OUTPAINT, "seed": 9}))
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png", answer.text
+    assert answer.headers["x-seed"] == "9"
+    assert np.array_equal(pixels(answer.content), np.asarray(expected.convert("RGB")))
+
+    body = {**OUTPAINT, "seed": 9, "image": base64.b64encode(png(picture())).decode()}
+    job = client.post("/v1/outpaint/jobs", json=body)
+    assert job.status_code == 202 and job.json()["total"] == len(steps), "total counts the steps of every pass"
+    stream = events(client, job.json()["id"])
+    last = stream[-1][1]
+    assert stream[-1][0] == "done" and last["step"] == last["total"] == len(steps)
+    assert (last["width"], last["height"]) == (104, 88)
+    assert np.array_equal(pixels(client.get(last["result_url"]).content), np.asarray(expected.convert("RGB")))
+    schema = client.get("/openapi.json").json()["paths"]["/v1/outpaint"]["post"]["requestBody"]["content"]
+    properties = schema["application/json"]["schema"]["properties"]
+    assert {"image", "left", "right", "top", "bottom", "overlap", "fill"} <= set(properties)
+    assert "mask_image" not in properties and all(p.get("description") for p in properties.values())

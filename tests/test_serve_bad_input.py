@@ -33,8 +33,14 @@ def upload(image: bytes | None = None, mask_bytes: bytes | None = None, **fields
     return "POST", "/v1/inpaint", {"files": parts, "data": form({**FAST, **fields})}
 
 
-def as_json(body) -> tuple:
-    return "POST", "/v1/inpaint", {"content": body if isinstance(body, bytes) else None,
+def outpaint(image: bytes | None = None, path: str = "/v1/outpaint", **fields):
+    """A multipart outpaint request (no mask: outpaint makes it)."""
+    return "POST", path, {"files": {"image": ("i.png", png(picture()) if image is None else image, "image/png")},
+                          "data": form({**FAST, **fields})}
+
+
+def as_json(body, path: str = "/v1/inpaint") -> tuple:
+    return "POST", path, {"content": body if isinstance(body, bytes) else None,
                                    "json": None if isinstance(body, bytes) else body,
                                    "headers": {"content-type": "application/json"}}
 
@@ -42,6 +48,10 @@ def as_json(body) -> tuple:
 def json_body(**overrides) -> dict:
     return {**FAST, "image": base64.b64encode(png(picture())).decode(),
             "mask_image": base64.b64encode(png(mask())).decode(), **overrides}
+
+
+def without_mask(**overrides) -> dict:
+    return {k: v for k, v in json_body(**overrides).items() if k != "mask_image"}
 
 
 good_png = png(picture())
@@ -115,6 +125,20 @@ CASES = [
      413, "body"),
     ("jobs endpoint: bad steps", ("POST", "/v1/jobs", upload(num_inference_steps=-3)[2]), 422, "num_inference_steps"),
     ("unknown path", ("GET", "/v1/nothing", {}), 404, "path"),
+    # outpaint (POST /v1/outpaint and /v1/outpaint/jobs): the same checks and these
+    ("outpaint: negative side", outpaint(left=-8), 422, "left"),
+    ("outpaint: all sides zero", outpaint(), 422, "left"),
+    ("outpaint: side not an integer", outpaint(right="12.5"), 422, "right"),
+    ("outpaint: side as a word", outpaint(bottom="lots"), 422, "bottom"),
+    ("outpaint: JSON side true", as_json(without_mask(top=True), "/v1/outpaint"), 422, "top"),
+    ("outpaint: unknown fill", outpaint(right=16, fill="blur"), 422, "fill"),
+    ("outpaint: overlap over 1024", outpaint(right=16, overlap=5000), 422, "overlap"),
+    ("outpaint: result over max_pixels", outpaint(right=5000, bottom=5000), 422, "right"),
+    ("outpaint: pass over max_output_pixels", outpaint(right=16, height=2048, width=2048), 422, "height"),
+    ("outpaint: a mask sent", ("POST", "/v1/outpaint", {**upload(right=16)[2]}), 422, "mask_image"),
+    ("outpaint: inpaint-only field", outpaint(right=16, mask_grow=4), 422, "mask_grow"),
+    ("outpaint: JSON without image", as_json({**FAST, "right": 16}, "/v1/outpaint"), 422, "image"),
+    ("outpaint job: unknown fill", outpaint(path="/v1/outpaint/jobs", left=8, fill="smear"), 422, "fill"),
 ]
 
 

@@ -158,3 +158,33 @@ def test_drop_mask_file_eraser_and_zoom(page, tmp_path):
     page.keyboard.press("0")
     assert page.evaluate("() => window.inpaintrt.editor.view.scale") == pytest.approx(scale)
     assert page.errors == []
+
+
+def test_outpaint_mode_grows_the_picture_and_chains(page, tmp_path):
+    source = sample_picture(96, 64)[0]
+    source.save(tmp_path / "small.png")
+    page.set_input_files("#image-file", str(tmp_path / "small.png"))
+    page.wait_for_function("() => window.inpaintrt.editor.width === 96 && window.inpaintrt.editor.height === 64")
+    page.select_option("#mode", "outpaint")
+    assert page.locator("#outpaint-fields").is_visible() and not page.locator("#keep_unmasked").is_visible()
+    assert page.locator("#run").inner_text() == "Outpaint"
+    page.fill("#right", "32")
+    page.fill("#bottom", "16")
+    page.select_option("#fill", "mirror")
+    page.fill("#num_inference_steps", "2")
+    assert page.evaluate("() => window.inpaintrt.editor.extension") == {"left": 0, "right": 32, "top": 0, "bottom": 16}
+    done = page.evaluate("() => window.inpaintrt.state.results.length")
+    page.click("#run")  # no mask painted: outpaint needs none
+    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 1}", timeout=120_000)
+    result = decoded(page.evaluate(BLOB_AS_BASE64, "result"))
+    assert result.shape == (64 + 16, 96 + 32, 3), "the result is the grown picture"
+    kept = np.asarray(source)[:30, :62]  # farther than the overlap (32) from the new area: the input's bytes
+    assert np.array_equal(result[:30, :62], kept)
+    seed = page.evaluate("() => window.inpaintrt.state.current.seed")
+    assert page.locator("#history li").first.inner_text().endswith(f"outpaint seed {seed}")
+
+    page.click("#use-result")  # chaining: the grown picture becomes the input
+    page.wait_for_function("() => window.inpaintrt.editor.width === 128 && window.inpaintrt.editor.height === 80")
+    page.select_option("#mode", "inpaint")
+    assert page.evaluate("() => window.inpaintrt.editor.extension") is None
+    assert page.errors == []

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
-from serve_helpers import FAST, files, form, pixels, running_server, wait_until  # noqa: E402
+from serve_helpers import FAST, files, form, picture, pixels, running_server, wait_until  # noqa: E402
 
 
 def free_port() -> int:
@@ -59,7 +59,7 @@ def test_same_results_as_the_single_process_server_spread_over_both_replicas(ray
     assert len(replicas) == 2, f"requests went to {replicas}, not to both replicas"
 
 
-def test_info_jobs_events_and_cancel_through_the_replicas(ray_url):
+def test_info_jobs_events_cancel_and_outpaint_through_the_replicas(ray_url, engines):
     with httpx.Client(base_url=ray_url, timeout=120) as client:
         info = client.get("/v1/info").json()
         assert info["model"]["unet_in_channels"] == 9 and info["limits"]["workers"] == 2
@@ -77,3 +77,11 @@ def test_info_jobs_events_and_cancel_through_the_replicas(ray_url):
         assert again.status_code == 200, "the replicas keep serving after a cancel"
         bad = client.post("/v1/inpaint", files=files(), data=form({**FAST, "scheduler": "nope"}))
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "scheduler"
+
+        from inpaintrt import Engine
+
+        sides = {"left": 24, "top": 16, "fill": "noise"}
+        grown = client.post("/v1/outpaint", files={"image": files()["image"]}, data=form({**FAST, **sides, "seed": 4}))
+        assert grown.status_code == 200 and grown.headers["x-replica"], grown.text
+        expected = Engine.load(engines[9]).outpaint(picture(), generator=4, progress=False, **FAST, **sides).images[0]
+        assert np.array_equal(pixels(grown.content), np.asarray(expected.convert("RGB"))), "outpaint on a replica"

@@ -24,7 +24,8 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
 from .errors import ApiError, install_handlers
-from .inputs import InpaintParameters, Limits, SyncParameters, read_request, request_schema
+from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
+                     read_request, request_schema)
 from .jobs import CANCELLED, DONE, FINISHED, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 
@@ -84,8 +85,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         await asyncio.to_thread(manager.stop)
 
     app = FastAPI(title="inpaintrt", version=__version__, lifespan=lifespan,
-                  description="Stable Diffusion inpainting. Field names follow `Engine.inpaint` (diffusers' "
-                              "`StableDiffusionInpaintPipeline`); `seed` is its `generator`. Errors are "
+                  description="Stable Diffusion inpainting and outpainting. Field names follow `Engine.inpaint` "
+                              "(diffusers' `StableDiffusionInpaintPipeline`) and `Engine.outpaint`; `seed` is their "
+                              "`generator`. Errors are "
                               "`{\"error\": {status, field, message, fix}}`.")
     app.state.manager, app.state.settings = manager, settings
     install_handlers(app)
@@ -104,16 +106,15 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                            headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorized)]
-    bodies = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": request_schema(SyncParameters, binary=True)},
-        "application/json": {"schema": request_schema(SyncParameters, binary=False)}}}}
-    job_bodies = {"requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": request_schema(InpaintParameters, binary=True)},
-        "application/json": {"schema": request_schema(InpaintParameters, binary=False)}}}}
+
+    def body(model) -> dict:
+        return {"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": request_schema(model, binary=True)},
+            "application/json": {"schema": request_schema(model, binary=False)}}}}
 
     def submit(parsed):
         try:
-            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps)
+            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps, parsed.task)
         except QueueFull:
             raise ApiError(429, "queue", f"all {settings.queue_size} queue slots are taken",
                            "retry after the Retry-After seconds", headers={"Retry-After": str(_retry_after(manager))})
@@ -139,11 +140,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                     "queue_size": settings.queue_size, "workers": manager.worker_count},
                 "batching": "none: each request runs its own UNet calls on one worker's engine"}
 
-    @app.post("/v1/inpaint", dependencies=guarded, openapi_extra=bodies, summary="Inpaint and wait for the picture",
-              responses={200: {"content": {"image/png": {}, "application/json": {}},
-                               "description": "The picture (X-Seed, X-Timings headers) or JSON with base64"}})
-    async def inpaint(request: Request):
-        parsed = await read_request(request, SyncParameters, limits, facts)
+    async def wait_for(request: Request, model) -> Response:
+        """The synchronous endpoints: queue the job like POST /v1/jobs would, answer with its picture."""
+        parsed = await read_request(request, model, limits, facts)
         job = submit(parsed)
         try:
             while job.status not in FINISHED:
@@ -156,11 +155,33 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         finally:
             manager.forget(job.id)
 
-    @app.post("/v1/jobs", dependencies=guarded, openapi_extra=job_bodies, status_code=202,
+    async def queue_job(request: Request, model) -> JSONResponse:
+        job = submit(await read_request(request, model, limits, facts))
+        return JSONResponse(_job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    picture_responses = {200: {"content": {"image/png": {}, "application/json": {}},
+                               "description": "The picture (X-Seed, X-Timings headers) or JSON with base64"}}
+
+    @app.post("/v1/inpaint", dependencies=guarded, openapi_extra=body(SyncParameters),
+              summary="Inpaint and wait for the picture", responses=picture_responses)
+    async def inpaint(request: Request):
+        return await wait_for(request, SyncParameters)
+
+    @app.post("/v1/jobs", dependencies=guarded, openapi_extra=body(InpaintParameters), status_code=202,
               summary="Queue an inpaint job; returns its id at once")
     async def create_job(request: Request):
-        job = submit(await read_request(request, InpaintParameters, limits, facts))
-        return JSONResponse(_job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        return await queue_job(request, InpaintParameters)
+
+    @app.post("/v1/outpaint", dependencies=guarded, openapi_extra=body(SyncOutpaintParameters),
+              summary="Outpaint (grow the picture by left/right/top/bottom pixels) and wait for the picture",
+              responses=picture_responses)
+    async def outpaint(request: Request):
+        return await wait_for(request, SyncOutpaintParameters)
+
+    @app.post("/v1/outpaint/jobs", dependencies=guarded, openapi_extra=body(OutpaintParameters), status_code=202,
+              summary="Queue an outpaint job; returns its id at once (follow it under /v1/jobs/{id})")
+    async def create_outpaint_job(request: Request):
+        return await queue_job(request, OutpaintParameters)
 
     def find(job_id: str):
         job = manager.get(job_id)
@@ -244,7 +265,7 @@ def _result(job, response_format: str) -> Response:
 def _field_of(message: str) -> str:
     """The engine names the parameter first in its messages."""
     first = message.split(" ")[0].split("=")[0].rstrip(":")
-    return first if first in InpaintParameters.model_fields or first in ("image", "mask_image") else "request"
+    return first if first in FIELDS or first in ("image", "mask_image") else "request"
 
 
 def _retry_after(manager: JobManager) -> int:

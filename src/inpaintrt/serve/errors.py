@@ -47,6 +47,12 @@ FIELD_FIXES = {
     "mask_shrink": "send an integer number of pixels from 0 to 1000",
     "mask_invert": "send true or false",
     "response_format": "send png or json",
+    "left": "send a whole number of pixels >= 0 to add on the left",
+    "right": "send a whole number of pixels >= 0 to add on the right",
+    "top": "send a whole number of pixels >= 0 to add on the top",
+    "bottom": "send a whole number of pixels >= 0 to add on the bottom",
+    "overlap": "send a whole number of pixels from 0 to 1024",
+    "fill": "send one of edge, mirror, noise",
     "image": "send the picture as a PNG, JPEG or WebP file (multipart) or base64 text (JSON)",
     "mask_image": "send the mask (white = repaint) as a PNG file (multipart) or base64 text (JSON)",
 }

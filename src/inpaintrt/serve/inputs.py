@@ -1,7 +1,8 @@
-"""Reading an inpaint request (multipart or JSON), checking every field before a worker sees it.
+"""Reading an inpaint or outpaint request (multipart or JSON), checking every field before a worker sees it.
 
 Every check raises ApiError naming the field, so a bad request costs the server no worker time
-and never kills a worker. Field names are Engine.inpaint's; `seed` stands for its `generator=int`.
+and never kills a worker. Field names are Engine.inpaint's (and Engine.outpaint's); `seed` stands for
+their `generator=int`.
 """
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..engine.outpaint import SIDES, plan
 from ..runtime import images as imaging
 from ..runtime.inpaint import run_timesteps
 from ..runtime.schedulers import SCHEDULERS, make_scheduler
@@ -26,9 +28,11 @@ from .errors import ApiError, validation_error
 SchedulerName = Literal[tuple(sorted(SCHEDULERS))]  # type: ignore[valid-type]
 
 
-class InpaintParameters(BaseModel):
-    """The fields of POST /v1/inpaint and POST /v1/jobs besides the two pictures."""
+class CommonParameters(BaseModel):
+    """The fields inpaint and outpaint requests share (besides the pictures)."""
     model_config = ConfigDict(extra="forbid")
+    task: ClassVar[str] = ""  # the Engine method a job of these parameters calls
+    pictures: ClassVar[tuple[str, ...]] = ()  # the picture parts
 
     prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
@@ -47,24 +51,71 @@ class InpaintParameters(BaseModel):
                                             "one; the seed used is returned either way.")
     height: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output height; default: the model's.")
     width: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output width; default: the model's.")
-    padding_mask_crop: Optional[int] = Field(None, ge=0, description="Inpaint only the mask's box padded by N pixels.")
-    blur_factor: float = Field(0, ge=0, le=1000, allow_inf_nan=False, description="Blur radius of the mask edge.")
-    keep_unmasked: bool = Field(False, description="Paste the result over the input: unmasked pixels stay as sent.")
-    keep_input_size: bool = Field(False, description="Output at the input's size (rounded down to multiples of 8).")
     mask_mode: Literal["binary", "soft"] = Field(
         "binary", description="binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps "
                               "a pixel may change (differential diffusion; white = fully, black = kept).")
     masked_content: Literal["original", "fill", "latent_noise", "latent_nothing"] = Field(
         "original", description="What the masked area starts from when strength < 1: the picture (diffusers), "
                                 "colours filled in from around it, pure noise, or nothing.")
+
+
+class InpaintParameters(CommonParameters):
+    """The fields of POST /v1/inpaint and POST /v1/jobs besides the two pictures."""
+    task: ClassVar[str] = "inpaint"
+    pictures: ClassVar[tuple[str, ...]] = ("image", "mask_image")
+
+    padding_mask_crop: Optional[int] = Field(None, ge=0, description="Inpaint only the mask's box padded by N pixels.")
+    blur_factor: float = Field(0, ge=0, le=1000, allow_inf_nan=False, description="Blur radius of the mask edge.")
+    keep_unmasked: bool = Field(False, description="Paste the result over the input: unmasked pixels stay as sent.")
+    keep_input_size: bool = Field(False, description="Output at the input's size (rounded down to multiples of 8).")
     mask_grow: int = Field(0, ge=0, le=1000, description="Grow the mask by this many pixels before use.")
     mask_shrink: int = Field(0, ge=0, le=1000, description="Shrink the mask by this many pixels before use.")
     mask_invert: bool = Field(False, description="Repaint the black part of the mask instead of the white.")
 
 
-class SyncParameters(InpaintParameters):
+class OutpaintParameters(CommonParameters):
+    """The fields of POST /v1/outpaint and POST /v1/outpaint/jobs besides the picture (Engine.outpaint's)."""
+    task: ClassVar[str] = "outpaint"
+    pictures: ClassVar[tuple[str, ...]] = ("image",)
+
+    left: int = Field(0, ge=0, description="Pixels to add on the left (at least one side > 0).")
+    right: int = Field(0, ge=0, description="Pixels to add on the right.")
+    top: int = Field(0, ge=0, description="Pixels to add on the top.")
+    bottom: int = Field(0, ge=0, description="Pixels to add on the bottom.")
+    overlap: int = Field(32, ge=0, le=1024, description="How far (pixels) the repaint reaches into the existing "
+                                                        "picture, feathered; 0 = a hard seam.")
+    fill: Literal["edge", "mirror", "noise"] = Field(
+        "edge", description="Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise.")
+    height: Optional[int] = Field(None, ge=8, multiple_of=8,
+                                  description="Height of each pass (window); default: the model's. The result is the "
+                                              "picture's height + top + bottom.")
+    width: Optional[int] = Field(None, ge=8, multiple_of=8,
+                                 description="Width of each pass (window); default: the model's. The result is the "
+                                             "picture's width + left + right.")
+
+    @field_validator(*SIDES, "overlap", mode="before")
+    @classmethod
+    def _not_boolean(cls, value):
+        if isinstance(value, bool):  # pydantic would take true as 1 pixel
+            raise ValueError("a number of pixels is needed, not true or false")
+        return value
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     response_format: Literal["png", "json"] = Field(
         "png", description="png: the picture, seed and timings in X-Seed / X-Timings headers; json: base64 + fields.")
+
+
+class SyncParameters(ResponseFormat, InpaintParameters):
+    """POST /v1/inpaint: the job's fields and how to answer."""
+
+
+class SyncOutpaintParameters(ResponseFormat, OutpaintParameters):
+    """POST /v1/outpaint: the job's fields and how to answer."""
+
+
+FIELDS = set(InpaintParameters.model_fields) | set(OutpaintParameters.model_fields)
 
 
 @dataclass
@@ -77,26 +128,28 @@ class Limits:
 
 @dataclass
 class Parsed:
-    arguments: dict  # keyword arguments for Engine.inpaint, pictures decoded
+    task: str  # the Engine method: inpaint or outpaint
+    arguments: dict  # its keyword arguments, pictures decoded
     seed: int
-    total_steps: int  # denoising loop iterations (fewer with strength < 1, more for second-order samplers)
+    total_steps: int  # denoising loop iterations (fewer with strength < 1, more for second-order samplers; outpaint:
+    # those of every pass)
     response_format: str = "png"
 
 
-def request_schema(model: type[BaseModel], binary: bool) -> dict:
-    """The OpenAPI schema of a request body: the parameters plus the two pictures."""
+def request_schema(model: type[CommonParameters], binary: bool) -> dict:
+    """The OpenAPI schema of a request body: the parameters plus the pictures."""
     schema = model.model_json_schema()
     picture = ({"type": "string", "format": "binary"} if binary else
                {"type": "string", "contentEncoding": "base64", "description": "base64 (a data: URL is fine)"})
-    schema["properties"] = {
-        "image": {**picture, "description": "The picture (PNG, JPEG, WebP, ...)."},
-        "mask_image": {**picture, "description": "Mask of the same size: white = repaint, black = keep."},
-        **schema["properties"]}
-    schema["required"] = ["image", "mask_image"]
+    described = {"image": "The picture (PNG, JPEG, WebP, ...).",
+                 "mask_image": "Mask of the same size: white = repaint, black = keep."}
+    schema["properties"] = {**{name: {**picture, "description": described[name]} for name in model.pictures},
+                            **schema["properties"]}
+    schema["required"] = list(model.pictures)
     return schema
 
 
-async def read_request(request, model: type[BaseModel], limits: Limits, engine_facts: dict) -> Parsed:
+async def read_request(request, model: type[CommonParameters], limits: Limits, engine_facts: dict) -> Parsed:
     """Parse the body by its content type, check it, decode the pictures."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -168,30 +221,69 @@ async def _read_json(request) -> tuple[dict, dict]:
     return fields, files
 
 
-def check(params: InpaintParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:
-    for name in ("image", "mask_image"):
+def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:
+    """Every check of an inpaint or outpaint request; the Parsed job is what a worker runs."""
+    for name in files:
+        if name not in params.pictures:
+            raise ApiError(422, name, f"{name} is not a part of {params.task} requests"
+                           + (" (outpaint makes the mask itself from left, right, top and bottom)"
+                              if name == "mask_image" else ""), f"leave {name} out")
+    for name in params.pictures:
         if name not in files:
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
     if params.num_inference_steps > limits.max_steps:
         raise ApiError(422, "num_inference_steps", f"num_inference_steps={params.num_inference_steps} is above this "
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
     image = decode_picture(files["image"], "image", limits.max_pixels)
-    mask = decode_picture(files["mask_image"], "mask_image", limits.max_pixels)
-    if image.size != mask.size:
+    arguments = params.model_dump(exclude={"seed", "response_format"})
+    arguments["image"] = image
+    _check_output_size(params, image.size, limits, engine_facts)
+    total = _count_steps(params, engine_facts)
+    if isinstance(params, OutpaintParameters):
+        total *= _outpaint_passes(params, image.size, limits, engine_facts)
+        arguments["max_pixels"] = limits.max_pixels
+    else:
+        arguments["mask_image"] = _checked_mask(params, files["mask_image"], image.size, limits)
+    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
+    return Parsed(params.task, arguments, seed, total, getattr(params, "response_format", "png"))
+
+
+def _checked_mask(params: InpaintParameters, data: bytes, size: tuple[int, int], limits: Limits) -> Image.Image:
+    mask = decode_picture(data, "mask_image", limits.max_pixels)
+    if size != mask.size:
         raise ApiError(422, "mask_image", f"mask_image is {mask.size[0]}x{mask.size[1]} but image is "
-                       f"{image.size[0]}x{image.size[1]}", "send a mask of exactly the picture's size")
+                       f"{size[0]}x{size[1]}", "send a mask of exactly the picture's size")
     level = np.asarray(mask.convert("L"))
     level = 255 - level if params.mask_invert else level
     if level.max() < (1 if params.mask_mode == "soft" else 128):
         raise ApiError(422, "mask_image", "mask_image marks nothing to repaint (all black"
                        + (", after mask_invert)" if params.mask_invert else ")"),
                        "paint white where the picture should change")
-    _check_output_size(params, image.size, limits, engine_facts)
-    total = _count_steps(params, engine_facts)
-    arguments = params.model_dump(exclude={"seed", "response_format"})
-    arguments.update(image=image, mask_image=mask)
-    seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
-    return Parsed(arguments, seed, total, getattr(params, "response_format", "png"))
+    return mask
+
+
+def _outpaint_passes(params: OutpaintParameters, size: tuple[int, int], limits: Limits, facts: dict) -> int:
+    """Refuse what Engine.outpaint would refuse; the number of inpaint passes it will run."""
+    sides = {name: getattr(params, name) for name in SIDES}
+    if not any(sides.values()):
+        raise ApiError(422, "left", "left, right, top and bottom are all 0: nothing to add",
+                       "give the number of pixels to add on at least one side, e.g. right=128")
+    width, height = size[0] + sides["left"] + sides["right"], size[1] + sides["top"] + sides["bottom"]
+    if width * height > limits.max_pixels:
+        largest = max(sides, key=sides.get)
+        raise ApiError(422, largest, f"the grown picture would be {width}x{height} = {width * height} pixels, over "
+                       f"this server's limit of {limits.max_pixels}",
+                       f"add fewer pixels ({largest}={sides[largest]} is the largest side) or send a smaller picture")
+    window = (params.height or facts["default_height"], params.width or facts["default_width"])
+    box = (sides["top"], sides["left"], sides["top"] + size[1], sides["left"] + size[0])
+    known = np.zeros((height, width), bool)
+    known[box[0]:box[2], box[1]:box[3]] = True
+    passes = 0
+    for y, x, wh, ww in plan((height, width), box, window):  # Engine.outpaint skips windows with nothing new
+        if not known[y:y + wh, x:x + ww].all():
+            passes += 1
+            known[y:y + wh, x:x + ww] = True
+    return passes
 
 
 def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -219,7 +311,8 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
 
 
 def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dict) -> None:
-    if params.keep_input_size:
+    """height x width generated at once (for outpaint: each pass) against max_output_pixels."""
+    if getattr(params, "keep_input_size", False):
         if params.height is not None or params.width is not None:
             raise ApiError(422, "keep_input_size", "keep_input_size takes height and width from the image",
                            "leave height and width out, or keep_input_size false")

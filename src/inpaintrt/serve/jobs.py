@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
+TASKS = ("inpaint", "outpaint")  # the Engine methods a job may call
 
 
 class QueueFull(Exception):
@@ -34,8 +35,9 @@ class JobCancelled(Exception):
 @dataclass
 class Job:
     id: str
-    arguments: dict  # keyword arguments for Engine.inpaint (image and mask_image already decoded)
+    arguments: dict  # keyword arguments for Engine.inpaint / outpaint (pictures already decoded)
     seed: int
+    task: str = "inpaint"  # the Engine method that runs it: inpaint or outpaint
     status: str = QUEUED
     step: int = 0
     total: int = 0
@@ -92,9 +94,11 @@ class JobManager:
             thread.start()
             self.threads.append(thread)
 
-    def submit(self, arguments: dict, seed: int, total: int) -> Job:
-        """Queue a job; `total` is the number of denoising steps it will report."""
-        job = Job(id=secrets.token_urlsafe(16), arguments=arguments, seed=seed, total=total)
+    def submit(self, arguments: dict, seed: int, total: int, task: str = "inpaint") -> Job:
+        """Queue a job; `total` is the number of denoising steps it will report; `task` the Engine method."""
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not one of {TASKS}")
+        job = Job(id=secrets.token_urlsafe(16), arguments=arguments, seed=seed, total=total, task=task)
         if self.loop is not None:
             job.changed = asyncio.Event()
         with self.lock:
@@ -176,15 +180,16 @@ class JobManager:
                     self.busy -= 1
 
     def _run(self, job: Job, engine) -> None:
-        def on_step(step, timestep, latents):
-            job.step, job.total = step + 1, max(job.total, step + 1)
+        def on_step(step, timestep, latents):  # counted, not read from `step`: outpaint restarts it each pass
+            job.step += 1
+            job.total = max(job.total, job.step)
             self._notify(job)
             if job.cancel_requested:
                 raise JobCancelled()
 
         try:
-            result = engine.inpaint(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
-                                    progress=False, output_type="pil")
+            result = getattr(engine, job.task)(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
+                                               progress=False, output_type="pil")
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from ray import serve
 
 from .app import Settings, create_app, engine_facts
-from .jobs import JobCancelled, JobManager
+from .jobs import TASKS, JobCancelled, JobManager
 
 APP_NAME = "inpaintrt"
 ENGINE_DEPLOYMENT = "InpaintEngine"
@@ -35,9 +35,12 @@ class InpaintEngine:
     def facts(self) -> dict:
         return engine_facts(self.engine)
 
-    async def run(self, arguments: dict, seed: int):
+    async def run(self, arguments: dict, seed: int, task: str = "inpaint"):
         """Stream ("step", n) while denoising, then ("done", png, width, height, replica), ("cancelled",) or
-        ("failed", message). Closing the stream (a cancelled job) stops the engine after its current step."""
+        ("failed", message). Closing the stream (a cancelled job) stops the engine after its current step.
+        task: the Engine method (inpaint or outpaint)."""
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not one of {TASKS}")
         events: queue.Queue = queue.Queue()
         stop = threading.Event()
 
@@ -48,8 +51,8 @@ class InpaintEngine:
 
         def work():
             try:
-                picture = self.engine.inpaint(**arguments, generator=seed, callback_on_step_end=on_step,
-                                              progress=False).images[0]
+                picture = getattr(self.engine, task)(**arguments, generator=seed, callback_on_step_end=on_step,
+                                                     progress=False).images[0]
                 events.put(("done", encode_png(picture), picture.width, picture.height, self.replica))
             except JobCancelled:
                 events.put(("cancelled",))
@@ -94,8 +97,14 @@ class RemoteEngine:
         self.handle = handle
         self.remote_facts = handle.facts.remote().result()
 
-    def inpaint(self, *, generator, callback_on_step_end, progress=False, output_type="pil", **arguments):
-        stream = self.handle.options(stream=True).run.remote(arguments, generator)
+    def inpaint(self, **arguments):
+        return self._run("inpaint", **arguments)
+
+    def outpaint(self, **arguments):
+        return self._run("outpaint", **arguments)
+
+    def _run(self, task, *, generator, callback_on_step_end, progress=False, output_type="pil", **arguments):
+        stream = self.handle.options(stream=True).run.remote(arguments, generator, task)
         for event in stream:
             if event[0] == "step":
                 try:

@@ -1,5 +1,5 @@
-// The page: load a picture, paint the mask (editor.js), send a job, follow its events, show,
-// compare, download and chain results. Plain modules, no build step, nothing from the network
+// The page: load a picture, paint the mask (editor.js) or set the outpaint extension, send a job,
+// follow its events, show, compare, download and chain results. Plain modules, no build step, nothing from the network
 // but this server.
 import { MaskEditor } from "./editor.js";
 
@@ -136,31 +136,68 @@ function updateButtons() {
   $("redo").disabled = !editor.redoStack.length;
 }
 
+// --- inpaint or outpaint -----------------------------------------------------------------------
+
+const SIDES = ["left", "right", "top", "bottom"];
+const outpainting = () => $("mode").value === "outpaint";
+const sides = () => Object.fromEntries(SIDES.map((side) => [side, Math.max(0, Math.round(+$(side).value || 0))]));
+
+function applyMode() {
+  $("outpaint-fields").hidden = !outpainting();
+  for (const element of document.querySelectorAll(".inpaint-only")) element.hidden = outpainting();
+  $("run").textContent = outpainting() ? "Outpaint" : "Inpaint";
+  $("prompt").placeholder = outpainting() ? "what to paint into the new area" : "what to paint into the mask";
+  editor.setExtension(outpainting() ? sides() : null);
+}
+
+$("mode").onchange = applyMode;
+for (const side of SIDES) $(side).oninput = () => outpainting() && editor.setExtension(sides());
+
+// The picture as it sits on the grown canvas, transparent around it: the "before" of an outpaint result.
+async function onGrownCanvas(blob, s) {
+  const image = await createImageBitmap(blob);
+  const canvas = document.createElement("canvas");
+  canvas.width = image.width + s.left + s.right;
+  canvas.height = image.height + s.top + s.bottom;
+  canvas.getContext("2d").drawImage(image, s.left, s.top);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
 function fields() {
   const form = new FormData();
-  for (const name of ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed",
-    "scheduler", "padding_mask_crop", "blur_factor", "mask_mode", "masked_content", "mask_grow", "mask_shrink"]) {
+  const common = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed", "scheduler",
+    "mask_mode", "masked_content"];
+  const own = outpainting() ? [...SIDES, "overlap", "fill"] : ["padding_mask_crop", "blur_factor", "mask_grow",
+    "mask_shrink"];
+  for (const name of [...common, ...own]) {
     const value = $(name).value.trim();
     if (value !== "") form.append(name, value);
   }
-  for (const name of ["keep_unmasked", "keep_input_size"]) form.append(name, $(name).checked ? "true" : "false");
+  if (!outpainting()) {
+    for (const name of ["keep_unmasked", "keep_input_size"]) form.append(name, $(name).checked ? "true" : "false");
+  }
   return form;
 }
 
 $("params").addEventListener("submit", async (e) => {
   e.preventDefault();
-  if (!editor.hasMask()) return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
+  const task = outpainting() ? "outpaint" : "inpaint";
+  if (task === "inpaint" && !editor.hasMask()) {
+    return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
+  }
   const form = fields();
   form.append("image", state.pictureBlob, "image.png");
-  form.append("mask_image", await editor.maskBlob(), "mask.png");
-  const before = state.pictureBlob;
+  if (task === "inpaint") form.append("mask_image", await editor.maskBlob(), "mask.png");
+  const picture = state.pictureBlob, grown = sides();
   $("progress").value = 0;
   try {
-    state.job = (await (await api("/v1/jobs", { method: "POST", body: form })).json()).id;
+    const path = task === "outpaint" ? "/v1/outpaint/jobs" : "/v1/jobs";
+    state.job = (await (await api(path, { method: "POST", body: form })).json()).id;
     updateButtons();
     setStatus("Queued…");
     const last = await follow(state.job);
-    if (last.status === "done") await showResult(last, before);
+    const before = task === "outpaint" ? await onGrownCanvas(picture, grown) : picture;
+    if (last.status === "done") await showResult(last, before, task);
     else setStatus(last.status === "cancelled" ? "Cancelled." : `Failed: ${last.error}`, last.status !== "cancelled");
   } catch (err) {
     setStatus(err.message, true);
@@ -196,17 +233,17 @@ $("cancel").onclick = async () => {
   if (state.job) await api(`/v1/jobs/${state.job}`, { method: "DELETE" }).catch((e) => setStatus(e.message, true));
 };
 
-async function showResult(job, before) {
+async function showResult(job, before, task) {
   const blob = await (await api(job.result_url)).blob();
   const entry = { blob, url: URL.createObjectURL(blob), before: URL.createObjectURL(before), seed: job.seed,
-    prompt: $("prompt").value, job: job.id, timings: job.timings };
+    prompt: $("prompt").value, job: job.id, timings: job.timings, task, width: job.width, height: job.height };
   state.results.push(entry);
   select(entry);
   const item = document.createElement("li");
   item.title = `seed ${entry.seed}: ${entry.prompt || "(no prompt)"} — click to show`;
   item.innerHTML = `<img alt=""><span></span>`;
   item.querySelector("img").src = entry.url;
-  item.querySelector("span").textContent = `#${state.results.length} seed ${entry.seed}`;
+  item.querySelector("span").textContent = `#${state.results.length} ${task} seed ${entry.seed}`;
   item.onclick = () => select(entry);
   $("history").prepend(item);
   $("progress").value = 1;
@@ -219,7 +256,7 @@ function select(entry) {
   $("result-image").src = entry.url;
   $("before-image").src = entry.before;
   $("download").href = entry.url;
-  $("download").download = `inpainted-seed${entry.seed}.png`;
+  $("download").download = `${entry.task}ed-seed${entry.seed}.png`;
   $("seed-used").textContent = `seed ${entry.seed}`;
   document.body.dataset.result = entry.job;
 }
@@ -230,5 +267,6 @@ $("reuse-seed").onclick = () => { if (state.current) $("seed").value = state.cur
 
 $("token").value = localStorage.getItem("inpaintrt-token") || "";
 setBrush(24);
+applyMode();
 updateButtons();
 loadInfo();

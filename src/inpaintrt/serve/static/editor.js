@@ -22,6 +22,7 @@ export class MaskEditor {
     this.stroke = null;             // {last: [x, y]} while painting
     this.panFrom = null;
     this.spaceHeld = false;
+    this.extension = null;          // outpaint preview: {left, right, top, bottom} pixels shown around the picture
     new ResizeObserver(() => this.render()).observe(canvas);
     this.bindPointer();
   }
@@ -197,9 +198,16 @@ export class MaskEditor {
   fit() {
     const w = this.canvas.clientWidth || 1, h = this.canvas.clientHeight || 1;
     if (!this.picture) return;
-    const scale = Math.min(w / this.width, h / this.height) * 0.95;
-    this.view = { scale, x: (w - this.width * scale) / 2, y: (h - this.height * scale) / 2 };
+    const e = this.extension || { left: 0, right: 0, top: 0, bottom: 0 };
+    const fw = this.width + e.left + e.right, fh = this.height + e.top + e.bottom;
+    const scale = Math.min(w / fw, h / fh) * 0.95;
+    this.view = { scale, x: (w - fw * scale) / 2 + e.left * scale, y: (h - fh * scale) / 2 + e.top * scale };
     this.render();
+  }
+
+  setExtension(extension) {  // null, or the pixels outpaint will add on each side
+    this.extension = extension;
+    this.fit();
   }
 
   zoomAt(factor, cx, cy) {
@@ -228,6 +236,20 @@ export class MaskEditor {
     g.globalAlpha = 0.5;
     g.drawImage(this.tint, 0, 0);
     g.globalAlpha = 1;
+    if (this.extension) {  // the area outpaint adds: tinted, with a dashed border
+      const { left, right, top, bottom } = this.extension;
+      const fw = this.width + left + right, fh = this.height + top + bottom;
+      g.fillStyle = "rgba(79, 140, 255, 0.22)";
+      g.beginPath();
+      g.rect(-left, -top, fw, fh);
+      g.rect(0, 0, this.width, this.height);
+      g.fill("evenodd");
+      g.setLineDash([6 / v.scale, 4 / v.scale]);
+      g.lineWidth = 1.5 / v.scale;
+      g.strokeStyle = "#4f8cff";
+      g.strokeRect(-left, -top, fw, fh);
+      g.setLineDash([]);
+    }
     if (this.onView) this.onView(v.scale);
   }
 }

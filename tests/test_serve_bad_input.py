@@ -135,6 +135,7 @@ CASES = [
     ("outpaint: overlap over 1024", outpaint(right=16, overlap=5000), 422, "overlap"),
     ("outpaint: result over max_pixels", outpaint(right=5000, bottom=5000), 422, "right"),
     ("outpaint: pass over max_output_pixels", outpaint(right=16, height=2048, width=2048), 422, "height"),
+    ("outpaint: more passes than max_outpaint_passes", outpaint(right=2000, height=64, width=64), 422, "right"),
     ("outpaint: a mask sent", ("POST", "/v1/outpaint", {**upload(right=16)[2]}), 422, "mask_image"),
     ("outpaint: inpaint-only field", outpaint(right=16, mask_grow=4), 422, "mask_grow"),
     ("outpaint: JSON without image", as_json({**FAST, "right": 16}, "/v1/outpaint"), 422, "image"),

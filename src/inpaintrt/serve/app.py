@@ -43,12 +43,14 @@ class Settings:
     max_pixels: int = 4096 * 4096
     max_output_pixels: int = 1024 * 1024
     max_steps: int = 150
+    max_outpaint_passes: int = 8
     keep_finished: int = 64
     cors_origins: list[str] = field(default_factory=list)
     announce: str | None = None  # printed once the engines are loaded and requests are answered
 
     def limits(self) -> Limits:
-        return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps)
+        return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
+                      self.max_outpaint_passes)
 
 
 def engine_facts(engine) -> dict:
@@ -137,6 +139,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                 "schedulers": sorted(SCHEDULERS), "limits": {
                     "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                     "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,
+                    "max_outpaint_passes": limits.max_outpaint_passes,
                     "queue_size": settings.queue_size, "workers": manager.worker_count},
                 "batching": "none: each request runs its own UNet calls on one worker's engine"}
 

@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded picture in pixels; 413")
     p.add_argument("--max-output-pixels", type=int, default=1024 * 1024, help="largest height x width generated")
     p.add_argument("--max-steps", type=int, default=150, help="largest num_inference_steps accepted (at most 1000)")
+    p.add_argument("--max-outpaint-passes", type=int, default=8,
+                   help="most inpaint passes one outpaint request may need (default 8; 512 -> 1280 wide takes 3)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off without it")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
@@ -34,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
 def settings_from(args):
     from .app import Settings
 
-    for name in ("workers", "queue_size", "replicas", "max_steps"):
+    for name in ("workers", "queue_size", "replicas", "max_steps", "max_outpaint_passes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_steps > 1000:
@@ -42,7 +44,7 @@ def settings_from(args):
     return Settings(engine_dir=args.engine, backend=args.backend, workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
-                    cors_origins=args.cors_origin)
+                    max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,7 @@ class Limits:
     max_pixels: int  # of an uploaded picture, checked from its header before decoding
     max_output_pixels: int  # height x width generated (memory grows with it)
     max_steps: int
+    max_outpaint_passes: int = 8  # an outpaint job runs this many inpaint passes at most (its work grows with them)
 
 
 @dataclass
@@ -283,6 +284,11 @@ def _outpaint_passes(params: OutpaintParameters, size: tuple[int, int], limits: 
         if not known[y:y + wh, x:x + ww].all():
             passes += 1
             known[y:y + wh, x:x + ww] = True
+    if passes > limits.max_outpaint_passes:
+        largest = max(sides, key=sides.get)
+        raise ApiError(422, largest, f"growing the picture to {width}x{height} takes {passes} passes of "
+                       f"{window[1]}x{window[0]}, over this server's max_outpaint_passes={limits.max_outpaint_passes}",
+                       "add fewer pixels, or send a larger height/width per pass within max_output_pixels")
     return passes
 
 

@@ -13,11 +13,12 @@ table and written as JSON, with a bar chart (PNG) when matplotlib is installed (
 
 Variants (issue 17): ours in fp32 (ONNX Runtime) and in bf16 (OpenVINO, `precision="bf16"`),
 diffusers in fp32 and in bf16 (`torch.autocast("cpu", torch.bfloat16)`). Cold start is load + first
-image; `cold_start_first_s` is the first process's (for OpenVINO: its model cache emptied first, so it
-compiles), `cold_start_s` the median of the later ones (OpenVINO imports the cached compiled models;
-it always gets at least two processes). The files stay in the OS page cache throughout: no variant
-reads from a cold disk. Every variant's end-to-end image is made with the same numpy noise (diffusers
-replays it, DESIGN.md §4); the PSNR of each against diffusers fp32 is reported.
+image; `cold_start_first_s` is the first process's (for OpenVINO: its model cache emptied first, so
+it converts and compiles), `cold_start_s` the median of the later ones (OpenVINO imports the cached
+compiled models; it always gets at least two processes); `peak_rss_first_mb` / `peak_rss_mb`
+likewise. The files stay in the OS page cache throughout: no variant reads from a cold disk. Every
+variant's end-to-end image is made with the same numpy noise (diffusers replays it, DESIGN.md §4);
+the PSNR of each against diffusers fp32 is reported.
 """
 from __future__ import annotations
 
@@ -276,9 +277,10 @@ def summarize(runs: dict, size: str, pixels: int, steps: int, psnr: dict | None 
     for who, rs in runs.items():
         medians[who] = {m: statistics.median(r[m] for r in rs) for m in MEASURES}
         # the first process loads without OpenVINO's model cache; the later ones load the second time
-        medians[who]["cold_start_first_s"] = rs[0]["cold_start_s"]
-        medians[who]["cold_start_s"] = statistics.median(r["cold_start_s"] for r in rs[1:] or rs)
-    measures = MEASURES + ("cold_start_first_s",)
+        for m, first in (("cold_start_s", "cold_start_first_s"), ("peak_rss_mb", "peak_rss_first_mb")):
+            medians[who][first] = rs[0][m]  # the first load compiles (OpenVINO: converts, too)
+            medians[who][m] = statistics.median(r[m] for r in rs[1:] or rs)
+    measures = MEASURES + ("cold_start_first_s", "peak_rss_first_mb")
     ratios = {label: {m: medians[a][m] / medians[b][m] for m in measures}
               for a, b, label in RATIOS if a in medians and b in medians}
     sizes = {"inpaintrt": installed_mb(RUNTIME_ROOTS), "diffusers": installed_mb(DIFFUSERS_ROOTS)}
@@ -311,7 +313,7 @@ def table(report: dict) -> str:
             f"7.5, processes {report['processes']}, {report['machine']['cores']} cores ({report['machine']['cpu']})",
             "", "| measure | " + " | ".join(variants + list(ratios)) + " |", "|---" * (1 + len(variants) + len(ratios)) + "|"]
     for m in ("end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s", "load_s",
-              "cold_start_first_s", "cold_start_s", "peak_rss_mb"):
+              "cold_start_first_s", "cold_start_s", "peak_rss_first_mb", "peak_rss_mb"):
         values = [f"{report['median'][who][m]:.3f}" for who in variants] + [f"{r[m]:.2f}x" for r in ratios.values()]
         rows.append(f"| {m} | " + " | ".join(values) + " |")
     psnr = report["psnr_vs_diffusers_fp32_db"]

@@ -17,7 +17,7 @@ def test_tiny_benchmark_reports_every_measure(tmp_path, family, name):
     assert "| end_to_end_s |" in result.stdout
     report = json.loads((tmp_path / f"bench-cpu-{name}.json").read_text())
     measures = {"cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
-                "peak_rss_mb", "load_s", "cold_start_first_s"}
+                "peak_rss_mb", "load_s", "cold_start_first_s", "peak_rss_first_mb"}
     for side in ("inpaintrt", "diffusers"):
         assert set(report["median"][side]) == measures
         assert all(value > 0 for value in report["median"][side].values())

@@ -16,7 +16,10 @@ bf16 compiles from OpenVINO IR with fp16 weights, converted from the ONNX graph 
 load and kept in the same cache folder (written to a temporary folder, then renamed into place):
 the compiled model then holds fp16 weights beside its bf16 working copy instead of fp32 ones
 (measured on the mid-size SDXL UNet: 377 MB against 482 MB after a step; fp16 keeps 3 more mantissa
-bits than bf16 computes with). fp32 compiles the ONNX graph itself, so its results stay exact.
+bits than bf16 computes with), and the cache's compiled models refer to the IR's weights
+(CACHE_MODE OPTIMIZE_SIZE) instead of holding a copy: on disk the bf16 cache is half the size of
+the ONNX graphs. fp32 compiles the ONNX graph itself, so its results stay exact (its cache holds a
+full copy of the weights: OpenVINO's OPTIMIZE_SIZE reads weights from IR files only).
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from .backends import BackendError
 INSTALL = "install it with `pip install 'inpaintrt[openvino]'`"
 OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # ours -> OpenVINO's inference_precision_hint
 CACHE_FOLDER = ".openvino-cache"
+SPEED_MARK = "cache-whole"  # in a graph's cache folder: OPTIMIZE_SIZE's compiled model did not import
+WHOLE = ("vae", "movq")  # components whose OPTIMIZE_SIZE compiled model does not import (measured on 2026.4)
 log = logging.getLogger("inpaintrt")
 
 
@@ -57,15 +62,25 @@ def cpu_has_bf16(core) -> bool:
 class OpenVinoBackend:
     """One compiled model and its infer request; run(feeds) -> {output name: numpy array}."""
 
-    def __init__(self, core, path: Path, precision: str, cache_dir: Path | None, threads: int | None = None):
+    def __init__(self, core, path: Path, precision: str, cache_dir: Path | None, threads: int | None = None,
+                 cache_whole: bool = False):
         config = {"INFERENCE_PRECISION_HINT": OV_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        size_mode = False
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
+            # the compiled model refers to the IR's weights instead of copying them; a graph whose cached
+            # model then does not import (the VAEs, OpenVINO 2026.4: `cache_whole`) is cached whole
+            size_mode = path.suffix == ".xml" and not cache_whole and not (cache_dir / SPEED_MARK).exists()
+            if size_mode:
+                config["CACHE_MODE"] = "OPTIMIZE_SIZE"
+        had_blob = size_mode and any(cache_dir.glob("*.blob"))
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.precision, self.path = precision, path
         self.compiled = core.compile_model(str(path), "CPU", config)  # a path: OpenVINO can skip reading it
         self.from_cache = bool(cache_dir is not None and _property(self.compiled, "LOADED_FROM_CACHE"))
+        if had_blob and not self.from_cache:
+            (cache_dir / SPEED_MARK).touch()
         self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
         self.outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
         self.request = self.compiled.create_infer_request()
@@ -103,7 +118,7 @@ def openvino_sessions(root: Path, manifest: dict, precision: str | None) -> dict
         graph = root / component["file"]
         if precision == "bf16" and cache is not None:
             graph = fp16_ir(ov, core, graph, cache)
-        sessions[name] = OpenVinoBackend(core, graph, precision, cache, threads)
+        sessions[name] = OpenVinoBackend(core, graph, precision, cache, threads, cache_whole=name.startswith(WHOLE))
     cached = sum(s.from_cache for s in sessions.values())
     log.info("openvino %s: %d of %d graphs from the model cache", precision, cached, len(sessions))
     return sessions

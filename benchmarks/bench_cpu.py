@@ -346,7 +346,7 @@ def chart(report: dict, path: Path) -> str:
     for ax, (m, title) in zip(axes.flat, CHART):
         values = [report["median"][who][m] for who in variants]
         bars = ax.bar(range(len(variants)), values, color=[colours[v] for v in variants])
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:.3g}" if v < 1000 else f"{v:.0f}" for v in values], fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=8)
         ax.margins(y=0.15)

@@ -152,3 +152,14 @@ def test_openvino_backend_runs_without_torch(ov_engines):
     result = subprocess.run([sys.executable, "-c", script, str(ov_engines[9])], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "heavy modules: []" in result.stdout
+
+
+def test_manifest_leaves_the_runtime_cache_out(tmp_path):
+    """A rewritten manifest (inpaint-build-plans) lists the engine's files, not the cache a load wrote."""
+    from inpaintrt.engine.manifest import describe_files
+    from inpaintrt.engine.openvino_backend import CACHE_FOLDER
+
+    (tmp_path / "unet.onnx").write_bytes(b"graph")
+    (tmp_path / CACHE_FOLDER / "abc").mkdir(parents=True)
+    (tmp_path / CACHE_FOLDER / "abc" / "model.blob").write_bytes(b"compiled")
+    assert list(describe_files(tmp_path)) == ["unet.onnx"]

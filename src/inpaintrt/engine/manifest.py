@@ -36,12 +36,15 @@ def file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+RUNTIME_CACHES = (".openvino-cache",)  # written by backends at load time: not part of the engine
+
+
 def describe_files(root: Path) -> dict:
-    """{relative path: {bytes, sha256}} for every file under root except the manifest."""
+    """{relative path: {bytes, sha256}} for every file under root except the manifest and runtime caches."""
     return {
         p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"
+        if p.is_file() and p.name != "manifest.json" and p.relative_to(root).parts[0] not in RUNTIME_CACHES
     }
 
 

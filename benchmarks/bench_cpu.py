@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="denoising steps (default 4, tiny 2)")
     parser.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; the bf16 "
                         "ones only where OpenVINO is installed and the CPU runs bf16)")
+    parser.add_argument("--accuracy-only", action="store_true", help="one image per variant, no timing: the PSNR "
+                        "and max abs error against diffusers fp32 (for step counts too slow to time)")
     parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = "tiny" if args.tiny else args.size or ("mid" if args.family == "sdxl" else "sd15")
@@ -72,7 +74,8 @@ def main() -> int:
     name = size if args.family == "sd" else f"sdxl-{size}"
     model, engine = out / f"{name}-model", out / f"{name}-engine"
     if args.child:
-        print(json.dumps(measure(args.child, model, engine, steps, pixels, out / f"{name}-{args.child}.npy")))
+        print(json.dumps(measure(args.child, model, engine, steps, pixels, out / f"{name}-{args.child}.npy",
+                                 args.accuracy_only)))
         return 0
     variants = args.variants.split(",") if args.variants else default_variants()
     if not {"inpaintrt", "diffusers"} & set(variants) or set(variants) - set(VARIANTS):
@@ -91,22 +94,33 @@ def main() -> int:
     for f in out.glob(f"{name}-*.npy"):
         f.unlink()
     runs = {who: [] for who in variants}
-    reps = args.reps or (1 if args.tiny else 2)
-    for rep in range(max(reps, 2) if "inpaintrt-bf16" in runs else reps):
+    reps = 1 if args.accuracy_only else args.reps or (1 if args.tiny else 2)
+    extra = "inpaintrt-bf16" in runs and not args.accuracy_only  # OpenVINO's second (cached) load
+    for rep in range(max(reps, 2) if extra else reps):
         for who in runs:  # alternate, each in a fresh process
             if rep >= reps and who != "inpaintrt-bf16":
                 continue  # the extra process: OpenVINO's second (cached) load
             child = [sys.executable, __file__, "--child", who, "--out", str(out), "--steps", str(steps),
-                     "--family", args.family] + (["--tiny"] if args.tiny else ["--size", size])
+                     "--family", args.family] + (["--tiny"] if args.tiny else ["--size", size]) + (
+                ["--accuracy-only"] if args.accuracy_only else [])
             result = subprocess.run(child, capture_output=True, text=True)
             if result.returncode:
                 sys.exit(f"{who} failed:\n{result.stderr[-3000:]}")
             runs[who].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    stem = f"bench-cpu-{name}" + ("" if args.steps is None else f"-{steps}steps")
+    if args.accuracy_only:
+        report = {"model": name, "pixels": pixels, "steps": steps, "guidance_scale": 7.5, "machine": _machine(),
+                  "psnr_vs_diffusers_fp32_db": accuracy(out, name, variants),
+                  "max_abs_vs_diffusers_fp32": accuracy(out, name, variants, "max_abs"), "runs": runs}
+        (out / f"{stem}-accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: report[k] for k in ("psnr_vs_diffusers_fp32_db", "max_abs_vs_diffusers_fp32")}, indent=1))
+        print(f"\nJSON: {out / f'{stem}-accuracy.json'}")
+        return 0
     report = summarize(runs, name, pixels, steps, accuracy(out, name, variants))
-    (out / f"bench-cpu-{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(table(report))
-    print(f"\nJSON: {out / f'bench-cpu-{name}.json'}")
-    print(chart(report, out / f"bench-cpu-{name}.png"))
+    print(f"\nJSON: {out / f'{stem}.json'}")
+    print(chart(report, out / f"{stem}.png"))
     return 0
 
 
@@ -122,9 +136,11 @@ def default_variants() -> list[str]:
     return ["inpaintrt", "diffusers"]
 
 
-def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, picture: Path) -> dict:
-    """One process: cold start (load + first image), then warm end-to-end and per-component times;
-    the first process of a variant saves its image (np, numpy noise of seed 0) for the PSNR."""
+def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, picture: Path,
+            first_only: bool = False) -> dict:
+    """One process: cold start (load + first image), then (unless `first_only`) warm end-to-end and
+    per-component times; the first process of a variant saves its image (np, numpy noise of seed 0)
+    for the PSNR."""
     import numpy as np
 
     from inpaintrt.sample import sample_picture
@@ -141,6 +157,8 @@ def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, pictur
     result = {"cold_start_s": time.perf_counter() - start, "load_s": loaded}
     if not picture.exists():
         np.save(picture, np.asarray(first, np.float32))
+    if first_only:
+        return result
     result["end_to_end_s"] = _timed(run, 1)
     for name, call in parts.items():
         result[f"{name}_s"] = _timed(call, 2)
@@ -256,8 +274,9 @@ def installed_mb(roots: tuple[str, ...]) -> float:
     return total / 2**20
 
 
-def accuracy(out: Path, name: str, variants: list[str]) -> dict:
-    """PSNR (dB, images in [0, 1]) of each variant's image against diffusers fp32's, same numpy noise."""
+def accuracy(out: Path, name: str, variants: list[str], measure: str = "psnr") -> dict:
+    """PSNR (dB, images in [0, 1]; or the max abs difference) of each variant's image against diffusers
+    fp32's, same numpy noise."""
     import numpy as np
 
     reference = out / f"{name}-diffusers.npy"
@@ -267,7 +286,11 @@ def accuracy(out: Path, name: str, variants: list[str]) -> dict:
     found = {}
     for who in variants:
         if who != "diffusers":
-            mse = float(np.mean((np.load(out / f"{name}-{who}.npy").astype(np.float64) - expected) ** 2))
+            error = np.load(out / f"{name}-{who}.npy").astype(np.float64) - expected
+            if measure == "max_abs":
+                found[who] = float(np.abs(error).max())
+                continue
+            mse = float(np.mean(error ** 2))
             found[who] = 10 * np.log10(1 / mse) if mse > 0 else float("inf")
     return found
 
@@ -288,13 +311,17 @@ def summarize(runs: dict, size: str, pixels: int, steps: int, psnr: dict | None 
         "model": size, "pixels": pixels, "steps": steps, "guidance_scale": 7.5,
         "processes_per_side": min(len(rs) for rs in runs.values()),
         "processes": {who: len(rs) for who, rs in runs.items()},
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": _machine(),
         "median": medians, "ratios": ratios, "psnr_vs_diffusers_fp32_db": psnr or {},
         "install_mb": sizes, "install_ratio": sizes["diffusers"] / sizes["inpaintrt"], "runs": runs,
     }
     if "diffusers / ours" in ratios:  # the name earlier results files used
         report["ratio_diffusers_over_ours"] = ratios["diffusers / ours"]
     return report
+
+
+def _machine() -> dict:
+    return {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _cpu() -> str:

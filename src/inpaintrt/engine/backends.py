@@ -80,11 +80,8 @@ PRECISIONS = ("fp16", "fp32", "bf16")
 BACKEND_PRECISIONS = {"ort-cuda": ("fp16", "fp32"), "openvino": ("bf16", "fp32"), "ort-cpu": ("fp32",), "tensorrt": ()}
 
 
-def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
-                 precision: str | None = None) -> tuple[str, dict]:
-    """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
-    default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
-    on the CPU (backend "openvino", or "auto", which then takes it)."""
+def check_choice(name: str, precision: str | None) -> None:
+    """ValueError naming the fix when `name` is no backend or cannot be asked for `precision`."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if precision is not None and precision not in PRECISIONS:
@@ -96,6 +93,14 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
         raise ValueError(f"precision={precision!r} {where}; backend {name!r} runs " + (
             " or ".join(runs) if runs else "the precision its plans were built in") + ": leave precision unset, "
             "or choose the backend that runs it")
+
+
+def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
+                 precision: str | None = None) -> tuple[str, dict]:
+    """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
+    default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
+    on the CPU (backend "openvino", or "auto", which then takes it)."""
+    check_choice(name, precision)
     if name == "openvino" or (name == "auto" and precision == "bf16"):
         from .openvino_backend import openvino_sessions
 

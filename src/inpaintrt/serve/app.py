@@ -36,6 +36,8 @@ STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
 class Settings:
     engine_dir: str
     backend: str = "auto"
+    precision: str | None = None  # Engine.load's: None is the backend's own
+    cuda_graph: bool = False
     workers: int = 1
     queue_size: int = 16
     token: str | None = None
@@ -61,13 +63,20 @@ def engine_facts(engine) -> dict:
     return {"family": model.get("family", "sd15"), "unet_in_channels": model["unet_in_channels"],
             "latent_channels": model["latent_channels"], "default_height": model["default_height"],
             "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
-            "scheduler_config": engine.scheduler_config, "backend": engine.backend}
+            "scheduler_config": engine.scheduler_config, "backend": engine.backend,
+            "precision": getattr(engine, "precision", None)}
+
+
+def open_engine(settings: Settings):
+    """One engine as the settings ask for it (each worker and each Ray replica calls this)."""
+    from .. import Engine
+
+    return Engine.load(settings.engine_dir, backend=settings.backend, precision=settings.precision,
+                       cuda_graph=settings.cuda_graph)
 
 
 def local_engines(settings: Settings) -> Callable:
-    from .. import Engine
-
-    return lambda: Engine.load(settings.engine_dir, backend=settings.backend)
+    return lambda: open_engine(settings)
 
 
 def create_app(settings: Settings, load_engine: Callable | None = None, manager: JobManager | None = None) -> FastAPI:

@@ -7,6 +7,8 @@ import signal
 import socket
 import sys
 
+from ..engine.backends import BACKENDS, PRECISIONS, check_choice
+
 TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 
 
@@ -16,7 +18,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cpu"), help="engine backend")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="engine backend (default auto: TensorRT plans, else ONNX Runtime CUDA, else the CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, help="the UNet's precision: fp16/fp32 pick ort-cuda's graphs; "
+                   "bf16 runs OpenVINO on the CPU (default: each backend's own, fp32 on the CPU)")
+    p.add_argument("--cuda-graph", action="store_true", help="TensorRT / ort-cuda replay the UNet as a CUDA graph")
     p.add_argument("--workers", type=int, default=1, help="worker threads, each with its own engine (default 1)")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait; beyond it 429 (default 16)")
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set {TOKEN_VARIABLE})")
@@ -39,9 +45,11 @@ def settings_from(args):
     for name in ("workers", "queue_size", "replicas", "max_steps", "max_outpaint_passes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    check_choice(args.backend, args.precision)  # a wrong pair fails before any engine loads
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
-    return Settings(engine_dir=args.engine, backend=args.backend, workers=args.workers, queue_size=args.queue_size,
+    return Settings(engine_dir=args.engine, backend=args.backend, precision=args.precision, cuda_graph=args.cuda_graph,
+                    workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin)

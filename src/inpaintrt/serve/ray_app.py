@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from ray import serve
 
-from .app import Settings, create_app, engine_facts
+from .app import Settings, create_app, engine_facts, open_engine
 from .jobs import TASKS, JobCancelled, JobManager
 
 APP_NAME = "inpaintrt"
@@ -26,10 +26,8 @@ ENGINE_DEPLOYMENT = "InpaintEngine"
 
 @serve.deployment(name=ENGINE_DEPLOYMENT, max_ongoing_requests=1)  # one Engine, one request at a time
 class InpaintEngine:
-    def __init__(self, engine_dir: str, backend: str):
-        from .. import Engine
-
-        self.engine = Engine.load(engine_dir, backend=backend)  # once per replica
+    def __init__(self, settings: dict):
+        self.engine = open_engine(Settings(**settings))  # once per replica
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def facts(self) -> dict:
@@ -136,7 +134,7 @@ def build_application(settings: Settings, replicas: int | str = 1, num_gpus: flo
     else:
         engine_options["num_replicas"] = int(replicas)
         workers = int(replicas)  # one in-flight call per replica keeps every replica busy
-    engine = InpaintEngine.options(**engine_options).bind(settings.engine_dir, settings.backend)
+    engine = InpaintEngine.options(**engine_options).bind(asdict(settings))
     fields = {**asdict(settings), "workers": workers}
 
     def build_app():
@@ -156,7 +154,7 @@ def build_application(settings: Settings, replicas: int | str = 1, num_gpus: flo
 def uses_gpu(settings: Settings) -> bool:
     from ..engine.manifest import read_manifest
 
-    if settings.backend in ("tensorrt", "ort-cuda"):
+    if settings.backend in ("tensorrt", "ort-cuda") or settings.precision == "fp16":
         return True
     return settings.backend == "auto" and "tensorrt" in read_manifest(settings.engine_dir, verify_hashes=False)
 
@@ -192,9 +190,11 @@ def run_on_ray(settings: Settings, host: str, port: int, replicas: int) -> int:
 
 
 def app_builder(args: dict):
-    """`serve run inpaintrt.serve.ray_app:app_builder engine_dir=DIR replicas=2 [backend=auto token=...]`."""
+    """`serve run inpaintrt.serve.ray_app:app_builder engine_dir=DIR replicas=2 [backend=auto precision=bf16
+    token=...]`."""
     replicas = args.get("replicas", "1")
     settings = Settings(engine_dir=args["engine_dir"], backend=args.get("backend", "auto"),
+                        precision=args.get("precision"), cuda_graph=args.get("cuda_graph") in ("1", "true"),
                         workers=int(args.get("max_replicas", 2)), token=args.get("token"),
                         queue_size=int(args.get("queue_size", 16)))
     return build_application(settings, replicas if replicas == "auto" else int(replicas))

@@ -35,7 +35,7 @@ async function loadInfo() {
     const select = $("scheduler");
     for (const name of info.schedulers) select.add(new Option(name, name));
     $("server-info").textContent = `model ${info.model.family}, ${info.model.unet_in_channels}-channel UNet, ` +
-      `${info.model.default_width}×${info.model.default_height}, backend ${info.model.backend}, ` +
+      `${info.model.default_width}×${info.model.default_height}, backend ${info.model.backend} ${info.model.precision}, ` +
       `${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
     $("num_inference_steps").max = info.limits.max_steps;
   } catch (e) {

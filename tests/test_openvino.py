@@ -12,6 +12,7 @@ Skipped, saying why, when openvino is not installed (`pip install 'inpaintrt[ope
 """
 import re
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -94,9 +95,47 @@ def test_second_load_comes_from_the_model_cache(ov_engines, tmp_path, precision)
     assert not list((root / CACHE_FOLDER).rglob(".ir-*"))  # no conversion left half-done
     second = Engine.load(root, backend="openvino", precision=precision)
     assert all(s.from_cache for s in second.sessions.values())
-    feeds = {"latent": np.random.default_rng(0).standard_normal((1, 4, 13, 20), dtype=np.float32)}
-    np.testing.assert_array_equal(first.sessions["vae_decoder"].run(feeds)["image"],
-                                  second.sessions["vae_decoder"].run(feeds)["image"])
+    np.testing.assert_array_equal(first.sessions["vae_decoder"].run(FEEDS)["image"],
+                                  second.sessions["vae_decoder"].run(FEEDS)["image"])
+
+
+def _alter(file: Path):
+    """Flip one byte in the middle, keeping the size (only the hash check can see it)."""
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@needs_bf16
+def test_bf16_load_skips_hashing_only_the_graphs_its_checked_ir_replaces(ov_engines, tmp_path):
+    from inpaintrt.engine.manifest import EngineDirectoryError
+
+    root = shutil.copytree(ov_engines[9], tmp_path / "engine", ignore=shutil.ignore_patterns(CACHE_FOLDER))
+    first = Engine.load(root, precision="bf16")  # hashes everything, converts, marks the IR as checked
+    expected = first.sessions["vae_decoder"].run(FEEDS)["image"]
+    _alter(root / "vae_decoder.onnx")  # the bf16 load reads the IR converted from it, never this file
+    second = Engine.load(root, precision="bf16")
+    np.testing.assert_array_equal(second.sessions["vae_decoder"].run(FEEDS)["image"], expected)
+    with pytest.raises(EngineDirectoryError, match="vae_decoder.onnx .* does not match its hash"):
+        Engine.load(root)  # ONNX Runtime reads it: refused
+    tokenizer = next(f for f in first.manifest["files"] if f.startswith("tokenizer/"))
+    _alter(root / tokenizer)  # files outside the graphs are hashed on every load
+    with pytest.raises(EngineDirectoryError, match=re.escape(tokenizer)):
+        Engine.load(root, precision="bf16")
+
+
+@needs_bf16
+def test_ir_converted_without_a_hash_check_keeps_its_graph_checked(ov_engines, tmp_path):
+    from inpaintrt.engine.manifest import EngineDirectoryError
+
+    root = shutil.copytree(ov_engines[9], tmp_path / "engine", ignore=shutil.ignore_patterns(CACHE_FOLDER))
+    Engine.load(root, precision="bf16", verify_hashes=False)  # converts from files nobody checked
+    _alter(root / "vae_decoder.onnx")
+    with pytest.raises(EngineDirectoryError, match="vae_decoder.onnx .* does not match its hash"):
+        Engine.load(root, precision="bf16")
+
+
+FEEDS = {"latent": np.random.default_rng(0).standard_normal((1, 4, 13, 20), dtype=np.float32)}
 
 
 def test_unwritable_engine_directory_caches_in_the_user_folder(ov_engines, tmp_path, monkeypatch):

@@ -95,16 +95,28 @@ def check_choice(name: str, precision: str | None) -> None:
             "or choose the backend that runs it")
 
 
+def unread_files(name: str, root: Path, manifest: dict, precision: str | None) -> set[str]:
+    """Files of the manifest that opening this backend will not read, so their hashes need no check:
+    OpenVINO bf16 compiles the IR it converted (from files that matched their hashes) and cached."""
+    check_choice(name, precision)  # before any hashing
+    if precision == "bf16" and name in ("openvino", "auto"):
+        from .openvino_backend import converted_graphs
+
+        return converted_graphs(root, manifest, precision)
+    return set()
+
+
 def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
-                 precision: str | None = None) -> tuple[str, dict]:
+                 precision: str | None = None, checked: set[str] = frozenset()) -> tuple[str, dict]:
     """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
     default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
-    on the CPU (backend "openvino", or "auto", which then takes it)."""
+    on the CPU (backend "openvino", or "auto", which then takes it). `checked`: the files whose
+    hashes this load checked."""
     check_choice(name, precision)
     if name == "openvino" or (name == "auto" and precision == "bf16"):
         from .openvino_backend import openvino_sessions
 
-        return "openvino", openvino_sessions(root, manifest, precision)
+        return "openvino", openvino_sessions(root, manifest, precision, checked)
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 

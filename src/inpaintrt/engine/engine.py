@@ -13,8 +13,8 @@ from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
-from .backends import open_backend, running_precision
-from .manifest import read_manifest
+from .backends import open_backend, running_precision, unread_files
+from .manifest import read_manifest, verify_files
 from .plans import select_plan
 from .control import ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
@@ -64,12 +64,15 @@ class Engine:
         "fp32", its default; "auto" takes it only when bf16 is asked for). `engine.precision` says
         what the UNet runs in."""
         root = Path(path)
-        manifest = read_manifest(root, verify_hashes=verify_hashes)
+        manifest = read_manifest(root, verify_hashes=False)
+        checked = set()
+        if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
+            checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
         if manifest["model"]["family"] == "kandinsky22":  # issue 18: the manifest's family decides
             from .kandinsky import KandinskyEngine
 
             cls = KandinskyEngine
-        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision))
+        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked))
         engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
         return engine
 

@@ -101,9 +101,23 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
                 f"{rel} in {root} has {file.stat().st_size} bytes, the manifest says {info['bytes']} "
                 f"(truncated or replaced); {rebuild}"
             )
-        if verify_hashes and file_digest(file) != info["sha256"]:
-            raise EngineDirectoryError(f"{rel} in {root} does not match its hash in the manifest (altered); {rebuild}")
+    if verify_hashes:
+        verify_files(root, manifest)
     return manifest
+
+
+def verify_files(root: Path, manifest: dict, skip: set[str] = frozenset()) -> set[str]:
+    """Check every listed file's sha256 but those in `skip` (files the backend will not read);
+    returns the files checked."""
+    checked = set()
+    for rel, info in manifest["files"].items():
+        if rel in skip:
+            continue
+        if file_digest(Path(root) / rel) != info["sha256"]:
+            raise EngineDirectoryError(f"{rel} in {root} does not match its hash in the manifest (altered); "
+                                       f"re-export it with `inpaint-export --model <checkpoint> --output {root}`")
+        checked.add(rel)
+    return checked
 
 
 CONTROLNET_KEYS = ("component", "source", "kind", "conditioning_channels", "global_pool_conditions")

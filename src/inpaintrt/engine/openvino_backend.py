@@ -20,6 +20,10 @@ bits than bf16 computes with), and the cache's compiled models refer to the IR's
 (CACHE_MODE OPTIMIZE_SIZE) instead of holding a copy: on disk the bf16 cache is half the size of
 the ONNX graphs. fp32 compiles the ONNX graph itself, so its results stay exact (its cache holds a
 full copy of the weights: OpenVINO's OPTIMIZE_SIZE reads weights from IR files only).
+
+A bf16 load reads the cached IR, not the ONNX graphs, so `Engine.load` does not hash graph files
+whose IR was converted from files that matched their hashes (marked in the IR folder); every other
+file is hashed as on any load (the SD 1.5-size graphs are 4.1 GB: seconds of sha256 per load).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from .backends import BackendError
 INSTALL = "install it with `pip install 'inpaintrt[openvino]'`"
 OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # ours -> OpenVINO's inference_precision_hint
 CACHE_FOLDER = ".openvino-cache"
+CHECKED_MARK = "source-hash-checked"  # in an IR folder: converted from ONNX files that matched their hashes
 SPEED_MARK = "cache-whole"  # in a graph's cache folder: OPTIMIZE_SIZE's compiled model did not import
 WHOLE = ("vae", "movq")  # components whose OPTIMIZE_SIZE compiled model does not import (measured on 2026.4)
 log = logging.getLogger("inpaintrt")
@@ -100,8 +105,9 @@ def _property(compiled, name: str):
         return None
 
 
-def openvino_sessions(root: Path, manifest: dict, precision: str | None) -> dict:
-    """{component: OpenVinoBackend} for every graph in the manifest, or BackendError."""
+def openvino_sessions(root: Path, manifest: dict, precision: str | None, checked: set[str] = frozenset()) -> dict:
+    """{component: OpenVinoBackend} for every graph in the manifest, or BackendError. `checked`: the
+    files whose hashes this load checked (an IR converted from them is marked so)."""
     precision = precision or "fp32"
     if precision not in OV_PRECISIONS:
         raise ValueError(f"precision {precision!r} does not run on backend 'openvino'; choose 'bf16' or 'fp32'")
@@ -117,11 +123,26 @@ def openvino_sessions(root: Path, manifest: dict, precision: str | None) -> dict
         cache = cache_folder(root, manifest, component["file"], precision, ov.get_version())
         graph = root / component["file"]
         if precision == "bf16" and cache is not None:
-            graph = fp16_ir(ov, core, graph, cache)
+            graph = fp16_ir(ov, core, graph, cache, set(component["files"]) <= set(checked))
         sessions[name] = OpenVinoBackend(core, graph, precision, cache, threads, cache_whole=name.startswith(WHOLE))
     cached = sum(s.from_cache for s in sessions.values())
     log.info("openvino %s: %d of %d graphs from the model cache", precision, cached, len(sessions))
     return sessions
+
+
+def converted_graphs(root: Path, manifest: dict, precision: str) -> set[str]:
+    """The manifest files a `precision` load will not read: those of graphs whose IR is in the cache
+    folder the load will use, converted from files that matched their hashes."""
+    try:
+        version = load_openvino().get_version()
+    except BackendError:
+        return set()  # opening the backend says why
+    unread = set()
+    for component in manifest["components"].values():
+        cache = cache_folder(root, manifest, component["file"], precision, version)
+        if cache is not None and (cache / "ir" / CHECKED_MARK).is_file():
+            unread.update(component["files"])
+    return unread
 
 
 def cache_folder(root: Path, manifest: dict, file: str, precision: str, version: str) -> Path | None:
@@ -145,10 +166,11 @@ def cache_folder(root: Path, manifest: dict, file: str, precision: str, version:
     return None
 
 
-def fp16_ir(ov, core, onnx_file: Path, cache: Path) -> Path:
+def fp16_ir(ov, core, onnx_file: Path, cache: Path, source_checked: bool = False) -> Path:
     """OpenVINO IR of `onnx_file` with fp16 weights in `cache`/ir/, converted on first use and renamed
     into place whole, so a reader never sees half of one (a second process that converts at the same
-    time drops its copy)."""
+    time drops its copy). `source_checked`: the ONNX files matched their hashes in this load; the IR
+    is marked so, and later loads skip hashing those files (`converted_graphs`)."""
     xml = cache / "ir" / (onnx_file.stem + ".xml")
     if xml.is_file():
         return xml
@@ -157,6 +179,8 @@ def fp16_ir(ov, core, onnx_file: Path, cache: Path) -> Path:
     model = core.read_model(str(onnx_file))
     ov.save_model(model, str(work / xml.name), compress_to_fp16=True)
     del model  # the fp32 weights go before anything is compiled
+    if source_checked:
+        (work / CHECKED_MARK).touch()
     try:
         work.rename(cache / "ir")
     except OSError:  # another process put its copy in place first

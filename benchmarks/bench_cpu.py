@@ -12,9 +12,10 @@ alternating the variants, so they share the machine's state; medians and the rat
 table and written as JSON, with a bar chart (PNG) when matplotlib is installed (`inpaintrt[bench]`).
 
 Variants (issue 17): ours in fp32 (ONNX Runtime) and in bf16 (OpenVINO, `precision="bf16"`),
-diffusers in fp32 and in bf16 (`torch.autocast("cpu", torch.bfloat16)`). Cold start is load + first
-image; `cold_start_first_s` is the first process's (for OpenVINO: its model cache emptied first, so
-it converts and compiles), `cold_start_s` the median of the later ones (OpenVINO imports the cached
+diffusers in fp32 and in bf16 (`torch.autocast("cpu", torch.bfloat16)`), and optimum-intel's OpenVINO
+inpainting pipeline in bf16 as a peer (its own venv, `bash benchmarks/optimum_venv.sh`; see optimum_peer.py).
+Cold start is load + first image; `cold_start_first_s` is the first process's (for OpenVINO: its model
+cache emptied first, so it converts and compiles), `cold_start_s` the median of the later ones (OpenVINO imports the cached
 compiled models; it always gets at least two processes); `peak_rss_first_mb` / `peak_rss_mb`
 likewise. The files stay in the OS page cache throughout: no variant reads from a cold disk. Every
 variant's end-to-end image is made with the same numpy noise (diffusers replays it, DESIGN.md §4);
@@ -36,17 +37,21 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import optimum_peer  # the optimum-intel peer: stdlib at import; its child runs in its own venv
+
 PROMPT, NEGATIVE = "a wooden bench in a sunny park", "blurry"
 RUNTIME_ROOTS = ("inpaintrt",)  # what `pip install inpaintrt` brings
 DIFFUSERS_ROOTS = ("diffusers", "torch", "transformers", "accelerate", "safetensors")
 MEASURES = ("cold_start_s", "end_to_end_s", "text_encoder_s", "unet_step_s", "vae_encode_s", "vae_decode_s",
             "peak_rss_mb", "load_s")
-# name -> (side, precision); ours in bf16 runs backend "openvino"
+# name -> (side, precision); ours in bf16 runs backend "openvino"; optimum-intel runs with --optimum-python
 VARIANTS = {"inpaintrt": ("inpaintrt", "fp32"), "inpaintrt-bf16": ("inpaintrt", "bf16"),
-            "diffusers": ("diffusers", "fp32"), "diffusers-bf16": ("diffusers", "bf16")}
+            "diffusers": ("diffusers", "fp32"), "diffusers-bf16": ("diffusers", "bf16"),
+            "optimum-intel-bf16": ("optimum-intel", "bf16")}
 # (numerator, denominator, label) of the ratios reported: how many times faster the denominator is
 RATIOS = (("diffusers", "inpaintrt", "diffusers / ours"), ("diffusers", "inpaintrt-bf16", "diffusers / ours-bf16"),
-          ("diffusers-bf16", "inpaintrt-bf16", "diffusers-bf16 / ours-bf16"))
+          ("diffusers-bf16", "inpaintrt-bf16", "diffusers-bf16 / ours-bf16"),
+          ("optimum-intel-bf16", "inpaintrt-bf16", "optimum-intel-bf16 / ours-bf16"))
 
 
 def main() -> int:
@@ -62,6 +67,8 @@ def main() -> int:
                         "ones only where OpenVINO is installed and the CPU runs bf16)")
     parser.add_argument("--accuracy-only", action="store_true", help="one image per variant, no timing: the PSNR "
                         "and max abs error against diffusers fp32 (for step counts too slow to time)")
+    parser.add_argument("--optimum-python", default=optimum_peer.default_python(), help="python of the venv with "
+                        f"optimum-intel (`{optimum_peer.SETUP}`; default: .venv-optimum/bin/python when it exists)")
     parser.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = "tiny" if args.tiny else args.size or ("mid" if args.family == "sdxl" else "sd15")
@@ -73,13 +80,18 @@ def main() -> int:
     out = Path(args.out)
     name = size if args.family == "sd" else f"sdxl-{size}"
     model, engine = out / f"{name}-model", out / f"{name}-engine"
+    peer = out / f"{name}-optimum-intel"  # optimum-intel's OpenVINO IR of the model
     if args.child:
-        print(json.dumps(measure(args.child, model, engine, steps, pixels, out / f"{name}-{args.child}.npy",
+        artifact = peer if VARIANTS[args.child][0] == "optimum-intel" else engine
+        print(json.dumps(measure(args.child, model, artifact, steps, pixels, out / f"{name}-{args.child}.npy",
                                  args.accuracy_only)))
         return 0
-    variants = args.variants.split(",") if args.variants else default_variants()
+    variants = args.variants.split(",") if args.variants else default_variants(args.family, args.optimum_python)
     if not {"inpaintrt", "diffusers"} & set(variants) or set(variants) - set(VARIANTS):
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}, diffusers or inpaintrt among them")
+    if "optimum-intel-bf16" in variants and (args.family != "sd" or not args.optimum_python):
+        parser.error("optimum-intel-bf16: SD 1.5 family only, and it needs --optimum-python, the python of a venv "
+                     f"with optimum-intel (`{optimum_peer.SETUP}` builds .venv-optimum)")
 
     out.mkdir(parents=True, exist_ok=True)
     if not (model / "model_index.json").exists():
@@ -90,6 +102,8 @@ def main() -> int:
         subprocess.run([sys.executable, "-c", "import sys; from inpaintrt.cli import export_main; "
                         "sys.exit(export_main(sys.argv[1:]))", "--model", str(model), "--output", str(engine)],
                        check=True)
+    if "optimum-intel-bf16" in variants:  # converted once, like our export; its loads compile every time
+        optimum_peer.export(model, peer, args.optimum_python)
     shutil.rmtree(engine / ".openvino-cache", ignore_errors=True)  # the first OpenVINO load compiles
     for f in out.glob(f"{name}-*.npy"):
         f.unlink()
@@ -100,7 +114,8 @@ def main() -> int:
         for who in runs:  # alternate, each in a fresh process
             if rep >= reps and who != "inpaintrt-bf16":
                 continue  # the extra process: OpenVINO's second (cached) load
-            child = [sys.executable, __file__, "--child", who, "--out", str(out), "--steps", str(steps),
+            python = args.optimum_python if VARIANTS[who][0] == "optimum-intel" else sys.executable
+            child = [python, __file__, "--child", who, "--out", str(out), "--steps", str(steps),
                      "--family", args.family] + (["--tiny"] if args.tiny else ["--size", size]) + (
                 ["--accuracy-only"] if args.accuracy_only else [])
             result = subprocess.run(child, capture_output=True, text=True)
@@ -124,16 +139,22 @@ def main() -> int:
     return 0
 
 
-def default_variants() -> list[str]:
+def default_variants(family: str, optimum_python: str | None) -> list[str]:
     try:
         from inpaintrt.engine.openvino_backend import cpu_has_bf16, load_openvino
 
-        if cpu_has_bf16(load_openvino().Core()):
-            return list(VARIANTS)
+        bf16 = cpu_has_bf16(load_openvino().Core())
     except Exception:
-        pass
-    print("the bf16 variants are left out: OpenVINO is not installed or this CPU has no bf16", file=sys.stderr)
-    return ["inpaintrt", "diffusers"]
+        bf16 = False
+    if not bf16:
+        print("the bf16 variants are left out: OpenVINO is not installed or this CPU has no bf16", file=sys.stderr)
+        return ["inpaintrt", "diffusers"]
+    if family == "sd" and optimum_python:
+        return list(VARIANTS)
+    if family == "sd":
+        print(f"optimum-intel-bf16 is left out: no optimum-intel venv (`{optimum_peer.SETUP}`, or --optimum-python)",
+              file=sys.stderr)
+    return [v for v in VARIANTS if VARIANTS[v][0] != "optimum-intel"]
 
 
 def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, picture: Path,
@@ -150,6 +171,8 @@ def measure(who: str, model: Path, engine: Path, steps: int, pixels: int, pictur
     start = time.perf_counter()
     if side == "inpaintrt":
         run, parts = _ours(engine, steps, pixels, image, mask, precision)
+    elif side == "optimum-intel":  # `engine` is optimum-intel's IR folder here
+        run, parts = optimum_peer.pipeline_parts(engine, steps, pixels, image, mask, precision, PROMPT, NEGATIVE)
     else:
         run, parts = _theirs(model, steps, pixels, image, mask, precision)
     loaded = time.perf_counter() - start
@@ -368,7 +391,8 @@ def chart(report: dict, path: Path) -> str:
     except ImportError:
         return "chart: not written (matplotlib is not installed: `pip install 'inpaintrt[bench]'`)"
     variants = list(report["median"])
-    colours = {"inpaintrt": "#1f77b4", "inpaintrt-bf16": "#6baed6", "diffusers": "#d62728", "diffusers-bf16": "#fc9272"}
+    colours = {"inpaintrt": "#1f77b4", "inpaintrt-bf16": "#6baed6", "diffusers": "#d62728", "diffusers-bf16": "#fc9272",
+               "optimum-intel-bf16": "#2ca02c"}
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, (m, title) in zip(axes.flat, CHART):
         values = [report["median"][who][m] for who in variants]

@@ -89,7 +89,7 @@ def main() -> int:
     variants = args.variants.split(",") if args.variants else default_variants(args.family, args.optimum_python)
     if not {"inpaintrt", "diffusers"} & set(variants) or set(variants) - set(VARIANTS):
         parser.error(f"--variants: choose from {', '.join(VARIANTS)}, diffusers or inpaintrt among them")
-    if "optimum-intel-bf16" in variants and (args.family != "sd" or not args.optimum_python):
+    if "optimum-intel-bf16" in variants and (args.family != "sd" or not shutil.which(args.optimum_python or "")):
         parser.error("optimum-intel-bf16: SD 1.5 family only, and it needs --optimum-python, the python of a venv "
                      f"with optimum-intel (`{optimum_peer.SETUP}` builds .venv-optimum)")
 

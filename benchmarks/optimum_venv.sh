@@ -10,7 +10,10 @@
 # "ResolutionImpossible ... diffusers 0.42.1 depends on huggingface-hub<3.0 and >=1.32.0, optimum-intel
 # 2.2.0 depends on huggingface-hub<1.22"). The newest diffusers that installs beside it is 0.39.0
 # (0.40.0 already wants huggingface-hub>=1.23). With the project's versions as constraints pip instead
-# falls back to optimum-intel 1.15.0, a release too old to compare against.
+# falls back to optimum-intel 1.15.0, a release too old to compare against. Forcing either side past pip
+# fails at import: diffusers 0.42.1 with huggingface-hub 1.21.0 ("cannot import name 'resolve_revision'
+# from 'huggingface_hub'"), optimum-intel 2.2.0 with transformers 5.23.0 ("cannot import name
+# 'VisionRotaryEmbedding' from 'transformers.models.qwen2_vl.modeling_qwen2_vl'").
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"

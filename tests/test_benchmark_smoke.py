@@ -11,8 +11,9 @@ BENCH = Path(__file__).parent.parent / "benchmarks" / "bench_cpu.py"
 
 @pytest.mark.parametrize("family,name", [("sd", "tiny"), ("sdxl", "sdxl-tiny")])
 def test_tiny_benchmark_reports_every_measure(tmp_path, family, name):
-    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--family", family, "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+    # --optimum-python "": the default set without the optimum-intel peer, whether or not .venv-optimum exists
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--family", family, "--out", str(tmp_path),
+                             "--optimum-python", ""], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| end_to_end_s |" in result.stdout
     report = json.loads((tmp_path / f"bench-cpu-{name}.json").read_text())
@@ -24,6 +25,7 @@ def test_tiny_benchmark_reports_every_measure(tmp_path, family, name):
     assert set(report["ratio_diffusers_over_ours"]) == measures
     assert report["install_mb"]["inpaintrt"] < report["install_mb"]["diffusers"]
     assert report["psnr_vs_diffusers_fp32_db"]["inpaintrt"] > 80  # the fp32 engine, same numpy noise
+    assert "optimum-intel-bf16" not in report["median"]
 
 
 def test_tiny_benchmark_bf16_variants_and_chart(tmp_path):
@@ -38,3 +40,14 @@ def test_tiny_benchmark_bf16_variants_and_chart(tmp_path):
     assert list(report["ratios"]) == ["diffusers-bf16 / ours-bf16"]  # only ratios whose two sides ran
     assert set(report["psnr_vs_diffusers_fp32_db"]) == set()  # no diffusers fp32 reference: no PSNR
     assert (tmp_path / "bench-cpu-tiny.png").stat().st_size > 10_000
+
+
+def test_optimum_peer_without_its_python_is_a_clear_error(tmp_path):
+    """The optimum-intel peer runs under another venv's python; without one, asking for it says how to get one
+    (before anything is built)."""
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--variants", "inpaintrt,optimum-intel-bf16",
+                             "--optimum-python", str(tmp_path / "no-such-python"), "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--optimum-python" in result.stderr and "benchmarks/optimum_venv.sh" in result.stderr
+    assert not (tmp_path / "tiny-model").exists()

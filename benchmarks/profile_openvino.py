@@ -1,6 +1,8 @@
 """Where a bf16 UNet step spends its time on OpenVINO's CPU plugin, by node type (its per-node counters).
 
-    python benchmarks/profile_openvino.py bench-out/sd15-engine   # after a bf16 load cached the engine's IR
+    python benchmarks/profile_openvino.py bench-out/sd15-engine [LATENT]   # after a bf16 load cached its IR
+
+LATENT: the latent side (default 64, i.e. 512x512 pictures).
 """
 from __future__ import annotations
 
@@ -40,4 +42,4 @@ def main(engine: str, latent: int = 64) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench-out/sd15-engine")
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench-out/sd15-engine", int(sys.argv[2]) if len(sys.argv) > 2 else 64)

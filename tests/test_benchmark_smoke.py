@@ -40,6 +40,22 @@ def test_tiny_benchmark_bf16_variants_and_chart(tmp_path):
     assert list(report["ratios"]) == ["diffusers-bf16 / ours-bf16"]  # only ratios whose two sides ran
     assert set(report["psnr_vs_diffusers_fp32_db"]) == set()  # no diffusers fp32 reference: no PSNR
     assert (tmp_path / "bench-cpu-tiny.png").stat().st_size > 10_000
+    # the bf16 processes cached the engine's IR: the OpenVINO profiler reads it and names the node kinds
+    profile = subprocess.run([sys.executable, str(BENCH.parent / "profile_openvino.py"), str(tmp_path / "tiny-engine"),
+                              "16"], capture_output=True, text=True, timeout=300)
+    assert profile.returncode == 0, profile.stderr[-2000:]
+    assert "UNet step, batch 2, 16x16 latents" in profile.stdout and "Convolution" in profile.stdout
+
+
+def test_accuracy_only_compares_one_image_per_variant(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH), "--tiny", "--accuracy-only", "--variants", "inpaintrt,diffusers",
+                             "--steps", "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "bench-cpu-tiny-3steps-accuracy.json").read_text())
+    assert report["steps"] == 3 and set(report["runs"]) == {"inpaintrt", "diffusers"}
+    assert all(len(runs) == 1 and "end_to_end_s" not in runs[0] for runs in report["runs"].values())  # no timing
+    assert report["psnr_vs_diffusers_fp32_db"]["inpaintrt"] > 80  # our fp32 engine, the same numpy noise
+    assert report["max_abs_vs_diffusers_fp32"]["inpaintrt"] < 1e-3
 
 
 def test_optimum_peer_without_its_python_is_a_clear_error(tmp_path):

@@ -36,9 +36,10 @@ class CommonParameters(BaseModel):
 
     prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
-    num_inference_steps: int = Field(50, ge=1, le=1000, description="Denoising steps (the server's max_steps caps it).")
-    guidance_scale: float = Field(7.5, ge=0, le=50, allow_inf_nan=False,
-                                  description="Classifier-free guidance; <= 1 turns it off.")
+    num_inference_steps: Optional[int] = Field(None, ge=1, le=1000, description="Denoising steps; default: the model "
+                                               "family's (50; Kandinsky 100). The server's max_steps caps it.")
+    guidance_scale: Optional[float] = Field(None, ge=0, le=50, allow_inf_nan=False, description="Classifier-free "
+                                            "guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4).")
     strength: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False,
                                       description="1 repaints the masked area fully; smaller keeps more of the "
                                                   "picture. Default: diffusers' for the family (1.0; SDXL 0.9999).")
@@ -232,14 +233,17 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     for name in params.pictures:
         if name not in files:
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
-    if params.num_inference_steps > limits.max_steps:
-        raise ApiError(422, "num_inference_steps", f"num_inference_steps={params.num_inference_steps} is above this "
+    steps = params.num_inference_steps or engine_facts["default_steps"]
+    if steps > limits.max_steps:
+        given = "" if params.num_inference_steps else " (the model's default)"
+        raise ApiError(422, "num_inference_steps", f"num_inference_steps={steps}{given} is above this "
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
     image = decode_picture(files["image"], "image", limits.max_pixels)
-    arguments = params.model_dump(exclude={"seed", "response_format"})
+    unset = {name for name in ("num_inference_steps", "guidance_scale") if getattr(params, name) is None}
+    arguments = params.model_dump(exclude={"seed", "response_format"} | unset)  # unset: the engine's own defaults
     arguments["image"] = image
     _check_output_size(params, image.size, limits, engine_facts)
-    total = _count_steps(params, engine_facts)
+    total = _count_steps(params, engine_facts, steps)
     if isinstance(params, OutpaintParameters):
         total *= _outpaint_passes(params, image.size, limits, engine_facts)
         arguments["max_pixels"] = limits.max_pixels
@@ -332,7 +336,7 @@ def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dic
                        "ask for a smaller height x width (or use padding_mask_crop on a big picture)")
 
 
-def _count_steps(params, facts: dict) -> int:
+def _count_steps(params, facts: dict, steps: int) -> int:
     try:
         scheduler = make_scheduler(params.scheduler or facts["default_scheduler"], facts["scheduler_config"],
                                    params.scheduler_options)
@@ -341,7 +345,7 @@ def _count_steps(params, facts: dict) -> int:
         raise ApiError(422, field, str(e), "GET /v1/info lists the schedulers; inpaint --help their options") from None
     try:
         strength = params.strength or (0.9999 if facts["family"] == "sdxl" else 1.0)
-        _, timesteps = run_timesteps(scheduler, params.num_inference_steps, strength)
+        _, timesteps = run_timesteps(scheduler, steps, strength)
     except ValueError as e:
         field = "num_inference_steps" if str(e).startswith("num_inference_steps") else "strength"
         raise ApiError(422, field, str(e), "raise strength or change num_inference_steps") from None

@@ -38,6 +38,7 @@ async function loadInfo() {
       `${info.model.default_width}×${info.model.default_height}, backend ${info.model.backend} ${info.model.precision}, ` +
       `${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
     $("num_inference_steps").max = info.limits.max_steps;
+    $("guidance_scale").value = info.model.default_guidance_scale;  // the family's (Kandinsky 4)
   } catch (e) {
     $("server-info").textContent = `server info: ${e.message}`;
     if (e.message.startsWith("authorization")) {  // the server was started with --token

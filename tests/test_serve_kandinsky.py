@@ -44,3 +44,11 @@ def test_a_stable_diffusion_field_is_refused_by_name(served):
     answer = served.post("/v1/inpaint", files=files(), data=form({**SIZE, "num_inference_steps": 2, "strength": 0.5}))
     assert answer.status_code == 422
     assert answer.json()["error"]["field"] == "strength" and "kandinsky22" in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/outpaint", "/v1/outpaint/jobs"])
+def test_outpaint_is_refused_before_a_job_is_queued(served, endpoint):
+    image = {"image": files()["image"]}
+    answer = served.post(endpoint, files=image, data=form({**SIZE, "num_inference_steps": 2, "right": 64}))
+    assert answer.status_code == 422, answer.text
+    assert "not available for Kandinsky" in answer.json()["error"]["message"]

@@ -230,6 +230,9 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
             raise ApiError(422, name, f"{name} is not a part of {params.task} requests"
                            + (" (outpaint makes the mask itself from left, right, top and bottom)"
                               if name == "mask_image" else ""), f"leave {name} out")
+    if params.task == "outpaint" and engine_facts["family"] == "kandinsky22":  # refused before a job is queued
+        raise ApiError(422, "request", "outpaint is not available for Kandinsky 2.2 engines yet",
+                       "grow the canvas yourself and POST /v1/inpaint with a mask over the new area")
     for name in params.pictures:
         if name not in files:
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")

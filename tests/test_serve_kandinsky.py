@@ -52,3 +52,23 @@ def test_outpaint_is_refused_before_a_job_is_queued(served, endpoint):
     answer = served.post(endpoint, files=image, data=form({**SIZE, "num_inference_steps": 2, "right": 64}))
     assert answer.status_code == 422, answer.text
     assert "not available for Kandinsky" in answer.json()["error"]["message"]
+
+
+def test_prior_fields_reach_the_prior(served, kandinsky):
+    from inpaintrt import Engine
+
+    prior = {"prior_guidance_scale": 2.0, "prior_num_inference_steps": 3, "negative_prior_prompt": "dark"}
+    answer = served.post("/v1/inpaint", files=files(), data=form({**SIZE, "num_inference_steps": 3, "seed": 9, **prior}))
+    assert answer.status_code == 200, answer.text
+    engine = Engine.load(kandinsky.engine)
+    expected = engine_reference(engine, 9, **SIZE, num_inference_steps=3, **prior)
+    assert np.array_equal(pixels(answer.content), expected)
+    assert not np.array_equal(expected, engine_reference(engine, 9, **SIZE, num_inference_steps=3))
+
+
+def test_prior_fields_on_a_stable_diffusion_engine_are_refused_by_name(engines):
+    with running_server(engines[9]) as server:
+        answer = httpx.post(server.url + "/v1/jobs", files=files(), data=form({**SIZE, "prior_guidance_scale": 2}))
+    assert answer.status_code == 422  # before any job is queued
+    assert answer.json()["error"]["field"] == "prior_guidance_scale"
+    assert "Kandinsky 2.2" in answer.json()["error"]["message"]

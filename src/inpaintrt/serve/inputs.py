@@ -72,6 +72,13 @@ class InpaintParameters(CommonParameters):
     mask_grow: int = Field(0, ge=0, le=1000, description="Grow the mask by this many pixels before use.")
     mask_shrink: int = Field(0, ge=0, le=1000, description="Shrink the mask by this many pixels before use.")
     mask_invert: bool = Field(False, description="Repaint the black part of the mask instead of the white.")
+    # Kandinsky 2.2 engines only (its prior, which turns the prompt into image embeddings)
+    negative_prior_prompt: Optional[str] = Field(None, max_length=2000,
+                                                 description="Kandinsky 2.2: the prior's negative prompt.")
+    prior_guidance_scale: Optional[float] = Field(None, ge=0, le=50, allow_inf_nan=False,
+                                                  description="Kandinsky 2.2: the prior's guidance (default 4).")
+    prior_num_inference_steps: Optional[int] = Field(None, ge=2, le=1000,
+                                                     description="Kandinsky 2.2: the prior's steps (default 25).")
 
 
 class OutpaintParameters(CommonParameters):
@@ -117,6 +124,9 @@ class SyncOutpaintParameters(ResponseFormat, OutpaintParameters):
 
 
 FIELDS = set(InpaintParameters.model_fields) | set(OutpaintParameters.model_fields)
+PRIOR_FIELDS = ("negative_prior_prompt", "prior_guidance_scale", "prior_num_inference_steps")
+# left out of a request: not passed, so the engine's family default applies
+DEFAULTED = ("num_inference_steps", "guidance_scale") + PRIOR_FIELDS
 
 
 @dataclass
@@ -236,13 +246,21 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     for name in params.pictures:
         if name not in files:
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
+    prior = [name for name in PRIOR_FIELDS if getattr(params, name, None) is not None]
+    if prior and engine_facts["family"] != "kandinsky22":
+        raise ApiError(422, prior[0], f"{prior[0]} is an argument of Kandinsky 2.2 engines; this engine is "
+                       f"{engine_facts['family']}", f"leave {prior[0]} out")
+    prior_steps = getattr(params, "prior_num_inference_steps", None)
+    if prior_steps is not None and prior_steps > limits.max_steps:
+        raise ApiError(422, "prior_num_inference_steps", f"prior_num_inference_steps={prior_steps} is above this "
+                       f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
     steps = params.num_inference_steps or engine_facts["default_steps"]
     if steps > limits.max_steps:
         given = "" if params.num_inference_steps else " (the model's default)"
         raise ApiError(422, "num_inference_steps", f"num_inference_steps={steps}{given} is above this "
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
     image = decode_picture(files["image"], "image", limits.max_pixels)
-    unset = {name for name in ("num_inference_steps", "guidance_scale") if getattr(params, name) is None}
+    unset = {name for name in DEFAULTED if getattr(params, name, 0) is None}
     arguments = params.model_dump(exclude={"seed", "response_format"} | unset)  # unset: the engine's own defaults
     arguments["image"] = image
     _check_output_size(params, image.size, limits, engine_facts)

@@ -14,6 +14,7 @@ VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
 class DDPM(SchedulerBase):
     name = "ddpm"
     defaults = {"variance_type": "fixed_small", "clip_sample": True, "clip_sample_range": 1.0}
+    prediction_types = ("epsilon", "sample", "v_prediction")
 
     def set_timesteps(self, num_steps: int) -> None:
         n = self.config["num_train_timesteps"]
@@ -25,23 +26,31 @@ class DDPM(SchedulerBase):
         self.timesteps = np.round(spaced_timesteps(self.config, num_steps)).astype(np.int64)
         check_indexable(self.config, self.timesteps, num_steps)
 
-    def step(self, model_output, index, sample, generator=None):
-        t = int(self.timesteps[index])
-        prev_t = int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+    def _coefficients(self, t: int, prev_t: int):
+        """(alpha_t, alpha_prev, current_beta, current_alpha): cumulative products at t and prev_t, and
+        the one-step beta/alpha between them."""
         alpha_t = self.alphas_cumprod[t]
         alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else np.float32(1.0)
-        beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
         current_alpha = alpha_t / alpha_prev
-        current_beta = 1 - current_alpha
+        return alpha_t, alpha_prev, 1 - current_alpha, current_alpha
+
+    def _previous(self, index: int, t: int) -> int:
+        return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+
+    def step(self, model_output, index, sample, generator=None):
+        t = int(self.timesteps[index])
+        alpha_t, alpha_prev, current_beta, current_alpha = self._coefficients(t, self._previous(index, t))
+        beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
         kind = self.config["prediction_type"]
         if kind == "epsilon":
             pred_x0 = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
         elif kind == "sample":
             pred_x0 = model_output
-        elif kind == "v_prediction":
+        elif kind == "v_prediction" and kind in self.prediction_types:
             pred_x0 = alpha_t**0.5 * sample - beta_t**0.5 * model_output
         else:
-            raise ValueError(f"DDPM supports prediction_type epsilon, sample or v_prediction, not {kind!r}")
+            raise ValueError(f"{type(self).__name__} supports prediction_type {' or '.join(self.prediction_types)}, "
+                             f"not {kind!r}")
         if self.config["clip_sample"]:
             limit = self.config["clip_sample_range"]
             pred_x0 = array_module(pred_x0).clip(pred_x0, -limit, limit)

@@ -1,16 +1,18 @@
 """UnCLIP, matching diffusers' UnCLIPScheduler (Kandinsky 2.2's prior scheduler): the prior's loop over the
 CLIP image embedding. Timesteps spread over [0, N - 1] including both ends; step i goes to timestep
-i + 1 (the last to -1); one draw per step while t > 0."""
+i + 1 (the last to -1); one draw per step while t > 0. Its step is DDPM's (variance fixed_small_log),
+with its own timesteps and one-step coefficients."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..xp import array_module, draw_like
-from .common import SchedulerBase, betas
+from .common import betas
+from .ddpm import DDPM
 
 
-class UnCLIP(SchedulerBase):
+class UnCLIP(DDPM):
     name = "unclip"
+    prediction_types = ("epsilon", "sample")
     defaults = {"variance_type": "fixed_small_log", "clip_sample": True, "clip_sample_range": 1.0,
                 "beta_schedule": "squaredcos_cap_v2"}
 
@@ -34,31 +36,10 @@ class UnCLIP(SchedulerBase):
     def _coefficients(self, t: int, prev_t: int):
         alpha_t = self.alphas_cumprod[t]
         alpha_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else np.float32(1.0)
-        if prev_t == t - 1:
-            beta, alpha = self.betas[t], self.alphas[t]
-        else:
-            beta = 1 - alpha_t / alpha_prev
-            alpha = 1 - beta
-        return alpha_t, alpha_prev, beta, alpha
+        if prev_t == t - 1:  # diffusers takes the schedule's own beta here, not one derived from the products
+            return alpha_t, alpha_prev, self.betas[t], self.alphas[t]
+        beta = 1 - alpha_t / alpha_prev
+        return alpha_t, alpha_prev, beta, 1 - beta
 
-    def step(self, model_output, index, sample, generator=None):
-        t = int(self.timesteps[index])
-        prev_t = int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else t - 1
-        alpha_t, alpha_prev, beta, alpha = self._coefficients(t, prev_t)
-        beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
-        kind = self.config["prediction_type"]
-        if kind == "epsilon":
-            pred_x0 = (sample - beta_t**0.5 * model_output) / alpha_t**0.5
-        elif kind == "sample":
-            pred_x0 = model_output
-        else:
-            raise ValueError(f"UnCLIP supports prediction_type epsilon or sample, not {kind!r}")
-        if self.config["clip_sample"]:
-            limit = self.config["clip_sample_range"]
-            pred_x0 = array_module(pred_x0).clip(pred_x0, -limit, limit)
-        prev = (alpha_prev**0.5 * beta / beta_t) * pred_x0 + (alpha**0.5 * beta_prev / beta_t) * sample
-        if t > 0:
-            noise = draw_like(generator, model_output.shape, model_output)
-            variance = max(beta_prev / beta_t * beta, np.float32(1e-20))
-            prev = prev + np.exp(np.float32(0.5) * np.log(variance)) * noise
-        return prev
+    def _previous(self, index: int, t: int) -> int:
+        return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else t - 1

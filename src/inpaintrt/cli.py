@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .engine.cuda_options import parse_cuda_option
 from .runtime.schedulers import SCHEDULERS, describe_schedulers
 
 
@@ -205,6 +206,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
                              "the CPU has bf16, close to but not exactly diffusers'; fp16 / fp32: ort-cuda's graphs; "
                              "default: each backend's own (fp32 on the CPU)")
     parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the UNet call as a CUDA graph")
+    parser.add_argument("--cuda-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="ort-cuda: an ONNX Runtime CUDA provider option, e.g. prefer_nhwc=1 or "
+                             "cudnn_conv_algo_search=HEURISTIC (repeatable)")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -222,7 +226,9 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
         sides = _parse_extend(args.extend) if args.extend else None
         image, mask = Image.open(args.image), None if sides else Image.open(args.mask)
-        engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision)
+        cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
+        engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
+                             cuda_options=cuda_options)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
             prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, scheduler=args.scheduler,

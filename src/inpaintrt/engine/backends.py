@@ -95,6 +95,18 @@ def check_choice(name: str, precision: str | None) -> None:
             "or choose the backend that runs it")
 
 
+def check_cuda_choice(name: str, manifest: dict, cuda_options: dict | None) -> None:
+    """ValueError when cuda_options are malformed or given to a backend that does not read them."""
+    if cuda_options is None:
+        return
+    from .cuda_options import chosen_options
+
+    chosen_options(manifest, cuda_options)
+    if name not in ("auto", "ort-cuda"):
+        raise ValueError(f"cuda_options are ONNX Runtime CUDA provider options; backend {name!r} does not read "
+                         "them: load with backend='ort-cuda' (or 'auto'), or leave cuda_options out")
+
+
 def unread_files(name: str, root: Path, manifest: dict, precision: str | None) -> set[str]:
     """Files of the manifest that opening this backend will not read, so their hashes need no check:
     OpenVINO bf16 compiles the IR it converted (from files that matched their hashes) and cached."""
@@ -107,12 +119,14 @@ def unread_files(name: str, root: Path, manifest: dict, precision: str | None) -
 
 
 def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
-                 precision: str | None = None, checked: set[str] = frozenset()) -> tuple[str, dict]:
+                 precision: str | None = None, checked: set[str] = frozenset(),
+                 cuda_options: dict | None = None) -> tuple[str, dict]:
     """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
     default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
     on the CPU (backend "openvino", or "auto", which then takes it). `checked`: the files whose
-    hashes this load checked."""
+    hashes this load checked. `cuda_options`: ort-cuda's provider options (cuda_options.py)."""
     check_choice(name, precision)
+    check_cuda_choice(name, manifest, cuda_options)
     if name == "openvino" or (name == "auto" and precision == "bf16"):
         from .openvino_backend import openvino_sessions
 
@@ -120,7 +134,7 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 
-        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision)
+        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options)
     if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
         try:
             return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
@@ -129,13 +143,14 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
     if name == "auto":
-        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision)
+        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision, cuda_options)
         if cuda is not None:
             return "ort-cuda", cuda
     return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in manifest["components"]}
 
 
-def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str | None = None) -> dict | None:
+def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str | None = None,
+                   cuda_options: dict | None = None) -> dict | None:
     """ort-cuda's executors when it starts; None, saying why, when backend='auto' has to take the CPU."""
     import onnxruntime as ort
 
@@ -146,7 +161,7 @@ def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str 
     from .ort_cuda import ort_cuda_sessions
 
     try:
-        return ort_cuda_sessions(root, manifest, cuda_graph, precision)
+        return ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options)
     except BackendError as e:
         warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=4)
         return None

@@ -54,7 +54,7 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
-             cuda_graph: bool = False, precision: str | None = None) -> "Engine":
+             cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None) -> "Engine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -62,9 +62,12 @@ class Engine:
         the UNet call as a CUDA graph. precision: ort-cuda's graphs, "fp16" (default where exported
         with --fp16) or "fp32"; "bf16" runs OpenVINO on the CPU (backend "openvino", which also runs
         "fp32", its default; "auto" takes it only when bf16 is asked for). `engine.precision` says
-        what the UNet runs in."""
+        what the UNet runs in. cuda_options: ONNX Runtime CUDA provider options for ort-cuda, e.g.
+        {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"} (engine/cuda_options.py lists them),
+        over those the manifest records."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=False)
+        check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
         checked = set()
         if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
             checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
@@ -72,7 +75,7 @@ class Engine:
             from .kandinsky import KandinskyEngine
 
             cls = KandinskyEngine
-        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked))
+        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked, cuda_options))
         engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
         return engine
 

@@ -1,9 +1,10 @@
-"""Backend "ort-cuda": ONNX Runtime's CUDA provider with IO binding onto device buffers (DESIGN.md §6, §9).
+"""Backend "ort-cuda": ONNX Runtime's CUDA provider with IO binding onto device buffers.
 
-WRITTEN, NOT RUN ON A GPU: everything here that needs CUDA was written without a device. What runs in
-the CPU tests is the same class on ONNX Runtime's CPU provider with numpy buffers (binding, buffers
-allocated once per shape, copy-into-bound-buffers, outputs in the feeds' module), the provider
-check and its missing-library message, and the fp16 decode fallback.
+Run on a lent H100 (README, "GPU"); the CPU tests run the same class on ONNX Runtime's CPU provider
+with numpy buffers (binding, buffers allocated once per shape, copy-into-bound-buffers, outputs in the
+feeds' module), the provider check and its missing-library message, and the fp16 decode fallback.
+The CUDA provider's tunable options (convolution layout and algorithm search, arena, workspace) come
+from one checked table (cuda_options.py).
 
 - Per component one session; per input shape one binding whose input and output buffers are
   allocated once (cupy on the GPU). A call copies the feeds into the bound input buffers and never
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..runtime.xp import array_module, to_host
 from .backends import BackendError
+from .cuda_options import chosen_options, provider_options
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CUDA_INSTALL = ("install onnxruntime-gpu and cupy for your CUDA major: `pip install 'inpaintrt[cuda]'` (CUDA 13) or "
@@ -150,7 +152,8 @@ class BoundComponent:
     are cupy arrays on the GPU; the tests run the same code on the CPU provider with numpy buffers."""
 
     def __init__(self, path: Path, ort, xp, provider: str = CUDA_PROVIDER, device_id: int = 0,
-                 cuda_graph: bool = False, stream=None, threads: int | None = None):
+                 cuda_graph: bool = False, stream=None, threads: int | None = None,
+                 options_for_cuda: dict | None = None):
         self.xp, self.device_id, self.cuda_graph, self.stream = xp, device_id, cuda_graph, stream
         self.device_type = "cuda" if provider == CUDA_PROVIDER else "cpu"
         options = ort.SessionOptions()
@@ -158,12 +161,10 @@ class BoundComponent:
         if threads:
             options.intra_op_num_threads = threads
         if provider == CUDA_PROVIDER:
-            # use_tf32 off: fp32 graphs give diffusers' fp32 results (TF32 matmuls were 1.3e-3 off on the tiny model)
-            provider_options = {"device_id": str(device_id), "arena_extend_strategy": "kSameAsRequested", "use_tf32": "0",
-                                "enable_cuda_graph": "1" if cuda_graph else "0"}
-            if stream is not None:
-                provider_options["user_compute_stream"] = str(stream.ptr)
-            providers = [(CUDA_PROVIDER, provider_options)]
+            # options_for_cuda: checked {name: value} (cuda_options.py), on top of the engine's defaults
+            self.provider_options = provider_options(device_id, cuda_graph, None if stream is None else stream.ptr,
+                                                     options_for_cuda or {})
+            providers = [(CUDA_PROVIDER, self.provider_options)]
         else:
             providers = [provider]
         self._ort = ort
@@ -240,8 +241,11 @@ def graph_for_cuda(component: dict, precision: str | None = None) -> tuple[str, 
     return component["file"], "fp32"
 
 
-def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, precision: str | None = None) -> dict:
-    """{component: executor} on the GPU, or BackendError."""
+def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, precision: str | None = None,
+                      cuda_options: dict | None = None) -> dict:
+    """{component: executor} on the GPU, or BackendError. cuda_options: CUDA provider options over the
+    manifest's `cuda.provider_options` (cuda_options.py names those accepted)."""
+    chosen = chosen_options(manifest, cuda_options)
     graphs = {name: graph_for_cuda(c, precision) for name, c in manifest["components"].items()}
     if precision == "fp16" and not any(p == "fp16" for _, p in graphs.values()):
         raise BackendError(f"{root} has no fp16 graphs; export with `inpaint-export --fp16`, or load with "
@@ -250,7 +254,8 @@ def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, prec
     stream = cupy.cuda.Stream(non_blocking=False)  # blocking: the loop's default-stream math waits for it
 
     def open_one(name: str, file: str, graph: bool = False) -> BoundComponent:
-        return BoundComponent(root / file, ort, cupy, CUDA_PROVIDER, cupy.cuda.Device().id, graph, stream)
+        return BoundComponent(root / file, ort, cupy, CUDA_PROVIDER, cupy.cuda.Device().id, graph, stream,
+                              options_for_cuda=chosen)
 
     sessions = {}
     for name, component in manifest["components"].items():

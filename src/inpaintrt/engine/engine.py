@@ -13,7 +13,7 @@ from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
-from .backends import open_backend, running_precision, unread_files
+from .backends import check_cuda_choice, open_backend, running_precision, unread_files
 from .manifest import read_manifest, verify_files
 from .plans import select_plan
 from .control import ControlNets

@@ -110,7 +110,7 @@ def test_inpaint_condition_needs_a_picture(loaded):
 
 
 @pytest.mark.parametrize("kwargs", [dict(control_image=edge_picture()), dict(guess_mode=True),
-                                    dict(controlnet_conditioning_scale=0.5), dict(control_guidance_end=0.5)])
+                                    dict(controlnet_conditioning_scale=1.0), dict(control_guidance_end=0.5)])
 def test_controlnet_asked_of_an_engine_without_one(engines, kwargs):
     with pytest.raises(ValueError, match=r"exported without a ControlNet; leave them out, or re-export it with "
                                          r"`inpaint-export --model <checkpoint> --controlnet"):
@@ -118,7 +118,7 @@ def test_controlnet_asked_of_an_engine_without_one(engines, kwargs):
 
 
 def test_defaults_pass_on_an_engine_without_one(engines):
-    call(Engine.load(engines[9]), controlnet_conditioning_scale=1.0, control_guidance_start=0, guess_mode=False)
+    call(Engine.load(engines[9]), controlnet_conditioning_scale=0.5, control_guidance_start=0, guess_mode=False)
 
 
 def test_manifest_without_residual_layout_is_refused(exported, tmp_path):

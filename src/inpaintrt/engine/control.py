@@ -23,6 +23,8 @@ from PIL import Image
 from ..runtime import images as imaging
 from ..runtime.control import ControlResiduals, ControlUnit
 
+# StableDiffusionControlNetInpaintPipeline's default (its text-to-image sibling's is 1.0)
+DEFAULT_SCALE = 0.5
 REEXPORT = "re-export it with `inpaint-export --model <checkpoint> --controlnet <ControlNet> --output <dir>`"
 
 
@@ -86,7 +88,7 @@ class ControlNets:
 
 def _refuse_without_controlnet(control_image, scale, start, end, guess_mode) -> None:
     given = [name for name, value, default in (
-        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, 1.0),
+        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, DEFAULT_SCALE),
         ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0), ("guess_mode", guess_mode, False),
     ) if not (value is default or (default is not None and isinstance(value, numbers.Real) and value == default))]
     if given:

@@ -16,7 +16,7 @@ from . import arguments as check
 from .backends import check_cuda_choice, open_backend, running_precision, unread_files
 from .manifest import read_manifest, verify_files
 from .plans import select_plan
-from .control import ControlNets
+from .control import DEFAULT_SCALE, ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
@@ -105,8 +105,8 @@ class Engine:
         # beyond diffusers (issue 15)
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
         # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
-        control_image=None, controlnet_conditioning_scale=1.0, control_guidance_start=0.0, control_guidance_end=1.0,
-        guess_mode=False, **kandinsky,
+        control_image=None, controlnet_conditioning_scale=DEFAULT_SCALE, control_guidance_start=0.0,
+        control_guidance_end=1.0, guess_mode=False, **kandinsky,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.
 

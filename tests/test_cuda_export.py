@@ -103,6 +103,24 @@ def test_a_graph_the_cuda_provider_cannot_run_is_refused(traced, tmp_path):
         check_cuda_graph(tmp_path / "fp32.onnx", references)
 
 
+def test_a_fusion_can_be_left_out_to_measure_it(traced, tmp_path):
+    path, _ = traced["unet"]
+    record = optimize_for_cuda("unet", path, tmp_path / "unet.onnx", 1 << 30, fusions_off=("nhwc_conv",))
+    assert "NhwcConv" not in record["fused"] and "com.microsoft.NhwcConv" not in record["operators"]
+    assert "nhwc_conv" not in record["fusion_options"] and record["fusions_off"] == ["nhwc_conv"]
+    assert record["fused"]["GroupNorm"] > 0 and record["operators"]["Conv"] > 0  # the others still apply
+
+
+def test_export_cli_names_the_fusions_it_can_leave_out(capsys):
+    from inpaintrt.cli import export_main
+
+    with pytest.raises(SystemExit) as e:
+        export_main(["--model", "m", "--output", "o", "--fp16", "--cuda-fusion-off", "nhwc"])
+    assert e.value.code == 2 and "invalid choice: 'nhwc'" in capsys.readouterr().err
+    assert export_main(["--model", "m", "--output", "o", "--cuda-fusion-off", "nhwc_conv"]) == 2
+    assert "only --fp16 writes: add --fp16" in capsys.readouterr().err
+
+
 def test_export_step_writes_the_cuda_folder_and_its_record(traced, tmp_path):
     from inpaintrt.export.cuda_graphs import export_cuda_graph
 

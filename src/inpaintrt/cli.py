@@ -57,12 +57,19 @@ def export_main(argv: list[str] | None = None) -> int:
                              "(default when its name contains 'inpaint'), 'plain=' any other (canny, depth, ...)")
     parser.add_argument("--fp16", action="store_true",
                         help="also store fp16 graphs, so `inpaint-build-plans` can build TensorRT plans later elsewhere")
+    from .export.cuda_graphs import CUDA_FUSIONS
+
+    parser.add_argument("--cuda-fusion-off", action="append", default=[], choices=CUDA_FUSIONS, metavar="FUSION",
+                        help="with --fp16: leave this fusion out of ort-cuda's graphs, to measure what it buys "
+                             f"(repeatable; one of {', '.join(CUDA_FUSIONS)})")
     _plan_arguments(parser)
     args = parser.parse_args(argv)
     # a kill ends export through its cleanup, which removes the half-written directory
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from .engine.backends import BackendError, load_tensorrt
 
+    if args.cuda_fusion_off and not (args.fp16 or args.backend == "tensorrt"):
+        return _fail("--cuda-fusion-off shapes ort-cuda's fp16 graphs, which only --fp16 writes: add --fp16")
     plans = None
     if args.backend == "tensorrt":
         try:  # before torch is imported or the checkpoint loaded: fail in a second, not after minutes
@@ -90,7 +97,8 @@ def export_main(argv: list[str] | None = None) -> int:
 
             controlnets = [load_controlnet(source) for source in args.controlnet]
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
-                      fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets)
+                      fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets,
+                      cuda_fusions_off=tuple(args.cuda_fusion_off))
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0
@@ -103,7 +111,8 @@ def _export_kandinsky(args) -> int:
     from .export.loading import CheckpointError
 
     refused = [flag for flag, given in (("--backend tensorrt", args.backend == "tensorrt"), ("--fp16", args.fp16),
-                                        ("--controlnet", args.controlnet), ("--config", args.config)) if given]
+                                        ("--controlnet", args.controlnet), ("--config", args.config),
+                                        ("--cuda-fusion-off", args.cuda_fusion_off)) if given]
     if refused:
         return _fail(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available for Kandinsky 2.2 engines "
                      "yet; export without")

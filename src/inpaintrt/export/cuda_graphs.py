@@ -27,6 +27,7 @@ CUDA_CONTRIB_OPS = {"MultiHeadAttention", "Attention", "PackedMultiHeadAttention
                     "NhwcConv", "BiasSplitGelu", "BiasAdd", "BiasGelu", "FastGelu", "Gelu", "QuickGelu",
                     "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization",
                     "EmbedLayerNormalization", "RotaryEmbedding"}
+CUDA_FUSIONS = tuple(name.removeprefix("enable_") for name in CUDA_ONLY)  # what `--cuda-fusion-off` names
 MIN_FP16_WEIGHT_FRACTION = 0.9  # of the float weight bytes; the rest feed ops kept in fp32
 
 
@@ -39,10 +40,10 @@ def model_type(component: str) -> str:
 
 
 def optimize_for_cuda(component: str, traced: Path, output: Path, external_data_bytes: int,
-                      precision: str = "fp16") -> dict:
+                      precision: str = "fp16", fusions_off: tuple[str, ...] = ()) -> dict:
     """Fuse `traced` (weights may lie beside it) for the CUDA provider, convert to fp16 unless precision is
     "fp32" (the SDXL VAE with force_upcast), write `output` (+ `.data` when big). Returns the manifest
-    record, without the check (see check_cuda_graph)."""
+    record, without the check (see check_cuda_graph). fusions_off: names from CUDA_FUSIONS to leave out."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -53,6 +54,7 @@ def optimize_for_cuda(component: str, traced: Path, output: Path, external_data_
     enabled = []
     for name in CUDA_ONLY:  # those this onnxruntime has; packed QKV / KV only in fp16 (fp16-only kernels)
         on = hasattr(options, name) and (precision == "fp16" or name not in ("enable_packed_qkv", "enable_packed_kv"))
+        on = on and name.removeprefix("enable_") not in fusions_off
         setattr(options, name, on)
         if on:
             enabled.append(name.removeprefix("enable_"))
@@ -76,18 +78,18 @@ def optimize_for_cuda(component: str, traced: Path, output: Path, external_data_
 
     return {"file": output.name, "files": [output.name] + ([f"{output.name}.data"] if big else []),
             "precision": precision, "target": "cuda", "onnxruntime": onnxruntime.__version__,
-            "fusion_options": enabled, "fused": fused, "operators": operator_counts(model)}
+            "fusion_options": enabled, "fusions_off": sorted(fusions_off), "fused": fused, "operators": operator_counts(model)}
 
 
 def export_cuda_graph(component: str, traced: Path, work: Path, references: list, precision: str,
-                      external_data_bytes: int, unfused: dict | None = None) -> dict:
+                      external_data_bytes: int, unfused: dict | None = None, fusions_off: tuple[str, ...] = ()) -> dict:
     """The exporter's step: cuda/<component>.onnx from the traced graph, checked, as its manifest record.
     `unfused`: the record of the plain fp16 graph of the same component, whose parity with torch is the
     numeric check of the fp16 conversion when the fused graph cannot run on the CPU."""
     from .exporter import FP32_TOLERANCE
 
     path = work / "cuda" / f"{component}.onnx"
-    record = optimize_for_cuda(component, traced, path, external_data_bytes, precision)
+    record = optimize_for_cuda(component, traced, path, external_data_bytes, precision, fusions_off)
     tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
     record["check"] = check_cuda_graph(path, references, precision, tolerance)
     if unfused is not None:

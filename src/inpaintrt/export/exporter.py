@@ -43,13 +43,14 @@ class PlanOptions:
 
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
                   log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False,
-                  controlnets: list | None = None) -> Path:
+                  controlnets: list | None = None, cuda_fusions_off: tuple[str, ...] = ()) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
     torch) and, when optimizing, CUDA-optimized fp16 graphs for ort-cuda (cuda_graphs.py); tensorrt
     also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
     release frees each torch component's weights once exported (the pipeline is unusable afterwards):
     peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
-    load_controlnet) adds them and makes the UNet take their residuals."""
+    load_controlnet) adds them and makes the UNet take their residuals. cuda_fusions_off: CUDA fusions
+    (cuda_graphs.CUDA_FUSIONS) left out of ort-cuda's graphs, to measure what each one buys."""
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
@@ -76,7 +77,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             log(f"exporting {spec.name} ...")
             half = ("fp32" if spec.name in fp32_components(manifest["model"]) else "fp16") if fp16 else None
             done = (lambda spec=spec, later=specs[i + 1:]: _release(spec, later)) if release else None
-            components[spec.name] = _export_component(spec, work, optimize, half, done)
+            components[spec.name] = _export_component(spec, work, optimize, half, done, cuda_fusions_off)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
         if tensorrt is not None:
@@ -95,7 +96,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
 
 
 def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None,
-                      done_with_torch=None) -> dict:
+                      done_with_torch=None, cuda_fusions_off: tuple[str, ...] = ()) -> dict:
     """fp16: None, or the precision of the TensorRT input graph written beside the fp32 one ("fp16" or "fp32")."""
     import onnx
     import torch
@@ -115,8 +116,8 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str
         done_with_torch()
     half = _export_fp16(spec, scratch / "graph.onnx", work, references, fp16) if fp16 else None
     # issue 11: ort-cuda's graph, fused for the CUDA provider and converted from the same traced graph
-    cuda = (export_cuda_graph(spec.name, scratch / "graph.onnx", work, references, fp16, EXTERNAL_DATA_BYTES, half)
-            if fp16 and optimize else None)
+    cuda = (export_cuda_graph(spec.name, scratch / "graph.onnx", work, references, fp16, EXTERNAL_DATA_BYTES, half,
+                              cuda_fusions_off) if fp16 and optimize else None)
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at
     # 2 GiB); the optimizer reads the few it needs relative to the working directory.
     model = onnx.load(str(scratch / "graph.onnx"), load_external_data=False)

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..runtime import images as imaging
 from ..runtime import masking
+from ..runtime.callbacks import TENSOR_INPUTS, step_callback
 from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
@@ -104,6 +105,7 @@ class Engine:
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
         # beyond diffusers (issue 15)
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
+        callback_on_step_end_tensor_inputs=("latents",),
         # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
         control_image=None, controlnet_conditioning_scale=DEFAULT_SCALE, control_guidance_start=0.0,
         control_guidance_end=1.0, guess_mode=False, **kandinsky,
@@ -116,9 +118,11 @@ class Engine:
         Beyond diffusers' arguments: `keep_unmasked` pastes the result over the input so unmasked
         pixels are unchanged (output at the input's size); `keep_input_size` sets height/width from
         the input (rounded down to multiples of 8); `image` may be latents (1, 4, h, w) from an
-        earlier `output_type="latent"` call; `callback_on_step_end(step, timestep, latents)` may
-        return new latents or raise StopDenoising to finish early (on ort-cuda the latents it sees are
-        cupy arrays: the loop stays on the GPU).
+        earlier `output_type="latent"` call. `callback_on_step_end` takes diffusers' form,
+        `(pipe, step, timestep, callback_kwargs) -> dict` with `callback_on_step_end_tensor_inputs` (pipe is
+        this engine; `pipe._interrupt = True` stops after the step), or the short `(step, timestep, latents)
+        -> latents or None`; either may raise StopDenoising to finish early (on ort-cuda the arrays are cupy:
+        the loop stays on the GPU).
 
         Beyond diffusers (the defaults keep diffusers' results): `mask_mode="soft"` reads the mask's
         grey levels as a change map (Differential Diffusion: white is repainted for every step, black
@@ -147,6 +151,7 @@ class Engine:
         if masked_content != "original" and start is not None:
             raise ValueError(f"masked_content={masked_content!r} sets what a call starts from; with denoising_start "
                              "the call continues the given latents: leave masked_content out")
+        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         sizes = SizeConditioning(original_size, target_size, crops_coords_top_left, negative_original_size,
                                  negative_target_size, negative_crops_coords_top_left, aesthetic_score,
                                  negative_aesthetic_score)
@@ -211,7 +216,7 @@ class Engine:
             image=pixels, mask=mask_pixels,
             conditioning=cond if uncond is None else {k: np.concatenate([uncond[k], cond[k]]) for k in cond},
             batch=batch, guidance_scale=float(guidance_scale), num_inference_steps=steps, strength=float(strength),
-            latents=latents, callback=callback_on_step_end, image_latents=given_latents,
+            latents=latents, callback=callback, image_latents=given_latents,
             denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content, control=control,
         )
         final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
@@ -256,6 +261,16 @@ class Engine:
             own = (given_latents.shape[2] * factor, given_latents.shape[3] * factor)
             if (height or own[0], width or own[1]) != own:
                 raise ValueError(f"image latents {given_latents.shape} mean {own[0]}x{own[1]} pixels (height x width); "
+    def _step_callback(self, function, tensor_inputs):
+        """callback_on_step_end in diffusers' form or the short one (runtime/callbacks.py), checked up front."""
+        kind = self.family if self.family in TENSOR_INPUTS else "controlnet" if self.controlnets else "sd"
+        missing = {}
+        if self.controlnets:
+            missing["control_image"] = "stays inside the engine's ControlNet step"
+        if kind != "kandinsky22" and self.model["unet_in_channels"] == 4:
+            missing["masked_image_latents"] = "is not made for a 4-channel UNet (diffusers makes it and leaves it unused)"
+        return step_callback(function, self, tensor_inputs, kind, missing)
+
                                  "leave height and width unset or match them")
             height, width = own
         height = self.model["default_height"] if height is None else height

@@ -84,7 +84,8 @@ class KandinskyEngine(Engine):
         negative_image_embeds=None, prior_guidance_scale=None, prior_num_inference_steps=None, prior_latents=None,
         guidance_scale=4.0, num_inference_steps=100, num_images_per_prompt=1, height=None, width=None,
         generator=None, latents=None, scheduler=None, scheduler_options=None, output_type="pil",
-        callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS, **others,
+        callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS,
+        callback_on_step_end_tensor_inputs=("latents",), **others,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image`, as KandinskyV22InpaintCombinedPipeline does (with its
         defaults: 512x512, prior 25 steps at guidance 4, decoder 100 steps at guidance 4).
@@ -106,6 +107,7 @@ class KandinskyEngine(Engine):
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
         scale = _number(guidance_scale, "guidance_scale")
         if output_type not in check.OUTPUT_TYPES:
+        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
             raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(check.OUTPUT_TYPES)}")
         height, width = self._kandinsky_size(height, width)
         name = scheduler or self.default_scheduler
@@ -159,7 +161,7 @@ class KandinskyEngine(Engine):
         image_latents = to_host(_single(self.sessions["movq_encoder"].run({"image": pixels}))).astype(np.float32)
         request = Request(
             image=pixels, mask=repaint, conditioning=conditioning, batch=batch, guidance_scale=scale,
-            num_inference_steps=steps, strength=1.0, latents=latents, callback=callback_on_step_end,
+            num_inference_steps=steps, strength=1.0, latents=latents, callback=callback,
             image_latents=image_latents, latent_masking=kd.latent_masking(repaint, image_latents))
         final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
         if output_type == "latent":

@@ -61,7 +61,8 @@ class Request:
     num_inference_steps: int
     strength: float
     latents: np.ndarray | None = None  # caller's initial noise (B, C, h, w)
-    callback: Callable | None = None  # (step, timestep, latents) -> latents or None
+    # (step, timestep, the loop's arrays by name) -> (arrays to replace, stop after this step): runtime/callbacks.py
+    callback: Callable | None = None
     image_latents: np.ndarray | None = None  # the image already as scaled latents (1, C, h, w): not encoded again
     denoising_start: float | None = None  # fraction of the schedule already done (SDXL refiner hand-off)
     denoising_end: float | None = None  # fraction after which to stop, returning noisy latents
@@ -207,21 +208,44 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             else:
                 latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
         if r.callback is not None:
+            arrays = {"latents": latents, **conditioning}
+            if latent_masked:
+                arrays["extra"] = unet_extra
+            elif blend:  # diffusers' 4-channel mask has the guided batch's rows too
+                arrays["mask"] = xp.concatenate([blend_mask] * copies)
+            else:
+                arrays.update(mask=unet_mask, masked_image_latents=unet_masked)
             try:
-                changed = r.callback(i, t, latents)
+                changed, stop = r.callback(i, t, arrays)
             except StopDenoising:
                 break
-            if changed is not None:
-                latents = _checked_callback_latents(changed, latents.shape, xp)
+            for name, value in changed.items():
+                if name == "latents":
+                    latents = _checked_callback_array(value, latents, name, xp)
+                elif name in conditioning:
+                    conditioning = {**conditioning, name: _checked_callback_array(value, conditioning[name], name, xp)}
+                elif name == "extra":  # Kandinsky: the masked image latents and the keep mask
+                    unet_extra = xp.concatenate([_checked_callback_array(v, old, n, xp) for v, old, n in zip(
+                        value, (unet_extra[:, :-1], unet_extra[:, -1:]), ("masked_image", "mask_image"))], axis=1)
+                    blend_mask = xp.repeat(1 - unet_extra[:1, -1:], r.batch, axis=0)
+                elif name == "mask" and blend:
+                    blend_mask = _checked_callback_array(value, arrays["mask"], name, xp)[:r.batch]
+                elif name == "mask":
+                    unet_mask = _checked_callback_array(value, unet_mask, name, xp)
+                else:
+                    unet_masked = _checked_callback_array(value, unet_masked, name, xp)
+            if stop:  # diffusers' pipe._interrupt: the remaining steps are skipped
+                break
     if latent_masked:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
         latents = ((1 - blend_mask) * image_latents + blend_mask * latents).astype(np.float32)
     return latents
 
 
-def _checked_callback_latents(changed, shape, xp=np) -> np.ndarray:
+def _checked_callback_array(changed, current, name: str, xp=np) -> np.ndarray:
     changed = xp.asarray(changed, dtype=np.float32)
-    if changed.shape != shape or not bool(xp.isfinite(changed).all()):
-        raise ValueError(f"callback_on_step_end returned latents of shape {changed.shape}; return finite {shape} or None")
+    if changed.shape != current.shape or not bool(xp.isfinite(changed).all()):
+        raise ValueError(f"callback_on_step_end returned {name} of shape {changed.shape}; return finite "
+                         f"{current.shape} or None")
     return changed
 
 

@@ -66,6 +66,12 @@ case "${1:-}" in
     for batch in 2 4 8; do
       for pixels in 512 1024; do bench --engine $engine --pixels $pixels --batch $batch --variants ort-cuda-graph; done
     done
+    # the export-time NhwcConv fusion off: a second export of the same model (minutes), then 1024² again
+    if (( SECONDS + 300 < budget )); then
+      python3 -c "import sys; from inpaintrt.cli import export_main; sys.exit(export_main(sys.argv[1:]))" \
+        --model bench-out/sd15-model --output bench-out/sd15-engine-fp16-no-nhwc --fp16 --cuda-fusion-off nhwc_conv \
+        && bench --engine bench-out/sd15-engine-fp16-no-nhwc --pixels 1024 --variants ort-cuda-graph --label no-nhwc-fusion
+    fi
     if (( SECONDS + 60 < budget )) && [[ -d $engine ]]; then
       python3 benchmarks/profile_gpu.py --engine $engine --pixels 1024 --json "${2:-${OUT:-bench-out}}/profile-1024.json" \
         || echo "FAILED: profile_gpu.py"

@@ -98,6 +98,7 @@ class Engine:
         width=None, num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
         keep_input_size=False, prompt_embeds=None, negative_prompt_embeds=None, output_type="pil",
         callback_on_step_end=None, progress=True, max_pixels=imaging.MAX_PIXELS,
+        callback_on_step_end_tensor_inputs=("latents",),
         # SDXL (StableDiffusionXLInpaintPipeline's arguments)
         prompt_2=None, negative_prompt_2=None, pooled_prompt_embeds=None, negative_pooled_prompt_embeds=None,
         denoising_start=None, denoising_end=None, original_size=None, target_size=None,
@@ -105,7 +106,7 @@ class Engine:
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
         # beyond diffusers (issue 15)
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
-        callback_on_step_end_tensor_inputs=("latents",),
+        prompt_syntax="a1111",
         # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
         control_image=None, controlnet_conditioning_scale=DEFAULT_SCALE, control_guidance_start=0.0,
         control_guidance_end=1.0, guess_mode=False, **kandinsky,
@@ -140,6 +141,7 @@ class Engine:
                              f"engine is {self.family}: leave {'it' if len(named) == 1 else 'them'} out")
         steps = check.integer(num_inference_steps, "num_inference_steps", 1)
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if strength is None:
             strength = 0.9999 if self.family == "sdxl" else 1.0
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
@@ -151,7 +153,6 @@ class Engine:
         if masked_content != "original" and start is not None:
             raise ValueError(f"masked_content={masked_content!r} sets what a call starts from; with denoising_start "
                              "the call continues the given latents: leave masked_content out")
-        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         sizes = SizeConditioning(original_size, target_size, crops_coords_top_left, negative_original_size,
                                  negative_target_size, negative_crops_coords_top_left, aesthetic_score,
                                  negative_aesthetic_score)
@@ -250,6 +251,16 @@ class Engine:
         return outpaint(self, image, sides, overlap, fill, height, width, generator, output_type, max_pixels,
                         dict(inpaint_arguments, prompt=prompt))
 
+    def _step_callback(self, function, tensor_inputs):
+        """callback_on_step_end in diffusers' form or the short one (runtime/callbacks.py), checked up front."""
+        kind = self.family if self.family in TENSOR_INPUTS else "controlnet" if self.controlnets else "sd"
+        missing = {}
+        if self.controlnets:
+            missing["control_image"] = "stays inside the engine's ControlNet step"
+        if kind != "kandinsky22" and self.model["unet_in_channels"] == 4:
+            missing["masked_image_latents"] = "is not made for a 4-channel UNet (diffusers makes it and leaves it unused)"
+        return step_callback(function, self, tensor_inputs, kind, missing)
+
     def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
         factor = self.model["vae_scale_factor"]
         if keep_input_size:
@@ -261,16 +272,6 @@ class Engine:
             own = (given_latents.shape[2] * factor, given_latents.shape[3] * factor)
             if (height or own[0], width or own[1]) != own:
                 raise ValueError(f"image latents {given_latents.shape} mean {own[0]}x{own[1]} pixels (height x width); "
-    def _step_callback(self, function, tensor_inputs):
-        """callback_on_step_end in diffusers' form or the short one (runtime/callbacks.py), checked up front."""
-        kind = self.family if self.family in TENSOR_INPUTS else "controlnet" if self.controlnets else "sd"
-        missing = {}
-        if self.controlnets:
-            missing["control_image"] = "stays inside the engine's ControlNet step"
-        if kind != "kandinsky22" and self.model["unet_in_channels"] == 4:
-            missing["masked_image_latents"] = "is not made for a 4-channel UNet (diffusers makes it and leaves it unused)"
-        return step_callback(function, self, tensor_inputs, kind, missing)
-
                                  "leave height and width unset or match them")
             height, width = own
         height = self.model["default_height"] if height is None else height

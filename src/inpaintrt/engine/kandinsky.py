@@ -105,9 +105,9 @@ class KandinskyEngine(Engine):
                              "prompt); pass one of them")
         steps = check.integer(num_inference_steps, "num_inference_steps", 1)
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         scale = _number(guidance_scale, "guidance_scale")
         if output_type not in check.OUTPUT_TYPES:
-        callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
             raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(check.OUTPUT_TYPES)}")
         height, width = self._kandinsky_size(height, width)
         name = scheduler or self.default_scheduler

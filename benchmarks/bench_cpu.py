@@ -229,7 +229,7 @@ def _zeros(tensor: dict, latent: int):
     """A batch-2 input of this manifest tensor (the UNet's guided batch); the timestep mid-schedule."""
     import numpy as np
 
-    dims = {"batch": 2, "latent_height": latent, "latent_width": latent}
+    dims = {"batch": 2, "latent_height": latent, "latent_width": latent, "text_length": 77}  # one prompt chunk
     shape = [dims.get(d, d) for d in tensor["shape"]]
     return np.full(shape, 500 if tensor["name"] == "timestep" else 0, tensor["dtype"])
 

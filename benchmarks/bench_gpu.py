@@ -267,7 +267,7 @@ def _ours(variant, args, engine, image, mask) -> _Side:
     h = args.pixels // 8
     unet = {}
     for t in e.manifest["components"]["unet"]["inputs"]:
-        dims = {"batch": 2 * args.batch, "latent_height": h, "latent_width": h}
+        dims = {"batch": 2 * args.batch, "latent_height": h, "latent_width": h, "text_length": 77}  # one chunk
         shape = [dims.get(d, d) for d in t["shape"]]
         unet[t["name"]] = cupy.full(shape, 500 if t["name"] == "timestep" else 0, t["dtype"])
     unet["sample"] = cupy.asarray(np.random.default_rng(0).standard_normal(unet["sample"].shape, dtype=np.float32))

@@ -55,7 +55,7 @@ def main() -> int:
         hidden = engines["plain"].manifest["components"]["unet"]["inputs"][2]["shape"]
         feeds = {"sample": rng.standard_normal((2, 9, side, side), dtype=np.float32),
                  "timestep": np.full(2, 500.0, np.float32),
-                 "encoder_hidden_states": rng.standard_normal((2, hidden[1], hidden[2]), dtype=np.float32)}
+                 "encoder_hidden_states": rng.standard_normal((2, 77, hidden[2]), dtype=np.float32)}  # one chunk
         control = ControlResiduals([], engines["controlnet"].manifest["controlnet_residuals"],
                                    feeds["encoder_hidden_states"], True, False)
         net_feeds = {"sample": feeds["sample"][:, :4], "timestep": feeds["timestep"],

@@ -159,6 +159,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
     parser.add_argument("--prompt", default="")
     parser.add_argument("--negative-prompt")
+    parser.add_argument("--prompt-syntax", choices=("a1111", "plain"),
+                        help="a1111 (default): (word:1.3), (word), [word], BREAK, prompts past 75 tokens; plain: "
+                             "diffusers' reading (truncated at 77 tokens)")
     parser.add_argument("--steps", type=int, help="num_inference_steps (default: the family's, 50; Kandinsky 100)")
     parser.add_argument("--guidance", type=float,
                         help="guidance_scale; <= 1 turns guidance off (default: the family's, 7.5; Kandinsky 4)")
@@ -247,7 +250,8 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
             mask_mode=args.mask_mode, masked_content=args.masked_content, **_control_arguments(args),
         )
-        given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance)  # else the engine's defaults
+        given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance,  # else the engine's defaults
+                     prompt_syntax=args.prompt_syntax)
         common.update({name: value for name, value in given.items() if value is not None})
         masking = dict(num_images_per_prompt=args.num_images, padding_mask_crop=args.padding_mask_crop,
                        blur_factor=args.blur, keep_unmasked=args.keep_unmasked, keep_input_size=args.keep_input_size,

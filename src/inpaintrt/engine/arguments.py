@@ -75,15 +75,17 @@ def negatives(negative_prompt, count: int) -> list[str]:
 
 
 def embeddings(value, name: str, seq: int, hidden: int, batch: int | None = None) -> np.ndarray:
-    """prompt_embeds-like input: float (B, seq, hidden), finite."""
+    """prompt_embeds-like input: float (B, seq x chunks, hidden), finite (long prompts give several chunks)."""
     if not isinstance(value, np.ndarray) and hasattr(value, "__array__"):
         value = np.asarray(value)  # e.g. a CPU torch tensor from Compel
     if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
         raise ValueError(f"{name} must be a float array of shape (batch, {seq}, {hidden}), got {type(value).__name__}"
                          + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else ""))
-    if value.ndim != 3 or value.shape[1:] != (seq, hidden) or (batch is not None and value.shape[0] != batch):
+    if (value.ndim != 3 or value.shape[2] != hidden or not value.shape[1] or value.shape[1] % seq
+            or (batch is not None and value.shape[0] != batch)):
         want = f"({batch if batch is not None else 'batch'}, {seq}, {hidden})"
-        raise ValueError(f"{name} has shape {value.shape}; this engine's text encoder gives {want}")
+        raise ValueError(f"{name} has shape {value.shape}; this engine's text encoder gives {want} (long prompts: "
+                         f"a multiple of {seq} tokens)")
     if not np.isfinite(value).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return value.astype(np.float32)

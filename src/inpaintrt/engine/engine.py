@@ -37,7 +37,7 @@ class Engine:
         self.family = self.model["family"]
         # where the denoising loop runs: ort-cuda keeps it on the GPU (cupy), the others on the host
         self.xp = __import__("cupy") if backend == "ort-cuda" else np
-        self.text = TextConditioner(root, manifest, sessions)
+        self.text = TextConditioner(root, manifest, sessions, backend)
         self.controlnets = ControlNets(manifest, sessions)  # issue 16; empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
@@ -81,12 +81,12 @@ class Engine:
         return engine
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
-                      prompt_2=None, negative_prompt_2=None):
+                      prompt_2=None, negative_prompt_2=None, prompt_syntax="a1111"):
         """As diffusers' encode_prompt: SD gives (prompt_embeds, negative_prompt_embeds or None); SDXL gives
         (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)."""
         per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
         args = PromptArgs(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt,
-                          negative_prompt_2=negative_prompt_2)
+                          negative_prompt_2=negative_prompt_2, prompt_syntax=prompt_syntax)
         cond, uncond = self.text(args, per_prompt, guidance_scale > 1)
         uncond = uncond or {}
         found = (cond["encoder_hidden_states"], uncond.get("encoder_hidden_states"))
@@ -130,6 +130,9 @@ class Engine:
         kept, grey changed for that fraction of the steps); `masked_content` is what the masked area
         starts from when strength < 1 ("original", "fill", "latent_noise", "latent_nothing");
         `mask_invert`, `mask_grow` / `mask_shrink` (pixels) edit the mask before `blur_factor`.
+        `prompt_syntax="a1111"` (the default) reads A1111's weights, `(word:1.3)` `(word)` `[word]`, and
+        BREAK, and encodes prompts past 75 tokens in chunks instead of truncating them; a short prompt
+        without syntax gives diffusers' embeddings exactly. "plain" is diffusers' reading in every case.
         """
         if kandinsky:  # Kandinsky 2.2's arguments are refused by name (engine/kandinsky.py)
             from .kandinsky import kandinsky_only_arguments
@@ -190,7 +193,7 @@ class Engine:
                              "paint white where the picture should change")
 
         prompts = PromptArgs(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
-                             negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)
+                             negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, prompt_syntax)
         cond, uncond = self.text(prompts, per_prompt, guidance_scale > 1)
         batch = len(cond["encoder_hidden_states"])
         if self.family == "sdxl":

@@ -13,6 +13,7 @@ from ..runtime import images as imaging
 from ..runtime import kandinsky as kd
 from ..runtime.inpaint import Models, Request, decode_latents, denoise
 from ..runtime.noise import as_generator
+from ..runtime.prompt_syntax import check_syntax, is_plain, parse
 from ..runtime.schedulers import make_scheduler
 from ..runtime.tokenizer import PromptTokenizer
 from ..runtime.xp import to_host
@@ -95,6 +96,7 @@ class KandinskyEngine(Engine):
         `negative_image_embeds` (B, D) yourself, as to KandinskyV22InpaintPipeline. `prior_latents` is
         the combined pipeline's `latents` (the prior's initial noise); `latents` here is the decoder's.
         height and width must be multiples of the manifest's size_multiple (64 for the real models)."""
+        _plain_prompts(others.pop("prompt_syntax", "plain"), prompt, negative_prompt, negative_prior_prompt)
         _refuse(others, self.family)
         given = {name: value for name, value in dict(
             prompt=prompt, negative_prompt=negative_prompt, negative_prior_prompt=negative_prior_prompt,
@@ -238,6 +240,19 @@ def _refuse(others: dict, family: str) -> None:
         raise ValueError(f"{', '.join(known)} {'is an argument' if len(known) == 1 else 'are arguments'} of the Stable "
                          f"Diffusion engines; this engine is {family} (KandinskyV22InpaintCombinedPipeline's "
                          "arguments): leave them out")
+
+
+def _plain_prompts(syntax, *prompts) -> None:
+    """The prior reads prompts as plain text, as diffusers does: with prompt_syntax='a1111', prompts using
+    that syntax are refused rather than read differently from what was asked."""
+    if check_syntax(syntax) == "plain":
+        return
+    for value in prompts:
+        for text in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []:
+            if isinstance(text, str) and not is_plain(parse(text), text):
+                raise ValueError(f"prompt {text[:40]!r} uses A1111 prompt syntax (weights, BREAK), which Kandinsky "
+                                 "2.2's prior does not read; pass prompt_syntax='plain' to read it as plain text, or "
+                                 "remove the syntax")
 
 
 def _is_default(value, default) -> bool:

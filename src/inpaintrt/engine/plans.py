@@ -15,6 +15,7 @@ from ..runtime.control import residual_size
 DEFAULT_SIZES = ((512, 512), (1024, 1024))
 DEFAULT_MAX_IMAGES = 2
 SIZE_AXES = ("height", "width", "latent_height", "latent_width")  # the axes a static size fixes
+TEXT_AXIS = "text_length"  # the UNet's encoder_hidden_states tokens: chunks of the text encoder's length
 
 
 class PlanMismatchError(RuntimeError):
@@ -72,14 +73,17 @@ def fp32_components(model: dict) -> tuple[str, ...]:
 
 
 def profile_shapes(inputs: list[dict], size: tuple[int, int] | None, vae_scale: int,
-                   batches: tuple[int, int, int]) -> dict[str, list[list[int]]]:
-    """{input name: [min, opt, max] shapes} for a manifest component's inputs at one static size."""
+                   batches: tuple[int, int, int], text_length: int | None = None) -> dict[str, list[list[int]]]:
+    """{input name: [min, opt, max] shapes} for a manifest component's inputs at one static size; the UNet's
+    text axis (`text_length`, a multiple of the text encoder's length in the graph) is fixed at one chunk."""
     if size is None:
         dims = {}
     else:
         height, width = size
         dims = {"height": height, "width": width,
                 "latent_height": height // vae_scale, "latent_width": width // vae_scale}
+    if text_length is not None:
+        dims[TEXT_AXIS] = text_length
     profile = {}
     for tensor in inputs:
         shapes = []
@@ -109,12 +113,15 @@ def plan_layout(components: dict, sizes, max_images: int, vae_scale: int) -> dic
     """{component: [{size, file, precision, profile}]}: every plan to build, with its optimization
     profile; the precision is that of the graph it is built from (fp32 for a VAE kept out of fp16)."""
     layout = {}
+    text_length = next((c["inputs"][0]["shape"][1] for n, c in components.items() if n.startswith("text_encoder")),
+                       None)
     for name, component in components.items():
         plan_sizes = [None] if size_free(component) else list(sizes)
         precision = component.get("fp16", {}).get("precision", "fp16")
         layout[name] = [
             {"size": None if size is None else list(size), "file": plan_file(name, size), "precision": precision,
-             "profile": profile_shapes(component["inputs"], size, vae_scale, batch_range(name, max_images))}
+             "profile": profile_shapes(component["inputs"], size, vae_scale, batch_range(name, max_images),
+                                       text_length)}
             for size in plan_sizes
         ]
     return layout
@@ -146,6 +153,13 @@ def select_plan(plans: list[dict], height: int | None, width: int | None, compon
         f"the plans with `inpaint-build-plans --engine <engine dir> --sizes {height}x{width},...`, or use "
         "backend='ort-cpu'"
     )
+
+
+def text_token_limit(plans: dict) -> int | None:
+    """The most text tokens (encoder_hidden_states' axis 1) that every plan reading them takes, or None."""
+    limits = [plan["profile"]["encoder_hidden_states"][2][1] for built in plans.values() for plan in built
+              if "encoder_hidden_states" in plan["profile"]]
+    return min(limits) if limits else None
 
 
 def check_batch(plan: dict, feeds_batch: int, component: str) -> None:

@@ -5,7 +5,12 @@ SDXL (diffusers' StableDiffusionXLInpaintPipeline.encode_prompt): the penultimat
 both encoders are concatenated (`prompt` to the first, `prompt_2` to the second), and the second
 encoder's projected pooled output is `text_embeds`; a refiner has only the second encoder. With
 `force_zeros_for_empty_prompt` and no negative prompt, the negative conditioning is zeros.
-Each distinct prompt is encoded once per encoder and remembered.
+Each distinct prompt (or prompt chunk) is encoded once per encoder and remembered.
+
+prompt_syntax "a1111" (the default; runtime/prompt_syntax.py) reads weights and BREAK and encodes long
+prompts in chunks of 77 tokens, every prompt of a call padded with empty chunks to the longest; SDXL's
+pooled embedding is the first chunk's. A call whose prompts all fit in one chunk and use no syntax takes
+diffusers' path unchanged, as "plain" always does (long prompts truncated with a warning).
 """
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.prompt_syntax import check_syntax, chunks, emphasize, is_plain, parse
 from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
+from .plans import text_token_limit
 
-PROMPT_CACHE = 64  # distinct prompts per text encoder whose outputs are kept
+PROMPT_CACHE = 64  # distinct prompts (or chunks) per text encoder whose outputs are kept
 
 
 @dataclass
@@ -30,10 +37,11 @@ class PromptArgs:
     negative_prompt_embeds: object = None
     pooled_prompt_embeds: object = None
     negative_pooled_prompt_embeds: object = None
+    prompt_syntax: object = "a1111"
 
 
 class TextConditioner:
-    def __init__(self, root, manifest: dict, sessions: dict):
+    def __init__(self, root, manifest: dict, sessions: dict, backend: str | None = None):
         self.model = manifest["model"]
         self.sdxl = self.model["family"] == "sdxl"
         self.encoders = self.model.get("text_encoders", ["text_encoder"])
@@ -42,64 +50,165 @@ class TextConditioner:
                            for name, t in tokenizers.items()}
         self.sessions = sessions
         components = manifest["components"]
-        self.text_shape = (components["unet"]["inputs"][2]["shape"][1], components["unet"]["inputs"][2]["shape"][2])
+        text = components["unet"]["inputs"][2]["shape"]
+        self.seq = self.tokenizers[self.encoders[-1]].max_length  # tokens per chunk
+        self.text_shape = (self.seq, text[2])
         self.pooled_width = components["unet"]["inputs"][3]["shape"][1] if self.sdxl else None
-        self._cache: dict[tuple[str, str], dict] = {}
+        # the most text tokens the UNet takes: any multiple of seq where its graph's text axis is dynamic
+        self.max_tokens, self._limit = None, ""
+        if isinstance(text[1], int):
+            self.max_tokens = text[1]
+            self._limit = (f"this engine's UNet was exported with a fixed {text[1]}-token text input (re-export it "
+                           "with this inpaintrt's inpaint-export to take longer prompts)")
+        limit = text_token_limit(manifest["tensorrt"]["plans"]) if backend == "tensorrt" else None
+        if limit is not None and (self.max_tokens is None or limit < self.max_tokens):
+            self.max_tokens = limit
+            self._limit = f"this engine's TensorRT plans take at most {limit} text tokens (static profiles)"
+        self._cache: dict[tuple, dict] = {}
+        self._parses: dict[tuple[str, str], tuple[list, bool]] = {}
 
     def _encode(self, component: str, prompts: list[str]) -> dict[str, np.ndarray]:
         """{output name: (len(prompts), ...)}, each distinct prompt run once and remembered."""
         missing = list(dict.fromkeys(p for p in prompts if (component, p) not in self._cache))
         if missing:
             outputs = self.sessions[component].run({"input_ids": self.tokenizers[component](missing)})
-            for i, p in enumerate(missing):
-                self._cache[(component, p)] = {name: value[i] for name, value in outputs.items()}
-            while len(self._cache) > PROMPT_CACHE * len(self.encoders):
-                self._cache.pop(next(iter(self._cache)))
+            self._remember(component, missing, outputs)
         return {name: np.stack([self._cache[(component, p)][name] for p in prompts])
                 for name in self._cache[(component, prompts[0])]}
 
-    def _text(self, first: list[str], second: list[str]) -> dict[str, np.ndarray]:
-        """The conditioning of these prompts (one per image) before repetition."""
+    def _encode_rows(self, component: str, rows: list[tuple[int, ...]]) -> dict[str, np.ndarray]:
+        """As _encode, for chunks given as token-id rows."""
+        missing = list(dict.fromkeys(r for r in rows if (component, r) not in self._cache))
+        if missing:
+            outputs = self.sessions[component].run({"input_ids": np.array(missing, dtype=np.int64)})
+            self._remember(component, missing, outputs)
+        return {name: np.stack([self._cache[(component, r)][name] for r in rows])
+                for name in self._cache[(component, rows[0])]}
+
+    def _remember(self, component: str, keys: list, outputs: dict) -> None:
+        for i, key in enumerate(keys):
+            self._cache[(component, key)] = {name: value[i] for name, value in outputs.items()}
+        while len(self._cache) > PROMPT_CACHE * len(self.encoders):
+            self._cache.pop(next(iter(self._cache)))
+
+    def _per_encoder(self, first: list[str], second: list[str]):
+        return zip(self.encoders, [first, second] if len(self.encoders) == 2 else [first])
+
+    def _text(self, first: list[str], second: list[str], chunk_count: int | None) -> dict[str, np.ndarray]:
+        """The conditioning of these prompts (one per image) before repetition; chunk_count None: diffusers' path."""
+        if chunk_count is not None:
+            hidden, pooled = zip(*(self._chunked(name, prompts, chunk_count)
+                                   for name, prompts in self._per_encoder(first, second)))
+            found = {"encoder_hidden_states": np.concatenate(hidden, axis=-1)}
+            return dict(found, text_embeds=pooled[-1]) if self.sdxl else found
         if not self.sdxl:
             return {"encoder_hidden_states": next(iter(self._encode("text_encoder", first).values()))}
         hidden, pooled = [], None
-        for name, prompts in zip(self.encoders, [first, second] if len(self.encoders) == 2 else [first]):
+        for name, prompts in self._per_encoder(first, second):
             out = self._encode(name, prompts)
             hidden.append(out["hidden_states"])
             pooled = out.get("text_embeds", pooled)
         return {"encoder_hidden_states": np.concatenate(hidden, axis=-1), "text_embeds": pooled}
 
+    def _parsed(self, component: str, prompt: str) -> tuple[list, bool]:
+        """(chunks of (token ids, weights), whether the prompt is one chunk without syntax)."""
+        key = (component, prompt)
+        if key not in self._parses:
+            parts = parse(prompt)
+            found = chunks(parts, self.tokenizers[component].tokens)
+            self._parses[key] = (found, len(found) == 1 and is_plain(parts, prompt))
+            while len(self._parses) > 4 * PROMPT_CACHE:
+                self._parses.pop(next(iter(self._parses)))
+        return self._parses[key]
+
+    def _chunked(self, component: str, prompts: list[str], count: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(hidden states (len(prompts), count x seq, width), the first chunks' pooled output or None)."""
+        tokenizer = self.tokenizers[component]
+        rows, weights = [], []
+        for prompt in prompts:
+            found = self._parsed(component, prompt)[0]
+            for ids, w in found + [([], [])] * (count - len(found)):  # empty chunks: the encoding of ""
+                rows.append(tokenizer.chunk_row(ids))
+                weights.append([1.0] + w + [1.0] * (self.seq - 1 - len(w)))
+        weights = np.array(weights, np.float32).reshape(len(prompts), count, self.seq)
+        hidden = pooled = None
+        for value in self._encode_rows(component, rows).values():
+            if value.ndim == 3:
+                value = value.reshape(len(prompts), count, self.seq, -1)
+                hidden = np.stack([emphasize(v, w) for v, w in zip(value, weights)])
+                hidden = hidden.reshape(len(prompts), count * self.seq, -1)
+            else:
+                pooled = value.reshape(len(prompts), count, -1)[:, 0]
+        return hidden, pooled
+
+    def _chunk_count(self, syntax: str, texts: list[tuple], given: list[dict]) -> int | None:
+        """The chunks every prompt of the call is padded to, or None for diffusers' path: plain syntax, or
+        every prompt one chunk without syntax and no longer embeddings given."""
+        if syntax == "plain":
+            return None
+        lengths = [g["encoder_hidden_states"].shape[1] // self.seq for g in given]
+        simple = all(n == 1 for n in lengths)
+        for first, second in texts:
+            for name, prompts in self._per_encoder(first, second):
+                for prompt in prompts:
+                    found, plain = self._parsed(name, prompt)
+                    lengths.append(len(found))
+                    simple = simple and plain
+        if simple:
+            return None
+        count = max(lengths)
+        if self.max_tokens is not None and count * self.seq > self.max_tokens:
+            raise ValueError(f"prompt needs {count} chunks of {self.seq} tokens ({count * self.seq} tokens, the "
+                             f"negative prompt padded to the same); {self._limit}. Shorten the prompts to "
+                             f"{self.seq - 2} tokens without BREAK, or pass prompt_syntax='plain' to truncate them "
+                             "as diffusers does")
+        return count
+
     def __call__(self, a: PromptArgs, per_prompt: int, guided: bool) -> tuple[dict, dict | None]:
         """(cond, uncond or None): {UNet input name: (prompts x per_prompt, ...)}."""
         self._check_family_arguments(a)
+        syntax = check_syntax(a.prompt_syntax)
         if a.prompt is not None and a.prompt_embeds is not None:
             raise ValueError("pass either prompt or prompt_embeds, not both")
         if a.negative_prompt is not None and a.negative_prompt_embeds is not None:
             raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+        cond = uncond = cond_texts = uncond_texts = None
         if a.prompt_embeds is None:
             first = check.prompts("" if a.prompt is None else a.prompt, "prompt")
-            second = first if a.prompt_2 is None else _matching(a.prompt_2, "prompt_2", len(first))
-            cond = self._text(first, second)
+            cond_texts = (first, first if a.prompt_2 is None else _matching(a.prompt_2, "prompt_2", len(first)))
         else:
             cond = self._given(a.prompt_embeds, a.pooled_prompt_embeds, "prompt_embeds", "pooled_prompt_embeds")
-        count = len(cond["encoder_hidden_states"])
-        uncond = None
+        count = len(cond_texts[0]) if cond is None else len(cond["encoder_hidden_states"])
+        zeros = False
         if not guided:
             pass
         elif a.negative_prompt_embeds is not None:
             uncond = self._given(a.negative_prompt_embeds, a.negative_pooled_prompt_embeds, "negative_prompt_embeds",
                                  "negative_pooled_prompt_embeds", count)
         elif self.sdxl and a.negative_prompt is None and self.model.get("force_zeros_for_empty_prompt"):
-            uncond = {name: np.zeros_like(value) for name, value in cond.items()}
+            zeros = True
         else:
             negative = check.negatives(a.negative_prompt, count)
             negative_2 = negative if a.negative_prompt_2 is None else _matching(a.negative_prompt_2, "negative_prompt_2", count)
-            uncond = self._text(negative, negative_2)
+            uncond_texts = (negative, negative_2)
+        chunk_count = self._chunk_count(syntax, [t for t in (cond_texts, uncond_texts) if t is not None],
+                                        [g for g in (cond, uncond) if g is not None])
+        if cond is None:
+            cond = self._text(*cond_texts, chunk_count)
+        if uncond_texts is not None:
+            uncond = self._text(*uncond_texts, chunk_count)
+        elif zeros:
+            uncond = {name: np.zeros_like(value) for name, value in cond.items()}
+        if uncond is not None:
+            _same_length(cond, uncond, a)
         repeat = lambda parts: {k: np.repeat(v, per_prompt, axis=0) for k, v in parts.items()}  # noqa: E731
         return repeat(cond), None if uncond is None else repeat(uncond)
 
     def _given(self, embeds, pooled, name: str, pooled_name: str, batch: int | None = None) -> dict:
         found = {"encoder_hidden_states": check.embeddings(embeds, name, *self.text_shape, batch=batch)}
+        tokens = found["encoder_hidden_states"].shape[1]
+        if self.max_tokens is not None and tokens > self.max_tokens:
+            raise ValueError(f"{name} has {tokens} tokens; {self._limit}: pass at most {self.max_tokens}")
         if self.sdxl:
             if pooled is None:
                 raise ValueError(f"{name} was given without {pooled_name}; an SDXL UNet needs both "
@@ -119,6 +228,18 @@ class TextConditioner:
             if len(self.encoders) == 1:
                 raise ValueError(f"{name} is for SDXL engines with two text encoders; this refiner engine has one, "
                                  f"which reads {name[:-2]}: pass {name[:-2]} only")
+
+
+def _same_length(cond: dict, uncond: dict, a: PromptArgs) -> None:
+    """The guided halves run as one UNet batch, so their text conditioning must be equally long."""
+    mine, theirs = cond["encoder_hidden_states"].shape[1], uncond["encoder_hidden_states"].shape[1]
+    if mine == theirs:
+        return
+    name = "prompt" if a.prompt_embeds is None else "prompt_embeds"
+    negative = "negative_prompt" if a.negative_prompt_embeds is None else "negative_prompt_embeds"
+    raise ValueError(f"{negative} gives {theirs} tokens of text conditioning but {name} gives {mine}; they must "
+                     "be equally long: pass embeddings of the same length (engine.encode_prompt returns matching "
+                     "ones), or prompts with prompt_syntax='a1111', which pads the shorter with empty chunks")
 
 
 def _matching(value, name: str, count: int) -> list[str]:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..engine.plans import TEXT_AXIS
 from ..runtime.control import residual_size
 from .loading import SINGLE_FILE_SUFFIXES, CheckpointError
-from .specs import ComponentSpec, TensorSpec, unet_downsampling
+from .specs import ComponentSpec, TensorSpec, text_tokens, unet_downsampling
 
 KINDS = ("inpaint", "plain")  # inpaint: conditioned on the picture with masked pixels at -1 (control_v11p_sd15_inpaint)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -162,7 +163,8 @@ def with_controlnets(pipe, specs: list[ComponentSpec], nets: list[ControlNetSour
     controlled = ComponentSpec(
         "unet", _ControlledUNet(pipe.unet), unet.inputs + residuals, unet.outputs,
         lambda b, h, w: unet.make_inputs(b, h, w) + residual_inputs(b, h, w), unet.check_shapes)
-    seq, hidden = unet.inputs[2].shape[1], unet.inputs[2].shape[2]
+    hidden = unet.inputs[2].shape[2]
+    seq = next(s for s in specs if s.name.startswith("text_encoder")).inputs[0].shape[1]
     f = unet_downsampling(pipe.unet)
     added, entries = [], []
     for i, net in enumerate(nets):
@@ -172,12 +174,12 @@ def with_controlnets(pipe, specs: list[ComponentSpec], nets: list[ControlNetSour
             f"controlnet_{i}", _ControlNet(net.model),
             [TensorSpec("sample", "float32", ("batch", c.in_channels, "latent_height", "latent_width")),
              TensorSpec("timestep", "float32", ("batch",)),
-             TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
+             TensorSpec("encoder_hidden_states", "float32", ("batch", TEXT_AXIS, hidden)),
              TensorSpec("controlnet_cond", "float32", ("batch", cond, "height", "width"))],
             _pooled(residuals) if c.global_pool_conditions else residuals,
             lambda b, h, w, c=c, cond=cond: (torch.randn(b, c.in_channels, h, w, generator=gen),
                                              torch.rand(b, generator=gen) * 999,
-                                             torch.randn(b, seq, hidden, generator=gen),
+                                             torch.randn(b, text_tokens(seq, b), hidden, generator=gen),
                                              torch.rand(b, cond, h * scale, w * scale, generator=gen) * 2 - 1),
             [(2, f + 1, 2 * f + 3), (1, 2 * f, 3 * f)],
         ))

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from ..engine.plans import TEXT_AXIS
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -130,10 +132,11 @@ def component_specs(pipe) -> list[ComponentSpec]:
     texts = _text_encoder_specs(pipe, gen)
     seq = texts[-1].outputs[0].shape[1]
     hidden = sum(t.outputs[0].shape[2] for t in texts)  # SDXL concatenates both encoders' hidden states
+    # the text axis is dynamic: a long prompt is several chunks of `seq` tokens, concatenated
     unet_inputs = [
         TensorSpec("sample", "float32", ("batch", in_ch, "latent_height", "latent_width")),
         TensorSpec("timestep", "float32", ("batch",)),
-        TensorSpec("encoder_hidden_states", "float32", ("batch", seq, hidden)),
+        TensorSpec("encoder_hidden_states", "float32", ("batch", TEXT_AXIS, hidden)),
     ]
     if is_sdxl(pipe):
         pooled = texts[-1].outputs[1].shape[1]
@@ -142,7 +145,8 @@ def component_specs(pipe) -> list[ComponentSpec]:
                         TensorSpec("time_ids", "float32", ("batch", ids))]
 
     def unet_inputs_of(b, h, w):
-        common = (randn(b, in_ch, h, w), torch.rand(b, generator=gen) * 999, randn(b, seq, hidden))
+        tokens = text_tokens(seq, b)
+        common = (randn(b, in_ch, h, w), torch.rand(b, generator=gen) * 999, randn(b, tokens, hidden))
         if not is_sdxl(pipe):
             return common
         return common + (randn(b, pooled), torch.rand(b, ids, generator=gen) * 1024)
@@ -176,6 +180,12 @@ def component_specs(pipe) -> list[ComponentSpec]:
             [(1, *odd), (2, 2, 3)],
         ),
     ]
+
+
+def text_tokens(seq: int, batch: int) -> int:
+    """The text length of a sample UNet input: one chunk, and two for batch 1 so that the export's parity
+    check also runs a long prompt through the dynamic text axis."""
+    return 2 * seq if batch == 1 else seq
 
 
 def text_encoders(pipe) -> list[tuple[str, object, object]]:

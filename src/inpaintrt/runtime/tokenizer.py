@@ -16,6 +16,17 @@ class PromptTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.eos_id = self._tokenizer.token_to_id("<|endoftext|>")  # Kandinsky's prior masks what follows it
+        self.bos_id = self._tokenizer.token_to_id("<|startoftext|>")
+
+    def tokens(self, text: str) -> list[int]:
+        """The ids of text alone: no BOS, EOS or padding, never truncated."""
+        return self._tokenizer.encode(text).ids[1:-1]
+
+    def chunk_row(self, ids: list[int]) -> tuple[int, ...]:
+        """One chunk as the encoder reads it: BOS, at most max_length - 2 ids, EOS, padding (a short
+        prompt's row from __call__)."""
+        row = [self.bos_id] + ids[: self.max_length - 2] + [self.eos_id]
+        return tuple(row + [self.pad_id] * (self.max_length - len(row)))
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         """(len(prompts), max_length) int64 ids: BOS, tokens, EOS, padded; long prompts truncated with a warning."""

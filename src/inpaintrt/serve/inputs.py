@@ -36,6 +36,9 @@ class CommonParameters(BaseModel):
 
     prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
+    prompt_syntax: Optional[Literal["a1111", "plain"]] = Field(
+        None, description="a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; "
+                          "plain: diffusers' reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.")
     num_inference_steps: Optional[int] = Field(None, ge=1, le=1000, description="Denoising steps; default: the model "
                                                "family's (50; Kandinsky 100). The server's max_steps caps it.")
     guidance_scale: Optional[float] = Field(None, ge=0, le=50, allow_inf_nan=False, description="Classifier-free "
@@ -126,7 +129,7 @@ class SyncOutpaintParameters(ResponseFormat, OutpaintParameters):
 FIELDS = set(InpaintParameters.model_fields) | set(OutpaintParameters.model_fields)
 PRIOR_FIELDS = ("negative_prior_prompt", "prior_guidance_scale", "prior_num_inference_steps")
 # left out of a request: not passed, so the engine's family default applies
-DEFAULTED = ("num_inference_steps", "guidance_scale") + PRIOR_FIELDS
+DEFAULTED = ("num_inference_steps", "guidance_scale", "prompt_syntax") + PRIOR_FIELDS
 
 
 @dataclass

@@ -228,16 +228,16 @@ def _inpaint_parser() -> argparse.ArgumentParser:
 
 def inpaint_main(argv: list[str] | None = None) -> int:
     args = _inpaint_parser().parse_args(argv)
-    from PIL import Image, UnidentifiedImageError
-
     from . import Engine
+    from .runtime.images import load_picture
 
     try:
         options = dict(_parse_option(text) for text in args.scheduler_option)
         if (args.mask is None) == (args.extend is None):
             raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
         sides = _parse_extend(args.extend) if args.extend else None
-        image, mask = Image.open(args.image), None if sides else Image.open(args.mask)
+        # Engine.inpaint's own checks and messages, before the engine is loaded
+        image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
         cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
                              cuda_options=cuda_options)
@@ -263,7 +263,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
                                      **{k: v for k, v in masking.items() if v != unset[k]})
         else:
             result = engine.inpaint(image, mask, **common, **masking)
-    except (OSError, UnidentifiedImageError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
         result.images.pop(0).save(path)
@@ -273,11 +273,11 @@ def inpaint_main(argv: list[str] | None = None) -> int:
 
 def _control_arguments(args) -> dict:
     """The ControlNet flags as Engine.inpaint arguments; only those given, so engines without one are not asked."""
-    from PIL import Image
+    from .runtime.images import load_picture
 
     found = {}
     if args.control_image:
-        images = [None if f.lower() == "none" else Image.open(f) for f in args.control_image]
+        images = [None if f.lower() == "none" else load_picture(f, "control_image") for f in args.control_image]
         found["control_image"] = images[0] if len(images) == 1 else images
     if args.controlnet_scale:
         scales = args.controlnet_scale

@@ -52,7 +52,26 @@ def check_size(height, width, factor: int) -> tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
             hint = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) and value == value else 512
             raise ValueError(f"{name}={value!r} must be a positive multiple of {factor}, e.g. {hint}")
+    output_size(height, width)
     return int(height), int(width)
+
+
+# Largest height x width one call generates: 4x SDXL's native 1024x1024. The UNet's memory grows with
+# the square of the latent pixels at its attention layers, so a far larger output is refused up front
+# rather than dying in the runtime's allocator (a 128 x 100000 call asked for a 12.8 M pixel canvas).
+MAX_OUTPUT_PIXELS = 2048 * 2048
+
+
+def output_size(height: int, width: int, limit: int = MAX_OUTPUT_PIXELS, whose: str = "one call generates") -> None:
+    """height x width against `limit` (the server passes its own); the message names the larger side."""
+    if height * width > limit:
+        name, value = ("width", width) if width > height else ("height", height)
+        other = height if name == "width" else width
+        fits = max(8, limit // other // 8 * 8)
+        raise ValueError(f"{name}={value} with {'height' if name == 'width' else 'width'}={other} is "
+                         f"{width}x{height} = {width * height} pixels, more than the {limit} {whose}; "
+                         f"lower {name} (at most {fits} here), or inpaint a crop (padding_mask_crop) or outpaint "
+                         "in passes")
 
 
 def prompts(prompt, name: str) -> list[str]:

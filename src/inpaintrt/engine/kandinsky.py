@@ -183,6 +183,7 @@ class KandinskyEngine(Engine):
                     f"{hint}: diffusers makes latents of ceil({name} / {multiple}) x {self.model['vae_scale_factor']} "
                     "while the MoVQ encodes the image to a size / "
                     f"{self.model['vae_scale_factor']}, and the two agree only there")
+        check.output_size(height, width)
         return int(height), int(width)
 
     def _embeds(self, value, name: str, batch: int | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ header before a pixel is decoded.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,11 @@ def load_picture(value, name: str, max_pixels: int = MAX_PIXELS):
     )
 
 
+def reason(error: Exception, sent: str = "the given bytes") -> str:
+    """PIL's complaint without the object it was handed: bytes arrive as `<_io.BytesIO object at 0x...>`."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", sent, str(error))
+
+
 def _open(source, name: str, max_pixels: int) -> Image.Image:
     try:
         picture = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
@@ -39,12 +45,12 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise ValueError(f"{name} is too large to decode safely ({e}); pass a picture of at most {max_pixels} pixels") from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"{name} is not a picture PIL can read ({e}); pass a PNG, JPEG or WebP file") from None
+        raise ValueError(f"{name} is not a picture PIL can read ({reason(e)}); pass a PNG, JPEG or WebP file") from None
     _checked_size(picture, name, max_pixels)  # from the header, before decoding
     try:
         picture.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{name} could not be decoded ({e}); the file is truncated or corrupt") from None
+        raise ValueError(f"{name} could not be decoded ({reason(e)}); the file is truncated or corrupt") from None
     return picture
 
 

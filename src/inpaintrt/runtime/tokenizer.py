@@ -1,11 +1,12 @@
 """CLIP tokenization with the `tokenizers` library on the exported tokenizer.json (no transformers)."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from . import notices
 
 
 class PromptTokenizer:
@@ -35,7 +36,7 @@ class PromptTokenizer:
             ids = enc.ids
             if len(ids) > self.max_length:
                 dropped = len(ids) - self.max_length
-                warnings.warn(
+                notices.warn(
                     f"prompt {prompt[:40]!r}... is {len(ids)} tokens; CLIP reads {self.max_length}, "
                     f"so the last {dropped} were dropped",
                     stacklevel=3,

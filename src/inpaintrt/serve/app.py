@@ -108,7 +108,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["X-Seed", "X-Timings", "X-Job-Id", "X-Replica"])
+                           allow_headers=["*"],
+                           expose_headers=["X-Seed", "X-Timings", "X-Job-Id", "X-Replica", "X-Warnings"])
 
     async def authorized(request: Request) -> None:
         if settings.token is None:
@@ -260,15 +261,18 @@ def _result(job, response_format: str) -> Response:
         timings = job.snapshot()["timings"]
         if response_format == "json":
             return JSONResponse({"seed": job.seed, "width": job.width, "height": job.height, "timings": timings,
-                                 "replica": job.replica, "image": base64.b64encode(job.png).decode()})
+                                 "replica": job.replica, "warnings": job.warnings,
+                                 "image": base64.b64encode(job.png).decode()})
         headers = {"X-Seed": str(job.seed), "X-Timings": json.dumps(timings), "X-Job-Id": job.id}
+        if job.warnings:  # ASCII JSON: header values must be latin-1
+            headers["X-Warnings"] = json.dumps(job.warnings)
         if job.replica:
             headers["X-Replica"] = job.replica
         return Response(job.png, media_type="image/png", headers=headers)
     if job.status == CANCELLED and "shutting down" in (job.error or ""):
         raise ApiError(503, "server", f"job {job.id} was not run: {job.error}", "retry against a running server")
     if job.status == CANCELLED:
-        raise ApiError(409, "job_id", f"job {job.id} was cancelled ({job.error})", "submit it again")
+        raise ApiError(409, "job_id", f"job {job.id} was {job.error or 'cancelled'}", "submit it again")
     if job.status in FINISHED:  # failed
         internal = (job.error or "").startswith("internal error")
         raise ApiError(500 if internal else 422, _field_of(job.error or ""), job.error or "failed",

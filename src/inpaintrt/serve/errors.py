@@ -5,6 +5,8 @@ nothing a request contains should reach the user as a bare 500.
 """
 from __future__ import annotations
 
+import difflib
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -58,12 +60,33 @@ FIELD_FIXES = {
 }
 
 
-def validation_error(errors: list[dict]) -> ApiError:
-    """The first pydantic error as an ApiError naming its field."""
+# names other tools give the same fields
+ALIASES = {"steps": "num_inference_steps", "num_steps": "num_inference_steps", "cfg_scale": "guidance_scale",
+           "cfg": "guidance_scale", "guidance": "guidance_scale", "generator": "seed", "denoising_strength": "strength",
+           "sampler": "scheduler", "sampler_name": "scheduler", "negative": "negative_prompt", "mask": "mask_image",
+           "init_image": "image", "init_images": "image", "mask_blur": "blur_factor", "inpaint_full_res_padding":
+           "padding_mask_crop", "format": "response_format"}
+
+
+def did_you_mean(field: str, known) -> str | None:
+    """The field an unknown name most likely stands for: a known alias, else the closest spelling."""
+    known = sorted(known)
+    if ALIASES.get(field.lower()) in known:
+        return ALIASES[field.lower()]
+    close = difflib.get_close_matches(field.lower(), known, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def validation_error(errors: list[dict], known=()) -> ApiError:
+    """The first pydantic error as an ApiError naming its field; `known`: the endpoint's fields."""
     first = errors[0]
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     field = location[0] if location else "body"
     if first.get("type") == "extra_forbidden":
+        meant = did_you_mean(field, known)
+        if meant:
+            return ApiError(422, field, f"{field} is not a field of this endpoint; did you mean {meant}?",
+                            f"send it as {meant}; GET /docs lists every field")
         return ApiError(422, field, f"{field} is not a field of this endpoint",
                         "leave it out; GET /docs lists every field")
     if first.get("type") == "missing":

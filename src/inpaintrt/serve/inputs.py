@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..engine import arguments as check_args
 from ..engine.outpaint import SIDES, plan
 from ..runtime import images as imaging
 from ..runtime.inpaint import run_timesteps
@@ -177,7 +178,7 @@ async def read_request(request, model: type[CommonParameters], limits: Limits, e
     try:
         params = model.model_validate(fields)
     except ValidationError as e:
-        raise validation_error(e.errors()) from None
+        raise validation_error(e.errors(), set(model.model_fields) | set(model.pictures)) from None
     return check(params, files, limits, engine_facts)
 
 
@@ -330,7 +331,7 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         width = height = math.isqrt(max_pixels) + 1  # PIL's own bomb limit: far over ours
     except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(422, name, f"{name} is not a picture ({e})",
+        raise ApiError(422, name, f"{name} is not a picture ({imaging.reason(e, f'the uploaded {name}')})",
                        f"send {name} as a PNG, JPEG or WebP file") from None
     if width * height > max_pixels:
         raise ApiError(413, name, f"{name} is {width}x{height} = {width * height} pixels, over this server's "
@@ -338,7 +339,8 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         picture = imaging.load_picture(data, name, max_pixels)
     except ValueError as e:
-        raise ApiError(422, name, str(e), f"send {name} as an intact PNG, JPEG or WebP file") from None
+        message = str(e).replace("the given bytes", f"the uploaded {name}")
+        raise ApiError(422, name, message, f"send {name} as an intact PNG, JPEG or WebP file") from None
     if not isinstance(picture, Image.Image):  # a float picture (mode F): take it as 8-bit grey
         picture = Image.fromarray((np.clip(picture[..., 0], 0, 1) * 255).round().astype(np.uint8))
     return picture
@@ -353,11 +355,17 @@ def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dic
         width, height, name = size[0] // 8 * 8, size[1] // 8 * 8, "keep_input_size"
     else:
         height, width = params.height or facts["default_height"], params.width or facts["default_width"]
-        name = "height" if params.height else "width"
+        try:  # the engine's check with this server's limit: it names the side to lower
+            check_args.output_size(height, width, limits.max_output_pixels, "this server's max_output_pixels allows")
+        except ValueError as e:
+            name = str(e).split("=")[0]
+            raise ApiError(422, name, str(e),
+                           f"send a smaller {name} (or use padding_mask_crop on a big picture)") from None
+        return
     if height * width > limits.max_output_pixels:
         raise ApiError(422, name, f"the output would be {width}x{height} = {width * height} pixels, over this server's "
                        f"max_output_pixels={limits.max_output_pixels}",
-                       "ask for a smaller height x width (or use padding_mask_crop on a big picture)")
+                       "send a smaller picture, or height and width instead of keep_input_size")
 
 
 def _count_steps(params, facts: dict, steps: int) -> int:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..runtime import notices
+
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
 TASKS = ("inpaint", "outpaint")  # the Engine methods a job may call
@@ -42,6 +44,7 @@ class Job:
     step: int = 0
     total: int = 0
     error: str | None = None
+    warnings: list = field(default_factory=list)  # e.g. a prompt cut at CLIP's 77 tokens (prompt_syntax plain)
     png: bytes | None = None
     width: int = 0
     height: int = 0
@@ -59,7 +62,8 @@ class Job:
         timings = {"queued_ms": _ms(self.created, self.started or self.finished),
                    "run_ms": _ms(self.started, self.finished)}
         return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "seed": self.seed,
-                "error": self.error, "width": self.width, "height": self.height, "timings": timings}
+                "error": self.error, "warnings": list(self.warnings), "width": self.width, "height": self.height,
+                "timings": timings}
 
 
 def _ms(start, end) -> float | None:
@@ -124,7 +128,7 @@ class JobManager:
             job.cancel_requested = True
             if job.status == QUEUED:
                 self.waiting.remove(job)  # frees its queue slot at once
-                self._finish(job, CANCELLED)
+                self._finish(job, CANCELLED, "cancelled while queued, before it ran")
         return job
 
     def forget(self, job_id: str) -> None:
@@ -188,8 +192,9 @@ class JobManager:
                 raise JobCancelled()
 
         try:
-            result = getattr(engine, job.task)(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
-                                               progress=False, output_type="pil")
+            with notices.collect() as job.warnings:
+                result = getattr(engine, job.task)(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
+                                                   progress=False, output_type="pil")
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:
@@ -199,7 +204,7 @@ class JobManager:
                 job.png, (job.width, job.height) = buffer.getvalue(), picture.size
             outcome, error = DONE, None
         except JobCancelled:
-            outcome, error = CANCELLED, "cancelled"
+            outcome, error = CANCELLED, f"cancelled after {job.step} of {job.total} steps"
         except (ValueError, FloatingPointError) as e:  # the engine's documented bad-input errors
             outcome, error = FAILED, str(e)
         except Exception as e:  # a worker must survive anything one request does

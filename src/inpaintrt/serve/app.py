@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
+from .a1111 import Server as A1111Server, a1111_router
 from .errors import ApiError, install_handlers
 from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
@@ -50,6 +51,7 @@ class Settings:
     keep_finished: int = 64
     cors_origins: list[str] = field(default_factory=list)
     announce: str | None = None  # printed once the engines are loaded and requests are answered
+    a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
 
     def limits(self) -> Limits:
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
@@ -156,17 +158,21 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                     "queue_size": settings.queue_size, "workers": manager.worker_count},
                 "batching": "none: each request runs its own UNet calls on one worker's engine"}
 
+    async def finished(job, request: Request) -> None:
+        """Returns once the job is finished; a client that left has its job cancelled, freeing the worker."""
+        while job.status not in FINISHED:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(job.changed.wait(), 1.0)
+            job.changed.clear()
+            if job.status not in FINISHED and await request.is_disconnected():
+                manager.cancel(job.id)
+
     async def wait_for(request: Request, model) -> Response:
         """The synchronous endpoints: queue the job like POST /v1/jobs would, answer with its picture."""
         parsed = await read_request(request, model, limits, facts)
         job = submit(parsed)
         try:
-            while job.status not in FINISHED:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(job.changed.wait(), 1.0)
-                job.changed.clear()
-                if job.status not in FINISHED and await request.is_disconnected():
-                    manager.cancel(job.id)  # nobody waits for it: free the worker
+            await finished(job, request)
             return _result(job, parsed.response_format)
         finally:
             manager.forget(job.id)
@@ -246,6 +252,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         find(job_id)
         return _job_view(manager.cancel(job_id))
 
+    if settings.a1111:  # AUTOMATIC1111's routes over the same queue (a1111.py)
+        server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: _result(job, "png").body)
+        app.include_router(a1111_router(server, guarded))
     return app
 
 

@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
                    help="most inpaint passes one outpaint request may need (default 8; 512 -> 1280 wide takes 3)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off without it")
+    p.add_argument("--no-a1111", dest="a1111", action="store_false",
+                   help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
     return p
@@ -52,7 +54,8 @@ def settings_from(args):
                     workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
-                    max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin)
+                    max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
+                    a1111=args.a1111)
 
 
 def main(argv: list[str] | None = None) -> int:

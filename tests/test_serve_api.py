@@ -133,6 +133,8 @@ def test_jobs_report_progress_only_for_themselves(client, engine):
         assert steps and steps == sorted(steps)  # quick steps may coalesce into one event: never go back
         assert stream[-1][0] == "done" and stream[-1][1]["seed"] == seed
         assert stream[-1][1]["step"] == stream[-1][1]["total"] == 7  # PNDM runs one extra step
+        assert stream[-1][1]["steps_done"] == stream[-1][1]["steps"] == 6, "progress in the steps asked for"
+        assert all(view["steps"] == 6 and view["steps_done"] <= 6 for _, view in stream)
         status = client.get(f"/v1/jobs/{job_id}").json()
         assert status["status"] == "done" and status["result_url"].endswith("/result")
         result = client.get(status["result_url"])

@@ -1,9 +1,12 @@
 """The web page in headless Chromium (Debian's package, driven by Playwright): upload a picture,
-paint a stroke with the mouse, run, and check the result keeps every unpainted pixel."""
+paint a stroke with the mouse, run, and check the result keeps every unpainted pixel and shows on the
+canvas; the run button in sight at 1366x720, Ctrl+Enter, history across reloads, size and batch fields.
+INPAINTRT_SCREENSHOT_DIR=docs writes README's screenshots there."""
 from __future__ import annotations
 
 import base64
 import io
+import os
 import shutil
 
 import numpy as np
@@ -20,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium (apt-get install chromium)")
 
 BLOB_AS_BASE64 = """async (which) => {
-  const blob = which === "mask" ? await window.inpaintrt.editor.maskBlob() : window.inpaintrt.state.current.blob;
+  const blob = which === "mask" ? await window.inpaintrt.editor.maskBlob() : window.inpaintrt.state.current.result;
   const bytes = new Uint8Array(await blob.arrayBuffer());
   let text = ""; for (const b of bytes) text += String.fromCharCode(b);
   return btoa(text);
@@ -38,16 +41,48 @@ def server(engines):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 640})
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
-        page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-        page.goto(server.url + "/")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, server, width: int, height: int):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.goto(server.url + "/")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    page = open_page(browser, server, 1280, 800)
+    yield page
+    page.close()
+
+
+def screenshot(page, tmp_path, name: str):
+    """Into tmp_path, and into INPAINTRT_SCREENSHOT_DIR (README's pictures) when that is set."""
+    page.screenshot(path=str(tmp_path / name))
+    assert (tmp_path / name).stat().st_size > 10_000
+    if os.environ.get("INPAINTRT_SCREENSHOT_DIR"):
+        page.screenshot(path=os.path.join(os.environ["INPAINTRT_SCREENSHOT_DIR"], name))
+
+
+CANVAS_PIXEL = """([x, y]) => {
+  const c = document.getElementById("view");
+  return Array.from(c.getContext("2d").getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
+}"""
+
+
+def canvas_pixel(page, x: int, y: int) -> list[int]:
+    """What the canvas shows at the centre of picture pixel (x, y) (device pixel ratio 1)."""
+    box = page.locator("#view").bounding_box()
+    sx, sy = to_screen(page, x + 0.5, y + 0.5)
+    return page.evaluate(CANVAS_PIXEL, [sx - box["x"], sy - box["y"]])
 
 
 def to_screen(page, x: float, y: float) -> tuple[float, float]:
@@ -84,10 +119,14 @@ def test_paint_run_and_keep_unmasked_pixels(page, tmp_path):
 
     page.fill("#prompt", "a wooden bench")
     page.fill("#num_inference_steps", "3")
+    tinted = canvas_pixel(page, 100, 55)  # on the stroke: the picture under the red mask
     page.click("#run")
     page.wait_for_selector("body[data-result]", timeout=120_000)
     assert page.locator("#progress").evaluate("p => p.value") == 1
     assert page.locator("#seed-used").inner_text().startswith("seed ")
+    events = page.evaluate("() => window.inpaintrt.state.events")
+    assert {e["steps"] for e in events} == {3}, "progress counts the steps asked for, not the model calls"
+    assert events[-1]["steps_done"] == 3 and all(e["steps_done"] <= 3 for e in events)
 
     mask = decoded(page.evaluate(BLOB_AS_BASE64, "mask"))[..., 0]
     result = decoded(page.evaluate(BLOB_AS_BASE64, "result"))
@@ -98,8 +137,17 @@ def test_paint_run_and_keep_unmasked_pixels(page, tmp_path):
     assert (result[painted] != np.asarray(source)[painted]).any(), "the stroke was repainted"
     assert page.locator("#history li").count() == 1
 
-    page.screenshot(path=str(tmp_path / "page.png"))  # README's docs/serve-page.png is one of these
-    assert (tmp_path / "page.png").stat().st_size > 10_000
+    # the result is on the canvas, pixel for pixel (zoom > 1 draws without smoothing); C shows the input
+    for x, y in [(100, 55), (150, 85), (20, 20), (180, 120)]:
+        assert canvas_pixel(page, x, y) == result[y, x].tolist()
+    assert canvas_pixel(page, 100, 55) != tinted
+    page.keyboard.down("c")
+    assert canvas_pixel(page, 100, 55) == tinted, "holding C shows the input and its mask"
+    page.keyboard.up("c")
+    assert canvas_pixel(page, 100, 55) == result[55, 100].tolist()
+    assert page.evaluate("() => window.inpaintrt.editor.hasMask()"), "the mask is kept for another run"
+
+    screenshot(page, tmp_path, "serve-page.png")
     assert page.errors == []
 
 
@@ -112,11 +160,18 @@ def test_invert_clear_and_chaining(page):
     page.click("#undo")
     assert page.evaluate("() => window.inpaintrt.editor.hasMask()"), "clear is undoable"
     page.click("#use-result")  # the result becomes the picture, the mask stays: inpaint again
-    page.wait_for_function("() => window.inpaintrt.state.pictureBlob === window.inpaintrt.state.current.blob")
+    page.wait_for_function("() => window.inpaintrt.state.pictureBlob === window.inpaintrt.state.current.result")
+    assert page.evaluate("() => window.inpaintrt.editor.overlay") is None, "the canvas shows the new input"
     page.click("#reuse-seed")
-    page.click("#run")
+    page.uncheck("#keep_mask")
+    page.focus("#prompt")
+    page.keyboard.press("Control+Enter")  # runs from the prompt field
     page.wait_for_function("() => window.inpaintrt.state.results.length === 2", timeout=120_000)
     assert page.locator("#history li").count() == 2
+    assert not page.evaluate("() => window.inpaintrt.editor.hasMask()"), "keep mask off: cleared after the run"
+    page.click("#undo")
+    assert page.evaluate("() => window.inpaintrt.editor.hasMask()"), "and undo brings it back"
+    page.check("#keep_mask")
     assert page.errors == []
 
 
@@ -182,9 +237,126 @@ def test_outpaint_mode_grows_the_picture_and_chains(page, tmp_path):
     assert np.array_equal(result[:30, :62], kept)
     seed = page.evaluate("() => window.inpaintrt.state.current.seed")
     assert page.locator("#history li").first.inner_text().endswith(f"outpaint seed {seed}")
+    assert canvas_pixel(page, 96 + 20, 64 + 8) == result[64 + 8, 96 + 20].tolist(), "the grown result is drawn"
+    status = page.locator("#status").bounding_box()
+    assert status["y"] + status["height"] <= 800, "the status line stays in sight in Outpaint mode"
 
     page.click("#use-result")  # chaining: the grown picture becomes the input
     page.wait_for_function("() => window.inpaintrt.editor.width === 128 && window.inpaintrt.editor.height === 80")
     page.select_option("#mode", "inpaint")
     assert page.evaluate("() => window.inpaintrt.editor.extension") is None
     assert page.errors == []
+
+
+RECORD_FORMS = """() => {  // the text fields of every job POSTed (Chromium does not show multipart bodies with files)
+  window.sentForms = [];
+  const original = window.fetch;
+  window.fetch = (path, options = {}) => {
+    if (options.method === "POST" && options.body instanceof FormData) {
+      window.sentForms.push(Object.fromEntries([...options.body].filter(([, v]) => typeof v === "string")));
+    }
+    return original(path, options);
+  };
+}"""
+
+
+def part(form: dict, name: str) -> str | None:
+    return form.get(name)
+
+
+def test_width_height_and_batch_reach_the_server(page, tmp_path):
+    sample_picture(96, 64)[0].save(tmp_path / "p.png")
+    page.set_input_files("#image-file", str(tmp_path / "p.png"))
+    page.wait_for_function("() => window.inpaintrt.editor.width === 96 && window.inpaintrt.editor.height === 64")
+    info = page.evaluate("async () => (await (await fetch('/v1/info')).json()).model")
+    assert page.get_attribute("#width", "placeholder") == str(info["default_width"]), "the model's, from /v1/info"
+    paint(page, [(20, 30), (70, 30)])
+    page.uncheck("#keep_unmasked")
+    page.fill("#width", "48")
+    page.fill("#height", "32")
+    page.fill("#batch_count", "2")
+    page.fill("#seed", "7")
+    page.fill("#num_inference_steps", "2")
+    page.evaluate(RECORD_FORMS)
+    done = page.evaluate("() => window.inpaintrt.state.results.length")
+    page.click("#run")
+    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 2}", timeout=120_000)
+    page.wait_for_function("() => !window.inpaintrt.state.job")
+    sent = page.evaluate("() => window.sentForms")
+    assert [(part(b, "width"), part(b, "height"), part(b, "seed")) for b in sent] == [("48", "32", "7"), ("48", "32", "8")]
+    assert part(sent[0], "batch_count") is None, "the batch runs on the page, one job per picture"
+    entries = page.evaluate("() => window.inpaintrt.state.results.slice(-2).map(e => [e.seed, e.width, e.height])")
+    assert entries == [[7, 48, 32], [8, 48, 32]]
+    assert decoded(page.evaluate(BLOB_AS_BASE64, "result")).shape == (32, 48, 3)
+
+    page.check("#keep_input_size")  # the picture's size: width and height are not sent
+    assert page.locator("#width").is_disabled()
+    page.fill("#batch_count", "1")
+    page.click("#run")
+    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 3}", timeout=120_000)
+    sent = page.evaluate("() => window.sentForms")
+    assert part(sent[-1], "width") is None and part(sent[-1], "keep_input_size") == "true"
+    assert page.evaluate("() => [window.inpaintrt.state.current.width, window.inpaintrt.state.current.height]") == [96, 64]
+    page.uncheck("#keep_input_size")
+    page.check("#keep_unmasked")
+    for name in ("width", "height", "seed"):
+        page.fill(f"#{name}", "")
+    assert page.errors == []
+
+
+def test_history_survives_a_reload(page, tmp_path):
+    count = page.locator("#history li").count()
+    assert count >= 5
+    newest = page.evaluate("() => { const h = window.inpaintrt.history.entries; return h[h.length - 1].params; }")
+    page.reload()
+    page.wait_for_function(f"() => document.querySelectorAll('#history li').length === {count}")
+    page.fill("#prompt", "")
+    page.locator("#history li").first.click()  # the newest: shown on the canvas over its input
+    page.wait_for_function("() => window.inpaintrt.editor.overlay !== null")
+    result = decoded(page.evaluate(BLOB_AS_BASE64, "result"))
+    assert page.evaluate("() => [window.inpaintrt.editor.width, window.inpaintrt.editor.height]") == [96, 64]
+    page.click("#zoom-fit")
+    page.click("#restore-params")
+    assert page.input_value("#prompt") == newest["prompt"] and page.input_value("#seed") == newest["seed"]
+    assert page.is_checked("#keep_input_size") == newest["keep_input_size"]
+    assert result.shape == (64, 96, 3)
+
+    page.once("dialog", lambda d: d.accept())
+    page.click("#clear-history")
+    page.wait_for_function("() => document.querySelectorAll('#history li').length === 0")
+    page.reload()
+    page.wait_for_selector("body[data-history='loaded']", state="attached")
+    assert page.locator("#history li").count() == 0, "cleared for good"
+    assert page.errors == []
+
+
+def in_view(page, selector: str, width: int, height: int) -> bool:
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width \
+        and box["y"] + box["height"] <= height
+
+
+def test_run_button_in_sight_at_1366x720(browser, server, tmp_path):
+    page = open_page(browser, server, 1366, 720)
+    try:
+        assert page.evaluate("() => document.scrollingElement.scrollHeight") <= 720, "the page itself never scrolls"
+        for selector in ("#run", "#progress", "#status"):
+            assert in_view(page, selector, 1366, 720), f"{selector} is in sight without scrolling"
+        sample_picture(192, 128)[0].save(tmp_path / "p.png")
+        page.set_input_files("#image-file", str(tmp_path / "p.png"))
+        page.wait_for_selector("body[data-ready='1']")
+        paint(page, [(40, 90), (90, 80), (150, 95)])
+        page.fill("#prompt", "a stone wall")
+        page.fill("#num_inference_steps", "3")
+        page.keyboard.press("Meta+Enter")  # Cmd+Enter on a Mac
+        page.wait_for_selector("body[data-result]", timeout=120_000)
+        assert page.evaluate("() => window.inpaintrt.editor.overlay !== null")
+        for selector in ("#run", "#progress", "#status"):
+            assert in_view(page, selector, 1366, 720)
+        page.select_option("#mode", "outpaint")
+        assert in_view(page, "#status", 1366, 720), "Outpaint mode's longer form too"
+        page.select_option("#mode", "inpaint")
+        screenshot(page, tmp_path, "serve-page-1366x720.png")
+        assert page.errors == []
+    finally:
+        page.close()

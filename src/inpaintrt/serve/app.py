@@ -131,7 +131,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     def submit(parsed):
         try:
-            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps, parsed.task)
+            steps = parsed.arguments.get("num_inference_steps") or facts.get("default_steps") or 0
+            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps, parsed.task, steps=steps)
         except QueueFull:
             raise ApiError(429, "queue", f"all {settings.queue_size} queue slots are taken",
                            "retry after the Retry-After seconds", headers={"Retry-After": str(_retry_after(manager))})

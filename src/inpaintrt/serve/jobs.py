@@ -42,7 +42,8 @@ class Job:
     task: str = "inpaint"  # the Engine method that runs it: inpaint or outpaint
     status: str = QUEUED
     step: int = 0
-    total: int = 0
+    total: int = 0  # model calls (PNDM adds a warm-up call; strength < 1 makes fewer; outpaint: every pass)
+    steps: int = 0  # the num_inference_steps asked for: what progress is shown against
     error: str | None = None
     warnings: list = field(default_factory=list)  # e.g. a prompt cut at CLIP's 77 tokens (prompt_syntax plain)
     png: bytes | None = None
@@ -61,7 +62,10 @@ class Job:
     def snapshot(self) -> dict:
         timings = {"queued_ms": _ms(self.created, self.started or self.finished),
                    "run_ms": _ms(self.started, self.finished)}
-        return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "seed": self.seed,
+        steps = self.steps or self.total
+        steps_done = steps if self.status == DONE else min(steps, self.step * steps // max(1, self.total))
+        return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "steps": steps,
+                "steps_done": steps_done, "seed": self.seed,
                 "error": self.error, "warnings": list(self.warnings), "width": self.width, "height": self.height,
                 "timings": timings}
 
@@ -98,11 +102,13 @@ class JobManager:
             thread.start()
             self.threads.append(thread)
 
-    def submit(self, arguments: dict, seed: int, total: int, task: str = "inpaint") -> Job:
-        """Queue a job; `total` is the number of denoising steps it will report; `task` the Engine method."""
+    def submit(self, arguments: dict, seed: int, total: int, task: str = "inpaint", steps: int = 0) -> Job:
+        """Queue a job; `total` is the number of model calls it will report, `steps` the num_inference_steps
+        asked for (progress in the user's terms: `steps_done` of `steps`); `task` the Engine method."""
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {TASKS}")
-        job = Job(id=secrets.token_urlsafe(16), arguments=arguments, seed=seed, total=total, task=task)
+        job = Job(id=secrets.token_urlsafe(16), arguments=arguments, seed=seed, total=total, task=task,
+                  steps=steps)
         if self.loop is not None:
             job.changed = asyncio.Event()
         with self.lock:

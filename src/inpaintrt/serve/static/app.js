@@ -1,33 +1,20 @@
-// The page: load a picture, paint the mask (editor.js) or set the outpaint extension, send a job,
-// follow its events, show, compare, download and chain results. Plain modules, no build step, nothing from the network
-// but this server.
+// The page: load a picture, paint the mask (editor.js) or set the outpaint extension, send jobs
+// (api.js, form.js), follow their events, show results on the canvas (hold "Before" or C for the input),
+// download and chain them, keep them (history.js). Plain modules, no build step, nothing from the
+// network but this server.
 import { MaskEditor } from "./editor.js";
+import { api, follow } from "./api.js";
+import { History } from "./history.js";
+import { batchCount, fields, formValues, restoreValues, outpainting, sides, SIDES } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
 const editor = new MaskEditor($("view"), updateButtons);
-const state = { pictureBlob: null, job: null, results: [], current: null };
-window.inpaintrt = { editor, state };  // for tests and the curious
+const history = new History($("history"), (entry) => show(entry));
+// job: the running job's id ("" while it is being sent); results: this visit's; events: the last job's
+const state = { pictureBlob: null, job: null, results: [], current: null, events: [], stopBatch: false };
+window.inpaintrt = { editor, state, history };  // for tests and the curious
 
-// --- server calls -------------------------------------------------------------------------------
-
-function headers() {
-  const token = $("token").value.trim();
-  if (token) localStorage.setItem("inpaintrt-token", token);
-  return token ? { Authorization: `Bearer ${token}` } : {};
-}
-
-async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
-  if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
-    try {
-      const e = (await response.json()).error;
-      message = `${e.field}: ${e.message} — ${e.fix}`;
-    } catch (_) { /* not our JSON */ }
-    throw new Error(message);
-  }
-  return response;
-}
+// --- server facts ------------------------------------------------------------------------------
 
 async function loadInfo() {
   try {
@@ -38,6 +25,8 @@ async function loadInfo() {
       `${info.model.default_width}×${info.model.default_height}, backend ${info.model.backend} ${info.model.precision}, ` +
       `${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
     $("num_inference_steps").max = info.limits.max_steps;
+    $("width").placeholder = info.model.default_width;
+    $("height").placeholder = info.model.default_height;
     $("guidance_scale").value = info.model.default_guidance_scale;  // the family's (Kandinsky 4)
   } catch (e) {
     $("server-info").textContent = `server info: ${e.message}`;
@@ -104,6 +93,11 @@ $("zoom-fit").onclick = () => editor.fit();
 editor.onView = (scale) => { $("zoom-value").textContent = `${Math.round(scale * 100)}%`; };
 
 document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "Enter") {  // runs from anywhere, text fields included
+    e.preventDefault();
+    if (!$("run").disabled) $("params").requestSubmit();
+    return;
+  }
   // typing goes to text fields; sliders, checkboxes and buttons leave the keys to the editor
   if (e.target.closest("input:not([type=range]):not([type=checkbox]), textarea, select")) return;
   const key = e.key.toLowerCase();
@@ -114,18 +108,20 @@ document.addEventListener("keydown", (e) => {
   else if (key === "b") setTool("brush");
   else if (key === "e") setTool("eraser");
   else if (key === "0") editor.fit();
+  else if (key === "c" && !e.repeat) holdBefore(true);
   else if (e.key === "+" || e.key === "=") editor.zoom(1.25);
   else if (e.key === "-") editor.zoom(0.8);
   else if (e.key === " ") { editor.spaceHeld = true; $("view").classList.add("panning"); e.preventDefault(); }
 });
 document.addEventListener("keyup", (e) => {
   if (e.key === " ") { editor.spaceHeld = false; $("view").classList.toggle("panning", editor.tool === "pan"); }
+  if (e.key.toLowerCase() === "c") holdBefore(false);
 });
 
 // --- running a job ------------------------------------------------------------------------------
 
 function setStatus(text, error = false) {
-  $("status").textContent = text;
+  $("status").textContent = text.charAt(0).toUpperCase() + text.slice(1);
   $("status").classList.toggle("error", error);
 }
 
@@ -135,13 +131,10 @@ function updateButtons() {
   $("cancel").disabled = !running;
   $("undo").disabled = !editor.undoStack.length;
   $("redo").disabled = !editor.redoStack.length;
+  $("stage-tools").hidden = !editor.overlay || running;
 }
 
 // --- inpaint or outpaint -----------------------------------------------------------------------
-
-const SIDES = ["left", "right", "top", "bottom"];
-const outpainting = () => $("mode").value === "outpaint";
-const sides = () => Object.fromEntries(SIDES.map((side) => [side, Math.max(0, Math.round(+$(side).value || 0))]));
 
 function applyMode() {
   $("outpaint-fields").hidden = !outpainting();
@@ -153,121 +146,127 @@ function applyMode() {
 
 $("mode").onchange = applyMode;
 for (const side of SIDES) $(side).oninput = () => outpainting() && editor.setExtension(sides());
+$("keep_input_size").onchange = (e) => { $("width").disabled = $("height").disabled = e.target.checked; };
 
-// The picture as it sits on the grown canvas, transparent around it: the "before" of an outpaint result.
-async function onGrownCanvas(blob, s) {
-  const image = await createImageBitmap(blob);
-  const canvas = document.createElement("canvas");
-  canvas.width = image.width + s.left + s.right;
-  canvas.height = image.height + s.top + s.bottom;
-  canvas.getContext("2d").drawImage(image, s.left, s.top);
-  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
-}
+// Where a result sits over the picture: an outpaint result around it, an inpaint result on it.
+const resultBox = (entry, picture) => entry.task === "outpaint"
+  ? { x: -entry.sides.left, y: -entry.sides.top, w: picture.width + entry.sides.left + entry.sides.right,
+    h: picture.height + entry.sides.top + entry.sides.bottom }
+  : { x: 0, y: 0, w: picture.width, h: picture.height };
 
-function fields() {
-  const form = new FormData();
-  const common = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed", "scheduler",
-    "mask_mode", "masked_content"];
-  const own = outpainting() ? [...SIDES, "overlap", "fill"] : ["padding_mask_crop", "blur_factor", "mask_grow",
-    "mask_shrink"];
-  for (const name of [...common, ...own]) {
-    const value = $(name).value.trim();
-    if (value !== "") form.append(name, value);
-  }
-  if (!outpainting()) {
-    for (const name of ["keep_unmasked", "keep_input_size"]) form.append(name, $(name).checked ? "true" : "false");
-  }
-  return form;
-}
+// --- running jobs -------------------------------------------------------------------------------
 
-$("params").addEventListener("submit", async (e) => {
-  e.preventDefault();
+$("params").addEventListener("submit", (e) => { e.preventDefault(); run(); });
+
+async function run() {
+  if (state.job !== null || !editor.picture) return;
   const task = outpainting() ? "outpaint" : "inpaint";
   if (task === "inpaint" && !editor.hasMask()) {
     return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
   }
-  const form = fields();
-  form.append("image", state.pictureBlob, "image.png");
-  if (task === "inpaint") form.append("mask_image", await editor.maskBlob(), "mask.png");
-  const picture = state.pictureBlob, grown = sides();
-  $("progress").value = 0;
+  const context = { task, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
+    sides: task === "outpaint" ? sides() : null, params: formValues() };
+  const mask = task === "inpaint" ? await editor.maskBlob() : null;
+  const count = batchCount();
+  state.job = "";
+  state.stopBatch = false;
+  updateButtons();
   try {
-    const path = task === "outpaint" ? "/v1/outpaint/jobs" : "/v1/jobs";
-    state.job = (await (await api(path, { method: "POST", body: form })).json()).id;
-    updateButtons();
-    setStatus("Queued…");
-    const last = await follow(state.job);
-    const before = task === "outpaint" ? await onGrownCanvas(picture, grown) : picture;
-    if (last.status === "done") await showResult(last, before, task);
-    else setStatus(last.status === "cancelled" ? "Cancelled." : `Failed: ${last.error}`, last.status !== "cancelled");
+    for (let i = 0; i < count && !state.stopBatch; i++) {
+      const form = fields(i);
+      form.append("image", context.picture, "image.png");
+      if (mask) form.append("mask_image", mask, "mask.png");
+      const prefix = count > 1 ? `Image ${i + 1} of ${count}: ` : "";
+      $("progress").value = 0;
+      state.events = [];
+      const path = task === "outpaint" ? "/v1/outpaint/jobs" : "/v1/jobs";
+      state.job = (await (await api(path, { method: "POST", body: form })).json()).id;
+      setStatus(`${prefix}queued…`);
+      const last = await follow(state.job, (event) => progress(event, prefix, context));
+      if (last.status !== "done") {
+        setStatus(last.status === "cancelled" ? "Cancelled." : `Failed: ${last.error}`, last.status !== "cancelled");
+        break;
+      }
+      await keepResult(last, context, prefix);
+    }
   } catch (err) {
     setStatus(err.message, true);
   } finally {
     state.job = null;
     updateButtons();
   }
-});
+}
 
-// Server-sent events read through fetch (EventSource cannot send the Authorization header).
-async function follow(id) {
-  const response = await api(`/v1/jobs/${id}/events`);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "", last = null;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return last;
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = block.split("\n").find((line) => line.startsWith("data: "));
-      if (!data) continue;
-      last = JSON.parse(data.slice(6));
-      if (last.total) $("progress").value = last.step / last.total;
-      if (last.status === "running") setStatus(`Step ${last.step} of ${last.total}`);
-    }
-  }
+// Progress in the steps asked for (the server also counts model calls: `step` of `total`).
+function progress(event, prefix) {
+  state.events.push(event);
+  const steps = event.steps || event.total, done = event.steps_done ?? event.step;
+  if (steps) $("progress").value = done / steps;
+  if (event.status === "running") setStatus(`${prefix}step ${done} of ${steps}`);
 }
 
 $("cancel").onclick = async () => {
+  state.stopBatch = true;
   if (state.job) await api(`/v1/jobs/${state.job}`, { method: "DELETE" }).catch((e) => setStatus(e.message, true));
 };
 
-async function showResult(job, before, task) {
+async function keepResult(job, context, prefix) {
   const blob = await (await api(job.result_url)).blob();
-  const entry = { blob, url: URL.createObjectURL(blob), before: URL.createObjectURL(before), seed: job.seed,
-    prompt: $("prompt").value, job: job.id, timings: job.timings, task, width: job.width, height: job.height };
+  const entry = { task: context.task, seed: job.seed, params: context.params, sides: context.sides,
+    input: context.picture, result: blob, width: job.width, height: job.height, job: job.id, time: Date.now() };
+  await history.add(entry);
   state.results.push(entry);
-  select(entry);
-  const item = document.createElement("li");
-  item.title = `seed ${entry.seed}: ${entry.prompt || "(no prompt)"} — click to show`;
-  item.innerHTML = `<img alt=""><span></span>`;
-  item.querySelector("img").src = entry.url;
-  item.querySelector("span").textContent = `#${state.results.length} ${task} seed ${entry.seed}`;
-  item.onclick = () => select(entry);
-  $("history").prepend(item);
+  await show(entry);
+  if (!$("keep_mask").checked && context.task === "inpaint") editor.clear();  // undo brings it back
   $("progress").value = 1;
-  setStatus(`Done in ${(job.timings.run_ms / 1000).toFixed(2)} s (queued ${job.timings.queued_ms} ms).`);
+  setStatus(`${prefix}done in ${(job.timings.run_ms / 1000).toFixed(2)} s (queued ${job.timings.queued_ms} ms), ` +
+    `${job.width}×${job.height}.`);
 }
 
-function select(entry) {
+// A result on the canvas, over its own input (a history entry brings its input back).
+async function show(entry) {
+  if (entry.input !== state.pictureBlob) await openPicture(entry.input, true);
   state.current = entry;
+  const image = await createImageBitmap(entry.result);
+  editor.setOverlay(image, resultBox(entry, editor));
   $("result-panel").hidden = false;
-  $("result-image").src = entry.url;
-  $("before-image").src = entry.before;
-  $("download").href = entry.url;
+  $("download").href = history.url(entry);
   $("download").download = `${entry.task}ed-seed${entry.seed}.png`;
   $("seed-used").textContent = `seed ${entry.seed}`;
+  $("result-about").textContent = `#${entry.id} ${entry.task}, ${entry.width}×${entry.height}: ` +
+    (entry.params?.prompt || "(no prompt)");
+  history.mark(entry);
   document.body.dataset.result = entry.job;
 }
 
-$("compare-slider").oninput = (e) => { $("after-clip").style.clipPath = `inset(0 0 0 ${e.target.value}%)`; };
-$("use-result").onclick = () => state.current && openPicture(state.current.blob, true);
+function holdBefore(on) {
+  if (!editor.overlay) return;
+  editor.showBefore = on;
+  $("show-before").classList.toggle("active", on);
+  editor.render();
+}
+
+$("show-before").onpointerdown = () => holdBefore(true);
+for (const name of ["pointerup", "pointerleave", "pointercancel"]) $("show-before")[`on${name}`] = () => holdBefore(false);
+$("hide-result").onclick = () => editor.setOverlay(null);
+$("use-result").onclick = () => state.current && openPicture(state.current.result, true);
 $("reuse-seed").onclick = () => { if (state.current) $("seed").value = state.current.seed; };
+$("restore-params").onclick = () => {
+  if (!state.current) return;
+  restoreValues(state.current.params);
+  $("keep_input_size").onchange({ target: $("keep_input_size") });
+  applyMode();
+  setStatus(`Settings of #${state.current.id} restored.`);
+};
+$("clear-history").onclick = async () => {
+  if (!history.entries.length || !confirm(`Forget all ${history.entries.length} saved results?`)) return;
+  await history.clear();
+  setStatus("History cleared.");
+};
 
 $("token").value = localStorage.getItem("inpaintrt-token") || "";
 setBrush(24);
 applyMode();
 updateButtons();
 loadInfo();
+history.load().then(() => { document.body.dataset.history = "loaded"; });

@@ -23,6 +23,8 @@ export class MaskEditor {
     this.panFrom = null;
     this.spaceHeld = false;
     this.extension = null;          // outpaint preview: {left, right, top, bottom} pixels shown around the picture
+    this.overlay = null;            // a result or live preview shown over the picture: {image, x, y, w, h}
+    this.showBefore = false;        // held "Before": the picture and mask under the overlay
     new ResizeObserver(() => this.render()).observe(canvas);
     this.bindPointer();
   }
@@ -34,6 +36,7 @@ export class MaskEditor {
     const sameSize = this.picture && picture.width === this.width && picture.height === this.height;
     const previous = keepMask && sameSize ? this.snapshot() : null;
     this.picture = picture;
+    this.overlay = null;
     for (const c of [this.mask, this.tint]) { c.width = picture.width; c.height = picture.height; }
     this.undoStack = [];
     this.redoStack = [];
@@ -70,6 +73,7 @@ export class MaskEditor {
         return;
       }
       if (e.button !== 0) return;
+      if (this.overlay) this.setOverlay(null);  // painting edits the input: show it
       this.remember();
       const p = this.toPicture(e);
       this.stroke = { last: p };
@@ -210,6 +214,14 @@ export class MaskEditor {
     this.fit();
   }
 
+  // image null, or drawn in picture pixels over the box at (x, y) of w x h (a result may be larger than the
+  // picture when outpainting, or another size when not kept at the picture's size)
+  setOverlay(image, box = null) {
+    this.overlay = image ? { image, ...(box || { x: 0, y: 0, w: this.width, h: this.height }) } : null;
+    this.render();
+    this.onChange();
+  }
+
   zoomAt(factor, cx, cy) {
     const v = this.view;
     const scale = Math.min(64, Math.max(0.05, v.scale * factor));
@@ -231,6 +243,13 @@ export class MaskEditor {
     if (!this.picture) return;
     const v = this.view;
     g.setTransform(v.scale * dpr, 0, 0, v.scale * dpr, v.x * dpr, v.y * dpr);
+    const o = this.overlay;
+    if (o && !this.showBefore) {  // a result (or a preview, smoothed up from latent size) replaces the view
+      g.imageSmoothingEnabled = v.scale < 1 || o.image.width < o.w;
+      g.drawImage(o.image, o.x, o.y, o.w, o.h);
+      if (this.onView) this.onView(v.scale);
+      return;
+    }
     g.imageSmoothingEnabled = v.scale < 1;
     g.drawImage(this.picture, 0, 0);
     g.globalAlpha = 0.5;

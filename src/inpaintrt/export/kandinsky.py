@@ -4,8 +4,9 @@ Components (each checked against torch like the Stable Diffusion ones):
 - prior_text_encoder: CLIPTextModelWithProjection -> text_embeds (projected pooled), last_hidden_state
 - prior: PriorTransformer, one denoising step of the CLIP image embedding (the attention mask is the
   tokenizer's, as diffusers passes it)
-- unet: the 9-channel decoder UNet conditioned on image_embeds; it predicts mean and variance, and the
-  graph keeps the mean (the DDPM scheduler's fixed variance never reads the other half)
+- unet: the 9-channel decoder UNet conditioned on image_embeds; it predicts mean and variance: the graph
+  keeps both where the scheduler's variance_type is learned / learned_range (DDPM reads the variance),
+  else only the mean (a fixed variance never reads the other half)
 - movq_encoder / movq_decoder: MoVQ (VQModel) encode -> latents (deterministic, no sampling) and
   decode(force_not_quantize=True), as diffusers' KandinskyV22InpaintPipeline calls them.
 The prior's constants (clip_mean, clip_std and the image encoder's embedding of a black picture, which
@@ -30,7 +31,8 @@ from .specs import ComponentSpec, TensorSpec
 FAMILY = "kandinsky22"
 PRIOR_CONSTANTS = "kandinsky_prior.npz"
 DECODERS = ("KandinskyV22InpaintPipeline", "KandinskyV22InpaintCombinedPipeline")
-SUPPORTED_VARIANCE = ("fixed_small", "fixed_small_log", "fixed_large")
+SUPPORTED_VARIANCE = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
+LEARNED_VARIANCE = ("learned", "learned_range")
 
 
 def load_kandinsky(model: str, prior: str | None = None):
@@ -88,7 +90,11 @@ def _check_supported(decoder, prior) -> None:
     variance = decoder.scheduler.config.get("variance_type", "fixed_small")
     if variance not in SUPPORTED_VARIANCE:
         raise CheckpointError(f"the decoder's scheduler has variance_type={variance!r}; inpaintrt implements "
-                              f"{', '.join(SUPPORTED_VARIANCE)} (the learned ones need the UNet's variance output)")
+                              f"{', '.join(SUPPORTED_VARIANCE)}")
+    if variance in LEARNED_VARIANCE and unet.out_channels != 2 * decoder.movq.config.latent_channels:
+        raise CheckpointError(f"the decoder's scheduler has variance_type={variance!r} but its UNet gives "
+                              f"{unet.out_channels} channels, not mean and variance "
+                              f"(2 x {decoder.movq.config.latent_channels})")
     if prior is not None and prior.prior.config.embedding_dim != unet.encoder_hid_dim:
         raise CheckpointError(f"the prior makes {prior.prior.config.embedding_dim}-wide image embeddings but the "
                               f"decoder reads {unet.encoder_hid_dim}; pass the prior that belongs to this decoder")
@@ -116,14 +122,14 @@ class _Prior(torch.nn.Module):
 
 
 class _UNet(torch.nn.Module):
-    def __init__(self, unet, latent_channels: int):
+    def __init__(self, unet, channels: int):
         super().__init__()
-        self.unet, self.latent_channels = unet, latent_channels
+        self.unet, self.channels = unet, channels  # the latents' channels, or twice that with the variance
 
     def forward(self, sample, timestep, image_embeds):
         out = self.unet(sample, timestep, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": image_embeds},
                         return_dict=False)[0]
-        return out[:, : self.latent_channels]
+        return out[:, : self.channels]
 
 
 class _MoVQEncoder(torch.nn.Module):
@@ -167,13 +173,14 @@ def kandinsky_specs(decoder, prior) -> list[ComponentSpec]:
     f = unet_downsampling(decoder)  # this UNet's upsample blocks need latent sizes divisible by it
     s = movq_scale(decoder)
     latent_axes = ("batch", lat, "latent_height", "latent_width")
+    out = 2 * lat if decoder.scheduler.config.get("variance_type") in LEARNED_VARIANCE else lat
     specs += [
         ComponentSpec(
-            "unet", _UNet(unet, lat),
+            "unet", _UNet(unet, out),
             [TensorSpec("sample", "float32", ("batch", unet.config.in_channels, "latent_height", "latent_width")),
              TensorSpec("timestep", "float32", ("batch",)),
              TensorSpec("image_embeds", "float32", ("batch", embed))],
-            [TensorSpec("noise_pred", "float32", latent_axes)],
+            [TensorSpec("noise_pred", "float32", ("batch", out, "latent_height", "latent_width"))],
             lambda b, h, w: (randn(b, unet.config.in_channels, h, w), torch.rand(b, generator=gen) * 999,
                              randn(b, embed)),
             [(2, 2 * f, 3 * f), (1, 3 * f, 5 * f)],

@@ -195,9 +195,16 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         elif not blend:
             model_input = xp.concatenate([model_input, unet_mask, unet_masked], axis=1)
         pred = models.unet(model_input.astype(np.float32), timestep, feeds).astype(np.float32, copy=False)
+        # a UNet that also predicts its variance (Kandinsky): guidance mixes the prediction; the variance is the
+        # conditional half's, as diffusers takes it
+        variance = pred[:, models.latent_channels:] if pred.shape[1] == 2 * models.latent_channels else None
+        pred = pred[:, :models.latent_channels] if variance is not None else pred
         if r.guided:
             uncond, cond = xp.split(pred, 2)
             pred = uncond + r.guidance_scale * (cond - uncond)
+            variance = None if variance is None else xp.split(variance, 2)[1]
+        if variance is not None and getattr(scheduler, "reads_variance", False):
+            pred = xp.concatenate([pred, variance], axis=1)
         latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
         if blend or soft:
             proper = image_latents

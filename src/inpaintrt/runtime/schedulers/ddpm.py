@@ -1,6 +1,6 @@
 """DDPM, matching diffusers' DDPMScheduler (Kandinsky 2.2's decoder scheduler): ancestral, one draw per step
-while t > 0, variance fixed_small / fixed_small_log / fixed_large (the learned ones need the UNet's
-variance output, which the exported graphs drop)."""
+while t > 0, variance fixed_small / fixed_small_log / fixed_large, or learned / learned_range from the
+UNet's variance half: then the model output has twice the sample's channels, [prediction, variance]."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,8 @@ import numpy as np
 from ..xp import array_module, draw_like
 from .common import SchedulerBase, check_indexable, spaced_timesteps
 
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
+LEARNED = ("learned", "learned_range")
 
 
 class DDPM(SchedulerBase):
@@ -37,8 +38,20 @@ class DDPM(SchedulerBase):
     def _previous(self, index: int, t: int) -> int:
         return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
 
+    @property
+    def reads_variance(self) -> bool:
+        """Whether step() takes the UNet's variance half after the prediction."""
+        return self.config["variance_type"] in LEARNED
+
     def step(self, model_output, index, sample, generator=None):
         t = int(self.timesteps[index])
+        predicted_variance = None
+        if self.reads_variance and model_output.shape[1] == 2 * sample.shape[1]:
+            model_output, predicted_variance = model_output[:, :sample.shape[1]], model_output[:, sample.shape[1]:]
+        elif self.reads_variance:
+            raise ValueError(f"variance_type={self.config['variance_type']!r} reads the UNet's variance, but its output "
+                             f"has {model_output.shape[1]} channels, not twice the sample's {sample.shape[1]}; re-export "
+                             "the engine with this inpaintrt")
         alpha_t, alpha_prev, current_beta, current_alpha = self._coefficients(t, self._previous(index, t))
         beta_t, beta_prev = 1 - alpha_t, 1 - alpha_prev
         kind = self.config["prediction_type"]
@@ -61,6 +74,13 @@ class DDPM(SchedulerBase):
             kind = self.config["variance_type"]
             if kind == "fixed_small_log":
                 std = np.exp(np.float32(0.5) * np.log(variance))
+            elif kind == "learned_range" and predicted_variance is not None:  # between the two fixed ones, in log
+                xp = array_module(predicted_variance)
+                frac = (predicted_variance + 1) / 2
+                log_variance = frac * np.log(current_beta) + (1 - frac) * np.log(variance)
+                std = xp.exp(0.5 * log_variance)
+            elif kind == "learned" and predicted_variance is not None:
+                std = predicted_variance**0.5
             elif kind == "fixed_large":
                 std = current_beta**0.5
             else:

@@ -259,6 +259,30 @@ def test_embeddings_match_the_community_pipeline(sd, lpw, prompt, negative):
             reference.numpy()).max()
 
 
+def test_long_prompt_through_a_controlnet(pipes, controlnet_exported):
+    """The ControlNet graphs' text axis is dynamic too; against diffusers' ControlNet pipeline given the
+    reference embeddings (unweighted: the conftest model's text encoder has the zero-bias final norm)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from controlnet_helpers import controlnet_pipeline, edge_picture
+
+    net = ControlNetModel.from_pretrained(str(controlnet_exported["folders"]["plain"])).eval()
+    runs, negative = [(CLAUSE * 8, 1.0), BREAK, ("a kite", 1.0)], [("ugly", 1.0)]
+    reference = torch.from_numpy(sd_reference(pipes[9], [runs, negative]))
+    image, mask, canny = sample_image(160, 104), sample_mask(160, 104), edge_picture()
+    args = dict(num_inference_steps=3, output_type="np", controlnet_conditioning_scale=0.8, **SIZE)
+    expected = diffusers_inpaint(controlnet_pipeline(pipes[9], [net]), 4, "euler", image=image, mask_image=mask,
+                                 control_image=canny, prompt_embeds=reference[:1],
+                                 negative_prompt_embeds=reference[1:], **args)
+    engine = Engine.load(controlnet_exported["engines"]["single"])
+    got = engine.inpaint(image, mask, control_image=canny, prompt=prompt_text(runs),
+                         negative_prompt=prompt_text(negative), scheduler="euler",
+                         generator=np.random.default_rng(4), progress=False, **args).images
+    assert reference.shape[1] == 231 and got.shape == expected.shape
+    assert record("prompt syntax (ControlNet) image (np, [0, 1]), max abs diff", np.abs(got - expected).max()) <= 1e-3
+
+
 def test_long_prompt_embeds_round_trip(sd):
     engine, _ = sd
     cond, uncond = embeds(engine, LONG, "ugly")

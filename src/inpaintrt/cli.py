@@ -62,6 +62,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda-fusion-off", action="append", default=[], choices=CUDA_FUSIONS, metavar="FUSION",
                         help="with --fp16: leave this fusion out of ort-cuda's graphs, to measure what it buys "
                              f"(repeatable; one of {', '.join(CUDA_FUSIONS)})")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="bake a LoRA (.safetensors, diffusers or kohya layout) into the weights at SCALE "
+                             "(default 1; repeatable); the manifest records each file's sha256 and scale")
     _plan_arguments(parser)
     args = parser.parse_args(argv)
     # a kill ends export through its cleanup, which removes the half-written directory
@@ -88,6 +91,8 @@ def export_main(argv: list[str] | None = None) -> int:
         from .export.loading import checkpoint_family
 
         if checkpoint_family(args.model, args.config) == "kandinsky22" or args.prior:
+            if args.lora:
+                return _fail("--lora applies to SD 1.x, 2.x and SDXL checkpoints, not Kandinsky 2.2: leave it out")
             return _export_kandinsky(args)
         tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config)
@@ -98,7 +103,7 @@ def export_main(argv: list[str] | None = None) -> int:
             controlnets = [load_controlnet(source) for source in args.controlnet]
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
                       fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets,
-                      cuda_fusions_off=tuple(args.cuda_fusion_off))
+                      cuda_fusions_off=tuple(args.cuda_fusion_off), loras=args.lora or None)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0
@@ -221,6 +226,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-option", action="append", default=[], metavar="NAME=VALUE",
                         help="ort-cuda: an ONNX Runtime CUDA provider option, e.g. prefer_nhwc=1 or "
                              "cudnn_conv_algo_search=HEURISTIC (repeatable)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                        help="fuse a LoRA (.safetensors, diffusers or kohya layout) into the weights at load, at "
+                             "SCALE (default 1; repeatable; ort-cpu and ort-cuda)")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -240,7 +248,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
         cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
-                             cuda_options=cuda_options)
+                             cuda_options=cuda_options, loras=args.lora or None)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
             prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, scheduler=args.scheduler,

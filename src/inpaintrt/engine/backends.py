@@ -20,6 +20,8 @@ import numpy as np
 from .plans import PlanMismatchError
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt", "openvino")
+LORA_BACKENDS = ("LoRAs given at load run on backends ort-cpu and ort-cuda, not on {backend}: load with one of "
+                 "those, or bake the LoRAs into a new engine with `inpaint-export --lora FILE:SCALE` (repeatable)")
 TRT_INSTALL = ("install TensorRT 10.8+ or 11.x and cupy for your CUDA version on a machine with an NVIDIA GPU: "
                "`pip install 'inpaintrt[trt]'` (CUDA 12) or `pip install 'inpaintrt[trt-cu13]'` (CUDA 13)")
 
@@ -32,7 +34,7 @@ class OrtBackend:
     """One ONNX Runtime session; checks that the provider asked for is the one that runs."""
 
     def __init__(self, path: Path, provider: str = "CPUExecutionProvider", threads: int | None = None,
-                 arena: bool = True):
+                 arena: bool = True, initializers: dict | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -40,7 +42,9 @@ class OrtBackend:
         options.enable_cpu_mem_arena = arena
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=[provider])
+        self.overrides = add_initializers(ort, options, initializers)
+        self.session = ort.InferenceSession(str(path), options, providers=[provider],
+                                            **lora_session_args(initializers))
         if self.session.get_providers()[0] != provider:
             raise BackendError(f"ONNX Runtime did not start {provider} (it runs {self.session.get_providers()})")
         self.input_types = {i.name: _NP_TYPES[i.type] for i in self.session.get_inputs()}
@@ -49,6 +53,27 @@ class OrtBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: np.ascontiguousarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+# ONNX Runtime's CPU layout transform (NCHWc) reorders convolution weights from the stored values, not
+# from the overrides (measured on onnxruntime 1.32: conv LoRAs had no effect): off where weights are overridden
+LORA_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
+
+
+def lora_session_args(initializers: dict | None) -> dict:
+    return {"disabled_optimizers": LORA_DISABLED_OPTIMIZERS} if initializers else {}
+
+
+def add_initializers(ort, options, initializers: dict | None) -> list:
+    """Replace stored weights with `initializers` ({name: array}: LoRA-fused copies, engine/lora.py) in the
+    session these options open (open it with **lora_session_args(initializers)). The returned
+    OrtValues and arrays must outlive the session."""
+    kept = []
+    for name, array in (initializers or {}).items():
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        options.add_initializer(name, value)
+        kept.append((array, value))
+    return kept
 
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -120,37 +145,43 @@ def unread_files(name: str, root: Path, manifest: dict, precision: str | None) -
 
 def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
                  precision: str | None = None, checked: set[str] = frozenset(),
-                 cuda_options: dict | None = None) -> tuple[str, dict]:
+                 cuda_options: dict | None = None, lora=None) -> tuple[str, dict]:
     """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
     default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
     on the CPU (backend "openvino", or "auto", which then takes it). `checked`: the files whose
-    hashes this load checked. `cuda_options`: ort-cuda's provider options (cuda_options.py)."""
+    hashes this load checked. `cuda_options`: ort-cuda's provider options (cuda_options.py). `lora`:
+    engine/lora.py's Overrides, fused into the weights at load (ONNX Runtime's backends only)."""
     check_choice(name, precision)
     check_cuda_choice(name, manifest, cuda_options)
     if name == "openvino" or (name == "auto" and precision == "bf16"):
+        if lora is not None:
+            raise BackendError(LORA_BACKENDS.format(backend="openvino"))
         from .openvino_backend import openvino_sessions
 
         return "openvino", openvino_sessions(root, manifest, precision, checked)
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 
-        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options)
+        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options, lora)
     if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
         try:
+            if lora is not None:  # refitting the plans' weights is not done yet
+                raise BackendError(LORA_BACKENDS.format(backend="tensorrt"))
             return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
         except (BackendError, PlanMismatchError) as e:
             if name == "tensorrt":
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
     if name == "auto":
-        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision, cuda_options)
+        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision, cuda_options, lora)
         if cuda is not None:
             return "ort-cuda", cuda
-    return "ort-cpu", {c: _ort_cpu(root / manifest["components"][c]["file"], hot=c == "unet") for c in manifest["components"]}
+    files = {c: manifest["components"][c]["file"] for c in manifest["components"]}
+    return "ort-cpu", {c: _ort_cpu(root / file, c == "unet", lora and lora.for_graph(c, file)) for c, file in files.items()}
 
 
 def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str | None = None,
-                   cuda_options: dict | None = None) -> dict | None:
+                   cuda_options: dict | None = None, lora=None) -> dict | None:
     """ort-cuda's executors when it starts; None, saying why, when backend='auto' has to take the CPU."""
     import onnxruntime as ort
 
@@ -161,7 +192,7 @@ def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str 
     from .ort_cuda import ort_cuda_sessions
 
     try:
-        return ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options)
+        return ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options, lora)
     except BackendError as e:
         warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=4)
         return None
@@ -177,11 +208,11 @@ def _tensorrt_sessions(root: Path, manifest: dict, cuda_graph: bool) -> dict:
     return TensorRTRuntime(root, manifest, trt, cupy, device, cuda_graph).components
 
 
-def _ort_cpu(path: Path, hot: bool) -> OrtBackend:
+def _ort_cpu(path: Path, hot: bool, initializers: dict | None = None) -> OrtBackend:
     """`hot` components run every step (the UNet): they keep ONNX Runtime's memory arena. The others
     run once per image, where the arena would only hold on to their peak (1 GB for a 512x512 decode)."""
     threads = int(os.environ.get("INPAINTRT_THREADS", "0")) or None
-    return OrtBackend(path, "CPUExecutionProvider", threads, arena=hot)
+    return OrtBackend(path, "CPUExecutionProvider", threads, arena=hot, initializers=initializers)
 
 
 def running_precision(backend: str, manifest: dict, sessions: dict, requested: str | None) -> str:

@@ -15,6 +15,7 @@ from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
 from .backends import check_cuda_choice, open_backend, running_precision, unread_files
+from .lora import prepare_loras
 from .manifest import read_manifest, verify_files
 from .plans import select_plan
 from .control import DEFAULT_SCALE, ControlNets
@@ -55,7 +56,8 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
-             cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None) -> "Engine":
+             cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
+             loras=None) -> "Engine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -65,7 +67,9 @@ class Engine:
         "fp32", its default; "auto" takes it only when bf16 is asked for). `engine.precision` says
         what the UNet runs in. cuda_options: ONNX Runtime CUDA provider options for ort-cuda, e.g.
         {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"} (engine/cuda_options.py lists them),
-        over those the manifest records."""
+        over those the manifest records. loras: [(file, scale), ...] fused into the UNet's and text
+        encoders' weights at load (engine/lora.py; ort-cpu and ort-cuda), nothing on disk changes;
+        `engine.loras` lists them and those baked in at export."""
         root = Path(path)
         manifest = read_manifest(root, verify_hashes=False)
         check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
@@ -76,7 +80,10 @@ class Engine:
             from .kandinsky import KandinskyEngine
 
             cls = KandinskyEngine
-        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked, cuda_options))
+        lora, described = prepare_loras(root, manifest, loras)
+        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked, cuda_options,
+                                                   lora))
+        engine.loras = described
         engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
         return engine
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.xp import array_module, to_host
-from .backends import BackendError
+from .backends import BackendError, add_initializers, lora_session_args
 from .cuda_options import chosen_options, provider_options
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -153,13 +153,14 @@ class BoundComponent:
 
     def __init__(self, path: Path, ort, xp, provider: str = CUDA_PROVIDER, device_id: int = 0,
                  cuda_graph: bool = False, stream=None, threads: int | None = None,
-                 options_for_cuda: dict | None = None):
+                 options_for_cuda: dict | None = None, initializers: dict | None = None):
         self.xp, self.device_id, self.cuda_graph, self.stream = xp, device_id, cuda_graph, stream
         self.device_type = "cuda" if provider == CUDA_PROVIDER else "cpu"
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        self.overrides = add_initializers(ort, options, initializers)  # LoRA-fused weights (engine/lora.py)
         if provider == CUDA_PROVIDER:
             # options_for_cuda: checked {name: value} (cuda_options.py), on top of the engine's defaults
             self.provider_options = provider_options(device_id, cuda_graph, None if stream is None else stream.ptr,
@@ -169,7 +170,8 @@ class BoundComponent:
             providers = [provider]
         self._ort = ort
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers,
+                                                **lora_session_args(initializers))
         except Exception as e:
             if not cuda_graph:
                 raise
@@ -242,9 +244,10 @@ def graph_for_cuda(component: dict, precision: str | None = None) -> tuple[str, 
 
 
 def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, precision: str | None = None,
-                      cuda_options: dict | None = None) -> dict:
+                      cuda_options: dict | None = None, lora=None) -> dict:
     """{component: executor} on the GPU, or BackendError. cuda_options: CUDA provider options over the
-    manifest's `cuda.provider_options` (cuda_options.py names those accepted)."""
+    manifest's `cuda.provider_options` (cuda_options.py names those accepted). lora: engine/lora.py's
+    Overrides, applied to each graph that runs (fp16 graphs get fp16 weights)."""
     chosen = chosen_options(manifest, cuda_options)
     graphs = {name: graph_for_cuda(c, precision) for name, c in manifest["components"].items()}
     if precision == "fp16" and not any(p == "fp16" for _, p in graphs.values()):
@@ -255,7 +258,7 @@ def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, prec
 
     def open_one(name: str, file: str, graph: bool = False) -> BoundComponent:
         return BoundComponent(root / file, ort, cupy, CUDA_PROVIDER, cupy.cuda.Device().id, graph, stream,
-                              options_for_cuda=chosen)
+                              options_for_cuda=chosen, initializers=lora and lora.for_graph(name, file))
 
     sessions = {}
     for name, component in manifest["components"].items():

@@ -21,6 +21,7 @@ from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, fp32_components
 from .half import FP16_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
 from .cuda_graphs import export_cuda_graph
 from .external_data import save_streaming, weight_bytes
+from . import lora_map
 from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
 
@@ -43,14 +44,16 @@ class PlanOptions:
 
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
                   log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False,
-                  controlnets: list | None = None, cuda_fusions_off: tuple[str, ...] = ()) -> Path:
+                  controlnets: list | None = None, cuda_fusions_off: tuple[str, ...] = (),
+                  loras: list | None = None) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
     torch) and, when optimizing, CUDA-optimized fp16 graphs for ort-cuda (cuda_graphs.py); tensorrt
     also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
     release frees each torch component's weights once exported (the pipeline is unusable afterwards):
     peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
     load_controlnet) adds them and makes the UNet take their residuals. cuda_fusions_off: CUDA fusions
-    (cuda_graphs.CUDA_FUSIONS) left out of ort-cuda's graphs, to measure what each one buys."""
+    (cuda_graphs.CUDA_FUSIONS) left out of ort-cuda's graphs, to measure what each one buys. loras:
+    (file, scale) pairs or "FILE[:SCALE]" strings fused into the weights first (lora_map.py)."""
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
@@ -66,6 +69,11 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
         # configs first: with `release`, each torch module is dropped once its graph is written
         manifest = dict(source=source, model=_model_info(pipe), scheduler=_scheduler_config(pipe, work),
                         **_save_tokenizers(pipe, work), versions=_versions())
+        if loras:
+            manifest["loras"] = lora_map.bake(pipe, loras, log)
+        # hashed before export: `release` frees the torch weights once a graph is written
+        prints = {c: lora_map.fingerprint(getattr(pipe, c)) for c in lora_map.LORA_COMPONENTS
+                  if getattr(pipe, c, None) is not None}
         components = manifest["components"] = {}
         specs = component_specs(pipe)
         if controlnets:  # issue 16
@@ -80,6 +88,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             components[spec.name] = _export_component(spec, work, optimize, half, done, cuda_fusions_off)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
+        manifest["lora_map"] = lora_map.build_map(work, manifest, prints)
         if tensorrt is not None:
             from .trt_build import build_plans
 

@@ -30,6 +30,7 @@ from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, Sync
                      read_request, request_schema)
 from .jobs import CANCELLED, DONE, FINISHED, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
+from .metrics import Metrics, RequestCounter
 
 STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
 
@@ -52,6 +53,7 @@ class Settings:
     cors_origins: list[str] = field(default_factory=list)
     announce: str | None = None  # printed once the engines are loaded and requests are answered
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
+    log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
 
     def limits(self) -> Limits:
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
@@ -107,7 +109,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                               "`{\"error\": {status, field, message, fix}}`.")
     app.state.manager, app.state.settings = manager, settings
     install_handlers(app)
+    metrics = Metrics(manager, settings.log_prompts)
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(RequestCounter, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"],
@@ -144,6 +148,12 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/metrics", dependencies=guarded, summary="Prometheus metrics: requests, queue, job latency, steps, "
+             "batch sizes, workers, engine load time", responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus():
+        body, kind = metrics.exposition()
+        return Response(body, media_type=kind)
 
     @app.get("/v1/health", summary="Liveness: ok once the engines are loaded, with queue figures")
     async def health():

@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
                    help="most inpaint passes one outpaint request may need (default 8; 512 -> 1280 wide takes 3)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off without it")
+    p.add_argument("--log-prompts", action="store_true", help="the access log (one JSON line per job on stderr) "
+                   "also names each job's prompts; off by default: no user text in logs")
     p.add_argument("--no-a1111", dest="a1111", action="store_false",
                    help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
@@ -55,7 +57,7 @@ def settings_from(args):
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
-                    a1111=args.a1111)
+                    a1111=args.a1111, log_prompts=args.log_prompts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,11 +91,15 @@ class JobManager:
         self.engines: list[Any] = []
         self.busy = 0
         self.run_seconds = 1.0  # moving average of finished runs, for Retry-After
+        self.listeners: list[Callable[[Job], None]] = []  # called as each job finishes, lock held
+        self.load_seconds = 0.0  # what loading the engines took at start
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Load one engine per worker (here, so a broken directory fails the start) and start the workers."""
         self.loop = loop
+        started = time.monotonic()
         self.engines = [self.load_engine() for _ in range(self.worker_count)]
+        self.load_seconds = time.monotonic() - started
         for index, engine in enumerate(self.engines):
             thread = threading.Thread(target=self._work, args=(index, engine), name=f"inpaint-worker-{index}",
                                       daemon=True)
@@ -215,7 +219,6 @@ class JobManager:
             outcome, error = FAILED, str(e)
         except Exception as e:  # a worker must survive anything one request does
             outcome, error = FAILED, f"internal error: {type(e).__name__}: {e}"
-        job.arguments = {}  # the decoded pictures are not needed any more
         with self.lock:
             if outcome == DONE:
                 self.run_seconds = 0.8 * self.run_seconds + 0.2 * (time.monotonic() - job.started)
@@ -224,6 +227,9 @@ class JobManager:
     def _finish(self, job: Job, status: str, error: str | None = None) -> None:
         """Call with the lock held."""
         job.status, job.error, job.finished = status, error, time.monotonic()
+        for listener in self.listeners:  # metrics and the access log: quick, and they never raise
+            listener(job)
+        job.arguments = {}  # the decoded pictures are not needed any more
         self.finished_order.append(job.id)
         while len(self.finished_order) > self.keep_finished:  # bounded memory: old results go
             self.jobs.pop(self.finished_order.popleft(), None)

@@ -19,7 +19,7 @@ import contextlib
 import io
 from pathlib import Path
 
-from .half import EXTRA_FP32_OPS, FP16_TOLERANCE, relative_error
+from .half import EXTRA_FP32_OPS, FP16_TOLERANCE, FP32_TOLERANCE, relative_error
 from .optimize import CUDA_ONLY, MODEL_TYPES
 
 # contrib operators of the fusions above that ONNX Runtime's CUDA provider implements
@@ -86,8 +86,6 @@ def export_cuda_graph(component: str, traced: Path, work: Path, references: list
     """The exporter's step: cuda/<component>.onnx from the traced graph, checked, as its manifest record.
     `unfused`: the record of the plain fp16 graph of the same component, whose parity with torch is the
     numeric check of the fp16 conversion when the fused graph cannot run on the CPU."""
-    from .exporter import FP32_TOLERANCE
-
     path = work / "cuda" / f"{component}.onnx"
     record = optimize_for_cuda(component, traced, path, external_data_bytes, precision, fusions_off)
     tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE

@@ -18,7 +18,7 @@ import numpy as np
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, fp32_components
-from .half import FP16_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
+from .half import FP16_TOLERANCE, FP32_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
 from .cuda_graphs import export_cuda_graph
 from .external_data import save_streaming, weight_bytes
 from . import lora_map
@@ -26,7 +26,6 @@ from .optimize import classic_attention, optimize_for_cpu
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
 
 OPSET = 17
-FP32_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch|
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf cannot hold 2 GiB; bigger graphs keep weights beside them
 
 

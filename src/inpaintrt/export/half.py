@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+FP32_TOLERANCE = 1e-4  # max |onnx - torch| / max |torch| of an fp32 graph
 FP16_TOLERANCE = 3e-2  # max |fp16 - fp32| / max |fp32| accepted for an fp16 graph or TensorRT plan
 # kept in float32: ONNX Runtime's own list (non-numeric and index ops) plus the softmax of attention,
 # whose fp16 overflow turns SD 2.x images black

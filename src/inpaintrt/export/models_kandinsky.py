@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .models import build_clip, build_clip_tokenizer
+from .model_parts import build_clip, build_clip_tokenizer
 
 # kandinsky-community/kandinsky-2-2-prior's scheduler_config.json
 PRIOR_SCHEDULER_CONFIG = {

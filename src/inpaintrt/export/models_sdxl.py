@@ -6,7 +6,7 @@ layout has only the second encoder and conditions on an aesthetic score instead 
 """
 from __future__ import annotations
 
-from .models import build_clip, build_clip_tokenizer, build_vae
+from .model_parts import build_clip, build_clip_tokenizer, build_vae
 
 # stabilityai/stable-diffusion-xl-base-1.0's scheduler_config.json (the inpainting 0.1 checkpoint's too)
 SDXL_SCHEDULER_CONFIG = {

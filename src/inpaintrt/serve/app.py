@@ -54,6 +54,7 @@ class Settings:
     announce: str | None = None  # printed once the engines are loaded and requests are answered
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
+    loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
 
     def limits(self) -> Limits:
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
@@ -71,7 +72,7 @@ def engine_facts(engine) -> dict:
             "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
             "scheduler_config": engine.scheduler_config, "backend": engine.backend,
             "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
-            "default_guidance_scale": defaults["guidance_scale"].default}
+            "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", [])}
 
 
 def open_engine(settings: Settings):
@@ -79,7 +80,7 @@ def open_engine(settings: Settings):
     from .. import Engine
 
     return Engine.load(settings.engine_dir, backend=settings.backend, precision=settings.precision,
-                       cuda_graph=settings.cuda_graph)
+                       cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None)
 
 
 def local_engines(settings: Settings) -> Callable:
@@ -162,6 +163,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     @app.get("/v1/info", dependencies=guarded, summary="Model family, channels, default size, schedulers, limits")
     async def info():
         return {"version": __version__, "model": {k: v for k, v in facts.items() if k != "scheduler_config"},
+                "loras": facts.get("loras", []),  # name, sha256, scale (and baked: fused at export)
                 "schedulers": sorted(SCHEDULERS), "limits": {
                     "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                     "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,

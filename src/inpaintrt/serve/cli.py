@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
                    "also names each job's prompts; off by default: no user text in logs")
     p.add_argument("--no-a1111", dest="a1111", action="store_false",
                    help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="fuse a LoRA into the weights when each worker / replica loads (repeatable; ort-cpu, ort-cuda)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
     return p
@@ -57,7 +59,16 @@ def settings_from(args):
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
-                    a1111=args.a1111, log_prompts=args.log_prompts)
+                    a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora))
+
+
+def lora_pairs(specs: list[str]) -> list[list]:
+    """[[absolute path, scale], ...] from FILE[:SCALE] (absolute: Ray replicas may run elsewhere)."""
+    from pathlib import Path
+
+    from ..engine.lora import open_loras
+
+    return [[str(Path(lora.path).resolve()), lora.scale] for lora in open_loras(specs)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,10 +191,13 @@ def run_on_ray(settings: Settings, host: str, port: int, replicas: int) -> int:
 
 def app_builder(args: dict):
     """`serve run inpaintrt.serve.ray_app:app_builder engine_dir=DIR replicas=2 [backend=auto precision=bf16
-    token=...]`."""
+    token=... loras=FILE:SCALE,FILE:SCALE]`."""
     replicas = args.get("replicas", "1")
+    from .cli import lora_pairs
+
     settings = Settings(engine_dir=args["engine_dir"], backend=args.get("backend", "auto"),
                         precision=args.get("precision"), cuda_graph=args.get("cuda_graph") in ("1", "true"),
                         workers=int(args.get("max_replicas", 2)), token=args.get("token"),
-                        queue_size=int(args.get("queue_size", 16)))
+                        queue_size=int(args.get("queue_size", 16)),
+                        loras=lora_pairs([s for s in args.get("loras", "").split(",") if s]))
     return build_application(settings, replicas if replicas == "auto" else int(replicas))

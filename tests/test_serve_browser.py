@@ -360,3 +360,41 @@ def test_run_button_in_sight_at_1366x720(browser, server, tmp_path):
         assert page.errors == []
     finally:
         page.close()
+
+
+RECORD_CANVAS = """() => {  // the canvas as each overlay (a preview, then the result) is drawn
+  const editor = window.inpaintrt.editor, original = editor.setOverlay.bind(editor);
+  window.canvasShots = [];
+  editor.setOverlay = (image, box) => {
+    original(image, box);
+    window.canvasShots.push([image instanceof HTMLImageElement ? "preview" : "result",
+      document.getElementById("view").toDataURL()]);
+  };
+}"""
+
+
+def test_live_previews_draw_on_the_canvas_before_the_result(page, tmp_path):
+    sample_picture(128, 96)[0].save(tmp_path / "p.png")
+    page.set_input_files("#image-file", str(tmp_path / "p.png"))
+    page.wait_for_function("() => window.inpaintrt.editor.width === 128 && !window.inpaintrt.editor.overlay")
+    paint(page, [(20, 40), (100, 50)])
+    page.fill("#num_inference_steps", "25")
+    page.fill("#padding_mask_crop", "")
+    before = page.evaluate("() => document.getElementById('view').toDataURL()")
+    page.evaluate(RECORD_CANVAS)
+    done = page.evaluate("() => window.inpaintrt.state.results.length")
+    page.click("#run")
+    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 1}", timeout=120_000)
+    events = page.evaluate("() => window.inpaintrt.state.events")
+    previews = [e["preview"] for e in events if e.get("preview")]
+    assert previews and all(p.startswith("data:image/png;base64,") for p in previews)
+    info = page.evaluate("async () => (await (await fetch('/v1/info')).json()).model")
+    size = (info["default_height"] // 8, info["default_width"] // 8, 3)
+    assert decoded(previews[-1].split(",", 1)[1]).shape == size, "one pixel per latent"
+    shots = page.evaluate("() => window.canvasShots")
+    kinds = [kind for kind, _ in shots]
+    assert "preview" in kinds and kinds[-1] == "result" and kinds.index("preview") < kinds.index("result")
+    first_preview = shots[kinds.index("preview")][1]
+    assert first_preview != before and first_preview != shots[-1][1], "the preview changed the canvas first"
+    assert page.evaluate("() => window.inpaintrt.state.previewsShown") >= 1
+    assert page.errors == []

@@ -235,15 +235,20 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         return _result(find(job_id), response_format)
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=guarded,
-             summary="Server-sent events of this job only: `progress` (step, total), then `done`, `failed` or "
-                     "`cancelled`")
-    async def job_events(job_id: str):
+             summary="Server-sent events of this job only: `progress` (steps_done of steps; step of total model "
+                     "calls), then `done`, `failed` or `cancelled`. `?previews=1`: each progress event also "
+                     "carries `preview`, a PNG data: URL of the latents' cheap RGB at 1/8 size (not Kandinsky)")
+    async def job_events(job_id: str, previews: bool = False):
         job = find(job_id)
+        if previews:
+            job.previews = True
 
         async def stream():
             last = None
             while True:
                 view = _job_view(job)
+                if previews and job.preview and view["status"] not in FINISHED:
+                    view["preview"] = job.preview
                 if view != last:
                     kind = view["status"] if view["status"] in FINISHED else "progress"
                     yield f"event: {kind}\ndata: {json.dumps(view)}\n\n"

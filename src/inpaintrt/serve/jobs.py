@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..runtime import notices
+from ..runtime.latent_preview import preview_data_url
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -44,6 +45,8 @@ class Job:
     step: int = 0
     total: int = 0  # model calls (PNDM adds a warm-up call; strength < 1 makes fewer; outpaint: every pass)
     steps: int = 0  # the num_inference_steps asked for: what progress is shown against
+    previews: bool = False  # an event stream asked for live previews
+    preview: str | None = None  # the latest: the latents' cheap RGB as a PNG data: URL
     error: str | None = None
     warnings: list = field(default_factory=list)  # e.g. a prompt cut at CLIP's 77 tokens (prompt_syntax plain)
     png: bytes | None = None
@@ -68,6 +71,13 @@ class Job:
                 "steps_done": steps_done, "seed": self.seed,
                 "error": self.error, "warnings": list(self.warnings), "width": self.width, "height": self.height,
                 "timings": timings}
+
+
+def _preview(latents, family: str) -> str | None:
+    try:
+        return preview_data_url(latents, family)
+    except Exception:  # a preview is a nicety: it never fails the job
+        return None
 
 
 def _ms(start, end) -> float | None:
@@ -197,6 +207,8 @@ class JobManager:
         def on_step(step, timestep, latents):  # counted, not read from `step`: outpaint restarts it each pass
             job.step += 1
             job.total = max(job.total, job.step)
+            if job.previews:
+                job.preview = _preview(latents, getattr(engine, "family", "sd15"))
             self._notify(job)
             if job.cancel_requested:
                 raise JobCancelled()

@@ -11,7 +11,8 @@ const $ = (id) => document.getElementById(id);
 const editor = new MaskEditor($("view"), updateButtons);
 const history = new History($("history"), (entry) => show(entry));
 // job: the running job's id ("" while it is being sent); results: this visit's; events: the last job's
-const state = { pictureBlob: null, job: null, results: [], current: null, events: [], stopBatch: false };
+const state = { pictureBlob: null, job: null, results: [], current: null, events: [], stopBatch: false,
+  previewFor: null, previewsShown: 0 };
 window.inpaintrt = { editor, state, history };  // for tests and the curious
 
 // --- server facts ------------------------------------------------------------------------------
@@ -182,8 +183,13 @@ async function run() {
       const path = task === "outpaint" ? "/v1/outpaint/jobs" : "/v1/jobs";
       state.job = (await (await api(path, { method: "POST", body: form })).json()).id;
       setStatus(`${prefix}queued…`);
-      const last = await follow(state.job, (event) => progress(event, prefix, context));
+      // previews cover the whole picture: not for outpaint's windows or a crop margin's box
+      const previews = task === "inpaint" && $("padding_mask_crop").value.trim() === "";
+      state.previewFor = state.job;
+      const last = await follow(state.job, (event) => progress(event, prefix, context), previews);
+      state.previewFor = null;
       if (last.status !== "done") {
+        if (editor.overlay?.image instanceof HTMLImageElement) editor.setOverlay(null);  // a preview, not a result
         setStatus(last.status === "cancelled" ? "Cancelled." : `Failed: ${last.error}`, last.status !== "cancelled");
         break;
       }
@@ -197,9 +203,19 @@ async function run() {
   }
 }
 
-// Progress in the steps asked for (the server also counts model calls: `step` of `total`).
-function progress(event, prefix) {
+// Progress in the steps asked for (the server also counts model calls: `step` of `total`), and the
+// latents' cheap preview on the canvas until the result comes.
+function progress(event, prefix, context) {
   state.events.push(event);
+  if (event.preview) {
+    const image = new Image(), id = event.id;
+    image.onload = () => {
+      if (state.previewFor !== id) return;  // the result is in already
+      editor.setOverlay(image, { x: 0, y: 0, w: context.size.width, h: context.size.height });
+      state.previewsShown += 1;
+    };
+    image.src = event.preview;
+  }
   const steps = event.steps || event.total, done = event.steps_done ?? event.step;
   if (steps) $("progress").value = done / steps;
   if (event.status === "running") setStatus(`${prefix}step ${done} of ${steps}`);

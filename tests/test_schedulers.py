@@ -1,4 +1,6 @@
 """Scheduler trajectories against diffusers: same model outputs in, same timesteps and latents out."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,27 @@ def test_unimplemented_config_is_refused_not_ignored():
         make_scheduler("ddim", dict(SD15_SCHEDULER_CONFIG, rescale_betas_zero_snr=True))
     with pytest.raises(ValueError, match=r"scheduler_options \['use_karras_sigmas'\] are not options of scheduler 'euler_a'"):
         make_scheduler("euler_a", SD15_SCHEDULER_CONFIG, {"use_karras_sigmas": True})
+
+
+@pytest.mark.parametrize("name, options, says", [
+    ("euler", {"use_karras_sigmas": "maybe"}, "scheduler_options.use_karras_sigmas='maybe' must be true or false"),
+    ("euler", {"use_karras_sigmas": 1}, "must be true or false"),
+    ("euler", {"timestep_spacing": "sideways"}, "must be one of leading, trailing, linspace"),
+    ("pndm", {"steps_offset": 1.5}, "scheduler_options.steps_offset=1.5 must be a whole number"),
+    ("ddim", {"eta": "a lot"}, "scheduler_options.eta='a lot' must be a finite number"),
+    ("lms", {"beta_end": float("inf")}, "must be a finite number"),
+    ("dpmpp_2m", {"final_sigmas_type": "one"}, "must be one of zero, sigma_min"),
+])
+def test_options_are_typed_and_refused_by_name(name, options, says):
+    from inpaintrt.runtime.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match=re.escape(says)) as e:
+        make_scheduler(name, SD15_SCHEDULER_CONFIG, options)
+    assert e.value.field == f"scheduler_options.{next(iter(options))}" and e.value.fix.startswith("send ")
+
+
+def test_well_typed_options_still_configure_the_scheduler():
+    euler = make_scheduler("euler", SD15_SCHEDULER_CONFIG, {"use_karras_sigmas": True, "timestep_spacing": "trailing"})
+    assert euler.config["use_karras_sigmas"] is True and euler.config["timestep_spacing"] == "trailing"
+    assert make_scheduler("pndm", SD15_SCHEDULER_CONFIG, {"steps_offset": 0.0}).config["steps_offset"] == 0
+    assert make_scheduler("ddim", SD15_SCHEDULER_CONFIG, {"eta": 1}).options == {"eta": 1}

@@ -373,8 +373,9 @@ def _count_steps(params, facts: dict, steps: int) -> int:
         scheduler = make_scheduler(params.scheduler or facts["default_scheduler"], facts["scheduler_config"],
                                    params.scheduler_options)
     except (ValueError, TypeError) as e:
-        field = "scheduler_options" if params.scheduler_options else "scheduler"
-        raise ApiError(422, field, str(e), "GET /v1/info lists the schedulers; inpaint --help their options") from None
+        field = getattr(e, "field", None) or ("scheduler_options" if params.scheduler_options else "scheduler")
+        fix = getattr(e, "fix", None) or "GET /v1/info lists the schedulers; inpaint --help their options"
+        raise ApiError(422, field, str(e), fix) from None
     try:
         strength = params.strength or (0.9999 if facts["family"] == "sdxl" else 1.0)
         _, timesteps = run_timesteps(scheduler, steps, strength)

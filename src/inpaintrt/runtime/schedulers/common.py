@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from ..errors import InvalidArgument
+
 COMMON_DEFAULTS = {
     "num_train_timesteps": 1000,
     "beta_start": 0.0001,
@@ -19,6 +21,34 @@ COMMON_DEFAULTS = {
     "timestep_spacing": "leading",
     "steps_offset": 0,
 }
+
+
+# the string settings with a fixed set of values (diffusers' names); other strings are passed through
+CHOICES = {"beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+           "prediction_type": ("epsilon", "v_prediction", "sample"), "timestep_spacing": ("leading", "trailing", "linspace"),
+           "interpolation_type": ("linear", "log_linear"), "final_sigmas_type": ("zero", "sigma_min"),
+           "solver_type": ("midpoint", "heun", "bh1", "bh2"),
+           "variance_type": ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")}
+
+
+def checked_option(key: str, value, default):
+    """A scheduler option given by a caller, checked against the type of its default: booleans, whole
+    numbers, finite numbers and the CHOICES are refused by name when they are something else."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = number and float(value).is_integer(), "a whole number"
+    elif isinstance(default, float) or default is None and key != "trained_betas":
+        ok, want = number or (default is None and value is None), "a finite number"
+    elif key in CHOICES:
+        ok, want = value in CHOICES[key], "one of " + ", ".join(CHOICES[key])
+    else:
+        ok, want = default is None or isinstance(value, type(default)), f"a {type(default).__name__}"
+    if not ok:
+        raise InvalidArgument(f"scheduler_options.{key}", f"scheduler_options.{key}={value!r} must be {want}",
+                              f"send {want} as {key}, or leave it out")
+    return int(value) if isinstance(default, int) and not isinstance(default, bool) else value
 
 
 # diffusers settings not implemented here: a config that turns one on is refused, not silently ignored
@@ -40,9 +70,10 @@ class SchedulerBase:
                 f"scheduler_options {unknown} are not options of scheduler {self.name!r}; "
                 f"it takes {sorted(set(known) | set(self.call_options))}"
             )
-        self.options = {k: v for k, v in (options or {}).items() if k in self.call_options}
+        options = {k: checked_option(k, v, {**known, **self.call_options}[k]) for k, v in (options or {}).items()}
+        self.options = {k: v for k, v in options.items() if k in self.call_options}
         self.config.update(self.forced)
-        self.config.update({k: v for k, v in (options or {}).items() if k in known})
+        self.config.update({k: v for k, v in options.items() if k in known})
         for key, default in UNSUPPORTED.items():
             if key not in self.defaults and config.get(key, default) != default:  # a scheduler's own key: it checks it
                 raise ValueError(

@@ -76,7 +76,8 @@ def sd_reference(pipe, prompts: list[list]) -> np.ndarray:
 
 def sdxl_reference(pipe, prompts: list[list], prompts_2: list[list] | None = None):
     """(hidden, pooled) of an SDXL pipeline: both encoders (or a refiner's one), padded to a common count."""
-    pairs = [(pipe.tokenizer, pipe.text_encoder, prompts), (pipe.tokenizer_2, pipe.text_encoder_2, prompts_2 or prompts)]
+    pairs = [(pipe.tokenizer, pipe.text_encoder, prompts),
+             (pipe.tokenizer_2, pipe.text_encoder_2, prompts_2 or prompts)]
     pairs = [p for p in pairs if p[1] is not None]
     count = max(len(_chunks(tok, runs)) for tok, _, texts in pairs for runs in texts)
     found = [encoder_reference(tok, enc, texts, True, count) for tok, enc, texts in pairs]

@@ -193,7 +193,8 @@ def test_embeddings_match_the_a1111_reference(sd, case):
     ours = np.concatenate([cond, uncond])
     assert ours.shape == reference.shape
     error = np.abs(ours - reference).max()
-    assert record("prompt syntax (SD) embeddings vs A1111 reference, max abs diff", error) <= 1e-4 * np.abs(reference).max()
+    measure = "prompt syntax (SD) embeddings vs A1111 reference, max abs diff"
+    assert record(measure, error) <= 1e-4 * np.abs(reference).max()
 
 
 def test_long_weighted_prompt_image_matches_diffusers(sd):
@@ -246,7 +247,8 @@ def test_embeddings_match_the_community_pipeline(sd, lpw, prompt, negative):
 
     engine, pipe = sd
     encoder = pipe.text_encoder  # it reads text_model.final_layer_norm, where transformers 4 kept it
-    shim = SimpleNamespace(tokenizer=pipe.tokenizer, device=torch.device("cpu"), text_encoder=lambda *a, **k: encoder(*a, **k))
+    shim = SimpleNamespace(tokenizer=pipe.tokenizer, device=torch.device("cpu"),
+                           text_encoder=lambda *a, **k: encoder(*a, **k))
     shim.text_encoder.text_model = SimpleNamespace(final_layer_norm=encoder.get_submodule("final_layer_norm"))
     with torch.no_grad():
         theirs = lpw.get_weighted_text_embeddings(shim, prompt, negative, max_embeddings_multiples=3,

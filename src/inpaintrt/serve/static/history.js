@@ -45,14 +45,17 @@ export class History {
   async add(entry) {
     const stored = { ...entry };
     delete stored.url;
-    if (this.db) {
+    try {
+      if (!this.db) throw new Error("no IndexedDB");
       const tx = this.db.transaction(STORE, "readwrite");
       const committed = finished(tx);
       entry.id = await finished(tx.objectStore(STORE).add(stored));
       await committed;
-    } else {
-      entry.id = this.nextId++;
+    } catch (e) {  // storage full or refused: this visit still lists it
+      if (this.db) console.warn("result not saved:", e);
+      entry.id = Math.max(this.nextId, ...this.entries.map((old) => old.id + 1));
     }
+    this.nextId = entry.id + 1;
     this.entries.push(entry);
     const extra = this.entries.splice(0, Math.max(0, this.entries.length - HISTORY_LIMIT));
     if (this.db && extra.length) {

@@ -398,3 +398,25 @@ def test_live_previews_draw_on_the_canvas_before_the_result(page, tmp_path):
     assert first_preview != before and first_preview != shots[-1][1], "the preview changed the canvas first"
     assert page.evaluate("() => window.inpaintrt.state.previewsShown") >= 1
     assert page.errors == []
+
+
+def test_history_keeps_the_newest_50(page):
+    page.evaluate("""async () => {
+      const blob = await new Promise((r) => { const c = document.createElement("canvas"); c.width = c.height = 4;
+        c.toBlob(r, "image/png"); });
+      const history = window.inpaintrt.history;
+      for (let i = 0; i < 55; i++) {
+        await history.add({ task: "inpaint", seed: 1000 + i, params: { prompt: `p${i}` }, sides: null, input: blob,
+          result: blob, width: 4, height: 4, job: `fake${i}`, time: Date.now() });
+      }
+    }""")
+    seeds = page.evaluate("() => window.inpaintrt.history.entries.map(e => e.seed)")
+    assert len(seeds) == 50 and seeds[-1] == 1054 and 1000 not in seeds, "the oldest go first"
+    page.reload()
+    page.wait_for_selector("body[data-history='loaded']", state="attached")
+    assert page.locator("#history li").count() == 50
+    assert page.locator("#history li").first.inner_text().endswith("seed 1054")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#clear-history")
+    page.wait_for_function("() => document.querySelectorAll('#history li').length === 0")
+    assert page.errors == []

@@ -111,11 +111,14 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
         shown = params.model_dump(exclude={"init_images", "mask"})
         return {"images": images if params.send_images else [], "parameters": shown, "info": json.dumps(info)}
 
-    @router.post("/img2img", summary="AUTOMATIC1111 img2img; with a mask, inpainting")
+    def body(model) -> dict:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+    @router.post("/img2img", summary="AUTOMATIC1111 img2img; with a mask, inpainting", openapi_extra=body(Img2Img))
     async def img2img(request: Request):
         return await generate(request, Img2Img)
 
-    @router.post("/txt2img", summary="AUTOMATIC1111 txt2img: the whole canvas repainted")
+    @router.post("/txt2img", summary="AUTOMATIC1111 txt2img: the whole canvas repainted", openapi_extra=body(Txt2Img))
     async def txt2img(request: Request):
         return await generate(request, Txt2Img)
 

@@ -31,6 +31,7 @@ from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, Sync
 from .jobs import CANCELLED, DONE, FINISHED, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
+from .schema import openapi_with_errors
 
 STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
 
@@ -270,6 +271,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         find(job_id)
         return _job_view(manager.cancel(job_id))
 
+    maxima = {"num_inference_steps": limits.max_steps, "prior_num_inference_steps": limits.max_steps,
+              "steps": limits.max_steps, "batch_size": settings.queue_size, "n_iter": settings.queue_size}
+    app.openapi = lambda: openapi_with_errors(app, maxima, settings.token is not None)
     if settings.a1111:  # AUTOMATIC1111's routes over the same queue (a1111.py)
         server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: _result(job, "png").body)
         app.include_router(a1111_router(server, guarded))

@@ -109,5 +109,21 @@ def install_handlers(app) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
         fixes = {404: "check the path; GET /docs lists the endpoints", 405: "check the method; see GET /docs"}
+        headers = getattr(e, "headers", None)
+        if e.status_code == 405:  # every method of every route on this path, not only the first route's
+            allowed = allowed_methods(request.app, request.scope)
+            headers, fixes[405] = {**(headers or {}), "Allow": ", ".join(allowed)}, f"use {' or '.join(allowed)}"
         return error_response(e.status_code, "path", f"{request.method} {request.url.path}: {e.detail}",
-                              fixes.get(e.status_code, "see GET /docs"), getattr(e, "headers", None))
+                              fixes.get(e.status_code, "see GET /docs"), headers)
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """The methods the app answers on this request's path, over every route (included routers too)."""
+    def routes(found):
+        for route in found:
+            inner = getattr(route, "original_router", None)  # FastAPI's record of an included router
+            yield from routes(inner.routes) if inner is not None else [route]
+
+    return sorted({method for route in routes(app.router.routes) if getattr(route, "methods", None)
+                   and getattr(route, "path_regex", None) and route.path_regex.match(scope["path"])
+                   for method in route.methods})

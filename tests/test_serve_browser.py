@@ -1,37 +1,26 @@
 """The web page in headless Chromium (Debian's package, driven by Playwright): upload a picture,
 paint a stroke with the mouse, run, and check the result keeps every unpainted pixel and shows on the
-canvas; the run button in sight at 1366x720, Ctrl+Enter, history across reloads, size and batch fields.
+canvas; the run button in sight at 1366x720, Ctrl+Enter, history across reloads, size and batch fields,
+live previews.
 INPAINTRT_SCREENSHOT_DIR=docs writes README's screenshots there."""
 from __future__ import annotations
 
 import base64
-import io
-import os
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from inpaintrt.sample import sample_picture  # noqa: E402
 from serve_helpers import running_server  # noqa: E402
+from browser_helpers import (BLOB_AS_BASE64, RECORD_CANVAS, RECORD_FORMS, canvas_pixel, decoded,  # noqa: E402
+                             in_view, open_page, paint, part, screenshot, to_screen)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium (apt-get install chromium)")
-
-BLOB_AS_BASE64 = """async (which) => {
-  const blob = which === "mask" ? await window.inpaintrt.editor.maskBlob() : window.inpaintrt.state.current.result;
-  const bytes = new Uint8Array(await blob.arrayBuffer());
-  let text = ""; for (const b of bytes) text += String.fromCharCode(b);
-  return btoa(text);
-}"""
-
-
-def decoded(text: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))).convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -48,56 +37,11 @@ def browser():
         browser.close()
 
 
-def open_page(browser, server, width: int, height: int):
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
-    page.goto(server.url + "/")
-    return page
-
-
 @pytest.fixture(scope="module")
 def page(browser, server):
     page = open_page(browser, server, 1280, 800)
     yield page
     page.close()
-
-
-def screenshot(page, tmp_path, name: str):
-    """Into tmp_path, and into INPAINTRT_SCREENSHOT_DIR (README's pictures) when that is set."""
-    page.screenshot(path=str(tmp_path / name))
-    assert (tmp_path / name).stat().st_size > 10_000
-    if os.environ.get("INPAINTRT_SCREENSHOT_DIR"):
-        page.screenshot(path=os.path.join(os.environ["INPAINTRT_SCREENSHOT_DIR"], name))
-
-
-CANVAS_PIXEL = """([x, y]) => {
-  const c = document.getElementById("view");
-  return Array.from(c.getContext("2d").getImageData(Math.floor(x), Math.floor(y), 1, 1).data.slice(0, 3));
-}"""
-
-
-def canvas_pixel(page, x: int, y: int) -> list[int]:
-    """What the canvas shows at the centre of picture pixel (x, y) (device pixel ratio 1)."""
-    box = page.locator("#view").bounding_box()
-    sx, sy = to_screen(page, x + 0.5, y + 0.5)
-    return page.evaluate(CANVAS_PIXEL, [sx - box["x"], sy - box["y"]])
-
-
-def to_screen(page, x: float, y: float) -> tuple[float, float]:
-    """Client coordinates of picture pixel (x, y) under the editor's current zoom and pan."""
-    box = page.locator("#view").bounding_box()
-    view = page.evaluate("() => window.inpaintrt.editor.view")
-    return box["x"] + view["x"] + x * view["scale"], box["y"] + view["y"] + y * view["scale"]
-
-
-def paint(page, points):
-    page.mouse.move(*to_screen(page, *points[0]))
-    page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*to_screen(page, *point), steps=8)
-    page.mouse.up()
 
 
 def test_paint_run_and_keep_unmasked_pixels(page, tmp_path):
@@ -248,22 +192,6 @@ def test_outpaint_mode_grows_the_picture_and_chains(page, tmp_path):
     assert page.errors == []
 
 
-RECORD_FORMS = """() => {  // the text fields of every job POSTed (Chromium does not show multipart bodies with files)
-  window.sentForms = [];
-  const original = window.fetch;
-  window.fetch = (path, options = {}) => {
-    if (options.method === "POST" && options.body instanceof FormData) {
-      window.sentForms.push(Object.fromEntries([...options.body].filter(([, v]) => typeof v === "string")));
-    }
-    return original(path, options);
-  };
-}"""
-
-
-def part(form: dict, name: str) -> str | None:
-    return form.get(name)
-
-
 def test_width_height_and_batch_reach_the_server(page, tmp_path):
     sample_picture(96, 64)[0].save(tmp_path / "p.png")
     page.set_input_files("#image-file", str(tmp_path / "p.png"))
@@ -330,12 +258,6 @@ def test_history_survives_a_reload(page, tmp_path):
     assert page.errors == []
 
 
-def in_view(page, selector: str, width: int, height: int) -> bool:
-    box = page.locator(selector).bounding_box()
-    return box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= width \
-        and box["y"] + box["height"] <= height
-
-
 def test_run_button_in_sight_at_1366x720(browser, server, tmp_path):
     page = open_page(browser, server, 1366, 720)
     try:
@@ -360,17 +282,6 @@ def test_run_button_in_sight_at_1366x720(browser, server, tmp_path):
         assert page.errors == []
     finally:
         page.close()
-
-
-RECORD_CANVAS = """() => {  // the canvas as each overlay (a preview, then the result) is drawn
-  const editor = window.inpaintrt.editor, original = editor.setOverlay.bind(editor);
-  window.canvasShots = [];
-  editor.setOverlay = (image, box) => {
-    original(image, box);
-    window.canvasShots.push([image instanceof HTMLImageElement ? "preview" : "result",
-      document.getElementById("view").toDataURL()]);
-  };
-}"""
 
 
 def test_live_previews_draw_on_the_canvas_before_the_result(page, tmp_path):

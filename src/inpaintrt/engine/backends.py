@@ -15,8 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
-
+from .ort_session import BackendError, OrtBackend  # noqa: F401 (BackendError: importers' home for it)
 from .plans import PlanMismatchError
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt", "openvino")
@@ -24,60 +23,6 @@ LORA_BACKENDS = ("LoRAs given at load run on backends ort-cpu and ort-cuda, not 
                  "those, or bake the LoRAs into a new engine with `inpaint-export --lora FILE:SCALE` (repeatable)")
 TRT_INSTALL = ("install TensorRT 10.8+ or 11.x and cupy for your CUDA version on a machine with an NVIDIA GPU: "
                "`pip install 'inpaintrt[trt]'` (CUDA 12) or `pip install 'inpaintrt[trt-cu13]'` (CUDA 13)")
-
-
-class BackendError(RuntimeError):
-    """A backend was requested that cannot start on this machine."""
-
-
-class OrtBackend:
-    """One ONNX Runtime session; checks that the provider asked for is the one that runs."""
-
-    def __init__(self, path: Path, provider: str = "CPUExecutionProvider", threads: int | None = None,
-                 arena: bool = True, initializers: dict | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.enable_cpu_mem_arena = arena
-        if threads:
-            options.intra_op_num_threads = threads
-        self.overrides = add_initializers(ort, options, initializers)
-        self.session = ort.InferenceSession(str(path), options, providers=[provider],
-                                            **lora_session_args(initializers))
-        if self.session.get_providers()[0] != provider:
-            raise BackendError(f"ONNX Runtime did not start {provider} (it runs {self.session.get_providers()})")
-        self.input_types = {i.name: _NP_TYPES[i.type] for i in self.session.get_inputs()}
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {name: np.ascontiguousarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-
-
-# ONNX Runtime's CPU layout transform (NCHWc) reorders convolution weights from the stored values, not
-# from the overrides (measured on onnxruntime 1.32: conv LoRAs had no effect): off where weights are overridden
-LORA_DISABLED_OPTIMIZERS = ["NchwcTransformer"]
-
-
-def lora_session_args(initializers: dict | None) -> dict:
-    return {"disabled_optimizers": LORA_DISABLED_OPTIMIZERS} if initializers else {}
-
-
-def add_initializers(ort, options, initializers: dict | None) -> list:
-    """Replace stored weights with `initializers` ({name: array}: LoRA-fused copies, engine/lora.py) in the
-    session these options open (open it with **lora_session_args(initializers)). The returned
-    OrtValues and arrays must outlive the session."""
-    kept = []
-    for name, array in (initializers or {}).items():
-        value = ort.OrtValue.ortvalue_from_numpy(array)
-        options.add_initializer(name, value)
-        kept.append((array, value))
-    return kept
-
-
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
 
 def load_tensorrt():

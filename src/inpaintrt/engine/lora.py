@@ -253,3 +253,8 @@ def prepare_loras(root: Path, manifest: dict, specs) -> tuple["Overrides | None"
         raise LoraError(f"LoRAs apply to SD 1.x, 2.x and SDXL engines; this engine is {family}: leave loras out")
     loras = open_loras(specs)
     return fuse(root, manifest, loras), baked + [dict(lora.describe(), baked=False) for lora in loras]
+
+
+def lora_pairs(specs: list[str]) -> list[list]:
+    """[[absolute path, scale], ...] from FILE[:SCALE] (absolute: Ray replicas may run elsewhere)."""
+    return [[str(Path(lora.path).resolve()), lora.scale] for lora in open_loras(specs)]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import BackendError
+from .ort_session import BackendError
 
 INSTALL = "install it with `pip install 'inpaintrt[openvino]'`"
 OV_PRECISIONS = {"bf16": "bf16", "fp32": "f32"}  # ours -> OpenVINO's inference_precision_hint

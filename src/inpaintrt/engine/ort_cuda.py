@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.xp import array_module, to_host
-from .backends import BackendError, add_initializers, lora_session_args
+from .ort_session import ORT_TYPES, BackendError, add_initializers, lora_session_args
 from .cuda_options import chosen_options, provider_options
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -46,8 +46,6 @@ CUDA_LIBRARIES = {
 PIP_PACKAGES_CU12 = {"libcudart": "nvidia-cuda-runtime-cu12", "libcublasLt": "nvidia-cublas-cu12",
                      "libcublas": "nvidia-cublas-cu12", "libcurand": "nvidia-curand-cu12",
                      "libcufft": "nvidia-cufft-cu12", "libcudnn": "nvidia-cudnn-cu12"}
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
 
 def cuda_major(ort) -> int | None:
@@ -179,7 +177,7 @@ class BoundComponent:
                                "load with cuda_graph=False") from None
         if provider == CUDA_PROVIDER:
             require_cuda_provider(self.session.get_providers(), cuda_major(ort))
-        self.input_types = {i.name: _ORT_TYPES[i.type] for i in self.session.get_inputs()}
+        self.input_types = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.bindings: dict[tuple, _Binding] = {}
 

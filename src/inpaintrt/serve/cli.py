@@ -8,6 +8,7 @@ import socket
 import sys
 
 from ..engine.backends import BACKENDS, PRECISIONS, check_choice
+from ..engine.lora import lora_pairs
 
 TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 
@@ -60,15 +61,6 @@ def settings_from(args):
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
                     a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora))
-
-
-def lora_pairs(specs: list[str]) -> list[list]:
-    """[[absolute path, scale], ...] from FILE[:SCALE] (absolute: Ray replicas may run elsewhere)."""
-    from pathlib import Path
-
-    from ..engine.lora import open_loras
-
-    return [[str(Path(lora.path).resolve()), lora.scale] for lora in open_loras(specs)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,7 +193,7 @@ def app_builder(args: dict):
     """`serve run inpaintrt.serve.ray_app:app_builder engine_dir=DIR replicas=2 [backend=auto precision=bf16
     token=... loras=FILE:SCALE,FILE:SCALE]`."""
     replicas = args.get("replicas", "1")
-    from .cli import lora_pairs
+    from ..engine.lora import lora_pairs
 
     settings = Settings(engine_dir=args["engine_dir"], backend=args.get("backend", "auto"),
                         precision=args.get("precision"), cuda_graph=args.get("cuda_graph") in ("1", "true"),

@@ -97,6 +97,19 @@ def pipes(checkpoints):
     return {ch: load_pipeline(str(path)) for ch, path in checkpoints.items()}
 
 
+@pytest.fixture(scope="session")
+def engine_dir(engines):
+    """The tiny 9-channel engine's directory: what the API, server and bad-input tests run."""
+    return engines[9]
+
+
+@pytest.fixture(scope="session")
+def engine(engine_dir):
+    from inpaintrt import Engine
+
+    return Engine.load(engine_dir)
+
+
 def sample_image(width: int = 160, height: int = 96, seed: int = 0) -> Image.Image:
     """A smooth colourful test picture."""
     y, x = np.mgrid[0:height, 0:width] / max(width, height)

@@ -18,18 +18,6 @@ from serve_helpers import mask, picture, png, running_server, wait_until  # noqa
 
 
 @pytest.fixture(scope="module")
-def engine_dir(engines):
-    return engines[9]
-
-
-@pytest.fixture(scope="module")
-def engine(engine_dir):
-    from inpaintrt import Engine
-
-    return Engine.load(engine_dir)
-
-
-@pytest.fixture(scope="module")
 def server(engine_dir):
     with running_server(engine_dir, "--workers", "1", "--queue-size", "8", "--max-steps", "200") as s:
         yield s

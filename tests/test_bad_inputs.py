@@ -104,11 +104,6 @@ CALL_CASES = [  # (overrides, expected message fragment)
 ]
 
 
-@pytest.fixture(scope="module")
-def engine(engines):
-    return Engine.load(engines[9])
-
-
 @pytest.mark.parametrize("overrides,message", CALL_CASES, ids=[m[:40] for _, m in CALL_CASES])
 def test_bad_call_arguments(engine, overrides, message):
     args = {**GOOD, "image": IMAGE, "mask_image": MASK, **overrides}

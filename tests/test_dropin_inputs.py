@@ -5,17 +5,11 @@ import time
 import pytest
 
 from conftest import sample_image, sample_mask
-from inpaintrt import Engine
 from inpaintrt.cli import inpaint_main
 from inpaintrt.engine import arguments
 from inpaintrt.runtime import images, notices
 
 ARGS = dict(prompt="a cat", num_inference_steps=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def engine(engines):
-    return Engine.load(engines[9])
 
 
 @pytest.mark.parametrize("height,width,named", [(128, 100000, "width"), (100000, 128, "height"), (4096, 4096, "height")])

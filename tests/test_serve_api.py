@@ -19,18 +19,6 @@ from serve_helpers import (AUTH, FAST, TOKEN, engine_reference, files, form, pix
 
 
 @pytest.fixture(scope="module")
-def engine_dir(engines):
-    return engines[9]
-
-
-@pytest.fixture(scope="module")
-def engine(engine_dir):
-    from inpaintrt import Engine
-
-    return Engine.load(engine_dir)
-
-
-@pytest.fixture(scope="module")
 def server(engine_dir):
     with running_server(engine_dir, "--workers", "2", "--token", TOKEN, "--queue-size", "32",
                         "--max-steps", "1000", "--cors-origin", "http://app.example") as s:

@@ -17,13 +17,6 @@ REQUESTS, CONCURRENCY, WARM_UP, SEEDS = 320, 8, 50, 16
 TIME_LIMIT_S = 300  # the whole soak is bounded; a stall fails instead of hanging CI
 
 
-@pytest.fixture(scope="module")
-def engine(engines):
-    from inpaintrt import Engine
-
-    return Engine.load(engines[9])
-
-
 def test_soak(engines, engine, capsys):
     references = {seed: engine_reference(engine, seed) for seed in range(SEEDS)}
     statuses, mismatches = [], []

@@ -42,6 +42,7 @@ class Server:
     submit: Callable  # Parsed -> Job, or ApiError (queue full, shutting down)
     wait: Callable  # async (job, request): returns once the job is finished (cancels it if the client left)
     png_of: Callable  # finished Job -> PNG bytes, or the ApiError its failure means
+    models: object = None  # engines.Models: every engine; POST /options picks the one A1111 requests use
 
 
 class Tracker:
@@ -74,15 +75,18 @@ class Tracker:
 def a1111_router(server: Server, guarded: list) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], dependencies=guarded)
     tracker = Tracker()
-    engine_dir = Path(server.settings.engine_dir)
-    sha256 = hashlib.sha256((engine_dir / "manifest.json").read_bytes()).hexdigest()
-    title = f"{engine_dir.name} [{sha256[:10]}]"
-    options = {"sd_model_checkpoint": title, "sd_checkpoint_hash": sha256, "samples_format": "png",
-               "CLIP_stop_at_last_layers": 1, "eta_ddim": 0.0, "eta_ancestral": 1.0}
+    checkpoints = []  # (title, sha256, model) of each engine, the default first
+    for model in server.models:
+        sha256 = hashlib.sha256((Path(model.directory) / "manifest.json").read_bytes()).hexdigest()
+        checkpoints.append((f"{model.name} [{sha256[:10]}]", sha256, model))
+    options = {"sd_model_checkpoint": checkpoints[0][0], "sd_checkpoint_hash": checkpoints[0][1],
+               "samples_format": "png", "CLIP_stop_at_last_layers": 1, "eta_ddim": 0.0, "eta_ancestral": 1.0}
+    selected = [checkpoints[0]]  # as in A1111, the checkpoint POST /options chose serves every later request
 
     async def generate(request: Request, model) -> dict:
         params = await _read(request, model)
-        parsed, seed, sampler = _parse(params, server)
+        title, sha256, engine = selected[0]
+        parsed, seed, sampler = _parse(params, server, engine)
         count = params.batch_size * params.n_iter
         jobs = []
         try:
@@ -107,7 +111,7 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
             for job in jobs:
                 tracker.interrupted.discard(job.id)
                 server.manager.forget(job.id)
-        info = _info(params, seed, count, sampler, title, sha256, server.facts, interrupted)
+        info = _info(params, seed, count, sampler, title, sha256, engine.facts, interrupted)
         shown = params.model_dump(exclude={"init_images", "mask"})
         return {"images": images if params.send_images else [], "parameters": shown, "info": json.dumps(info)}
 
@@ -133,8 +137,8 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
 
     @router.get("/sd-models")
     async def sd_models():
-        return [{"title": title, "model_name": engine_dir.name, "hash": sha256[:10], "sha256": sha256,
-                 "filename": str(engine_dir), "config": None}]
+        return [{"title": title, "model_name": model.name, "hash": sha256[:10], "sha256": sha256,
+                 "filename": model.directory, "config": None} for title, sha256, model in checkpoints]
 
     @router.get("/options")
     async def get_options():
@@ -143,12 +147,18 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
     @router.post("/options", summary="Accepts the loaded model and the values GET /options shows")
     async def set_options(request: Request):
         given = await _json_object(request)
+        chosen = selected[0]
         for name, value in given.items():
-            if name == "sd_model_checkpoint" and value in (title, engine_dir.name, sha256, sha256[:10]):
-                continue
-            if options.get(name, object()) != value:
-                raise ApiError(422, name, f"{name}={value!r} cannot be set: this server runs one engine, {title}, "
-                               "with fixed settings", f"send the value GET /sdapi/v1/options shows, or leave {name} out")
+            if name == "sd_model_checkpoint":
+                chosen = next((c for c in checkpoints if value in (c[0], c[2].name, c[1], c[1][:10])), None)
+                if chosen is None:
+                    raise ApiError(422, name, f"{name}={value!r} is not a checkpoint of this server",
+                                   "send a title GET /sdapi/v1/sd-models lists")
+            elif options.get(name, object()) != value:
+                raise ApiError(422, name, f"{name}={value!r} cannot be set: this server's settings are fixed",
+                               f"send the value GET /sdapi/v1/options shows, or leave {name} out")
+        selected[0] = chosen  # only once every value was accepted
+        options.update(sd_model_checkpoint=chosen[0], sd_checkpoint_hash=chosen[1])
         return None
 
     @router.get("/progress")
@@ -194,7 +204,7 @@ async def _read(request: Request, model):
     return params
 
 
-def _parse(params, server: Server):
+def _parse(params, server: Server, engine):
     """(the checked native job, its first seed, the A1111 sampler name reported back)."""
     count, cap = params.batch_size * params.n_iter, server.settings.queue_size
     if count > cap:
@@ -220,7 +230,7 @@ def _parse(params, server: Server):
         files = {"image": _png(canvas), "mask_image": _png(Image.new("L", canvas.size, 255))}
         fields["strength"] = 1.0
     try:
-        parsed = check(InpaintParameters.model_validate(fields), files, server.limits, server.facts)
+        parsed = check(InpaintParameters.model_validate(fields), files, server.limits, engine.facts)
     except ValidationError as e:
         raise _renamed(validation_error(e.errors())) from None
     except ApiError as e:
@@ -230,7 +240,7 @@ def _parse(params, server: Server):
         parsed.arguments["image"] = parsed.arguments["image"].convert("RGB").resize(size, Image.LANCZOS)
         parsed.arguments["mask_image"] = parsed.arguments["mask_image"].resize(size, Image.LANCZOS)
     name = next((n for n, (s, _) in SAMPLERS.items() if s == (scheduler or "").replace("_karras", "")), "Automatic")
-    return parsed, seed, name
+    return dataclasses.replace(parsed, model=engine.name), seed, name
 
 
 def _img2img(params: Img2Img, fields: dict) -> dict:

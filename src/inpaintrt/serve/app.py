@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
+from .engines import Models
 from .errors import ApiError, install_handlers
 from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
@@ -56,6 +57,10 @@ class Settings:
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
     loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
+    more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
+
+    def engine_dirs(self) -> list[str]:
+        return [self.engine_dir, *self.more_engines]
 
     def limits(self) -> Limits:
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
@@ -76,29 +81,36 @@ def engine_facts(engine) -> dict:
             "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", [])}
 
 
-def open_engine(settings: Settings):
+def open_engine(settings: Settings, engine_dir: str | None = None):
     """One engine as the settings ask for it (each worker and each Ray replica calls this)."""
     from .. import Engine
 
-    return Engine.load(settings.engine_dir, backend=settings.backend, precision=settings.precision,
+    return Engine.load(engine_dir or settings.engine_dir, backend=settings.backend, precision=settings.precision,
                        cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None)
 
 
-def local_engines(settings: Settings) -> Callable:
-    return lambda: open_engine(settings)
+def local_engines(settings: Settings, engine_dir: str | None = None) -> Callable:
+    return lambda: open_engine(settings, engine_dir)
 
 
 def create_app(settings: Settings, load_engine: Callable | None = None, manager: JobManager | None = None) -> FastAPI:
-    """The API and page. Engines are loaded at startup, one per worker, by `load_engine()`."""
-    manager = manager or JobManager(load_engine or local_engines(settings), settings.workers, settings.queue_size,
-                                    settings.keep_finished)
+    """The API and page. Engines are loaded at startup, one per worker, by `load_engine()`; with
+    settings.more_engines, each engine directory gets its own JobManager (engines.py)."""
+    if (manager is not None or load_engine is not None) and settings.more_engines:
+        raise ValueError("one JobManager or engine loader serves one engine: pass a single --engine")
+    models = Models([(settings.engine_dir, manager or JobManager(load_engine or local_engines(settings),
+                                                                 settings.workers, settings.queue_size,
+                                                                 settings.keep_finished))]
+                    + [(directory, JobManager(local_engines(settings, directory), settings.workers,
+                                              settings.queue_size, settings.keep_finished))
+                       for directory in settings.more_engines])
+    manager = models  # what watches every engine: health, metrics, shutdown, jobs by id
     limits = settings.limits()
-    facts: dict = {}
+    facts = models.default.facts  # the default engine's, filled at startup
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        await asyncio.to_thread(manager.start, asyncio.get_running_loop())
-        facts.update(engine_facts(manager.engines[0]))
+        await models.start(asyncio.get_running_loop(), engine_facts)
         if settings.announce:
             print(settings.announce, flush=True)
         yield
@@ -136,12 +148,14 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
             "application/json": {"schema": request_schema(model, binary=False)}}}}
 
     def submit(parsed):
+        model = models.pick(parsed.model)
         try:
-            steps = parsed.arguments.get("num_inference_steps") or facts.get("default_steps") or 0
-            return manager.submit(parsed.arguments, parsed.seed, parsed.total_steps, parsed.task, steps=steps)
+            steps = parsed.arguments.get("num_inference_steps") or model.facts.get("default_steps") or 0
+            return model.manager.submit(parsed.arguments, parsed.seed, parsed.total_steps, parsed.task, steps=steps)
         except QueueFull:
-            raise ApiError(429, "queue", f"all {settings.queue_size} queue slots are taken",
-                           "retry after the Retry-After seconds", headers={"Retry-After": str(_retry_after(manager))})
+            raise ApiError(429, "queue", f"all {settings.queue_size} queue slots of {model.name} are taken",
+                           "retry after the Retry-After seconds",
+                           headers={"Retry-After": str(_retry_after(model.manager))})
         except ShuttingDown:
             raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
 
@@ -165,11 +179,12 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     async def info():
         return {"version": __version__, "model": {k: v for k, v in facts.items() if k != "scheduler_config"},
                 "loras": facts.get("loras", []),  # name, sha256, scale (and baked: fused at export)
+                "models": [model.public_facts() for model in models],  # the first is the default
                 "schedulers": sorted(SCHEDULERS), "limits": {
                     "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                     "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,
                     "max_outpaint_passes": limits.max_outpaint_passes,
-                    "queue_size": settings.queue_size, "workers": manager.worker_count},
+                    "queue_size": settings.queue_size, "workers": models.default.manager.worker_count},
                 "batching": "none: each request runs its own UNet calls on one worker's engine"}
 
     async def finished(job, request: Request) -> None:
@@ -183,7 +198,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     async def wait_for(request: Request, model) -> Response:
         """The synchronous endpoints: queue the job like POST /v1/jobs would, answer with its picture."""
-        parsed = await read_request(request, model, limits, facts)
+        parsed = await read_request(request, model, limits, models.facts_for)
         job = submit(parsed)
         try:
             await finished(job, request)
@@ -192,7 +207,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
             manager.forget(job.id)
 
     async def queue_job(request: Request, model) -> JSONResponse:
-        job = submit(await read_request(request, model, limits, facts))
+        job = submit(await read_request(request, model, limits, models.facts_for))
         return JSONResponse(_job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
     picture_responses = {200: {"content": {"image/png": {}, "application/json": {}},
@@ -275,7 +290,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
               "steps": limits.max_steps, "batch_size": settings.queue_size, "n_iter": settings.queue_size}
     app.openapi = lambda: openapi_with_errors(app, maxima, settings.token is not None)
     if settings.a1111:  # AUTOMATIC1111's routes over the same queue (a1111.py)
-        server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: _result(job, "png").body)
+        server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: _result(job, "png").body,
+                             models)
         app.include_router(a1111_router(server, guarded))
     return app
 

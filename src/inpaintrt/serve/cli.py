@@ -1,4 +1,5 @@
-"""`inpaint-serve --engine DIR`: the HTTP API and web page under uvicorn (or on Ray Serve with --ray)."""
+"""`inpaint-serve --engine DIR [--engine DIR ...]`: the HTTP API and web page under uvicorn (or on Ray
+Serve with --ray)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,9 @@ TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inpaint-serve", description="Serve an inpaintrt engine over HTTP, with a web "
                                 "page where you paint the mask. API docs at /docs once it runs.")
-    p.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
+    p.add_argument("--engine", required=True, action="append", help="engine directory written by inpaint-export; "
+                   "repeat it to serve several (the first is the default; requests pick one by its directory's name "
+                   "in `model`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -48,14 +51,19 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args):
     from .app import Settings
+    from .engines import check_names
 
     for name in ("workers", "queue_size", "replicas", "max_steps", "max_outpaint_passes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     check_choice(args.backend, args.precision)  # a wrong pair fails before any engine loads
+    check_names(args.engine)
+    if args.ray and len(args.engine) > 1:
+        raise ValueError(f"--ray serves one engine; pass a single --engine (got {len(args.engine)})")
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
-    return Settings(engine_dir=args.engine, backend=args.backend, precision=args.precision, cuda_graph=args.cuda_graph,
+    return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], backend=args.backend,
+                    precision=args.precision, cuda_graph=args.cuda_graph,
                     workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = settings_from(args)
-        read_manifest(args.engine, verify_hashes=False)  # a wrong directory fails here, before the server starts
+        for directory in args.engine:  # a wrong directory fails here, before the server starts
+            read_manifest(directory, verify_hashes=False)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

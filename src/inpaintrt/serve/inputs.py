@@ -13,7 +13,7 @@ import json
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import numpy as np
 from PIL import Image
@@ -35,6 +35,8 @@ class CommonParameters(BaseModel):
     task: ClassVar[str] = ""  # the Engine method a job of these parameters calls
     pictures: ClassVar[tuple[str, ...]] = ()  # the picture parts
 
+    model: Optional[str] = Field(None, max_length=200, description="Which engine runs it, by name (GET /v1/info "
+                                 "lists `models`); default: the server's first --engine.")
     prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
     prompt_syntax: Optional[Literal["a1111", "plain"]] = Field(
@@ -150,6 +152,7 @@ class Parsed:
     total_steps: int  # denoising loop iterations (fewer with strength < 1, more for second-order samplers; outpaint:
     # those of every pass)
     response_format: str = "png"
+    model: str | None = None  # the engine's name; None: the server's default
 
 
 def request_schema(model: type[CommonParameters], binary: bool) -> dict:
@@ -165,7 +168,8 @@ def request_schema(model: type[CommonParameters], binary: bool) -> dict:
     return schema
 
 
-async def read_request(request, model: type[CommonParameters], limits: Limits, engine_facts: dict) -> Parsed:
+async def read_request(request, model: type[CommonParameters], limits: Limits,
+                       engine_facts: dict | Callable[[str | None], dict]) -> Parsed:
     """Parse the body by its content type, check it, decode the pictures."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
@@ -179,6 +183,8 @@ async def read_request(request, model: type[CommonParameters], limits: Limits, e
         params = model.model_validate(fields)
     except ValidationError as e:
         raise validation_error(e.errors(), set(model.model_fields) | set(model.pictures)) from None
+    if callable(engine_facts):  # a server of several engines: the facts of the one the request names
+        engine_facts = engine_facts(params.model)
     return check(params, files, limits, engine_facts)
 
 
@@ -265,7 +271,8 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
     image = decode_picture(files["image"], "image", limits.max_pixels)
     unset = {name for name in DEFAULTED if getattr(params, name, 0) is None}
-    arguments = params.model_dump(exclude={"seed", "response_format"} | unset)  # unset: the engine's own defaults
+    # unset: the engine's own defaults; model picked the engine already
+    arguments = params.model_dump(exclude={"seed", "response_format", "model"} | unset)
     arguments["image"] = image
     _check_output_size(params, image.size, limits, engine_facts)
     total = _count_steps(params, engine_facts, steps)
@@ -275,7 +282,7 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     else:
         arguments["mask_image"] = _checked_mask(params, files["mask_image"], image.size, limits)
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
-    return Parsed(params.task, arguments, seed, total, getattr(params, "response_format", "png"))
+    return Parsed(params.task, arguments, seed, total, getattr(params, "response_format", "png"), params.model)
 
 
 def _checked_mask(params: InpaintParameters, data: bytes, size: tuple[int, int], limits: Limits) -> Image.Image:

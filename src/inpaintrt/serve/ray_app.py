@@ -124,6 +124,8 @@ class RemoteEngine:
 def build_application(settings: Settings, replicas: int | str = 1, num_gpus: float | None = None):
     """The bound Serve application: ingress -> engine replicas. replicas: a count, or "auto" to autoscale
     between 1 and settings.workers replicas."""
+    if settings.more_engines:  # the ingress routes to one engine deployment
+        raise ValueError("Ray Serve serves one engine; pass a single --engine (or serve each on its own)")
     if num_gpus is None:
         num_gpus = 1 if uses_gpu(settings) else 0
     engine_options = {"ray_actor_options": {"num_cpus": 1, "num_gpus": num_gpus}}

@@ -22,13 +22,13 @@ async function loadInfo() {
     const info = await (await api("/v1/info")).json();
     const select = $("scheduler");
     for (const name of info.schedulers) select.add(new Option(name, name));
-    $("server-info").textContent = `model ${info.model.family}, ${info.model.unet_in_channels}-channel UNet, ` +
-      `${info.model.default_width}×${info.model.default_height}, backend ${info.model.backend} ${info.model.precision}, ` +
-      `${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
+    state.info = info;
+    const models = info.models || [{ name: "", ...info.model }];  // an older server: its one model
+    state.models = Object.fromEntries(models.map((model) => [model.name, model]));
+    for (const model of models) $("model").add(new Option(`${model.name} (${model.family})`, model.name));
+    $("model-row").hidden = models.length < 2;  // one engine: nothing to choose
     $("num_inference_steps").max = info.limits.max_steps;
-    $("width").placeholder = info.model.default_width;
-    $("height").placeholder = info.model.default_height;
-    $("guidance_scale").value = info.model.default_guidance_scale;  // the family's (Kandinsky 4)
+    applyModel();
   } catch (e) {
     $("server-info").textContent = `server info: ${e.message}`;
     if (e.message.startsWith("authorization")) {  // the server was started with --token
@@ -38,6 +38,22 @@ async function loadInfo() {
     }
   }
 }
+
+// The chosen engine's defaults in the form: guidance, size placeholders, the steps it would take.
+function applyModel() {
+  const model = state.models?.[$("model").value];
+  if (!model) return;
+  const info = state.info;
+  $("server-info").textContent = `model ${model.name ? `${model.name}: ` : ""}${model.family}, ` +
+    `${model.unet_in_channels}-channel UNet, ${model.default_width}×${model.default_height}, backend ` +
+    `${model.backend} ${model.precision}, ${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
+  $("width").placeholder = model.default_width;
+  $("height").placeholder = model.default_height;
+  $("num_inference_steps").title = `the model's default: ${model.default_steps}`;
+  $("guidance_scale").value = model.default_guidance_scale;  // the family's (Kandinsky 4)
+}
+
+$("model").onchange = applyModel;
 
 // --- pictures in --------------------------------------------------------------------------------
 
@@ -165,7 +181,7 @@ async function run() {
   if (task === "inpaint" && !editor.hasMask()) {
     return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
   }
-  const context = { task, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
+  const context = { task, model: $("model").value, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
     sides: task === "outpaint" ? sides() : null, params: formValues() };
   const mask = task === "inpaint" ? await editor.maskBlob() : null;
   const count = batchCount();
@@ -228,7 +244,7 @@ $("cancel").onclick = async () => {
 
 async function keepResult(job, context, prefix) {
   const blob = await (await api(job.result_url)).blob();
-  const entry = { task: context.task, seed: job.seed, params: context.params, sides: context.sides,
+  const entry = { task: context.task, model: context.model, seed: job.seed, params: context.params, sides: context.sides,
     input: context.picture, result: blob, width: job.width, height: job.height, job: job.id, time: Date.now() };
   await history.add(entry);
   state.results.push(entry);
@@ -249,7 +265,8 @@ async function show(entry) {
   $("download").href = history.url(entry);
   $("download").download = `${entry.task}ed-seed${entry.seed}.png`;
   $("seed-used").textContent = `seed ${entry.seed}`;
-  $("result-about").textContent = `#${entry.id} ${entry.task}, ${entry.width}×${entry.height}: ` +
+  $("result-about").textContent = `#${entry.id} ${entry.task}${entry.model ? ` (${entry.model})` : ""}, ` +
+    `${entry.width}×${entry.height}: ` +
     (entry.params?.prompt || "(no prompt)");
   history.mark(entry);
   document.body.dataset.result = entry.job;
@@ -269,7 +286,10 @@ $("use-result").onclick = () => state.current && openPicture(state.current.resul
 $("reuse-seed").onclick = () => { if (state.current) $("seed").value = state.current.seed; };
 $("restore-params").onclick = () => {
   if (!state.current) return;
+  const guidance = state.current.params?.guidance_scale;
   restoreValues(state.current.params);
+  if (state.current.params?.model in (state.models || {})) applyModel();  // its defaults, then its own values
+  if (guidance !== undefined) $("guidance_scale").value = guidance;
   $("keep_input_size").onchange({ target: $("keep_input_size") });
   applyMode();
   setStatus(`Settings of #${state.current.id} restored.`);

@@ -6,7 +6,7 @@ export const SIDES = ["left", "right", "top", "bottom"];
 export const outpainting = () => $("mode").value === "outpaint";
 export const sides = () => Object.fromEntries(SIDES.map((side) => [side, Math.max(0, Math.round(+$(side).value || 0))]));
 
-const COMMON = ["prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed", "scheduler",
+const COMMON = ["model", "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "strength", "seed", "scheduler",
   "width", "height", "mask_mode", "masked_content"];
 const OUTPAINT = [...SIDES, "overlap", "fill"];
 const INPAINT = ["padding_mask_crop", "blur_factor", "mask_grow", "mask_shrink"];
@@ -20,6 +20,7 @@ export function fields(seedOffset = 0) {
   for (const name of [...COMMON, ...(outpainting() ? OUTPAINT : INPAINT)]) {
     const value = $(name).value.trim();
     if (value === "" || (atPictureSize && (name === "width" || name === "height"))) continue;
+    if (name === "model" && $("model-row").hidden) continue;  // one engine: the server's default
     form.append(name, name === "seed" && /^\d+$/.test(value) ? (BigInt(value) + BigInt(seedOffset)).toString() : value);
   }
   if (!outpainting()) for (const name of CHECKS) form.append(name, $(name).checked ? "true" : "false");

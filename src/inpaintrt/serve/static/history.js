@@ -41,7 +41,7 @@ export class History {
     this.render();
   }
 
-  // entry: {task, seed, params, sides, input (Blob), result (Blob), width, height, job, time}
+  // entry: {task, model, seed, params, sides, input (Blob), result (Blob), width, height, job, time}
   async add(entry) {
     const stored = { ...entry };
     delete stored.url;
@@ -89,7 +89,8 @@ export class History {
     for (const entry of [...this.entries].reverse()) {
       const item = document.createElement("li");
       item.dataset.id = entry.id;
-      item.title = `seed ${entry.seed}: ${entry.params?.prompt || "(no prompt)"} — click to show`;
+      const model = entry.model ? `${entry.model}, ` : "";
+      item.title = `${model}seed ${entry.seed}: ${entry.params?.prompt || "(no prompt)"} — click to show`;
       item.innerHTML = "<img alt=\"\"><span></span>";
       item.querySelector("img").src = this.url(entry);
       item.querySelector("span").textContent = `#${entry.id} ${entry.task} seed ${entry.seed}`;

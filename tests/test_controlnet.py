@@ -202,4 +202,4 @@ def test_global_pool_controlnet(checkpoints, pipes, tmp_path):
                                        controlnets=[load_controlnet(str(tmp_path / "shuffle"))]))
     assert engine.manifest["controlnets"][0]["global_pool_conditions"] is True
     run_both(pipes[9], engine, [net.eval()], strength=0.8, ours=dict(control_image=edge_picture()),
-             theirs=dict(control_image=edge_picture(), controlnet_conditioning_scale=1.0))
+             theirs=dict(control_image=edge_picture()))  # both sides at their default scale, 0.5

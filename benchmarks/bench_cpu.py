@@ -11,7 +11,7 @@ fits this machine, `--size sdxl` for the full 2.6 B-parameter UNet), saved, and 
 alternating the variants, so they share the machine's state; medians and the ratios are printed as a
 table and written as JSON, with a bar chart (PNG) when matplotlib is installed (`inpaintrt[bench]`).
 
-Variants (issue 17): ours in fp32 (ONNX Runtime) and in bf16 (OpenVINO, `precision="bf16"`),
+Variants: ours in fp32 (ONNX Runtime) and in bf16 (OpenVINO, `precision="bf16"`),
 diffusers in fp32 and in bf16 (`torch.autocast("cpu", torch.bfloat16)`), and optimum-intel's OpenVINO
 inpainting pipeline in bf16 as a peer (its own venv, `bash benchmarks/optimum_venv.sh`; see optimum_peer.py).
 Cold start is load + first image; `cold_start_first_s` is the first process's (for OpenVINO: its
@@ -19,7 +19,7 @@ model cache emptied first, so it converts and compiles), `cold_start_s` the medi
 (OpenVINO imports the cached compiled models; it always gets at least two processes);
 `peak_rss_first_mb` / `peak_rss_mb` likewise. No variant starts from a cold disk, but with all of
 them on a 24 GB machine a variant's files can leave the page cache before its next process. Every
-variant's end-to-end image is made with the same numpy noise (diffusers replays it, DESIGN.md §4);
+variant's end-to-end image is made with the same numpy noise (diffusers replays it, docs/architecture.md, "Randomness");
 the PSNR of each against diffusers fp32 is reported.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""8-bit weights (NNCF) for the bf16 UNet on OpenVINO: what they would buy, measured (issue 17).
+"""8-bit weights (NNCF) for the bf16 UNet on OpenVINO: what they would buy, measured.
 
     python benchmarks/openvino_w8.py bench-out/sd15-engine     # after bench_cpu.py built and loaded it in bf16
 

@@ -1,4 +1,4 @@
-"""optimum-intel's OVStableDiffusionInpaintPipeline as a peer in bench_cpu.py (issue 17).
+"""optimum-intel's OVStableDiffusionInpaintPipeline as a peer in bench_cpu.py.
 
 optimum-intel 2.2 cannot be installed beside the project's diffusers 0.42.1 (huggingface-hub ranges that do
 not meet), so it lives in a venv of its own (`bash benchmarks/optimum_venv.sh`) and bench_cpu.py runs this

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny random Stable Diffusion checkpoints, their exported engines, and diffusers
-runs whose every random draw comes from a numpy generator (DESIGN.md §4), so an engine given the
+runs whose every random draw comes from a numpy generator (docs/architecture.md, "Randomness"), so an engine given the
 same seed must reproduce them."""
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def controlnet_exported(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def kandinsky(tmp_path_factory):
-    """Kandinsky 2.2 (issue 18): tiny checkpoints, engines with and without the prior, diffusers' pipelines."""
+    """Kandinsky 2.2: tiny checkpoints, engines with and without the prior, diffusers' pipelines."""
     from kandinsky_helpers import kandinsky_setup
 
     return kandinsky_setup(tmp_path_factory)

@@ -1,4 +1,4 @@
-"""Kandinsky 2.2 test models (issue 18): tiny prior + decoder folders, the engines exported from them
+"""Kandinsky 2.2 test models: tiny prior + decoder folders, the engines exported from them
 (with and without the prior) and the diffusers pipelines to compare with, built once per session."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The schedulers run on whatever array module holds the latents (DESIGN.md §9), proved without a GPU.
+"""The schedulers run on whatever array module holds the latents (docs/architecture.md, "One loop"), proved without a GPU.
 
 A stand-in "device" array behaves as cupy does where it matters: numpy functions called on it fail
 (cupy arrays refuse `np.clip` & co. via implicit conversion), mixing it with a host numpy array in

@@ -1,4 +1,4 @@
-"""ControlNet inpainting (issue 16): Engine.inpaint against diffusers' StableDiffusionControlNetInpaintPipeline
+"""ControlNet inpainting: Engine.inpaint against diffusers' StableDiffusionControlNetInpaintPipeline
 with every random draw replayed, on tiny random ControlNets (an inpaint-style one, a plain one, both together)
 and both UNet kinds."""
 import numpy as np
@@ -150,7 +150,7 @@ def test_float_array_control_image(pipes, loaded, nets):
 @pytest.mark.parametrize("channels", [9, 4])
 @pytest.mark.parametrize("strength", [1.0, 0.5])
 def test_draws_are_the_plain_pipelines(pipes, nets, channels, strength):
-    """diffusers' ControlNet inpaint pipeline draws what the plain one draws (DESIGN.md §4), so the engine's
+    """diffusers' ControlNet inpaint pipeline draws what the plain one draws (docs/architecture.md, "Randomness"), so the engine's
     draw order serves both."""
     image, mask = inputs()
     args = dict(prompt=PROMPT, num_inference_steps=2, output_type="latent", strength=strength, **SIZE)

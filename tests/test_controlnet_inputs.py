@@ -1,4 +1,4 @@
-"""ControlNet engines (issue 16): the residual-input UNet with zero residuals is the plain UNet, the manifest,
+"""ControlNet engines: the residual-input UNet with zero residuals is the plain UNet, the manifest,
 the command lines, and bad input refused with messages that say what to do."""
 import json
 import shutil

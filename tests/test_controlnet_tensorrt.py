@@ -1,4 +1,4 @@
-"""TensorRT plans of a ControlNet engine (issue 16), without TensorRT: the plan layout of the ControlNets and of
+"""TensorRT plans of a ControlNet engine, without TensorRT: the plan layout of the ControlNets and of
 the residual-input UNet, then plans built and run end to end against the fake `tensorrt` of tests/trt_fakes.py
 (ONNX Runtime on the fp16 graphs standing in for the kernels)."""
 import shutil

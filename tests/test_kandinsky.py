@@ -1,5 +1,5 @@
-"""Kandinsky 2.2 engines (issue 18) against diffusers' KandinskyV22InpaintCombinedPipeline, and against its
-prior and decoder pipelines separately, with every random draw replayed from numpy (DESIGN.md §4)."""
+"""Kandinsky 2.2 engines against diffusers' KandinskyV22InpaintCombinedPipeline, and against its
+prior and decoder pipelines separately, with every random draw replayed from numpy (docs/architecture.md, "Randomness")."""
 import numpy as np
 import pytest
 import torch

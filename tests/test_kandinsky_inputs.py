@@ -1,4 +1,4 @@
-"""Kandinsky 2.2 (issue 18): the numpy schedulers and mask preparation against diffusers', bad input with
+"""Kandinsky 2.2: the numpy schedulers and mask preparation against diffusers', bad input with
 clear errors, the family's arguments refused on the other families' engines, and the runtime without torch."""
 import subprocess
 import sys

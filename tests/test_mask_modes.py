@@ -1,4 +1,4 @@
-"""Masked-content modes (what the masked area starts from at strength < 1) and mask editing (issue 15)."""
+"""Masked-content modes (what the masked area starts from at strength < 1) and mask editing."""
 import numpy as np
 import pytest
 from PIL import Image

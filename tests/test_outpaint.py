@@ -1,4 +1,4 @@
-"""Outpainting (issue 15): grown canvas, original pixels kept outside the overlap band, passes."""
+"""Outpainting: grown canvas, original pixels kept outside the overlap band, passes."""
 import numpy as np
 import pytest
 from PIL import Image

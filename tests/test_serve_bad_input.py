@@ -1,4 +1,4 @@
-"""The bad-input corpus of issue 14 as a table: each request gets a 4xx JSON error naming the field
+"""The bad-input corpus as a table: each request gets a 4xx JSON error naming the field
 and the fix, never a 5xx, and the server keeps answering good requests afterwards."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Soft-mask (differential) inpainting: a grey-level mask as a per-pixel change map (issue 15)."""
+"""Soft-mask (differential) inpainting: a grey-level mask as a per-pixel change map."""
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter

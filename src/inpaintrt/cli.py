@@ -110,7 +110,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 
 def _export_kandinsky(args) -> int:
-    """issue 18: the decoder (+ prior) graphs; the GPU options are not built for this family yet."""
+    """the decoder (+ prior) graphs; the GPU options are not built for this family yet."""
     from .export.exporter import ExportError
     from .export.kandinsky import export_kandinsky, load_kandinsky
     from .export.loading import CheckpointError

@@ -31,7 +31,7 @@ def check_numbers(strength, guidance_scale, output_type, blur_factor, padding_ma
 
 
 def mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert) -> None:
-    """The mask arguments beyond diffusers' (issue 15)."""
+    """The mask arguments beyond diffusers'."""
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask_mode={mask_mode!r} is unknown; choose 'binary' (diffusers': the mask is cut at 0.5) "
                          "or 'soft' (grey levels say how much each pixel changes)")

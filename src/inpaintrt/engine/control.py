@@ -1,4 +1,4 @@
-"""Engine.inpaint's ControlNet arguments (issue 16): checks, control image preprocessing, the per-step residuals.
+"""Engine.inpaint's ControlNet arguments: checks, control image preprocessing, the per-step residuals.
 
 Semantics of diffusers' StableDiffusionControlNetInpaintPipeline (0.42):
 - control images are preprocessed like its `control_image_processor`, not like the init image: PIL

@@ -39,7 +39,7 @@ class Engine:
         # where the denoising loop runs: ort-cuda keeps it on the GPU (cupy), the others on the host
         self.xp = __import__("cupy") if backend == "ort-cuda" else np
         self.text = TextConditioner(root, manifest, sessions, backend)
-        self.controlnets = ControlNets(manifest, sessions)  # issue 16; empty without --controlnet at export
+        self.controlnets = ControlNets(manifest, sessions)  # empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
         self._models = Models(
@@ -76,7 +76,7 @@ class Engine:
         checked = set()
         if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
             checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
-        if manifest["model"]["family"] == "kandinsky22":  # issue 18: the manifest's family decides
+        if manifest["model"]["family"] == "kandinsky22":  # the manifest's family decides
             from .kandinsky import KandinskyEngine
 
             cls = KandinskyEngine
@@ -111,10 +111,10 @@ class Engine:
         denoising_start=None, denoising_end=None, original_size=None, target_size=None,
         crops_coords_top_left=None, negative_original_size=None, negative_target_size=None,
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
-        # beyond diffusers (issue 15)
+        # beyond diffusers
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
         prompt_syntax="a1111",
-        # ControlNet (issue 16; StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
+        # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
         control_image=None, controlnet_conditioning_scale=DEFAULT_SCALE, control_guidance_start=0.0,
         control_guidance_end=1.0, guess_mode=False, **kandinsky,
     ) -> InpaintOutput:
@@ -244,7 +244,7 @@ class Engine:
     def outpaint(self, image, left=0, right=0, top=0, bottom=0, prompt=None, overlap=32, fill="edge", height=None,
                  width=None, generator=None, output_type="pil", max_pixels=imaging.MAX_PIXELS,
                  **inpaint_arguments) -> InpaintOutput:
-        """Grow the picture by left/right/top/bottom pixels and paint the new area (issue 15).
+        """Grow the picture by left/right/top/bottom pixels and paint the new area.
 
         The new area is pre-filled (`fill`: "edge" — the border stretched outwards and blurred, the
         default: it continues the picture's colours without repeating its shapes —, "mirror" or

@@ -1,4 +1,4 @@
-"""Kandinsky 2.2 engines (issue 18): Engine.load returns a KandinskyEngine when the manifest's family is
+"""Kandinsky 2.2 engines: Engine.load returns a KandinskyEngine when the manifest's family is
 kandinsky22. `inpaint` takes KandinskyV22InpaintCombinedPipeline's arguments (prior first, then the
 decoder); arguments of the Stable Diffusion families are refused by name."""
 from __future__ import annotations

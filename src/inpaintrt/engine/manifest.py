@@ -1,4 +1,4 @@
-"""manifest.json: the only contract between export and runtime (DESIGN.md §5).
+"""manifest.json: the only contract between export and runtime (docs/architecture.md, "The engine directory").
 
 Export writes it; `read_manifest` validates it on load and refuses a stale, incomplete or
 altered engine directory with a message that says how to rebuild.
@@ -14,7 +14,7 @@ FORMAT_VERSION = 1
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # an SDXL refiner has only the second text encoder; base and inpainting checkpoints have both
 SDXL_COMPONENTS = ("text_encoder_2", "unet", "vae_encoder", "vae_decoder")
-# Kandinsky 2.2 (issue 18): the decoder always, the prior's two graphs when exported with --prior
+# Kandinsky 2.2: the decoder always, the prior's two graphs when exported with --prior
 KANDINSKY_COMPONENTS = ("unet", "movq_encoder", "movq_decoder")
 KANDINSKY_PRIOR_COMPONENTS = ("prior_text_encoder", "prior")
 KANDINSKY_PRIOR_KEYS = ("scheduler", "embedding_dim", "tokenizer", "constants")
@@ -124,7 +124,7 @@ CONTROLNET_KEYS = ("component", "source", "kind", "conditioning_channels", "glob
 
 
 def _missing_controlnet_keys(manifest: dict) -> list[str]:
-    """The optional `controlnets` list (issue 16): each entry's keys and component, the residual layout,
+    """The optional `controlnets` list: each entry's keys and component, the residual layout,
     and the UNet's inputs for every residual."""
     entries = manifest.get("controlnets")
     if not entries:

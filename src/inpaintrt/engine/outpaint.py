@@ -1,4 +1,4 @@
-"""Outpainting (issue 15): grow the canvas, pre-fill the new area, inpaint it in passes.
+"""Outpainting: grow the canvas, pre-fill the new area, inpaint it in passes.
 
 1. The canvas is the picture with `left`/`right`/`top`/`bottom` pixels added; the new area is
    pre-filled ("edge": the border pixels stretched outwards, then blurred; "mirror"; "noise").

@@ -50,7 +50,7 @@ def batch_range(component: str, max_images: int) -> tuple[int, int, int]:
         "vae_encoder": (1, 1, 1),
         "vae_decoder": (1, 1, max_images),
     }
-    if component.startswith("controlnet_"):  # issue 16: called as the UNet is (guess mode: the conditional half)
+    if component.startswith("controlnet_"):  # called as the UNet is (guess mode: the conditional half)
         component = "unet"
     if component not in ranges:
         raise ValueError(f"no TensorRT batch range for component {component!r} (plans.py knows {', '.join(ranges)}): "
@@ -97,7 +97,7 @@ def profile_shapes(inputs: list[dict], size: tuple[int, int] | None, vae_scale: 
                 elif dim in dims:
                     shape.append(dims[dim])
                 elif (down := re.fullmatch(r"(latent_(?:height|width))_down(\d+)", dim)) and down[1] in dims:
-                    shape.append(residual_size(dims[down[1]], int(down[2])))  # ControlNet residuals (issue 16)
+                    shape.append(residual_size(dims[down[1]], int(down[2])))  # ControlNet residuals
                 else:
                     raise ValueError(f"input {tensor['name']!r} has axis {dim!r}, which no static size fixes")
             shapes.append(shape)

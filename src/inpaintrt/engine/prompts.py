@@ -1,4 +1,4 @@
-"""Prompts to the UNet's text conditioning, per model family (DESIGN.md §9).
+"""Prompts to the UNet's text conditioning, per model family (docs/architecture.md, "One loop").
 
 SD 1.x/2.x: the text encoder's last hidden state is `encoder_hidden_states`.
 SDXL (diffusers' StableDiffusionXLInpaintPipeline.encode_prompt): the penultimate hidden states of

@@ -6,7 +6,7 @@ tensors, set_tensor_address, execute_async_v3, device_memory_size_v2, set_device
   that part is contiguous and starts at the same address): addresses are set once and never change.
 - Contexts are created without activation memory (USER_MANAGED); one scratch buffer, as large as
   the largest plan needs, serves all of them, since the components run one after another on one
-  stream (DESIGN.md §6).
+  stream (docs/architecture.md, "Backends").
 - Optionally the UNet call is captured as a CUDA graph per input shape and replayed.
 - A plan's inputs and outputs (names, dtypes) must be the manifest's, checked when it is loaded;
   components are whatever the manifest lists (SDXL: `text_encoder_2`, a UNet with `text_embeds` and

@@ -1,4 +1,4 @@
-"""ControlNets at export (issue 16): load them, one spec each, and the UNet variant that takes their residuals.
+"""ControlNets at export: load them, one spec each, and the UNet variant that takes their residuals.
 
 With `--controlnet`, the engine's "unet" component takes the ControlNets' down-block residuals and
 mid-block residual as extra inputs (added to its own, as diffusers' `down_block_additional_residuals`

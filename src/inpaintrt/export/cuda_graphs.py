@@ -1,4 +1,4 @@
-"""CUDA-optimized fp16 graphs for backend ort-cuda, made offline on any machine (issue 11).
+"""CUDA-optimized fp16 graphs for backend ort-cuda, made offline on any machine.
 
 From the plain traced fp32 graph: ONNX Runtime's transformer optimizer with the fusions its CUDA
 provider has (MultiHeadAttention, for which the CUDA provider picks flash / memory-efficient kernels

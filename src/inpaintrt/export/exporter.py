@@ -75,7 +75,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
                   if getattr(pipe, c, None) is not None}
         components = manifest["components"] = {}
         specs = component_specs(pipe)
-        if controlnets:  # issue 16
+        if controlnets:
             from .controlnet import with_controlnets
 
             specs, control = with_controlnets(pipe, specs, controlnets, optimize)
@@ -123,7 +123,7 @@ def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str
     if done_with_torch:  # the references are computed and the graph is on disk: free the torch weights now
         done_with_torch()
     half = _export_fp16(spec, scratch / "graph.onnx", work, references, fp16) if fp16 else None
-    # issue 11: ort-cuda's graph, fused for the CUDA provider and converted from the same traced graph
+    # ort-cuda's graph, fused for the CUDA provider and converted from the same traced graph
     cuda = (export_cuda_graph(spec.name, scratch / "graph.onnx", work, references, fp16, EXTERNAL_DATA_BYTES, half,
                               cuda_fusions_off) if fp16 and optimize else None)
     # Weights stay on disk while the graph is optimized (a full UNet is 3.4 GB and protobuf stops at

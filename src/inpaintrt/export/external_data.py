@@ -1,5 +1,5 @@
 """Write a graph whose weights lie in other files into one graph file + one weights file, a tensor at a
-time, so a 10 GB SDXL UNet never sits in memory twice (DESIGN.md §5: graphs > 1 GiB keep their
+time, so a 10 GB SDXL UNet never sits in memory twice (docs/architecture.md, "The engine directory": graphs > 1 GiB keep their
 weights beside them).
 
 torch's exporter writes each large initializer to its own file; the optimizer adds a few new

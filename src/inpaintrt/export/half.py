@@ -1,4 +1,4 @@
-"""fp16 copies of the traced graphs, the input of the TensorRT build (DESIGN.md §6), and the error
+"""fp16 copies of the traced graphs, the input of the TensorRT build (docs/architecture.md, "Backends"), and the error
 measure of every parity check.
 
 They are converted from the plain traced graph, not from the CPU-optimized one: ONNX Runtime's

@@ -1,4 +1,4 @@
-"""Kandinsky 2.2 inpainting (issue 18): load the decoder and its prior, export their graphs, write the manifest.
+"""Kandinsky 2.2 inpainting: load the decoder and its prior, export their graphs, write the manifest.
 
 Components (each checked against torch like the Stable Diffusion ones):
 - prior_text_encoder: CLIPTextModelWithProjection -> text_embeds (projected pooled), last_hidden_state

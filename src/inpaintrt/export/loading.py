@@ -91,7 +91,7 @@ def checkpoint_family(model: str, config: str | None = None) -> str:
 
 
 def _family_of_index(index: dict) -> str:
-    if index.get("_class_name", "").startswith("KandinskyV22"):  # issue 18: export/kandinsky.py loads these
+    if index.get("_class_name", "").startswith("KandinskyV22"):  # export/kandinsky.py loads these
         return "kandinsky22"
     return "sdxl" if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
 

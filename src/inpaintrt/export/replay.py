@@ -1,6 +1,6 @@
 """Replay numpy noise into diffusers: the accuracy checks' way to give diffusers and the engine the same noise.
 
-The engine draws every random tensor from numpy's default_rng(seed) in diffusers' order (DESIGN.md §4);
+The engine draws every random tensor from numpy's default_rng(seed) in diffusers' order (docs/architecture.md, "Randomness");
 inside `numpy_randn(seed)` diffusers' `randn_tensor` draws from the same numpy generator in its own call
 order, then moves the draw to the device and dtype diffusers asked for (so a CUDA pipeline in fp16 gets
 the same numbers as the engine). Export-side only: it needs torch and diffusers.

@@ -82,7 +82,7 @@ class _SdxlUNet(_UNet):
 
 
 class _VaeEncoder(torch.nn.Module):
-    """Returns the latent distribution's moments; the runtime draws the sample (DESIGN.md §4)."""
+    """Returns the latent distribution's moments; the runtime draws the sample (docs/architecture.md, "Randomness")."""
 
     def __init__(self, vae):
         super().__init__()

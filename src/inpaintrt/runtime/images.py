@@ -1,4 +1,4 @@
-"""Pictures in and out, with diffusers' VaeImageProcessor semantics (DESIGN.md §3).
+"""Pictures in and out, with diffusers' VaeImageProcessor semantics (docs/architecture.md, "One loop").
 
 Inputs may be PIL images of any common mode, file paths, bytes, uint8 arrays (read as the PIL
 image they describe) or float arrays in [0, 1] (taken as they are and, like diffusers' tensors,

@@ -1,4 +1,5 @@
-"""The denoising loop for both kinds of UNet, with diffusers' exact semantics (DESIGN.md §3, §4).
+"""The denoising loop for both kinds of UNet, with diffusers' exact semantics
+(docs/architecture.md, "One loop" and "Randomness").
 
 - 9-channel (inpainting checkpoints): the UNet sees [latents, mask, masked-image latents].
 - 4-channel (ordinary checkpoints): after each step the original latents, re-noised to the next
@@ -7,7 +8,7 @@ The models are passed in as callables, so this file knows nothing of ONNX Runtim
 the model family enters only as the UNet's conditioning feeds (SD: text hidden states; SDXL: also
 pooled text embeddings and time ids), so SD 1.x/2.x and SDXL share this one loop.
 
-Beyond diffusers, in the same loop (issue 15):
+Beyond diffusers, in the same loop:
 - soft (differential) masks: a grey-level change map; after each step every pixel whose grey level
   says it is not yet free is put back to the original latents re-noised to the next timestep (the
   4-channel blend with a per-step mask). A pixel of grey level v is left to the model for the last
@@ -16,7 +17,7 @@ Beyond diffusers, in the same loop (issue 15):
 - masked content (what the masked area starts from): the image latents under the mask replaced by
   noise (`latent_noise`) or zeros (`latent_nothing`); `fill` happens on the pixels, in the engine.
 
-Kandinsky 2.2 (issue 18) enters as `latent_masking`: its pipeline masks in latent space (the image's
+Kandinsky 2.2 enters as `latent_masking`: its pipeline masks in latent space (the image's
 MoVQ latents times a dilated keep mask) and feeds [latents, masked latents, keep mask] to its 9-channel
 UNet, yet also blends the image back after every step as the 4-channel path does, and once more after
 the loop. Those inputs are built by the engine (runtime/kandinsky.py); here they switch the blend on
@@ -122,7 +123,7 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
 def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter, xp=np) -> np.ndarray:
     """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'.
 
-    The request holds host (numpy) arrays; the loop runs on the array module `xp` (DESIGN.md §9): numpy,
+    The request holds host (numpy) arrays; the loop runs on the array module `xp` (docs/architecture.md, "One loop"): numpy,
     or cupy, where the latents, masks and text embeddings stay on the GPU for the whole loop and the
     result is a device array. The noise is drawn on the host generator in diffusers' order and moved."""
     r = request

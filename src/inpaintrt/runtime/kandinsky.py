@@ -1,4 +1,4 @@
-"""Kandinsky 2.2 host math (issue 18), with diffusers' semantics (pipeline_kandinsky2_2_prior.py and
+"""Kandinsky 2.2 host math, with diffusers' semantics (pipeline_kandinsky2_2_prior.py and
 pipeline_kandinsky2_2_inpainting.py, 0.42):
 
 - the prior loop: prompt -> CLIP image embedding, UnCLIP scheduler, classifier-free guidance over

@@ -81,7 +81,7 @@ def _resize_and_crop(picture: Image.Image, width: int, height: int) -> Image.Ima
     return out
 
 
-# ---- beyond diffusers: mask editing (issue 15) -------------------------------------------------
+# ---- beyond diffusers: mask editing -------------------------------------------------
 
 def edit(mask, invert: bool = False, grow: int = 0, shrink: int = 0, blur_radius: float = 0):
     """The mask as the call uses it: inverted, then grown or shrunk by whole pixels (a square

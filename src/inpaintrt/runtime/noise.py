@@ -1,4 +1,5 @@
-"""The one source of randomness: `generator.standard_normal(shape, dtype=np.float32)` (DESIGN.md §4)."""
+"""The one source of randomness: `generator.standard_normal(shape, dtype=np.float32)`
+(docs/architecture.md, "Randomness")."""
 from __future__ import annotations
 
 import numbers

@@ -1,4 +1,4 @@
-"""The array-module shim (DESIGN.md §9): the loop and the schedulers compute with whichever module
+"""The array-module shim (docs/architecture.md, "One loop"): the loop and the schedulers compute with whichever module
 holds their arrays — numpy on the CPU, cupy on a CUDA GPU — through one code path.
 
 `array_module(*arrays)` finds it by duck typing and never imports cupy: an array that is a cupy

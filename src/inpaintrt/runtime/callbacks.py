@@ -72,6 +72,10 @@ class StepCallback:
         if self.diffusers:
             pipe._interrupt = False  # diffusers resets it at the start of each call
 
+    def wants(self, name: str) -> bool:
+        """Whether this callback reads the loop's array `name` (the short form reads only the latents)."""
+        return name in self.names if self.diffusers else name == "latents"
+
     def __call__(self, step: int, timestep, arrays: dict) -> tuple[dict, bool]:
         """(the loop's arrays to replace, whether to stop after this step)."""
         if not self.diffusers:

@@ -219,8 +219,9 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
             arrays = {"latents": latents, **conditioning}
             if latent_masked:
                 arrays["extra"] = unet_extra
-            elif blend:  # diffusers' 4-channel mask has the guided batch's rows too
-                arrays["mask"] = xp.concatenate([blend_mask] * copies)
+            elif blend:  # diffusers' 4-channel mask has the guided batch's rows too: a copy, made only when asked for
+                if _wants(r.callback, "mask"):
+                    arrays["mask"] = xp.concatenate([blend_mask] * copies)
             else:
                 arrays.update(mask=unet_mask, masked_image_latents=unet_masked)
             try:
@@ -247,6 +248,12 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if latent_masked:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
         latents = ((1 - blend_mask) * image_latents + blend_mask * latents).astype(np.float32)
     return latents
+
+
+def _wants(callback, name: str) -> bool:
+    """Whether the step callback reads `name` (a plain callable: assume it does)."""
+    wants = getattr(callback, "wants", None)
+    return True if wants is None else wants(name)
 
 
 def _checked_callback_array(changed, current, name: str, xp=np) -> np.ndarray:

@@ -8,7 +8,6 @@ Engine.inpaint with the mapped arguments and generator=seed + i, as A1111's all_
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import hashlib
 import io
@@ -28,8 +27,8 @@ from .. import __version__
 from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, features_asked, \
     sampler_choice
 from .errors import ApiError, validation_error
-from .inputs import InpaintParameters, check
-from .jobs import CANCELLED, DONE, FINISHED
+from .inputs import InpaintParameters, check, decode_base64
+from .jobs import CANCELLED, FINISHED
 
 
 @dataclass
@@ -257,24 +256,14 @@ def _img2img(params: Img2Img, fields: dict) -> dict:
     fields.update(strength=params.denoising_strength, blur_factor=blur, masked_content=FILL[params.inpainting_fill],
                   mask_invert=bool(params.inpainting_mask_invert), keep_unmasked=not params.inpaint_full_res,
                   padding_mask_crop=params.inpaint_full_res_padding if params.inpaint_full_res else None)
-    image = _base64(params.init_images[0], "init_images")
+    image = decode_base64(params.init_images[0], "init_images")
     if params.mask is not None:
-        return {"image": image, "mask_image": _base64(params.mask, "mask")}
+        return {"image": image, "mask_image": decode_base64(params.mask, "mask")}
     try:  # no mask: the whole picture is repainted (plain img2img)
         size = Image.open(io.BytesIO(image)).size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         size = (8, 8)  # inputs.check names what is wrong with the picture itself
     return {"image": image, "mask_image": _png(Image.new("L", size, 255))}
-
-
-def _base64(text: str, field: str) -> bytes:
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, field, f"{field} is not valid base64",
-                       f"send {field} as standard base64 of a PNG, JPEG or WebP file (a data: URL is fine)") from None
 
 
 def _png(image: Image.Image) -> bytes:

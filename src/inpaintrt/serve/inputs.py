@@ -233,14 +233,19 @@ async def _read_json(request) -> tuple[dict, dict]:
         if not isinstance(text, str):
             raise ApiError(422, name, f"{name} must be base64 text, got {type(text).__name__}",
                            f"send {name} as base64 text of the file's bytes")
-        if text.startswith("data:") and "," in text:
-            text = text.split(",", 1)[1]
-        try:
-            files[name] = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(422, name, f"{name} is not valid base64",
-                           f"send {name} as standard base64 (A-Z a-z 0-9 + /, padded with =)") from None
+        files[name] = decode_base64(text, name)
     return fields, files
+
+
+def decode_base64(text: str, name: str) -> bytes:
+    """A picture sent as base64 text (a data: URL is fine); a bad one is a 422 naming the field."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, name, f"{name} is not valid base64",
+                       f"send {name} as standard base64 (A-Z a-z 0-9 + /, padded with =)") from None
 
 
 def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:

@@ -65,6 +65,9 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                         help="bake a LoRA (.safetensors, diffusers or kohya layout) into the weights at SCALE "
                              "(default 1; repeatable); the manifest records each file's sha256 and scale")
+    parser.add_argument("--no-safety-checker", action="store_true",
+                        help="leave the checkpoint's safety checker out (diffusers' safety_checker=None); by default "
+                             "it is exported when the checkpoint has one (docs/safety-checker.md)")
     _plan_arguments(parser)
     args = parser.parse_args(argv)
     # a kill ends export through its cleanup, which removes the half-written directory
@@ -95,7 +98,7 @@ def export_main(argv: list[str] | None = None) -> int:
                 return _fail("--lora applies to SD 1.x, 2.x and SDXL checkpoints, not Kandinsky 2.2: leave it out")
             return _export_kandinsky(args)
         tensorrt = PlanOptions(*plans) if plans else None
-        pipe = load_pipeline(args.model, config=args.config)
+        pipe = load_pipeline(args.model, config=args.config, safety_checker=not args.no_safety_checker)
         controlnets = None
         if args.controlnet:
             from .export.controlnet import load_controlnet
@@ -103,7 +106,8 @@ def export_main(argv: list[str] | None = None) -> int:
             controlnets = [load_controlnet(source) for source in args.controlnet]
         export_engine(pipe, args.output, source=args.model, overwrite=args.overwrite, optimize=not args.no_optimize,
                       fp16=args.fp16, tensorrt=tensorrt, release=True, controlnets=controlnets,
-                      cuda_fusions_off=tuple(args.cuda_fusion_off), loras=args.lora or None)
+                      cuda_fusions_off=tuple(args.cuda_fusion_off), loras=args.lora or None,
+                      safety_checker=not args.no_safety_checker)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0

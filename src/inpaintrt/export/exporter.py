@@ -23,6 +23,7 @@ from .cuda_graphs import export_cuda_graph
 from .external_data import save_streaming, weight_bytes
 from . import lora_map
 from .optimize import classic_attention, optimize_for_cpu
+from .safety import export_safety_checker, has_safety_checker
 from .specs import ComponentSpec, component_specs, is_sdxl, text_encoders, time_ids_length
 
 OPSET = 17
@@ -44,7 +45,7 @@ class PlanOptions:
 def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = False, optimize: bool = True,
                   log=print, fp16: bool = False, tensorrt: PlanOptions | None = None, release: bool = False,
                   controlnets: list | None = None, cuda_fusions_off: tuple[str, ...] = (),
-                  loras: list | None = None) -> Path:
+                  loras: list | None = None, safety_checker: bool = True) -> Path:
     """Write an engine directory. fp16 adds fp16 graphs (the input of TensorRT builds, checked against
     torch) and, when optimizing, CUDA-optimized fp16 graphs for ort-cuda (cuda_graphs.py); tensorrt
     also builds and verifies TensorRT plans, and fails first if TensorRT cannot run here.
@@ -52,7 +53,8 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     peak memory is then one component's, not the whole pipeline's. controlnets (export/controlnet.py's
     load_controlnet) adds them and makes the UNet take their residuals. cuda_fusions_off: CUDA fusions
     (cuda_graphs.CUDA_FUSIONS) left out of ort-cuda's graphs, to measure what each one buys. loras:
-    (file, scale) pairs or "FILE[:SCALE]" strings fused into the weights first (lora_map.py)."""
+    (file, scale) pairs or "FILE[:SCALE]" strings fused into the weights first (lora_map.py). safety_checker:
+    export the pipeline's StableDiffusionSafetyChecker when it has one (safety.py); False leaves it out."""
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
@@ -87,6 +89,9 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             components[spec.name] = _export_component(spec, work, optimize, half, done, cuda_fusions_off)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
+        if safety_checker and has_safety_checker(pipe):
+            log("exporting safety_checker ...")
+            manifest["safety_checker"] = export_safety_checker(pipe, work, log)
         manifest["lora_map"] = lora_map.build_map(work, manifest, prints)
         if tensorrt is not None:
             from .trt_build import build_plans

@@ -17,11 +17,13 @@ class CheckpointError(ValueError):
     """The --model argument cannot be loaded as a Stable Diffusion checkpoint."""
 
 
-def load_pipeline(model: str, config: str | None = None):
+def load_pipeline(model: str, config: str | None = None, safety_checker: bool = True):
     """A StableDiffusion(XL)InpaintPipeline in fp32 on the CPU, whatever kind of checkpoint `model` names.
 
     `config` (single files only) is a diffusers folder or hub id whose component configs and
     tokenizer describe the file; without it diffusers infers them from the weights (needs the hub).
+    safety_checker=False loads SD without its safety checker (diffusers' `safety_checker=None`); single
+    files never bring one (diffusers' from_single_file leaves it out).
     """
     import torch
     import diffusers
@@ -33,7 +35,7 @@ def load_pipeline(model: str, config: str | None = None):
                               "loads it (inpaint-export does so by itself)")
     pipeline_class = getattr(diffusers, PIPELINES[family])
     common = dict(dtype=torch.float32)
-    if family == "sd":
+    if family == "sd" and (not safety_checker or path.suffix in SINGLE_FILE_SUFFIXES):
         common.update(safety_checker=None, requires_safety_checker=False)
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():

@@ -140,6 +140,23 @@ def test_kandinsky_arguments_refused_on_stable_diffusion():
         sd.inpaint(None, None, bogus=1)
 
 
+def test_engines_are_siblings_and_missing_methods_say_so(engines):
+    """Engine.load picks the class by family; a method only the Stable Diffusion engine has is absent here,
+    and calling it names the family and what to do instead."""
+    from inpaintrt.engine.base import EngineBase, MissingMethod
+    from inpaintrt.engine.kandinsky import KandinskyEngine
+
+    engine = engines[0]
+    assert type(engine) is KandinskyEngine and isinstance(engine, EngineBase) and not isinstance(engine, Engine)
+    assert not hasattr(engine, "outpaint") and not hasattr(engine, "encode_prompt")
+    with pytest.raises(MissingMethod, match="outpaint is not available for kandinsky22 engines: grow the canvas"):
+        engine.outpaint(sample_image(W, H), right=16)
+    with pytest.raises(AttributeError, match="encode_prompt is not available .* use engine.prior"):
+        engine.encode_prompt("a cat")
+    with pytest.raises(AttributeError, match="'KandinskyEngine' object has no attribute 'bogus'"):
+        engine.bogus
+
+
 def test_export_refuses_wrong_checkpoints(kandinsky, tmp_path, capsys):
     assert export_main(["--model", str(kandinsky.prior_folder), "--output", str(tmp_path / "x")]) == 2
     assert "is a KandinskyV22PriorPipeline; pass the inpainting decoder" in capsys.readouterr().err

@@ -1,22 +1,22 @@
 """Engine: load an engine directory and inpaint with diffusers' StableDiffusion(XL)InpaintPipeline arguments."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime import images as imaging
 from ..runtime import masking
-from ..runtime.callbacks import TENSOR_INPUTS, step_callback
 from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
-from .backends import check_cuda_choice, open_backend, running_precision, unread_files
-from .lora import prepare_loras
-from .manifest import read_manifest, verify_files
+from .base import EngineBase, first_output, progress_bar, read_family
+from .kandinsky import KandinskyEngine, kandinsky_only_arguments
+from .manifest import EngineDirectoryError
+from .outpaint import outpaint
+from .outputs import InpaintOutput
 from .plans import select_plan
 from .control import DEFAULT_SCALE, ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
@@ -24,28 +24,20 @@ from .prompts import PromptArgs, SizeConditioning, TextConditioner
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
 
 
-@dataclass
-class InpaintOutput:
-    images: list | np.ndarray  # PIL images, float (B, H, W, 3) in [0, 1], or latents (B, C, h, w)
+class Engine(EngineBase):
+    """Stable Diffusion 1.x / 2.x / SDXL; `Engine.load` opens any family's directory (ENGINE_CLASSES)."""
 
-
-class Engine:
     def __init__(self, root: Path, manifest: dict, backend: str, sessions: dict):
-        self.root, self.manifest, self.backend, self.sessions = root, manifest, backend, sessions
-        self.model = manifest["model"]
-        self.scheduler_config = manifest["scheduler"]
+        super().__init__(root, manifest, backend, sessions)
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
-        self.family = self.model["family"]
-        # where the denoising loop runs: ort-cuda keeps it on the GPU (cupy), the others on the host
-        self.xp = __import__("cupy") if backend == "ort-cuda" else np
         self.text = TextConditioner(root, manifest, sessions, backend)
         self.controlnets = ControlNets(manifest, sessions)  # empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
         self._models = Models(
             encode=lambda x: _pair(self.sessions["vae_encoder"].run({"image": x})),
-            unet=lambda s, t, c: _single(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
-            decode=lambda z: _single(self.sessions["vae_decoder"].run({"latent": z})),
+            unet=lambda s, t, c: first_output(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
+            decode=lambda z: first_output(self.sessions["vae_decoder"].run({"latent": z})),
             unet_in_channels=self.model["unet_in_channels"],
             latent_channels=self.model["latent_channels"],
             vae_scale_factor=self.model["vae_scale_factor"],
@@ -57,7 +49,7 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
              cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
-             loras=None) -> "Engine":
+             loras=None) -> "Engine | KandinskyEngine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -69,23 +61,15 @@ class Engine:
         {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"} (engine/cuda_options.py lists them),
         over those the manifest records. loras: [(file, scale), ...] fused into the UNet's and text
         encoders' weights at load (engine/lora.py; ort-cpu and ort-cuda), nothing on disk changes;
-        `engine.loras` lists them and those baked in at export."""
+        `engine.loras` lists them and those baked in at export. The manifest's family picks the class
+        (ENGINE_CLASSES): a Kandinsky 2.2 directory gives a KandinskyEngine."""
         root = Path(path)
-        manifest = read_manifest(root, verify_hashes=False)
-        check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
-        checked = set()
-        if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
-            checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
-        if manifest["model"]["family"] == "kandinsky22":  # the manifest's family decides
-            from .kandinsky import KandinskyEngine
-
-            cls = KandinskyEngine
-        lora, described = prepare_loras(root, manifest, loras)
-        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked, cuda_options,
-                                                   lora))
-        engine.loras = described
-        engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
-        return engine
+        manifest, family = read_family(root)
+        if family not in ENGINE_CLASSES:
+            raise EngineDirectoryError(f"{root}: the manifest's model family {family!r} is not one this inpaintrt "
+                                       f"runs ({', '.join(ENGINE_CLASSES)}); re-export it with this version")
+        return ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision, cuda_options,
+                                           loras)
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
                       prompt_2=None, negative_prompt_2=None, prompt_syntax="a1111"):
@@ -142,8 +126,6 @@ class Engine:
         without syntax gives diffusers' embeddings exactly. "plain" is diffusers' reading in every case.
         """
         if kandinsky:  # Kandinsky 2.2's arguments are refused by name (engine/kandinsky.py)
-            from .kandinsky import kandinsky_only_arguments
-
             named = sorted(set(kandinsky) & kandinsky_only_arguments())
             if not named:
                 raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
@@ -230,7 +212,7 @@ class Engine:
             latents=latents, callback=callback, image_latents=given_latents,
             denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content, control=control,
         )
-        final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
+        final = denoise(self._models, sched, request, gen, progress_bar(progress, "denoising"), self.xp)
         if output_type == "latent":
             return InpaintOutput(to_host(final))
         images = imaging.postprocess(to_host(decode_latents(self._models, final)))
@@ -255,21 +237,20 @@ class Engine:
         arguments (prompt, steps, strength, scheduler, mask_mode, masked_content, ...) go to each
         `inpaint` pass; the pre-fill matters where the start comes from the picture (strength < 1, and
         the 4-channel blend). Returns one picture of (width + left + right) x (height + top + bottom)."""
-        from .outpaint import outpaint
-
         sides = dict(left=left, right=right, top=top, bottom=bottom)
         return outpaint(self, image, sides, overlap, fill, height, width, generator, output_type, max_pixels,
                         dict(inpaint_arguments, prompt=prompt))
 
-    def _step_callback(self, function, tensor_inputs):
-        """callback_on_step_end in diffusers' form or the short one (runtime/callbacks.py), checked up front."""
-        kind = self.family if self.family in TENSOR_INPUTS else "controlnet" if self.controlnets else "sd"
+    def _callback_kind(self) -> str:
+        return "sdxl" if self.family == "sdxl" else "controlnet" if self.controlnets else "sd"
+
+    def _unavailable_tensors(self) -> dict[str, str]:
         missing = {}
         if self.controlnets:
             missing["control_image"] = "stays inside the engine's ControlNet step"
-        if kind != "kandinsky22" and self.model["unet_in_channels"] == 4:
+        if self.model["unet_in_channels"] == 4:
             missing["masked_image_latents"] = "is not made for a 4-channel UNet (diffusers makes it and leaves it unused)"
-        return step_callback(function, self, tensor_inputs, kind, missing)
+        return missing
 
     def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
         factor = self.model["vae_scale_factor"]
@@ -289,17 +270,11 @@ class Engine:
         return check.check_size(height, width, factor)
 
 
-def _single(outputs: dict) -> np.ndarray:
-    return next(iter(outputs.values()))
-
-
 def _pair(outputs: dict) -> tuple[np.ndarray, np.ndarray]:
     return outputs["latent_mean"], outputs["latent_logvar"]
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return iter
-    from tqdm.auto import tqdm
 
-    return lambda steps: tqdm(steps, desc="denoising", unit="step")
+# the manifest's model family -> its engine class
+ENGINE_CLASSES: dict[str, type[EngineBase]] = {"sd1": Engine, "sd2": Engine, "sdxl": Engine,
+                                               "kandinsky22": KandinskyEngine}

@@ -18,7 +18,9 @@ from ..runtime.schedulers import make_scheduler
 from ..runtime.tokenizer import PromptTokenizer
 from ..runtime.xp import to_host
 from . import arguments as check
-from .engine import Engine, InpaintOutput, _progress, _single
+from .argument_specs import INPAINT_DEFAULTS
+from .base import EngineBase, first_output, progress_bar
+from .outputs import InpaintOutput
 
 SCHEDULERS = ("ddpm", "ddim")  # diffusers' Kandinsky loop never scales the model input: only these fit it
 PRIOR_ARGUMENTS = ("prompt", "negative_prompt", "negative_prior_prompt", "prior_guidance_scale",
@@ -31,20 +33,22 @@ class PriorOutput:
     negative_image_embeds: np.ndarray
 
 
-class KandinskyEngine(Engine):
+class KandinskyEngine(EngineBase):
+    missing_methods = {
+        "encode_prompt": "Kandinsky 2.2 conditions on image embeddings, not text embeddings: use engine.prior(prompt) "
+                         "for (image_embeds, negative_image_embeds)",
+        "outpaint": "grow the canvas yourself and call inpaint with a mask over the new area",
+    }
+
     def __init__(self, root, manifest: dict, backend: str, sessions: dict):
-        self.root, self.manifest, self.backend, self.sessions = root, manifest, backend, sessions
-        self.model = manifest["model"]
-        self.family = self.model["family"]
-        self.scheduler_config = manifest["scheduler"]
+        super().__init__(root, manifest, backend, sessions)
         self.default_scheduler = "ddpm" if self.scheduler_config.get("_class_name") == "DDPMScheduler" else "ddim"
-        self.xp = __import__("cupy") if backend == "ort-cuda" else np
         self.controlnets = None
         self.embed_dim = self.model["image_embed_dim"]
         self._models = Models(
             encode=None,  # the MoVQ encode is deterministic: the engine calls it and passes image latents
-            unet=lambda s, t, c: _single(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
-            decode=lambda z: _single(self.sessions["movq_decoder"].run({"latents": z})),
+            unet=lambda s, t, c: first_output(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
+            decode=lambda z: first_output(self.sessions["movq_decoder"].run({"latents": z})),
             unet_in_channels=self.model["unet_in_channels"], latent_channels=self.model["latent_channels"],
             vae_scale_factor=self.model["vae_scale_factor"], vae_scaling_factor=1.0,
         )
@@ -58,10 +62,6 @@ class KandinskyEngine(Engine):
                 tokenizer=PromptTokenizer(root / tokenizer["file"], tokenizer["max_length"], tokenizer["pad_id"]),
                 scheduler_config=info["scheduler"], zero_image_embeds=constants["zero_image_embeds"],
                 clip_mean=constants["clip_mean"], clip_std=constants["clip_std"])
-
-    def encode_prompt(self, *args, **kwargs):
-        raise ValueError("Kandinsky 2.2 conditions on image embeddings, not text embeddings: use engine.prior(prompt) "
-                         "for (image_embeds, negative_image_embeds)")
 
     def prior(self, prompt, negative_prompt=None, num_images_per_prompt=1, num_inference_steps=25, guidance_scale=4.0,
               generator=None, latents=None, progress=True) -> PriorOutput:
@@ -77,7 +77,7 @@ class KandinskyEngine(Engine):
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)
         embeds, negative = self._prior(prompts, negatives, per_prompt, steps, scale, as_generator(generator), latents,
-                                       _prior_progress(progress))
+                                       progress_bar(progress, "prior"))
         return PriorOutput(embeds, negative)
 
     def inpaint(
@@ -160,12 +160,12 @@ class KandinskyEngine(Engine):
                                                          width // factor))
         pixels = kd.preprocess_image(picture, height, width)
         repaint = imaging.preprocess_mask(mask, height, width)
-        image_latents = to_host(_single(self.sessions["movq_encoder"].run({"image": pixels}))).astype(np.float32)
+        image_latents = to_host(first_output(self.sessions["movq_encoder"].run({"image": pixels}))).astype(np.float32)
         request = Request(
             image=pixels, mask=repaint, conditioning=conditioning, batch=batch, guidance_scale=scale,
             num_inference_steps=steps, strength=1.0, latents=latents, callback=callback,
             image_latents=image_latents, latent_masking=kd.latent_masking(repaint, image_latents))
-        final = denoise(self._models, sched, request, gen, _progress(progress), self.xp)
+        final = denoise(self._models, sched, request, gen, progress_bar(progress, "denoising"), self.xp)
         if output_type == "latent":
             return InpaintOutput(to_host(final))
         images = imaging.postprocess(to_host(decode_latents(self._models, final)))
@@ -204,18 +204,6 @@ class KandinskyEngine(Engine):
         value = value.astype(np.float32)
         return np.repeat(value, batch, axis=0) if batch and len(value) == 1 else value
 
-    def outpaint(self, *args, **kwargs):
-        raise ValueError("outpaint is not available for Kandinsky 2.2 engines yet; grow the canvas yourself and call "
-                         "inpaint with a mask over the new area")
-
-
-def _prior_progress(enabled: bool):
-    if not enabled:
-        return iter
-    from tqdm.auto import tqdm
-
-    return lambda steps: tqdm(steps, desc="prior", unit="step")
-
 
 def _parameters(function) -> set[str]:
     return {name for name, p in inspect.signature(function).parameters.items() if p.kind != p.VAR_KEYWORD}
@@ -231,12 +219,11 @@ def _refuse(others: dict, family: str) -> None:
     """Stable Diffusion arguments by name (ValueError), unknown ones as Python would (TypeError)."""
     if not others:
         return
-    theirs = inspect.signature(Engine.inpaint).parameters
-    unknown = sorted(name for name in others if name not in theirs)
+    unknown = sorted(name for name in others if name not in INPAINT_DEFAULTS)
     if unknown:
         raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
     # at their defaults (as the inpaint CLI passes them) they change nothing: refused only when they would
-    known = sorted(name for name, value in others.items() if not _is_default(value, theirs[name].default))
+    known = sorted(name for name, value in others.items() if not _is_default(value, INPAINT_DEFAULTS[name]))
     if known:
         raise ValueError(f"{', '.join(known)} {'is an argument' if len(known) == 1 else 'are arguments'} of the Stable "
                          f"Diffusion engines; this engine is {family} (KandinskyV22InpaintCombinedPipeline's "
@@ -265,4 +252,4 @@ def _is_default(value, default) -> bool:
 
 def kandinsky_only_arguments() -> set[str]:
     """What a Stable Diffusion engine refuses by name."""
-    return _parameters(KandinskyEngine.inpaint) - _parameters(Engine.inpaint)
+    return _parameters(KandinskyEngine.inpaint) - set(INPAINT_DEFAULTS) - {"self", "image", "mask_image"}

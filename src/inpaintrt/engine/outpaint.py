@@ -20,6 +20,7 @@ from ..runtime import images as imaging
 from ..runtime.masking import max_filter
 from ..runtime.noise import as_generator, draw
 from . import arguments as check
+from .outputs import InpaintOutput
 
 FILLS = ("edge", "mirror", "noise")
 SIDES = ("left", "right", "top", "bottom")
@@ -36,8 +37,6 @@ NOT_HERE = {
 
 def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator, output_type, max_pixels, kwargs):
     """The grown picture as InpaintOutput (one image); see Engine.outpaint."""
-    from .engine import InpaintOutput
-
     for name, reason in NOT_HERE.items():
         if name in kwargs:
             raise ValueError(f"{name} is not an outpaint argument: {reason}")

@@ -1,0 +1,154 @@
+"""One table of the engines' call arguments: name, kind, range, default and help, written once.
+
+The engines check their arguments against it (engine/arguments.py), the `inpaint` command line makes
+its flags from it (cli.py) and the server its request fields (serve/inputs.py), so a limit such as
+mask_grow's 4096 has one home. `Engine.inpaint` keeps diffusers' flat keyword signature; a test checks
+that its defaults are the ones written here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..runtime.images import MAX_PIXELS
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+MASK_MODES = ("binary", "soft")
+MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
+PROMPT_SYNTAXES = ("a1111", "plain")
+FILLS = ("edge", "mirror", "noise")
+SIDES = ("left", "right", "top", "bottom")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    kind: str = "other"  # whole | real | choice | flag | other (checked where it is used)
+    default: object = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is refused (strength > 0)
+    high_open: bool = False
+    choices: tuple = ()
+    unit: str = ""  # the thing counted, e.g. "pixels", in messages
+    meaning: str = ""  # what the value does, appended to messages, e.g. "0 = unchanged"
+    help: str = ""  # the CLI's and the server's description
+    serve_high: float | None = None  # a tighter maximum for a public server's requests
+
+    def range_text(self) -> str:
+        return range_text(self.low, self.high, self.low_open, self.high_open)
+
+
+def range_text(low=None, high=None, low_open=False, high_open=False) -> str:
+    """The allowed values in words: "from 0 to 4096", ">= 1", "in (0, 1]" ("" without bounds)."""
+    if low is not None and high is not None:
+        if low_open or high_open:
+            return f"in {'(' if low_open else '['}{_num(low)}, {_num(high)}{')' if high_open else ']'}"
+        return f"from {_num(low)} to {_num(high)}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {_num(low)}"
+    return f"{'<' if high_open else '<='} {_num(high)}" if high is not None else ""
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _whole(name, default, low, high=None, unit="", meaning="", help="", **more) -> Spec:
+    return Spec(name, "whole", default, low, high, unit=unit, meaning=meaning, help=help, **more)
+
+
+def _real(name, default, low=None, high=None, meaning="", help="", **more) -> Spec:
+    return Spec(name, "real", default, low, high, meaning=meaning, help=help, **more)
+
+
+def _choice(name, default, choices, help="") -> Spec:
+    return Spec(name, "choice", default, choices=tuple(choices), help=help)
+
+
+def _flag(name, help="") -> Spec:
+    return Spec(name, "flag", False, help=help)
+
+
+def _other(name, default=None, help="") -> Spec:
+    return Spec(name, "other", default, help=help)
+
+
+# Engine.inpaint's keyword arguments after image and mask_image, in its order
+INPAINT = [
+    _other("prompt", help="What to paint into the masked area."),
+    _other("negative_prompt", help="What to steer away from."),
+    _whole("num_inference_steps", 50, 1, help="Denoising steps; default: the model family's (50; Kandinsky 100)."),
+    _real("guidance_scale", 7.5, meaning="<= 1 turns guidance off", serve_high=50,
+          help="Classifier-free guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4)."),
+    _real("strength", None, 0, 1, meaning="1 repaints fully, smaller keeps more of the image", low_open=True,
+          help="1 repaints the masked area fully; smaller keeps more of the picture. Default: diffusers' for the "
+               "family (1.0; SDXL 0.9999)."),
+    _other("scheduler", help="Sampler; default: the checkpoint's own."),
+    _other("scheduler_options", help="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true}."),
+    _other("generator"), _other("latents"),
+    _whole("height", None, 8, help="Output height, a multiple of 8; default: the model's."),
+    _whole("width", None, 8, help="Output width, a multiple of 8; default: the model's."),
+    _whole("num_images_per_prompt", 1, 1, help="Images per prompt."),
+    _whole("padding_mask_crop", None, 0, unit="pixels", help="Inpaint only the mask's box padded by N pixels."),
+    _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur",
+          help="Blur radius of the mask edge (pixels)."),
+    _flag("keep_unmasked", "Paste the result over the input: unmasked pixels stay as sent."),
+    _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8)."),
+    _other("prompt_embeds"), _other("negative_prompt_embeds"),
+    _choice("output_type", "pil", OUTPUT_TYPES),
+    _other("callback_on_step_end"), _other("progress", True), _other("max_pixels", MAX_PIXELS),
+    _other("callback_on_step_end_tensor_inputs", ("latents",)),
+    # SDXL (StableDiffusionXLInpaintPipeline's arguments)
+    _other("prompt_2", help="Prompt for the second text encoder (default: prompt)."),
+    _other("negative_prompt_2", help="Negative prompt for the second text encoder."),
+    _other("pooled_prompt_embeds"), _other("negative_pooled_prompt_embeds"),
+    Spec("denoising_start", "real", None, 0, 1, True, True, meaning="the fraction of the schedule already done",
+         help="Fraction of the schedule already done (refiner hand-off)."),
+    Spec("denoising_end", "real", None, 0, 1, True, True, meaning="the fraction of the schedule to stop after",
+         help="Stop after this fraction of the schedule."),
+    _other("original_size"), _other("target_size"), _other("crops_coords_top_left"),
+    _other("negative_original_size"), _other("negative_target_size"), _other("negative_crops_coords_top_left"),
+    _real("aesthetic_score", None, help="Refiner-style checkpoints (default 6.0)."),
+    _real("negative_aesthetic_score", None, help="Refiner-style checkpoints (default 2.5)."),
+    # beyond diffusers
+    _choice("mask_mode", "binary", MASK_MODES,
+            "binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps a pixel may change "
+            "(differential diffusion; white = fully, black = kept)."),
+    _choice("masked_content", "original", MASKED_CONTENTS,
+            "What the masked area starts from when strength < 1: the picture (diffusers), colours filled in from "
+            "around it, pure noise, or nothing."),
+    _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged",
+           help="Grow the mask (its white part) by this many pixels before use."),
+    _whole("mask_shrink", 0, 0, 4096, unit="pixels", meaning="0 = unchanged",
+           help="Shrink the mask (its white part) by this many pixels before use."),
+    _flag("mask_invert", "Repaint the black part of the mask instead of the white."),
+    _choice("prompt_syntax", "a1111", PROMPT_SYNTAXES,
+            "a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; plain: diffusers' "
+            "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text."),
+    # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments)
+    _other("control_image"), _other("controlnet_conditioning_scale"),
+    _other("control_guidance_start", 0.0), _other("control_guidance_end", 1.0), _other("guess_mode", False),
+]
+
+# Engine.outpaint's own arguments (the rest go to each inpaint pass)
+OUTPAINT = [
+    *[_whole(side, 0, 0, unit="pixels", meaning="to add on that side; to cut the picture, crop it before",
+             help=f"Pixels to add on the {side}.") for side in SIDES],
+    _whole("overlap", 32, 0, 1024, unit="pixels",
+           meaning="how far the repaint reaches into the existing picture; 0 = a hard seam",
+           help="How far (pixels) the repaint reaches into the existing picture, feathered; 0 = a hard seam."),
+    _choice("fill", "edge", FILLS, "Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise."),
+]
+
+# KandinskyEngine.inpaint's arguments that the Stable Diffusion engines do not have
+KANDINSKY = [
+    _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt."),
+    _other("image_embeds"), _other("negative_image_embeds"),
+    _real("prior_guidance_scale", None, meaning="<= 1 turns guidance off", serve_high=50,
+          help="Kandinsky 2.2: the prior's guidance (default 4)."),
+    _whole("prior_num_inference_steps", None, 2, help="Kandinsky 2.2: the prior's steps (default 25)."),
+    _other("prior_latents"),
+]
+
+SPECS: dict[str, Spec] = {spec.name: spec for spec in INPAINT + OUTPAINT + KANDINSKY}
+INPAINT_DEFAULTS = {spec.name: spec.default for spec in INPAINT}

@@ -1,0 +1,58 @@
+"""The argument table (engine/argument_specs.py) against the engines' signatures, and the engine loader's
+family table: one home for each default and limit."""
+import inspect
+import json
+
+import pytest
+
+from inpaintrt import Engine
+from inpaintrt.engine.argument_specs import INPAINT_DEFAULTS, OUTPAINT, SPECS
+from inpaintrt.engine.manifest import EngineDirectoryError
+
+
+def keywords(function, skip=("self", "image", "mask_image")) -> dict:
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if name not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def test_inpaint_signature_is_the_table():
+    """Same names, same order, same defaults: the flat diffusers-style signature and the table agree."""
+    signature = keywords(Engine.inpaint)
+    assert list(signature) == list(INPAINT_DEFAULTS)
+    assert signature == INPAINT_DEFAULTS
+
+
+def test_outpaint_signature_has_the_table_defaults():
+    signature = keywords(Engine.outpaint)
+    for spec in OUTPAINT:
+        assert signature[spec.name] == spec.default, spec.name
+
+
+def test_kandinsky_signature_has_the_table_defaults():
+    from inpaintrt.engine.kandinsky import KandinskyEngine, kandinsky_only_arguments
+
+    signature = keywords(KandinskyEngine.inpaint)
+    for name in kandinsky_only_arguments():
+        assert name in SPECS and signature[name] == SPECS[name].default, name
+
+
+@pytest.mark.parametrize("name, words", [
+    ("mask_grow", "from 0 to 4096"), ("strength", "in (0, 1]"), ("blur_factor", "in [0, 10000)"),
+    ("num_inference_steps", ">= 1"), ("guidance_scale", ""),
+])
+def test_range_text(name, words):
+    assert SPECS[name].range_text() == words
+
+
+def test_unknown_family_is_refused_by_name(engine_dir, tmp_path):
+    """The loader's family table is the one place a family is known; another family is a clear error."""
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["model"]["family"] = "sd9"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineDirectoryError, match="model family 'sd9' is not one this inpaintrt runs .*sd1, sd2, "
+                                                   "sdxl, kandinsky22"):
+        Engine.load(copy, verify_hashes=False)

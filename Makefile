@@ -12,10 +12,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	# openai's CLIP vocabulary for the locally built models; --no-deps: its torchvision is not needed
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
-	$(BIN)/pip install -q -e ".[export,test,serve,openvino,bench]"
+	$(BIN)/pip install -q -e ".[export,test,serve,openvino,bench,docs]"
 	touch $(STAMP)
 
-.PHONY: demo test chromium
+.PHONY: demo test chromium docs
 demo: $(STAMP)
 	$(BIN)/inpaint-demo --output out
 
@@ -27,5 +27,9 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed (apt-get needs root): the browser test will skip"
 
-test: $(STAMP) chromium
+# The docs site (mkdocs.yml): --strict fails on a broken link, anchor or a page missing from nav.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+test: $(STAMP) chromium docs
 	$(BIN)/python -m pytest -q

@@ -167,7 +167,7 @@ def test_missing_engine_directory(tmp_path):
 
 
 def test_count_of_bad_input_cases():
-    """The README reports this count; keep them in step."""
+    """docs/troubleshooting.md ("Bad input") reports this count; keep them in step."""
     assert len(CALL_CASES) + len(DIRECTORY_CASES) + 3 == 68
 
 

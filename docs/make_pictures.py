@@ -1,6 +1,7 @@
-"""The README's before/after pictures of outpainting, soft masks, masked content and mask edits.
+"""The before/after pictures of docs/inpaint.md and docs/outpaint.md: outpainting, soft masks, masked content
+and mask edits.
 
-They are made by the embedded default model, which has RANDOM weights (see the README): what it
+They are made by the embedded default model, which has RANDOM weights (see docs/getting-started.md): what it
 paints is coloured noise, and the pictures show where and how much each feature changes, not
 quality. Usage: `python docs/make_pictures.py ENGINE_DIR` (the engine `inpaint-demo` exports to
 out/engine); writes docs/*.png.

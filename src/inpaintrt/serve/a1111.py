@@ -224,7 +224,12 @@ def _parse(params, server: Server, engine):
               "scheduler_options": scheduler_options, "height": params.height, "width": params.width}
     if isinstance(params, Img2Img):
         files = _img2img(params, fields)
-    else:  # a blank canvas, all of it repainted
+    else:  # a blank canvas, all of it repainted: its size is checked before it is made
+        limit = server.limits.max_output_pixels
+        if params.width * params.height > limit:
+            raise ApiError(422, "height", f"height={params.height} with width={params.width} is "
+                           f"{params.width * params.height} pixels, more than this server's max_output_pixels={limit}",
+                           f"send a smaller height and width (height x width at most {limit})")
         canvas = Image.new("RGB", (params.width, params.height))
         files = {"image": _png(canvas), "mask_image": _png(Image.new("L", canvas.size, 255))}
         fields["strength"] = 1.0

@@ -48,7 +48,8 @@ WHAT = {"restore_faces": "face restoration", "tiling": "tiling", "styles": "save
         "alwayson_scripts": "extensions (always-on scripts)", "save_images": "saving on the server",
         "refiner_checkpoint": "a refiner checkpoint", "initial_noise_multiplier": "noise multipliers",
         "include_init_images": "echoing the input pictures", "enable_hr": "hires fix",
-        "resize_mode": "resize modes other than 0 (just resize)", "infotext": "infotext parameters"}
+        "resize_mode": "resize modes other than 0 (just resize)", "infotext": "infotext parameters",
+        **dict.fromkeys(("s_churn", "s_tmax", "s_tmin", "s_noise"), "stochastic sampler settings")}
 
 
 class Common(BaseModel):

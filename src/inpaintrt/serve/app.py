@@ -29,7 +29,7 @@ from .engines import Models
 from .errors import ApiError, install_handlers
 from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
-from .jobs import CANCELLED, DONE, FINISHED, JobManager, QueueFull, ShuttingDown
+from .jobs import CANCELLED, DONE, FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
 from .schema import openapi_with_errors
@@ -158,6 +158,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                            headers={"Retry-After": str(_retry_after(model.manager))})
         except ShuttingDown:
             raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
+        except EngineUnavailable as e:
+            raise _unavailable(str(e), e.retry_after)
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -173,6 +175,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     @app.get("/v1/health", summary="Liveness: ok once the engines are loaded, with queue figures")
     async def health():
+        if manager.unavailable and not manager.draining:  # 503: a load balancer sends traffic elsewhere
+            raise _unavailable(f"no engine can run jobs: {manager.unavailable}", 5)
         return {"status": "draining" if manager.draining else "ok", **manager.stats()}
 
     @app.get("/v1/info", dependencies=guarded, summary="Model family, channels, default size, schedulers, limits")
@@ -320,12 +324,19 @@ def _result(job, response_format: str) -> Response:
         raise ApiError(503, "server", f"job {job.id} was not run: {job.error}", "retry against a running server")
     if job.status == CANCELLED:
         raise ApiError(409, "job_id", f"job {job.id} was {job.error or 'cancelled'}", "submit it again")
+    if job.status in FINISHED and job.retry_after is not None:  # no engine could run it: not the request's fault
+        raise _unavailable(f"job {job.id} did not run: {job.error}", job.retry_after)
     if job.status in FINISHED:  # failed
         internal = (job.error or "").startswith("internal error")
         raise ApiError(500 if internal else 422, _field_of(job.error or ""), job.error or "failed",
                        "report this with the request that caused it" if internal else "change that field and retry")
     raise ApiError(409, "job_id", f"job {job.id} is {job.status} ({job.step}/{job.total})",
                    "wait for its `done` event or poll GET /v1/jobs/{id}")
+
+
+def _unavailable(message: str, retry_after: int) -> ApiError:
+    return ApiError(503, "server", message, "retry after the Retry-After seconds",
+                    headers={"Retry-After": str(retry_after)})
 
 
 def _field_of(message: str) -> str:

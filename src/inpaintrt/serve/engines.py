@@ -107,6 +107,10 @@ class Models:
         return any(model.manager.draining for model in self)
 
     @property
+    def unavailable(self) -> str | None:
+        return next((model.manager.unavailable for model in self if model.manager.unavailable), None)
+
+    @property
     def worker_count(self) -> int:
         return sum(model.manager.worker_count for model in self)
 

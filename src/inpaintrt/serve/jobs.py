@@ -31,6 +31,14 @@ class ShuttingDown(Exception):
     """The server is draining for exit and takes no new work."""
 
 
+class EngineUnavailable(Exception):
+    """No engine can run the job now (on Ray Serve: no replica is alive); the client should retry later."""
+
+    def __init__(self, message: str, retry_after: int = 10):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class JobCancelled(Exception):
     """Raised inside the denoising loop (from the step callback) to stop a cancelled job."""
 
@@ -58,6 +66,8 @@ class Job:
     cancel_requested: bool = False
     worker: int | None = None
     replica: str | None = None  # on Ray Serve: the engine replica that ran it
+    restarts: list = field(default_factory=list)  # on Ray Serve: why the job was rerun from step 0
+    retry_after: int | None = None  # failed because no engine was available: retry after these seconds
     # set on the event loop's thread each time the job changes; awaited by the job's event stream
     changed: asyncio.Event | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -70,7 +80,7 @@ class Job:
         return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "steps": steps,
                 "steps_done": steps_done, "seed": self.seed,
                 "error": self.error, "warnings": list(self.warnings), "width": self.width, "height": self.height,
-                "timings": timings}
+                "timings": timings, **({"restarted": list(self.restarts)} if self.restarts else {})}
 
 
 def _preview(latents, family: str) -> str | None:
@@ -103,6 +113,7 @@ class JobManager:
         self.run_seconds = 1.0  # moving average of finished runs, for Retry-After
         self.listeners: list[Callable[[Job], None]] = []  # called as each job finishes, lock held
         self.load_seconds = 0.0  # what loading the engines took at start
+        self.unavailable: str | None = None  # why no engine can run jobs now (set by the Ray ingress)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Load one engine per worker (here, so a broken directory fails the start) and start the workers."""
@@ -128,6 +139,8 @@ class JobManager:
         with self.lock:
             if self.draining:
                 raise ShuttingDown()
+            if self.unavailable:
+                raise EngineUnavailable(self.unavailable)
             if len(self.waiting) >= self.queue_size:
                 raise QueueFull()
             self.jobs[job.id] = job
@@ -213,10 +226,16 @@ class JobManager:
             if job.cancel_requested:
                 raise JobCancelled()
 
+        def on_restart(reason: str):  # a remote engine reruns the job from its first step
+            job.step = 0
+            job.restarts.append(reason)
+            self._notify(job)
+
+        rerun = {"on_restart": on_restart} if getattr(engine, "reruns_jobs", False) else {}
         try:
             with notices.collect() as job.warnings:
                 result = getattr(engine, job.task)(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
-                                                   progress=False, output_type="pil")
+                                                   progress=False, output_type="pil", **rerun)
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:
@@ -227,6 +246,10 @@ class JobManager:
             outcome, error = DONE, None
         except JobCancelled:
             outcome, error = CANCELLED, f"cancelled after {job.step} of {job.total} steps"
+            if self.draining:  # stopped by shutdown, not by its client: the answer says to submit again
+                error += "; the server is shutting down; submit again later"
+        except EngineUnavailable as e:
+            outcome, error, job.retry_after = FAILED, f"engine unavailable: {e}", e.retry_after
         except (ValueError, FloatingPointError) as e:  # the engine's documented bad-input errors
             outcome, error = FAILED, str(e)
         except Exception as e:  # a worker must survive anything one request does

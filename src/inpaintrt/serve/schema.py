@@ -4,9 +4,15 @@ FastAPI lists only a route's success (and its own 422 for path parameters, with 
 never sends). A client generated from /openapi.json must know the refusals too, so each operation
 gets the statuses of its kind below, all pointing at one `Error` component
 (`{"error": {"status", "field", "message", "fix"}}`, errors.py), and the limits the server was
-started with appear as `maximum`s, so a request the schema calls valid is accepted.
+started with appear as `maximum`s, so a request the schema calls valid is accepted. JSON bodies that
+carry pictures get a working example (an 8x8 PNG), so a client (or a fuzzer) can start from a request
+that succeeds. What JSON Schema cannot say (a string that decodes to a picture, height x width under
+max_output_pixels, fields of another model family) is in the field descriptions; docs/reliability.md.
 """
 from __future__ import annotations
+
+import base64
+import io
 
 from fastapi.openapi.utils import get_openapi
 
@@ -19,18 +25,27 @@ WHY = {400: "The body could not be read (malformed JSON or multipart)",
        422: "A field is wrong; `field` names it and `fix` says what to send",
        429: "Every queue slot is taken; retry after Retry-After seconds",
        500: "The job failed inside the engine (a bug to report)",
-       503: "The server is shutting down"}
+       503: "The server is shutting down, or no engine can run jobs now; retry after Retry-After seconds"}
 SUBMIT = (400, 401, 413, 415, 422, 429, 503)  # every route that queues work
 # (method, path) -> the refusals it can answer; a path not listed answers 401 only where a token guards it
 STATUSES = {
     ("post", "/v1/inpaint"): SUBMIT + (500,), ("post", "/v1/outpaint"): SUBMIT + (500,),
     ("post", "/v1/jobs"): SUBMIT, ("post", "/v1/outpaint/jobs"): SUBMIT,
     ("get", "/v1/jobs/{job_id}"): (401, 404), ("delete", "/v1/jobs/{job_id}"): (401, 404),
-    ("get", "/v1/jobs/{job_id}/events"): (401, 404),
+    ("get", "/v1/jobs/{job_id}/events"): (401, 404, 422),
     ("get", "/v1/jobs/{job_id}/result"): (401, 404, 409, 422, 500, 503),
     ("post", "/sdapi/v1/img2img"): SUBMIT + (500,), ("post", "/sdapi/v1/txt2img"): SUBMIT + (500,),
     ("post", "/sdapi/v1/options"): (400, 401, 422),
+    ("get", "/v1/health"): (503,),  # no engine can run jobs (on Ray Serve: no replica is running)
 }
+EVENTS = {"description": "Server-sent events: `progress`, then one of `done`, `failed`, `cancelled`; each `data:` is "
+                         "the job's JSON as GET /v1/jobs/{job_id} shows it",
+          "content": {"text/event-stream": {"schema": {"type": "object", "required": ["data"], "properties": {
+              "event": {"enum": ["progress", "done", "failed", "cancelled"]},
+              "data": {"type": "string", "contentMediaType": "application/json"}}}}}}
+OPTIONS_BODY = {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "description": "Values as GET /sdapi/v1/options shows them; sd_model_checkpoint picks the "
+                                     "engine (GET /sdapi/v1/sd-models lists them)"}}}}
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["status", "field", "message", "fix"], "properties": {
         "status": {"type": "integer"}, "field": {"type": "string", "description": "the field (or part) at fault"},
@@ -59,6 +74,10 @@ def openapi_with_errors(app, limits_maximum: dict[str, int], guarded: bool) -> d
                 for name, maximum in limits_maximum.items():
                     if name in body.get("schema", {}).get("properties", {}):
                         _cap(body["schema"]["properties"][name], maximum)
+            _add_example(operation)
+    schema["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"] = EVENTS
+    if "/sdapi/v1/options" in schema["paths"]:  # the route reads the raw body: FastAPI cannot see it
+        schema["paths"]["/sdapi/v1/options"]["post"]["requestBody"] = OPTIONS_BODY
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
@@ -70,3 +89,35 @@ def _cap(prop: dict, maximum: int) -> None:
     for option in prop.get("anyOf", [prop]):
         if option.get("type") in ("integer", "number"):
             option["maximum"] = min(option.get("maximum", maximum), maximum)
+
+
+def _tiny_png(mask: bool) -> str:
+    """base64 of an 8x8 PNG: grey, or a white mask (all repainted: it survives A1111's mask blur)."""
+    from PIL import Image
+
+    picture = Image.new("L", (8, 8), 255) if mask else Image.new("RGB", (8, 8), (128, 128, 128))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _add_example(operation: dict) -> None:
+    """A small request that succeeds on any engine: 64x64, 2 steps, the example pictures."""
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is None:
+        return
+    fields = body["schema"].get("properties", {})
+    example = {"height": 64, "width": 64, "seed": 1}
+    if "num_inference_steps" in fields:
+        example["num_inference_steps"] = 2
+    if "steps" in fields:
+        example["steps"] = 2
+    if "image" in fields:
+        example["image"] = _tiny_png(False)
+    if "mask_image" in fields and "left" not in fields:
+        example["mask_image"] = _tiny_png(True)
+    if "left" in fields:
+        example["left"] = 8
+    if "init_images" in fields:
+        example.update(init_images=[_tiny_png(False)], mask=_tiny_png(True))
+    body["example"] = example

@@ -6,6 +6,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -64,6 +65,13 @@ def running_server(engine_dir, *args: str, ready_seconds: float = 120):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (Ray Serve needs a fixed port, not 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def picture(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:

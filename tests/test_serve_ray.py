@@ -4,7 +4,6 @@ replicas, and job events and cancel work through the replicas."""
 from __future__ import annotations
 
 import json
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,13 +14,7 @@ pytest.importorskip("fastapi")
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
-from serve_helpers import FAST, files, form, picture, pixels, running_server, wait_until  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_helpers import FAST, files, form, free_port, picture, pixels, running_server, wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import time
 
 import numpy as np
 import pytest
@@ -17,17 +15,11 @@ pytest.importorskip("fastapi")
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
-from serve_helpers import FAST, engine_reference, files, form, pixels, wait_until  # noqa: E402
+from serve_helpers import FAST, engine_reference, files, form, free_port, pixels, wait_until  # noqa: E402
 
 STEPS = 150  # long enough (~1.5 s a job here) that the kill lands while both replicas run a job
 SEEDS = list(range(40, 48))
 BOUND_S = 240  # every wait below fails rather than hang
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +63,81 @@ def replica_pids(count: int) -> list[int]:
 def finished(client, job_id: str) -> dict:
     view = client.get(f"/v1/jobs/{job_id}").json()
     return view if view["status"] in ("done", "failed", "cancelled") else None
+
+
+class Call:
+    def __init__(self, answer):
+        self.answer = answer
+
+    def remote(self, *_):
+        return self.answer() if callable(self.answer) else self
+
+    def result(self, timeout_s=None):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+class FakeHandle:
+    """A DeploymentHandle stand-in without Ray: each streamed run plays the next script; the ping that
+    looks for a live replica answers, or times out."""
+
+    def __init__(self, scripts: list, replica_answers: bool):
+        scripts = list(scripts)
+        self.facts = Call({"family": "sd15"})
+        self.pid = Call(1234 if replica_answers else TimeoutError("no replica"))
+        self.run = Call(lambda: scripts.pop(0))
+
+    def options(self, **_):
+        return self
+
+
+def dies_after_one_step():
+    from ray.exceptions import ActorDiedError
+
+    yield ("step", 1)
+    raise ActorDiedError()
+
+
+def finishes():
+    yield ("step", 1)
+    yield ("step", 2)
+    yield ("done", b"png", 8, 8, "replica-b")
+
+
+def remote_engine(*scripts, replica_answers: bool):
+    from inpaintrt.serve.ray_app import RemoteEngine
+
+    return RemoteEngine(FakeHandle([script() for script in scripts], replica_answers), replica_wait_s=1)
+
+
+def test_a_job_whose_replica_died_reruns_from_step_0_on_a_live_one():
+    steps, restarts = [], []
+    result = remote_engine(dies_after_one_step, finishes, replica_answers=True).inpaint(
+        generator=3, callback_on_step_end=lambda step, *_: steps.append(step), on_restart=restarts.append)
+    assert result.replica == "replica-b" and steps == [0, 0, 1], "progress starts again with the rerun"
+    assert len(restarts) == 1 and "ActorDiedError" in restarts[0] and "rerun from step 0" in restarts[0]
+
+
+def test_no_live_replica_within_the_bound_fails_the_job_with_503_and_retry_after():
+    import asyncio
+
+    from inpaintrt.serve.app import _result
+    from inpaintrt.serve.errors import ApiError
+    from inpaintrt.serve.jobs import JobManager
+
+    manager = JobManager(lambda: remote_engine(dies_after_one_step, replica_answers=False))
+    manager.start(asyncio.new_event_loop())
+    try:
+        job = manager.submit({}, seed=3, total=2)
+        assert job.done.wait(30), "the job must end, not wait for a replica forever"
+    finally:
+        manager.stop(10)
+    assert job.status == "failed" and job.retry_after == 1 and len(job.restarts) == 1, job.error
+    assert "no engine replica answered within 1 s" in job.error
+    with pytest.raises(ApiError) as refused:
+        _result(job, "png")
+    assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
 
 
 def test_a_killed_replica_loses_no_job_and_changes_no_picture(cluster, engines, engine):

@@ -20,12 +20,14 @@ from .outputs import InpaintOutput
 from .plans import select_plan
 from .control import DEFAULT_SCALE, ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
+from .safety import open_safety_checker, screen
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
 
 
 class Engine(EngineBase):
     """Stable Diffusion 1.x / 2.x / SDXL; `Engine.load` opens any family's directory (ENGINE_CLASSES)."""
+    safety_checker = None  # Engine.load opens the directory's one (engine/safety.py)
 
     def __init__(self, root: Path, manifest: dict, backend: str, sessions: dict):
         super().__init__(root, manifest, backend, sessions)
@@ -49,7 +51,7 @@ class Engine(EngineBase):
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
              cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
-             loras=None) -> "Engine | KandinskyEngine":
+             loras=None, safety_checker: bool = True) -> "Engine | KandinskyEngine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -62,14 +64,18 @@ class Engine(EngineBase):
         over those the manifest records. loras: [(file, scale), ...] fused into the UNet's and text
         encoders' weights at load (engine/lora.py; ort-cpu and ort-cuda), nothing on disk changes;
         `engine.loras` lists them and those baked in at export. The manifest's family picks the class
-        (ENGINE_CLASSES): a Kandinsky 2.2 directory gives a KandinskyEngine."""
+        (ENGINE_CLASSES): a Kandinsky 2.2 directory gives a KandinskyEngine. safety_checker: where the directory
+        has diffusers' safety checker it runs (flagged images come back black, `nsfw_content_detected` says
+        which); False skips it (docs/safety-checker.md)."""
         root = Path(path)
         manifest, family = read_family(root)
         if family not in ENGINE_CLASSES:
             raise EngineDirectoryError(f"{root}: the manifest's model family {family!r} is not one this inpaintrt "
                                        f"runs ({', '.join(ENGINE_CLASSES)}); re-export it with this version")
-        return ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision, cuda_options,
-                                           loras)
+        engine = ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision,
+                                             cuda_options, loras)
+        engine.safety_checker = open_safety_checker(root, manifest, engine.backend, safety_checker)
+        return engine
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
                       prompt_2=None, negative_prompt_2=None, prompt_syntax="a1111"):
@@ -216,12 +222,13 @@ class Engine(EngineBase):
         if output_type == "latent":
             return InpaintOutput(to_host(final))
         images = imaging.postprocess(to_host(decode_latents(self._models, final)))
+        images, nsfw = screen(self.safety_checker, images)  # where diffusers runs it: before the crop overlay
         if crop is None and not keep_unmasked:
-            return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images)
+            return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images, nsfw)
         pasted = [masking.overlay(mask, picture, result, crop) for result in imaging.to_pil(images)]
         if output_type == "pil":
-            return InpaintOutput(pasted)
-        return InpaintOutput(np.stack([np.asarray(p, np.float32) / 255.0 for p in pasted]))
+            return InpaintOutput(pasted, nsfw)
+        return InpaintOutput(np.stack([np.asarray(p, np.float32) / 255.0 for p in pasted]), nsfw)
 
     def outpaint(self, image, left=0, right=0, top=0, bottom=0, prompt=None, overlap=32, fill="edge", height=None,
                  width=None, generator=None, output_type="pil", max_pixels=imaging.MAX_PIXELS,

@@ -69,21 +69,26 @@ def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator
     canvas = prefill(original, sides, fill, gen)
     known = np.zeros(size, bool)
     known[box[0]:box[2], box[1]:box[3]] = True
+    nsfw = None  # the passes' safety-checker flag, None without a checker
     for y, x, wh, ww in plan(size, box, window):
         unknown = ~known[y:y + wh, x:x + ww]
         if not unknown.any():
             continue
         mask = Image.fromarray(np.round(feather(unknown, overlap) * 255).astype(np.uint8), "L")
-        result = engine.inpaint(Image.fromarray(canvas[y:y + wh, x:x + ww]), mask, generator=gen, keep_unmasked=True,
-                                height=_model_size(wh, factor), width=_model_size(ww, factor), max_pixels=max_pixels,
-                                **kwargs).images
+        done = engine.inpaint(Image.fromarray(canvas[y:y + wh, x:x + ww]), mask, generator=gen, keep_unmasked=True,
+                              height=_model_size(wh, factor), width=_model_size(ww, factor), max_pixels=max_pixels,
+                              **kwargs)
+        result, nsfw = done.images, done.nsfw_content_detected
         if len(result) != 1:
             raise ValueError(f"this call would make {len(result)} pictures; outpaint makes one: pass one prompt")
+        if nsfw and nsfw[0]:  # later passes would continue from its black window: the whole picture is black
+            canvas[:] = 0
+            break
         canvas[y:y + wh, x:x + ww] = np.asarray(result[0])
         known[y:y + wh, x:x + ww] = True
     if output_type == "np":
-        return InpaintOutput(canvas[None].astype(np.float32) / 255.0)
-    return InpaintOutput([Image.fromarray(canvas)])
+        return InpaintOutput(canvas[None].astype(np.float32) / 255.0, nsfw)
+    return InpaintOutput([Image.fromarray(canvas)], nsfw)
 
 
 def _rgb(image, max_pixels: int) -> Image.Image:

@@ -7,12 +7,13 @@ import numpy as np
 
 from ..runtime import images as imaging
 from ..runtime import masking
-from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents, denoise
+from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
 from .base import EngineBase, first_output, progress_bar, read_family
+from .batch import inpaint_batch, run_loop
 from .kandinsky import KandinskyEngine, kandinsky_only_arguments
 from .manifest import EngineDirectoryError
 from .outpaint import outpaint
@@ -218,7 +219,7 @@ class Engine(EngineBase):
             latents=latents, callback=callback, image_latents=given_latents,
             denoising_start=start, denoising_end=end, change_map=soft, masked_content=masked_content, control=control,
         )
-        final = denoise(self._models, sched, request, gen, progress_bar(progress, "denoising"), self.xp)
+        final = run_loop(self._models, sched, request, gen, progress_bar(progress, "denoising"), self.xp)
         if output_type == "latent":
             return InpaintOutput(to_host(final))
         images = imaging.postprocess(to_host(decode_latents(self._models, final)))
@@ -247,6 +248,11 @@ class Engine(EngineBase):
         sides = dict(left=left, right=right, top=top, bottom=bottom)
         return outpaint(self, image, sides, overlap, fill, height, width, generator, output_type, max_pixels,
                         dict(inpaint_arguments, prompt=prompt))
+
+    def inpaint_batch(self, members: list[dict], on_done=None) -> list:
+        """`inpaint(**member)` for each member, their denoising loops run as one batch where they agree
+        (docs/batching.md); each member's Outcome holds its output or the error it raised alone."""
+        return inpaint_batch(self, members, on_done)
 
     def _callback_kind(self) -> str:
         return "sdxl" if self.family == "sdxl" else "controlnet" if self.controlnets else "sd"

@@ -54,8 +54,8 @@ class Models:
 
 @dataclass
 class Request:
-    image: np.ndarray  # (1, 3, H, W) in [-1, 1]
-    mask: np.ndarray  # (1, 1, H, W) of 0/1
+    image: np.ndarray  # (N, 3, H, W) in [-1, 1]: N = 1 but for requests batched together (docs/batching.md)
+    mask: np.ndarray  # (N, 1, H, W) of 0/1
     conditioning: dict  # the UNet's other feeds, e.g. encoder_hidden_states (B, seq, hidden); [uncond, cond] when guided
     batch: int  # B: prompts x images per prompt
     guidance_scale: float
@@ -72,6 +72,9 @@ class Request:
     control: Callable | None = None  # ControlNets: (step, steps, 4-channel model input, timestep) -> extra UNet feeds
     # Kandinsky 2.2: (repaint mask (1, 1, h, w), UNet channels after the latents (1, C + 1, h, w)), in latent space
     latent_masking: tuple | None = None
+    # batched requests: each picture's rows (sum = batch), guided conditioning [all uncond rows, all cond rows];
+    # None: one picture with all `batch` rows
+    counts: tuple[int, ...] | None = None
 
     @property
     def guided(self) -> bool:
@@ -79,7 +82,7 @@ class Request:
 
 
 def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
-    """VAE encode and sample the latent distribution, scaled: diffusers' _encode_vae_image."""
+    """VAE encode and sample the latent distribution, scaled: diffusers' _encode_vae_image (one draw per picture)."""
     mean, logvar = models.encode(image)
     xp = array_module(mean)
     sample = mean + xp.exp(0.5 * logvar) * xp.asarray(draw(generator, mean.shape))
@@ -128,6 +131,8 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     result is a device array. The noise is drawn on the host generator in diffusers' order and moved."""
     r = request
     noise_of = lambda shape: xp.asarray(draw(generator, shape))  # noqa: E731
+    rows = _rows_of(r, xp)
+    pictures = r.image.shape[0]
     image = xp.asarray(r.image)
     conditioning = {name: xp.asarray(value) for name, value in r.conditioning.items()}
     _, _, height, width = r.image.shape
@@ -142,9 +147,9 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     # draw 1: the image's own latents, when the 4-channel blend, a partial strength or a hand-off needs them
     image_latents = None
     if r.image_latents is not None:
-        image_latents = xp.repeat(xp.asarray(r.image_latents), r.batch, axis=0)
+        image_latents = rows(xp.asarray(r.image_latents))
     elif blend or continuing or (r.latents is None and not full_strength):
-        image_latents = xp.repeat(encode_latents(models, image, generator), r.batch, axis=0)
+        image_latents = rows(encode_latents(models, image, generator))
     # draw 2: the initial noise, unless the caller gave it (a hand-off draws it and starts from the image)
     noise = noise_of(shape) if continuing or r.latents is None else xp.asarray(r.latents, dtype=np.float32)
     mask = xp.asarray(r.latent_masking[0] if latent_masked else nearest_resize(r.mask, shape[2], shape[3]))
@@ -154,21 +159,22 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     # image came as latents, which cannot be masked.
     if blend:
         if r.image_latents is None:
-            draw(generator, (1, *shape[1:]))
+            draw(generator, (pictures, *shape[1:]))
         if latent_masked:
-            unet_extra = xp.repeat(xp.asarray(r.latent_masking[1]), r.batch * copies, axis=0)
+            unet_extra = rows(xp.asarray(r.latent_masking[1]), copies)
     else:
         masked_latents = encode_latents(models, xp.asarray(r.image * (r.mask < 0.5)), generator)
-        unet_mask = xp.repeat(mask, r.batch * copies, axis=0)
-        unet_masked = xp.repeat(masked_latents, r.batch * copies, axis=0)
-    blend_mask = xp.repeat(mask, r.batch, axis=0)
+        unet_mask = rows(mask, copies)
+        unet_masked = rows(masked_latents, copies)
+    blend_mask = rows(mask)
     # beyond diffusers, drawn after diffusers' draws so the defaults keep them: draw 4, the image
     # latents a soft mask blends back (9-channel at strength 1 has none yet); draw 5, latent noise
     soft = r.change_map is not None
     if soft and image_latents is None:
-        image_latents = xp.repeat(encode_latents(models, image, generator), r.batch, axis=0)
+        image_latents = rows(encode_latents(models, image, generator))
     if image_latents is not None and r.masked_content in ("latent_noise", "latent_nothing"):
-        fresh = noise_of((1, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
+        fresh = noise_of((pictures, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
+        fresh = rows(fresh) if pictures > 1 else fresh
         image_latents = ((1 - blend_mask) * image_latents + blend_mask * fresh).astype(np.float32)
     if continuing:
         latents = image_latents
@@ -248,6 +254,21 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if latent_masked:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
         latents = ((1 - blend_mask) * image_latents + blend_mask * latents).astype(np.float32)
     return latents
+
+
+def _rows_of(r: Request, xp) -> Callable:
+    """Per-picture arrays (N, ...) -> the loop's rows: each picture's own rows in order, and with `copies`
+    = 2 the whole block twice (the guided batch's uncond and cond halves)."""
+    counts = r.counts or (r.batch,)
+    if len(counts) != r.image.shape[0] or sum(counts) != r.batch:
+        raise ValueError(f"Request.counts {counts} must give each of the {r.image.shape[0]} pictures its rows, "
+                         f"{r.batch} in all")
+    if len(counts) > 1 and (r.latent_masking is not None or r.control is not None or r.change_map is not None):
+        raise ValueError("Kandinsky inputs, ControlNets and soft masks run one picture at a time; batch only "
+                         "binary-mask requests without them")
+    if len(counts) == 1:  # one picture: exactly the arrays of a single request
+        return lambda x, copies=1: xp.repeat(x, counts[0] * copies, axis=0)
+    return lambda x, copies=1: xp.concatenate([xp.repeat(x, list(counts), axis=0)] * copies)
 
 
 def _wants(callback, name: str) -> bool:

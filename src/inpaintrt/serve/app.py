@@ -29,6 +29,7 @@ from .engines import Models
 from .errors import ApiError, install_handlers
 from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
+from .batching import Batching
 from .jobs import CANCELLED, DONE, FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
@@ -58,9 +59,14 @@ class Settings:
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
     loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
     more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
+    max_batch: int = 1  # requests that may share UNet calls (1: batching off; docs/batching.md)
+    batch_window_ms: float = 5.0  # how long a batchable job waits for others
 
     def engine_dirs(self) -> list[str]:
         return [self.engine_dir, *self.more_engines]
+
+    def batching(self) -> Batching:
+        return Batching(self.max_batch, self.batch_window_ms)
 
     def limits(self) -> Limits:
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
@@ -100,9 +106,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         raise ValueError("one JobManager or engine loader serves one engine: pass a single --engine")
     models = Models([(settings.engine_dir, manager or JobManager(load_engine or local_engines(settings),
                                                                  settings.workers, settings.queue_size,
-                                                                 settings.keep_finished))]
+                                                                 settings.keep_finished, settings.batching()))]
                     + [(directory, JobManager(local_engines(settings, directory), settings.workers,
-                                              settings.queue_size, settings.keep_finished))
+                                              settings.queue_size, settings.keep_finished, settings.batching()))
                        for directory in settings.more_engines])
     manager = models  # what watches every engine: health, metrics, shutdown, jobs by id
     limits = settings.limits()

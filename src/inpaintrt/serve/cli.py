@@ -29,6 +29,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT / ort-cuda replay the UNet as a CUDA graph")
     p.add_argument("--workers", type=int, default=1, help="worker threads, each with its own engine (default 1)")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait; beyond it 429 (default 16)")
+    p.add_argument("--max-batch", type=int, default=1, help="inpaint requests that may share UNet calls when they "
+                   "agree in size, steps, scheduler, strength, guidance... (default 1: off; docs/batching.md)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="with --max-batch > 1: how long a request waits for others to batch with (default 5)")
     p.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' (or set {TOKEN_VARIABLE})")
     p.add_argument("--max-upload-mb", type=float, default=20, help="request body cap in MB; beyond it 413")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest uploaded picture in pixels; 413")
@@ -51,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args):
     from .app import Settings
+    from .batching import Batching
     from .engines import check_names
 
     for name in ("workers", "queue_size", "replicas", "max_steps", "max_outpaint_passes"):
@@ -58,6 +63,10 @@ def settings_from(args):
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     check_choice(args.backend, args.precision)  # a wrong pair fails before any engine loads
     check_names(args.engine)
+    batching = Batching(args.max_batch, args.batch_window_ms)  # a bad value names its flag
+    if args.ray and batching.max_batch > 1:
+        raise ValueError("--max-batch batches within one process; on Ray Serve each replica runs one request at a "
+                         "time: leave --max-batch at 1 with --ray, or scale with --replicas")
     if args.ray and len(args.engine) > 1:
         raise ValueError(f"--ray serves one engine; pass a single --engine (got {len(args.engine)})")
     if args.max_steps > 1000:
@@ -68,7 +77,8 @@ def settings_from(args):
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
-                    a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora))
+                    a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora),
+                    max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
 
 
 def main(argv: list[str] | None = None) -> int:

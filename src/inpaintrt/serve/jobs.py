@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ..runtime import notices
 from ..runtime.latent_preview import preview_data_url
+from .batching import Batching, gather, run_batch
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -66,6 +67,8 @@ class Job:
     cancel_requested: bool = False
     worker: int | None = None
     replica: str | None = None  # on Ray Serve: the engine replica that ran it
+    batch_size: int = 1  # requests whose UNet calls it shared, itself included (batching.py)
+    batch_images: int = 0  # images in those UNet calls (0: its own num_images_per_prompt)
     restarts: list = field(default_factory=list)  # on Ray Serve: why the job was rerun from step 0
     retry_after: int | None = None  # failed because no engine was available: retry after these seconds
     # set on the event loop's thread each time the job changes; awaited by the job's event stream
@@ -98,8 +101,9 @@ class JobManager:
     """Owns the queue and the workers. Thread-safe; `loop` is where job change notifications go."""
 
     def __init__(self, load_engine: Callable[[], Any], workers: int = 1, queue_size: int = 8,
-                 keep_finished: int = 64):
+                 keep_finished: int = 64, batching: Batching | None = None):
         self.load_engine, self.worker_count, self.queue_size = load_engine, workers, queue_size
+        self.batching = batching or Batching()  # off unless max_batch > 1
         self.keep_finished = keep_finished
         self.jobs: dict[str, Job] = {}
         self.waiting: collections.deque[Job] = collections.deque()
@@ -207,16 +211,26 @@ class JobManager:
                 if not self.waiting:
                     return  # draining and nothing left
                 job = self.waiting.popleft()
-                job.status, job.started, job.worker = RUNNING, time.monotonic(), index
+                self._start(job, index)
                 self.busy += 1
-            self._notify(job)
+                jobs = gather(self, job, engine, lambda other: self._start(other, index))  # batching.py
+            for each in jobs:
+                self._notify(each)
             try:
-                self._run(job, engine)
+                if len(jobs) > 1:
+                    run_batch(self, jobs, engine)
+                else:
+                    self.run_job(job, engine)
             finally:
                 with self.lock:
                     self.busy -= 1
 
-    def _run(self, job: Job, engine) -> None:
+    def _start(self, job: Job, worker: int) -> None:
+        """Call with the lock held, as the job leaves the queue."""
+        job.status, job.started, job.worker = RUNNING, time.monotonic(), worker
+
+    def step_callback(self, job: Job, engine) -> Callable:
+        """The job's callback_on_step_end: progress, previews, and its cancel."""
         def on_step(step, timestep, latents):  # counted, not read from `step`: outpaint restarts it each pass
             job.step += 1
             job.total = max(job.total, job.step)
@@ -226,6 +240,12 @@ class JobManager:
             if job.cancel_requested:
                 raise JobCancelled()
 
+        return on_step
+
+    def run_job(self, job: Job, engine, call: Callable | None = None) -> None:
+        """Run the job (or take its result from `call`: a batch member's) and finish it."""
+        on_step = self.step_callback(job, engine)
+
         def on_restart(reason: str):  # a remote engine reruns the job from its first step
             job.step = 0
             job.restarts.append(reason)
@@ -234,8 +254,9 @@ class JobManager:
         rerun = {"on_restart": on_restart} if getattr(engine, "reruns_jobs", False) else {}
         try:
             with notices.collect() as job.warnings:
-                result = getattr(engine, job.task)(**job.arguments, generator=job.seed, callback_on_step_end=on_step,
-                                                   progress=False, output_type="pil", **rerun)
+                result = call() if call is not None else getattr(engine, job.task)(
+                    **job.arguments, generator=job.seed, callback_on_step_end=on_step, progress=False,
+                    output_type="pil", **rerun)
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:

@@ -29,8 +29,11 @@ class Metrics:
                                        buckets=RUN_BUCKETS, registry=registry)
         self.steps = Counter("inpaintrt_denoising_steps", "Model calls of the denoising loops run (rate = steps/s)",
                              registry=registry)
-        self.batch = Histogram("inpaintrt_unet_batch_images", "Images denoised together in one UNet batch",
-                               buckets=(1, 2, 4, 8, 16, 32), registry=registry)
+        self.batch = Histogram("inpaintrt_unet_batch_images", "Images denoised together in the UNet batch each "
+                               "job ran in", buckets=(1, 2, 4, 8, 16, 32), registry=registry)
+        self.batched = Histogram("inpaintrt_job_batch_requests", "Requests whose UNet calls each job shared, itself "
+                                 "included (1: alone; --max-batch)", buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+                                 registry=registry)
         registry.register(_Live(manager))
         manager.listeners.append(self.job_finished)
         if not ACCESS.handlers:  # a line on stderr unless the host application routes this logger itself
@@ -56,7 +59,8 @@ class Metrics:
             self.run_seconds.labels(job.task, job.status).observe(ran)
         self.steps.inc(job.step)
         if job.started is not None:
-            self.batch.observe(job.arguments.get("num_images_per_prompt", 1) or 1)
+            self.batch.observe(job.batch_images or job.arguments.get("num_images_per_prompt", 1) or 1)
+            self.batched.observe(job.batch_size)
         line = {"event": "job", "id": job.id, "task": job.task, "status": job.status, "width": job.width,
                 "height": job.height, "steps": job.step, "queue_ms": round(1000 * waited, 1),
                 "run_ms": None if ran is None else round(1000 * ran, 1), "seed": job.seed}

@@ -23,6 +23,13 @@ def build_controlnet(seed: int, conditioning_channels: int = 3, **extra):
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
         conditioning_embedding_out_channels=(8, 8, 16, 16), **extra,
     )
+    return randomised_outputs(net)
+
+
+def randomised_outputs(net):
+    """The ControlNet with its zero-initialised output convolutions given random weights, in eval mode."""
+    import torch
+
     zeroed = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
     with torch.no_grad():
         for module in zeroed:
@@ -95,3 +102,35 @@ def controlnet_engines(checkpoints, tmp_path_factory) -> dict:
                                log=lambda *_: None, controlnets=[load_controlnet(s) for s in sources])
             for key, sources in plans.items()}
     return _EXPORTED
+
+
+def build_sdxl_controlnet(seed: int, conditioning_channels: int = 3):
+    """An SDXL ControlNet of the tiny SDXL UNet's architecture (models_sdxl.SDXL_SIZES["tiny"]): it also
+    conditions on text_embeds and time_ids ("text_time"). Output convolutions randomised as above."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    net = ControlNetModel(
+        in_channels=4, conditioning_channels=conditioning_channels, block_out_channels=(16, 32, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+        cross_attention_dim=80, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 48, norm_num_groups=8,
+        conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )
+    return randomised_outputs(net)
+
+
+def sdxl_controlnet_pipeline(pipe, nets):
+    """diffusers' StableDiffusionXLControlNetInpaintPipeline sharing the SDXL `pipe`'s components."""
+    from diffusers import StableDiffusionXLControlNetInpaintPipeline
+
+    control = StableDiffusionXLControlNetInpaintPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2, tokenizer=pipe.tokenizer,
+        tokenizer_2=pipe.tokenizer_2, unet=pipe.unet, controlnet=nets if len(nets) > 1 else nets[0],
+        scheduler=pipe.scheduler, requires_aesthetics_score=pipe.config.requires_aesthetics_score,
+        force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt, add_watermarker=False)
+    control.set_progress_bar_config(disable=True)
+    control.checkpoint_scheduler_config = getattr(pipe, "checkpoint_scheduler_config", pipe.scheduler.config)
+    return control

@@ -14,6 +14,7 @@ ENTRY_POINTS = [
     (Engine.inpaint, "StableDiffusionInpaintPipeline"),
     (Engine.inpaint, "StableDiffusionXLInpaintPipeline"),
     (Engine.inpaint, "StableDiffusionControlNetInpaintPipeline"),
+    (Engine.inpaint, "StableDiffusionXLControlNetInpaintPipeline"),
     (KandinskyEngine.inpaint, "KandinskyV22InpaintCombinedPipeline"),
     (KandinskyEngine.prior, "KandinskyV22PriorPipeline"),
 ]
@@ -25,6 +26,12 @@ EXCEPTIONS = {
     "mask_image": "required",
     # None: taken per family at run time (SD 1.0, SDXL 0.9999), as the two diffusers pipelines differ
     "strength": "per family",
+    # None: taken per family at run time (SD 0.5, SDXL 1.0), as the two ControlNet inpaint pipelines differ
+    "controlnet_conditioning_scale": "per family",
+    # the one exception whose run-time value is not that pipeline's: StableDiffusionXLControlNetInpaintPipeline
+    # defaults to 5.0, every other SD/SDXL inpaint pipeline to 7.5. An SDXL ControlNet engine also serves plain
+    # SDXL inpainting, so it keeps 7.5 (docs/controlnet-sdxl.md tells users to pass 5.0 for that pipeline's)
+    "guidance_scale": "7.5 kept",
     # None: SDXL micro-conditioning filled in at run time with diffusers' 6.0 / 2.5 / (0, 0), and refused
     # by name on SD engines when given
     "aesthetic_score": "run time", "negative_aesthetic_score": "run time",
@@ -63,12 +70,17 @@ def test_exceptions_are_still_needed():
     assert set(EXCEPTIONS) == needed
 
 
-def test_controlnet_scale_default_is_the_inpaint_pipelines():
-    assert inspect.signature(Engine.inpaint).parameters["controlnet_conditioning_scale"].default == 0.5
-    # SDXL's ControlNet inpaint pipeline defaults to 1.0 (and guidance_scale 5.0); export refuses SDXL
-    # ControlNets, so no engine meets that case: supporting them needs a per-family default
-    sdxl = inspect.signature(diffusers.StableDiffusionXLControlNetInpaintPipeline.__call__).parameters
-    assert sdxl["controlnet_conditioning_scale"].default == 1.0
+def test_controlnet_scale_default_is_each_familys_pipelines():
+    """The engine's per-family controlnet_conditioning_scale is the matching diffusers pipeline's default."""
+    from inpaintrt.engine.control import DEFAULT_SCALES
+
+    pipelines = {"sd1": "StableDiffusionControlNetInpaintPipeline", "sd2": "StableDiffusionControlNetInpaintPipeline",
+                 "sdxl": "StableDiffusionXLControlNetInpaintPipeline"}
+    assert set(DEFAULT_SCALES) == set(pipelines)
+    for family, pipeline in pipelines.items():
+        theirs = inspect.signature(getattr(diffusers, pipeline).__call__).parameters["controlnet_conditioning_scale"]
+        assert DEFAULT_SCALES[family] == theirs.default, family
+    assert inspect.signature(Engine.inpaint).parameters["controlnet_conditioning_scale"].default is None
 
 
 def _same(a, b) -> bool:

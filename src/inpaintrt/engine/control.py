@@ -1,6 +1,8 @@
 """Engine.inpaint's ControlNet arguments: checks, control image preprocessing, the per-step residuals.
 
-Semantics of diffusers' StableDiffusionControlNetInpaintPipeline (0.42):
+Semantics of diffusers' StableDiffusionControlNetInpaintPipeline and, for SDXL engines,
+StableDiffusionXLControlNetInpaintPipeline (0.42; they differ only in the default scale and in SDXL's
+ControlNets also taking the UNet's text_embeds and time_ids, halved alike in guess mode):
 - control images are preprocessed like its `control_image_processor`, not like the init image: PIL
   pictures are cropped (padding_mask_crop), resized with Lanczos (diffusers' "fill" mode with a crop),
   converted to RGB and scaled to [0, 1] — not to [-1, 1]; float arrays (H x W x C, or C x H x W /
@@ -23,8 +25,11 @@ from PIL import Image
 from ..runtime import images as imaging
 from ..runtime.control import ControlResiduals, ControlUnit
 
-# StableDiffusionControlNetInpaintPipeline's default (its text-to-image sibling's is 1.0)
-DEFAULT_SCALE = 0.5
+# controlnet_conditioning_scale's default per family: StableDiffusionControlNetInpaintPipeline's 0.5 (its
+# text-to-image sibling's is 1.0), StableDiffusionXLControlNetInpaintPipeline's 1.0
+DEFAULT_SCALES = {"sd1": 0.5, "sd2": 0.5, "sdxl": 1.0}
+# the text feeds a ControlNet takes beside its sample: SD's hidden states, SDXL's added conditions too
+TEXT_FEEDS = ("encoder_hidden_states", "text_embeds", "time_ids")
 REEXPORT = "re-export it with `inpaint-export --model <checkpoint> --controlnet <ControlNet> --output <dir>`"
 
 
@@ -35,6 +40,7 @@ class ControlNets:
         self.entries = manifest.get("controlnets", [])
         self.layout = manifest.get("controlnet_residuals", [])
         self.sessions = sessions
+        self.default_scale = DEFAULT_SCALES.get(manifest["model"]["family"])
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -49,11 +55,13 @@ class ControlNets:
 
         picture: the input picture (None when the image came as latents); pixels / mask_pixels: the
         (1, 3, H, W) image in [-1, 1] and (1, 1, H, W) 0/1 mask the UNet works on; batch: images made;
-        cond / uncond: the UNet's text conditioning (uncond None without classifier-free guidance)."""
+        cond / uncond: the UNet's text conditioning (uncond None without classifier-free guidance);
+        scale None: the family's default."""
         n = len(self.entries)
         if not n:
             _refuse_without_controlnet(control_image, scale, start, end, guess_mode)
             return None
+        scale = self.default_scale if scale is None else scale
         images = _per_controlnet(control_image, n)
         scales = _scales(scale, n)
         starts, ends = _window(start, end, n)
@@ -80,15 +88,14 @@ class ControlNets:
             session = self.sessions[entry["component"]]
             units.append(ControlUnit(session.run, np.repeat(value, rows, axis=0), scales[i], starts[i], ends[i],
                                      entry["global_pool_conditions"]))
-        hidden = cond["encoder_hidden_states"]
-        if guided:
-            hidden = np.concatenate([uncond["encoder_hidden_states"], hidden])
-        return ControlResiduals(units, self.layout, hidden, guided, guess)
+        text = {name: cond[name] if not guided else np.concatenate([uncond[name], cond[name]])
+                for name in TEXT_FEEDS if name in cond}
+        return ControlResiduals(units, self.layout, text, guided, guess)
 
 
 def _refuse_without_controlnet(control_image, scale, start, end, guess_mode) -> None:
     given = [name for name, value, default in (
-        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, DEFAULT_SCALE),
+        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, None),
         ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0), ("guess_mode", guess_mode, False),
     ) if not (value is default or (default is not None and isinstance(value, numbers.Real) and value == default))]
     if given:

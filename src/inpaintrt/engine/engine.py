@@ -19,7 +19,7 @@ from .manifest import EngineDirectoryError
 from .outpaint import outpaint
 from .outputs import InpaintOutput
 from .plans import select_plan
-from .control import DEFAULT_SCALE, ControlNets
+from .control import ControlNets
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
 from .safety import open_safety_checker, screen
 
@@ -105,8 +105,9 @@ class Engine(EngineBase):
         # beyond diffusers
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
         prompt_syntax="a1111",
-        # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments, engine/control.py)
-        control_image=None, controlnet_conditioning_scale=DEFAULT_SCALE, control_guidance_start=0.0,
+        # ControlNet (StableDiffusion(XL)ControlNetInpaintPipeline's arguments, engine/control.py; the scale's
+        # default is the family's: 0.5 SD, 1.0 SDXL)
+        control_image=None, controlnet_conditioning_scale=None, control_guidance_start=0.0,
         control_guidance_end=1.0, guess_mode=False, **kandinsky,
     ) -> InpaintOutput:
         """Repaint the white part of `mask_image` in `image`, as StableDiffusion(XL)InpaintPipeline does.

@@ -6,7 +6,8 @@ ControlNet never sees the 9-channel UNet input) and adds what it returns to the 
   [control_guidance_start, control_guidance_end] window of the steps that run (a ControlNet whose
   factor is 0 is not run: its residuals would be zeros);
 - guess mode: the residuals scaled by 10^-1 ... 10^0 from the first down block to the mid block, and
-  with classifier-free guidance the ControlNet runs on the conditional half only, zeros for the other;
+  with classifier-free guidance the ControlNet runs on the conditional half only (its text feeds too:
+  SDXL's text_embeds and time_ids are halved alike), zeros for the other;
 - several ControlNets: their residuals summed in order;
 - no ControlNet running: zeros, which leave the residual-input UNet equal to the plain one.
 The residuals are arrays of the model input's module (cupy on ort-cuda: they never leave the GPU).
@@ -41,9 +42,11 @@ def residual_size(size: int, downsamplings: int) -> int:
 class ControlResiduals:
     """(step, steps, model_input, timestep) -> {residual name: (rows, C, h_k, w_k)} for the UNet."""
 
-    def __init__(self, units: list[ControlUnit], layout: list[dict], hidden_states: np.ndarray, guided: bool,
+    def __init__(self, units: list[ControlUnit], layout: list[dict], conditioning: dict[str, np.ndarray], guided: bool,
                  guess_mode: bool):
-        self.units, self.layout, self.hidden = units, layout, hidden_states
+        """conditioning: the ControlNets' text feeds for the whole model input ([uncond, cond] rows when guided):
+        encoder_hidden_states, and SDXL's text_embeds and time_ids."""
+        self.units, self.layout, self.conditioning = units, layout, conditioning
         self.guided, self.guess_mode = guided, guess_mode
         self._zeros: dict[tuple, dict] = {}
         self._moved: dict[str, tuple] = {}  # host arrays moved to the loop's module once
@@ -68,9 +71,9 @@ class ControlResiduals:
         xp = array_module(model_input)
         rows, _, height, width = model_input.shape
         half = self.guess_mode and self.guided  # the ControlNet sees the conditional half only
-        sample, hidden, times = model_input, self._on(xp, "hidden", self.hidden), timestep
-        if half:
-            sample, hidden, times = model_input[rows // 2:], hidden[rows // 2:], timestep[rows // 2:]
+        first = rows // 2 if half else 0
+        sample, times = model_input[first:], timestep[first:]
+        text = {name: self._on(xp, name, value)[first:] for name, value in self.conditioning.items()}
         total = None
         for unit in self.units:
             keep = 1.0 - float(step / steps < unit.start or (step + 1) / steps > unit.end)
@@ -78,8 +81,7 @@ class ControlResiduals:
             if scale == 0:
                 continue
             image = self._on(xp, f"image{id(unit)}", unit.image)
-            out = unit.run({"sample": sample, "timestep": times, "encoder_hidden_states": hidden,
-                            "controlnet_cond": image[: len(sample)]})
+            out = unit.run({"sample": sample, "timestep": times, **text, "controlnet_cond": image[: len(sample)]})
             residuals = [out[r["name"]] for r in self.layout]
             if self.guess_mode and not unit.global_pool:
                 factors = np.logspace(-1, 0, len(residuals)).astype(np.float32) * np.float32(scale)

@@ -46,11 +46,11 @@ def api_reference(engine_dir) -> str:
              *_fields_table(schema["components"]["schemas"]["Error"]["properties"]["error"]), ""]
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            lines += _operation(method, path, operation)
+            lines += _operation(method, path, operation, schema["components"]["schemas"])
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _operation(method: str, path: str, operation: dict) -> list[str]:
+def _operation(method: str, path: str, operation: dict, components: dict) -> list[str]:
     lines = [f"## `{method.upper()} {path}`", "", _cell(operation.get("summary", "")), ""]
     parameters = operation.get("parameters", [])
     if parameters:
@@ -66,13 +66,22 @@ def _operation(method: str, path: str, operation: dict) -> list[str]:
         kinds = " or ".join(f"`{kind}`" for kind in contents)
         lines += [f"Request body ({kinds}; in multipart the pictures are files, in JSON base64 strings):"
                   if "multipart/form-data" in contents else f"Request body ({kinds}):", ""]
-        lines += _fields_table(body["schema"]) + [""]
+        lines += _body(body["schema"], components) + [""]
     lines += ["| status | meaning |", "|---|---|"]
     for status, response in operation["responses"].items():
         kinds = ", ".join(f"`{kind}`" for kind in response.get("content", {}))
         refusal = " ([error shape](#error-shape))" if status[0] in "45" else (f" ({kinds})" if kinds else "")
         lines.append(f"| {status} | {_cell(response['description'])}{refusal} |")
     return lines + [""]
+
+
+def _body(schema: dict, components: dict) -> list[str]:
+    """A body's fields as a table, or its type and description where it lists no fields (a free-form object)."""
+    if "$ref" in schema:
+        schema = components[schema["$ref"].rsplit("/", 1)[-1]]
+    if "properties" in schema:
+        return _fields_table(schema)
+    return [f"{_type(schema)}: {_cell(schema.get('description', ''))}"]
 
 
 def _fields_table(schema: dict) -> list[str]:

@@ -195,8 +195,7 @@ class ReplicaWatch:
             self.none_running_since = None
             return None
         self.none_running_since = self.none_running_since or time.monotonic()
-        failed = str(deployment.status) in ("UNHEALTHY", "DEPLOY_FAILED", "DeploymentStatus.UNHEALTHY",
-                                            "DeploymentStatus.DEPLOY_FAILED")
+        failed = deployment.status in ("UNHEALTHY", "DEPLOY_FAILED")  # a str Enum
         if failed or time.monotonic() - self.none_running_since > self.grace_s:
             why = (deployment.message or "").strip().splitlines()
             return "no engine replica is running" + (f": {why[-1][:300]}" if why else "")
@@ -221,21 +220,22 @@ class InpaintIngress:
         ReplicaWatch(manager, serve.get_replica_context().app_name, self.replica_wait_s)
         return create_app(settings, manager=manager)
 
-    def drain(self, finish_s: float) -> dict:
+    async def drain(self, finish_s: float) -> dict:
         """Queued jobs end at once (503); running ones get finish_s to finish, then stop at their next
-        step (503 as well). Returns once no job runs, so every waiting client has its answer."""
+        step (503 as well). Returns once no job runs, so every waiting client has its answer. Async:
+        the event loop keeps sending those answers meanwhile."""
         manager = self.manager
         manager.drain()
         deadline = time.monotonic() + finish_s
         while self._running(manager) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         stopped = self._running(manager)
         with manager.lock:
             for job in manager.jobs.values():
                 if job.status == RUNNING:
                     job.cancel_requested = True
         while self._running(manager) and time.monotonic() < deadline + 10:
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         return {"stopped": stopped, "still_running": self._running(manager)}
 
     @staticmethod

@@ -233,6 +233,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                         help="fuse a LoRA (.safetensors, diffusers or kohya layout) into the weights at load, at "
                              "SCALE (default 1; repeatable; ort-cpu and ort-cuda)")
+    parser.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                        help="a textual-inversion embedding (.pt, .bin, .safetensors) as a new prompt token, TOKEN or "
+                             "the file's name (repeatable; ort-cpu and ort-cuda)")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -252,7 +255,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
         cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
-                             cuda_options=cuda_options, loras=args.lora or None)
+                             cuda_options=cuda_options, loras=args.lora or None, embeddings=args.embedding or None)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
             prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, scheduler=args.scheduler,

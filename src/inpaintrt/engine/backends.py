@@ -19,8 +19,9 @@ from .ort_session import BackendError, OrtBackend  # noqa: F401 (BackendError: i
 from .plans import PlanMismatchError
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt", "openvino")
-LORA_BACKENDS = ("LoRAs given at load run on backends ort-cpu and ort-cuda, not on {backend}: load with one of "
-                 "those, or bake the LoRAs into a new engine with `inpaint-export --lora FILE:SCALE` (repeatable)")
+LORA_BACKENDS = ("LoRAs and textual-inversion embeddings given at load run on backends ort-cpu and ort-cuda, not "
+                 "on {backend}: load with one of those, or bake the LoRAs into a new engine with `inpaint-export --lora "
+                 "FILE:SCALE` (repeatable)")
 TRT_INSTALL = ("install TensorRT 10.8+ or 11.x and cupy for your CUDA version on a machine with an NVIDIA GPU: "
                "`pip install 'inpaintrt[trt]'` (CUDA 12) or `pip install 'inpaintrt[trt-cu13]'` (CUDA 13)")
 

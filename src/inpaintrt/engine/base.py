@@ -14,6 +14,7 @@ import numpy as np
 from ..runtime.callbacks import step_callback
 from .backends import check_cuda_choice, open_backend, running_precision, unread_files
 from .lora import prepare_loras
+from .textual_inversion import prepare_embeddings, with_embeddings
 from .manifest import read_manifest, verify_files
 
 
@@ -34,16 +35,18 @@ class EngineBase:
 
     @classmethod
     def open(cls, root: Path, manifest: dict, backend: str, verify_hashes: bool, cuda_graph: bool,
-             precision: str | None, cuda_options: dict | None, loras):
+             precision: str | None, cuda_options: dict | None, loras, embeddings=None):
         """This class over the directory's sessions (Engine.load documents the arguments)."""
         check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
         checked = set()
         if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
             checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
         lora, described = prepare_loras(root, manifest, loras)
+        added = prepare_embeddings(root, manifest, embeddings)  # textual inversion (engine/textual_inversion.py)
         engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked,
-                                                   cuda_options, lora))
+                                                   cuda_options, with_embeddings(lora, added)))
         engine.loras = described
+        engine.embeddings = added.install(engine.text.tokenizers) if added else []
         engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
         return engine
 

@@ -52,7 +52,7 @@ class Engine(EngineBase):
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
              cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
-             loras=None, safety_checker: bool = True) -> "Engine | KandinskyEngine":
+             loras=None, embeddings=None, safety_checker: bool = True) -> "Engine | KandinskyEngine":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -64,7 +64,10 @@ class Engine(EngineBase):
         {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"} (engine/cuda_options.py lists them),
         over those the manifest records. loras: [(file, scale), ...] fused into the UNet's and text
         encoders' weights at load (engine/lora.py; ort-cpu and ort-cuda), nothing on disk changes;
-        `engine.loras` lists them and those baked in at export. The manifest's family picks the class
+        `engine.loras` lists them and those baked in at export. embeddings: textual-inversion files,
+        [file or (file, token), ...] (A1111 .pt/.safetensors, diffusers learned_embeds, SDXL clip_l/clip_g),
+        each a new prompt token as diffusers' load_textual_inversion gives (engine/textual_inversion.py);
+        `engine.embeddings` lists them. The manifest's family picks the class
         (ENGINE_CLASSES): a Kandinsky 2.2 directory gives a KandinskyEngine. safety_checker: where the directory
         has diffusers' safety checker it runs (flagged images come back black, `nsfw_content_detected` says
         which); False skips it (docs/safety-checker.md)."""
@@ -74,7 +77,7 @@ class Engine(EngineBase):
             raise EngineDirectoryError(f"{root}: the manifest's model family {family!r} is not one this inpaintrt "
                                        f"runs ({', '.join(ENGINE_CLASSES)}); re-export it with this version")
         engine = ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision,
-                                             cuda_options, loras)
+                                             cuda_options, loras, embeddings)
         engine.safety_checker = open_safety_checker(root, manifest, engine.backend, safety_checker)
         return engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 
 from . import notices
 
@@ -18,10 +18,29 @@ class PromptTokenizer:
         self._tokenizer.no_padding()
         self.eos_id = self._tokenizer.token_to_id("<|endoftext|>")  # Kandinsky's prior masks what follows it
         self.bos_id = self._tokenizer.token_to_id("<|startoftext|>")
+        self._vectors: dict[int, list[int]] = {}  # a multi-vector embedding's first id -> all its ids
+
+    def knows(self, token: str) -> bool:
+        return self._tokenizer.token_to_id(token) is not None
+
+    def add_embedding(self, tokens: list[str]) -> list[int]:
+        """Add a textual-inversion embedding's tokens (`tok`, `tok_1`, ...) as transformers' add_tokens does
+        (matched in the normalized, lowercased text); its ids. The prompt's `tok` then reads as all of them."""
+        self._tokenizer.add_tokens([AddedToken(token, normalized=True) for token in tokens])
+        ids = [self._tokenizer.token_to_id(token) for token in tokens]
+        if len(ids) > 1:
+            self._vectors[ids[0]] = ids
+        return ids
+
+    def _expand(self, ids: list[int]) -> list[int]:
+        """Each multi-vector embedding's first id followed by the rest (diffusers' maybe_convert_prompt)."""
+        if not self._vectors:
+            return ids
+        return [i for first in ids for i in self._vectors.get(first, (first,))]
 
     def tokens(self, text: str) -> list[int]:
         """The ids of text alone: no BOS, EOS or padding, never truncated."""
-        return self._tokenizer.encode(text).ids[1:-1]
+        return self._expand(self._tokenizer.encode(text).ids[1:-1])
 
     def chunk_row(self, ids: list[int]) -> tuple[int, ...]:
         """One chunk as the encoder reads it: BOS, at most max_length - 2 ids, EOS, padding (a short
@@ -33,7 +52,7 @@ class PromptTokenizer:
         """(len(prompts), max_length) int64 ids: BOS, tokens, EOS, padded; long prompts truncated with a warning."""
         rows = []
         for prompt, enc in zip(prompts, self._tokenizer.encode_batch(prompts)):
-            ids = enc.ids
+            ids = self._expand(enc.ids)
             if len(ids) > self.max_length:
                 dropped = len(ids) - self.max_length
                 notices.warn(

@@ -58,6 +58,7 @@ class Settings:
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
     loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
+    embeddings: list = field(default_factory=list)  # [path, token or None] textual inversions, loaded likewise
     more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
     max_batch: int = 1  # requests that may share UNet calls (1: batching off; docs/batching.md)
     batch_window_ms: float = 5.0  # how long a batchable job waits for others
@@ -84,7 +85,8 @@ def engine_facts(engine) -> dict:
             "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
             "scheduler_config": engine.scheduler_config, "backend": engine.backend,
             "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
-            "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", [])}
+            "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", []),
+            "embeddings": getattr(engine, "embeddings", [])}
 
 
 def open_engine(settings: Settings, engine_dir: str | None = None):
@@ -92,7 +94,8 @@ def open_engine(settings: Settings, engine_dir: str | None = None):
     from .. import Engine
 
     return Engine.load(engine_dir or settings.engine_dir, backend=settings.backend, precision=settings.precision,
-                       cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None)
+                       cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None,
+                       embeddings=[tuple(pair) for pair in settings.embeddings] or None)
 
 
 def local_engines(settings: Settings, engine_dir: str | None = None) -> Callable:

@@ -10,6 +10,7 @@ import sys
 
 from ..engine.backends import BACKENDS, PRECISIONS, check_choice
 from ..engine.lora import lora_pairs
+from ..engine.textual_inversion import embedding_pairs
 
 TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 
@@ -48,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                    help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="fuse a LoRA into the weights when each worker / replica loads (repeatable; ort-cpu, ort-cuda)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
+                   help="a textual-inversion embedding as a new prompt token, TOKEN or the file's name (repeatable)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
     return p
@@ -78,6 +81,7 @@ def settings_from(args):
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
                     a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora),
+                    embeddings=embedding_pairs(args.embedding),
                     max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
 
 

@@ -164,6 +164,7 @@ def bad_files(root, files):
     """{name: (embeddings argument, words the message must hold)}."""
     (root / "junk.pt").write_bytes(b"not a zip at all")
     (root / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+    one = vectors(1, 32, 0)
     return {
         "missing": ([str(root / "nope.pt")], ["nope.pt", "does not exist"]),
         "corrupt-pt": ([str(root / "junk.pt")], ["junk.pt", "not a torch zip"]),
@@ -176,8 +177,8 @@ def bad_files(root, files):
                 ["nan.safetensors", "NaN"]),
         "sdxl-on-sd": ([str(safetensors_file(root / "xl.safetensors", clip_l=vectors(1, 32, 0),
                                              clip_g=vectors(1, 32, 0)))], ["xl.safetensors", "SDXL embedding"]),
-        "not-an-embedding": ([str(safetensors_file(root / "lora.safetensors", a=vectors(1, 32, 0),
-                                                   b=vectors(1, 32, 0)))], ["lora.safetensors", "no textual-inversion"]),
+        "not-an-embedding": ([str(safetensors_file(root / "lora.safetensors", a=one, b=one))],
+                             ["lora.safetensors", "no textual-inversion"]),
         "one-path": (str(files["onevec"]), ["is one path", "embeddings=["]),
     }
 
@@ -204,3 +205,25 @@ def test_backends_without_initializer_overrides_refuse(engines, files):
     for backend in ("openvino", "tensorrt"):
         with pytest.raises(BackendError, match="textual-inversion embeddings given at load run on backends ort-cpu"):
             Engine.load(engines[9], backend=backend, embeddings=[str(files["onevec"])])
+
+
+def test_command_line_forms_and_server_info(engines, files):
+    """FILE:TOKEN on the command lines; inpaint-serve loads them and /v1/info lists the tokens."""
+    from fastapi.testclient import TestClient
+
+    from inpaintrt.engine.textual_inversion import parse_spec
+    from inpaintrt.serve.app import Settings, create_app
+    from inpaintrt.serve.cli import parser, settings_from
+
+    assert parse_spec("a/b.pt:tok") == ("a/b.pt", "tok") and parse_spec("a/b.pt") == ("a/b.pt", None)
+    assert parse_spec(("a/b.pt", "tok")) == ("a/b.pt", "tok")
+    flags = ["--embedding", f"{files['charturner']}:<turner>", "--embedding", str(files["onevec"])]
+    settings = settings_from(parser().parse_args(["--engine", str(engines[9]), "--backend", "ort-cpu", *flags]))
+    assert settings.embeddings == [[str(files["charturner"].resolve()), "<turner>"],
+                                   [str(files["onevec"].resolve()), None]]
+    with TestClient(create_app(Settings(**{**settings.__dict__, "token": None}))) as client:
+        listed = client.get("/v1/info").json()["embeddings"]
+    assert [(e["name"], e["token"], e["vectors"]) for e in listed] == [("charturner.pt", "<turner>", 3),
+                                                                        ("onevec.safetensors", "onevec", 1)]
+    with pytest.raises(InvalidArgument, match="nope.pt.*does not exist"):
+        settings_from(parser().parse_args(["--engine", str(engines[9]), "--embedding", "nope.pt"]))

@@ -192,6 +192,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     async def info():
         return {"version": __version__, "model": {k: v for k, v in facts.items() if k != "scheduler_config"},
                 "loras": facts.get("loras", []),  # name, sha256, scale (and baked: fused at export)
+                "embeddings": facts.get("embeddings", []),  # textual inversions: name, token, vectors, sha256
                 "models": [model.public_facts() for model in models],  # the first is the default
                 "schedulers": sorted(SCHEDULERS), "limits": {
                     "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,

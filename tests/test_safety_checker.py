@@ -178,7 +178,8 @@ def test_manifest_records_the_checker_and_its_hash(setup, tmp_path):
     assert section["file"] in manifest["files"] and manifest["files"][section["file"]]["sha256"].startswith("sha256:")
     assert section["preprocessing"]["size"] == {"shortest_edge": 32}
     assert section["preprocessing"]["crop_size"] == {"height": 32, "width": 32}
-    assert section["preprocessing"]["resample"] == 3 and section["parity"]["max_rel_error"] <= 1e-4
+    assert section["preprocessing"]["resample"] == 3
+    assert record("safety checker graph vs torch, max relative error", section["parity"]["max_rel_error"]) <= 1e-4
     altered = shutil.copytree(engine_dir, tmp_path / "altered")
     data = bytearray((altered / section["file"]).read_bytes())
     data[-10] ^= 1
@@ -243,3 +244,53 @@ def test_outpaint_blacks_out_the_whole_picture_when_a_pass_flags(setup):
     clean = Engine.load(setup[1]).outpaint(sample_image(64, 64), right=64, height=64, width=64,
                                            num_inference_steps=2, generator=SEED, progress=False)
     assert clean.nsfw_content_detected == [False] and np.asarray(clean.images[0]).any()
+
+
+def served(engine_dir, *flags: str, flag_all: bool = False):
+    """An in-process server over the engine; flag_all makes its checker flag every picture (the plumbing, on a
+    known answer: the decision itself is compared with diffusers above)."""
+    from fastapi.testclient import TestClient
+
+    from inpaintrt.serve.app import Settings, create_app, open_engine
+    from inpaintrt.serve.cli import parser, settings_from
+
+    settings = settings_from(parser().parse_args(["--engine", str(engine_dir), "--backend", "ort-cpu", *flags]))
+    settings = Settings(**{**settings.__dict__, "token": None})
+
+    def load():
+        engine = open_engine(settings)
+        if flag_all:
+            engine.safety_checker.flags = lambda pictures: [True] * len(pictures)
+        return engine
+
+    return TestClient(create_app(settings, load_engine=load))
+
+
+def test_server_says_which_pictures_were_blacked_out(setup):
+    import base64
+
+    from serve_helpers import files, form, mask, picture, pixels, png
+
+    fields = {"prompt": "a bench", "num_inference_steps": 2, "seed": 3, "width": 64, "height": 64}
+    body = {"init_images": [base64.b64encode(png(picture())).decode()], "mask": base64.b64encode(png(mask())).decode(),
+            "steps": 2, "width": 64, "height": 64, "batch_size": 2}
+    with served(setup[1], flag_all=True) as client:
+        assert client.get("/v1/info").json()["model"]["safety_checker"] is True
+        answer = client.post("/v1/inpaint", files=files(), data=form({**fields, "response_format": "json"})).json()
+        assert answer["nsfw_content_detected"] == [True]
+        assert not pixels(base64.b64decode(answer["image"])).any()
+        assert any("Potential NSFW content" in warning for warning in answer["warnings"])
+        answer = client.post("/v1/inpaint", files=files(), data=form(fields))
+        assert answer.headers["X-NSFW-Content-Detected"] == "[true]" and not pixels(answer.content).any()
+        job = client.post("/v1/jobs", files=files(), data=form(fields)).json()
+        while job["status"] not in ("done", "failed", "cancelled"):
+            job = client.get(f"/v1/jobs/{job['id']}").json()
+        assert job["status"] == "done" and job["nsfw_content_detected"] == [True]
+        info = json.loads(client.post("/sdapi/v1/img2img", json=body).json()["info"])
+        assert info["nsfw_content_detected"] == [True, True]
+    with served(setup[1], "--no-safety-checker") as client:
+        assert client.get("/v1/info").json()["model"]["safety_checker"] is False
+        answer = client.post("/v1/inpaint", files=files(), data=form({**fields, "response_format": "json"})).json()
+        assert answer["nsfw_content_detected"] is None and pixels(base64.b64decode(answer["image"])).any()
+        info = json.loads(client.post("/sdapi/v1/img2img", json=body).json()["info"])
+        assert info["nsfw_content_detected"] == [None, None]

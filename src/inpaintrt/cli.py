@@ -236,6 +236,8 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                         help="a textual-inversion embedding (.pt, .bin, .safetensors) as a new prompt token, TOKEN or "
                              "the file's name (repeatable; ort-cpu and ort-cuda)")
+    parser.add_argument("--no-safety-checker", action="store_true",
+                        help="load the engine without its safety checker, where it has one (docs/safety-checker.md)")
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -255,6 +257,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
         cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
+                             safety_checker=not args.no_safety_checker,
                              cuda_options=cuda_options, loras=args.lora or None, embeddings=args.embedding or None)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
@@ -283,6 +286,10 @@ def inpaint_main(argv: list[str] | None = None) -> int:
     for path in _output_paths(Path(args.output), len(result.images)):
         result.images.pop(0).save(path)
         print(path)
+    flagged = result.nsfw_content_detected or []
+    if any(flagged):  # the files are black, as diffusers returns flagged images
+        print(f"note: the safety checker found potential NSFW content in {sum(flagged)} of {len(flagged)} images, "
+              "written black; try another prompt or seed (or --no-safety-checker)", file=sys.stderr)
     return 0
 
 

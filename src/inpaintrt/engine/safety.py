@@ -7,12 +7,12 @@ into the input. The engine does the same at the same point (docs/safety-checker.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..runtime import notices
 from ..runtime.errors import InvalidArgument
 
 NOTICE = ("Potential NSFW content was detected in {count} of {total} images; they are black. Try again with a "
@@ -52,7 +52,8 @@ def screen(checker: SafetyChecker | None, images: np.ndarray) -> tuple[np.ndarra
     if any(found):
         images = images.copy()
         images[np.array(found)] = 0.0
-        logging.getLogger("inpaintrt").warning(NOTICE.format(count=sum(found), total=len(found)))
+        # diffusers logs the same; as a notice, the server also returns it with the job
+        notices.warn(NOTICE.format(count=sum(found), total=len(found)), stacklevel=3)
     return images, found
 
 

@@ -28,7 +28,7 @@ from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY,
     sampler_choice
 from .errors import ApiError, validation_error
 from .inputs import InpaintParameters, check, decode_base64
-from .jobs import CANCELLED, FINISHED
+from .jobs import CANCELLED, DONE, FINISHED
 
 
 @dataclass
@@ -111,6 +111,9 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
                 tracker.interrupted.discard(job.id)
                 server.manager.forget(job.id)
         info = _info(params, seed, count, sampler, title, sha256, engine.facts, interrupted)
+        # A1111 has no field for it: ours, per image returned (None where no safety checker ran)
+        info["nsfw_content_detected"] = [(job.nsfw_content_detected or [None])[0]
+                                         for job in jobs if job.status == DONE]
         shown = params.model_dump(exclude={"init_images", "mask"})
         return {"images": images if params.send_images else [], "parameters": shown, "info": json.dumps(info)}
 

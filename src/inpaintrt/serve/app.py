@@ -58,6 +58,7 @@ class Settings:
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
     loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
+    safety_checker: bool = True  # run the engines' safety checker where they have one (--no-safety-checker)
     embeddings: list = field(default_factory=list)  # [path, token or None] textual inversions, loaded likewise
     more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
     max_batch: int = 1  # requests that may share UNet calls (1: batching off; docs/batching.md)
@@ -84,6 +85,7 @@ def engine_facts(engine) -> dict:
             "latent_channels": model["latent_channels"], "default_height": model["default_height"],
             "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
             "scheduler_config": engine.scheduler_config, "backend": engine.backend,
+            "safety_checker": getattr(engine, "safety_checker", None) is not None,
             "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
             "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", []),
             "embeddings": getattr(engine, "embeddings", [])}
@@ -94,6 +96,7 @@ def open_engine(settings: Settings, engine_dir: str | None = None):
     from .. import Engine
 
     return Engine.load(engine_dir or settings.engine_dir, backend=settings.backend, precision=settings.precision,
+                       safety_checker=settings.safety_checker,
                        cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None,
                        embeddings=[tuple(pair) for pair in settings.embeddings] or None)
 
@@ -323,12 +326,15 @@ def _result(job, response_format: str) -> Response:
         if response_format == "json":
             return JSONResponse({"seed": job.seed, "width": job.width, "height": job.height, "timings": timings,
                                  "replica": job.replica, "warnings": job.warnings,
+                                 "nsfw_content_detected": job.nsfw_content_detected,
                                  "image": base64.b64encode(job.png).decode()})
         headers = {"X-Seed": str(job.seed), "X-Timings": json.dumps(timings), "X-Job-Id": job.id}
         if job.warnings:  # ASCII JSON: header values must be latin-1
             headers["X-Warnings"] = json.dumps(job.warnings)
         if job.replica:
             headers["X-Replica"] = job.replica
+        if job.nsfw_content_detected is not None:
+            headers["X-NSFW-Content-Detected"] = json.dumps(job.nsfw_content_detected)
         return Response(job.png, media_type="image/png", headers=headers)
     if job.status == CANCELLED and "shutting down" in (job.error or ""):
         raise ApiError(503, "server", f"job {job.id} was not run: {job.error}", "retry against a running server")

@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                    help="fuse a LoRA into the weights when each worker / replica loads (repeatable; ort-cpu, ort-cuda)")
     p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
                    help="a textual-inversion embedding as a new prompt token, TOKEN or the file's name (repeatable)")
+    p.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
+                   help="load the engines without their safety checker (docs/safety-checker.md)")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
     return p
@@ -81,6 +83,7 @@ def settings_from(args):
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
                     a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora),
+                    safety_checker=args.safety_checker,
                     embeddings=embedding_pairs(args.embedding),
                     max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
 

@@ -59,6 +59,7 @@ class Job:
     error: str | None = None
     warnings: list = field(default_factory=list)  # e.g. a prompt cut at CLIP's 77 tokens (prompt_syntax plain)
     png: bytes | None = None
+    nsfw_content_detected: list | None = None  # [True] when the safety checker blacked the picture out
     width: int = 0
     height: int = 0
     created: float = field(default_factory=time.monotonic)
@@ -83,6 +84,7 @@ class Job:
         return {"id": self.id, "status": self.status, "step": self.step, "total": self.total, "steps": steps,
                 "steps_done": steps_done, "seed": self.seed,
                 "error": self.error, "warnings": list(self.warnings), "width": self.width, "height": self.height,
+                "nsfw_content_detected": self.nsfw_content_detected,
                 "timings": timings, **({"restarted": list(self.restarts)} if self.restarts else {})}
 
 
@@ -257,6 +259,7 @@ class JobManager:
                 result = call() if call is not None else getattr(engine, job.task)(
                     **job.arguments, generator=job.seed, callback_on_step_end=on_step, progress=False,
                     output_type="pil", **rerun)
+            job.nsfw_content_detected = getattr(result, "nsfw_content_detected", None)  # None: no checker ran
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:

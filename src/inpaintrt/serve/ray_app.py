@@ -65,9 +65,11 @@ class InpaintEngine:
 
         def work():
             try:
-                picture = getattr(self.engine, task)(**arguments, generator=seed, callback_on_step_end=on_step,
-                                                     progress=False).images[0]
-                events.put(("done", encode_png(picture), picture.width, picture.height, self.replica))
+                result = getattr(self.engine, task)(**arguments, generator=seed, callback_on_step_end=on_step,
+                                                    progress=False)
+                picture = result.images[0]
+                events.put(("done", encode_png(picture), picture.width, picture.height, self.replica,
+                            result.nsfw_content_detected))
             except JobCancelled:
                 events.put(("cancelled",))
             except (ValueError, FloatingPointError) as e:
@@ -102,6 +104,7 @@ class RemoteResult:
     width: int
     height: int
     replica: str
+    nsfw_content_detected: list | None = None  # from the replica's safety checker
 
 
 class RemoteEngine:

@@ -245,7 +245,8 @@ $("cancel").onclick = async () => {
 async function keepResult(job, context, prefix) {
   const blob = await (await api(job.result_url)).blob();
   const entry = { task: context.task, model: context.model, seed: job.seed, params: context.params, sides: context.sides,
-    input: context.picture, result: blob, width: job.width, height: job.height, job: job.id, time: Date.now() };
+    input: context.picture, result: blob, width: job.width, height: job.height, job: job.id, time: Date.now(),
+    nsfw: job.nsfw_content_detected?.[0] === true };
   await history.add(entry);
   state.results.push(entry);
   await show(entry);
@@ -267,7 +268,9 @@ async function show(entry) {
   $("seed-used").textContent = `seed ${entry.seed}`;
   $("result-about").textContent = `#${entry.id} ${entry.task}${entry.model ? ` (${entry.model})` : ""}, ` +
     `${entry.width}×${entry.height}: ` +
-    (entry.params?.prompt || "(no prompt)");
+    (entry.params?.prompt || "(no prompt)") +
+    // the engine's safety checker blacked it out, as diffusers does (docs/safety-checker.md)
+    (entry.nsfw ? " — blacked out: the safety checker found potential NSFW content; try another prompt or seed" : "");
   history.mark(entry);
   document.body.dataset.result = entry.job;
 }

@@ -253,8 +253,6 @@ def build_application(settings: Settings, replicas: int | str = 1, num_gpus: flo
     a live one."""
     if settings.max_batch > 1:  # the ingress hands each job to a replica that runs one request at a time
         raise ValueError("max_batch batches within one process; on Ray Serve leave it at 1 and scale with replicas")
-    if settings.max_batch > 1:  # the ingress hands each job to a replica that runs one request at a time
-        raise ValueError("max_batch batches within one process; on Ray Serve leave it at 1 and scale with replicas")
     if settings.more_engines:  # the ingress routes to one engine deployment
         raise ValueError("Ray Serve serves one engine; pass a single --engine (or serve each on its own)")
     if num_gpus is None:

@@ -63,9 +63,9 @@ def _manager(engine, max_batch: int, window_ms: float = 1000) -> JobManager:
 
 def test_interleaved_jobs_are_batched_and_each_gets_its_single_request_picture(engine):
     """Jobs with their own pictures, prompts and seeds, interleaved with jobs another loop must run (other
-    steps), and one job with bad input: the four that agree run as one batch (every UNet call has their 8
-    rows: 4 pictures, guided), each picture equals the one it gets alone (measured: identical bytes), the bad
-    job fails alone with the engine's message, and the others run in their own batch."""
+    steps), and one job with bad input: the first four that agree are gathered (the bad one fails in its own
+    set-up with the engine's message; the other three share UNet calls of 6 rows, guided), each picture equals
+    the one it gets alone (measured: identical bytes), and the rest run in their own loops."""
     expected = {seed: _alone(engine, _arguments(seed), seed) for seed in (11, 12, 13, 14)}
     other = _alone(engine, _arguments(20, num_inference_steps=3), 20)
     unet = GatedUnet(engine)

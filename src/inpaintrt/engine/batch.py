@@ -74,6 +74,8 @@ class Rendezvous:
 
     def arrive(self, index: int, arrival: Arrival):
         with self.changed:
+            if index not in self.pending:  # the batch's one loop has been run (or is running) without it
+                raise RuntimeError(f"batch member {index} reached the denoising loop twice; run such calls alone")
             self.arrivals[index] = arrival
             self.pending.discard(index)
             self.changed.notify_all()

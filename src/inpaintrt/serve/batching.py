@@ -77,10 +77,12 @@ def run_batch(manager, jobs: list, engine) -> None:
 
     try:
         engine.inpaint_batch(members, on_done=finished)
+        broken = RuntimeError("the batch ended without this job's result")
     except Exception as e:  # the batching itself broke: every job not finished yet fails with it
-        for job in jobs:
-            if not job.done.is_set():
-                manager.run_job(job, engine, lambda error=e: _raise(error))
+        broken = e
+    for job in jobs:  # never leave a job running
+        if not job.done.is_set():
+            manager.run_job(job, engine, lambda: _raise(broken))
 
 
 def _with_warnings(job, outcome):

@@ -58,10 +58,10 @@ class ControlNets:
         cond / uncond: the UNet's text conditioning (uncond None without classifier-free guidance);
         scale None: the family's default."""
         n = len(self.entries)
-        if not n:
-            _refuse_without_controlnet(control_image, scale, start, end, guess_mode)
-            return None
         scale = self.default_scale if scale is None else scale
+        if not n:
+            _refuse_without_controlnet(control_image, scale, start, end, guess_mode, self.default_scale)
+            return None
         images = _per_controlnet(control_image, n)
         scales = _scales(scale, n)
         starts, ends = _window(start, end, n)
@@ -93,9 +93,10 @@ class ControlNets:
         return ControlResiduals(units, self.layout, text, guided, guess)
 
 
-def _refuse_without_controlnet(control_image, scale, start, end, guess_mode) -> None:
+def _refuse_without_controlnet(control_image, scale, start, end, guess_mode, default_scale) -> None:
+    """Only defaults may reach an engine without ControlNets (a caller that always passes them is fine)."""
     given = [name for name, value, default in (
-        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, None),
+        ("control_image", control_image, None), ("controlnet_conditioning_scale", scale, default_scale),
         ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0), ("guess_mode", guess_mode, False),
     ) if not (value is default or (default is not None and isinstance(value, numbers.Real) and value == default))]
     if given:

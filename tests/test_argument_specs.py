@@ -3,6 +3,7 @@ family table: one home for each default and limit."""
 import inspect
 import json
 
+import numpy as np
 import pytest
 
 from inpaintrt import Engine
@@ -56,3 +57,27 @@ def test_unknown_family_is_refused_by_name(engine_dir, tmp_path):
     with pytest.raises(EngineDirectoryError, match="model family 'sd9' is not one this inpaintrt runs .*sd1, sd2, "
                                                    "sdxl, kandinsky22"):
         Engine.load(copy, verify_hashes=False)
+
+
+@pytest.mark.parametrize("overrides, field, fix", [
+    (dict(mask_grow=5000), "mask_grow", "use a whole number of pixels from 0 to 4096"),
+    (dict(strength=0), "strength", "use a number in (0, 1]"),
+    (dict(mask_mode="grey"), "mask_mode", "use one of binary, soft"),
+    (dict(mask_grow=2, mask_shrink=2), "mask_shrink", "pass one of mask_grow and mask_shrink"),
+    (dict(height=60), "height", "use a positive multiple of 8, e.g. 64"),
+    (dict(denoising_start=0.5, denoising_end=0.4), "denoising_end", "use a denoising_end above denoising_start"),
+    (dict(image_embeds=[[0.0]]), "image_embeds", "leave it out"),
+    (dict(original_size=(64, 64)), "original_size", "leave them out"),
+    (dict(mask_image=np.zeros((64, 96), np.uint8)), "mask_image", "paint white where the picture should change"),
+    (dict(image=np.zeros((4, 4, 3), np.uint8)), "image", "pass a picture of at least 8x8 pixels"),
+])
+def test_a_refusal_names_its_field_and_fix(engine, overrides, field, fix):
+    """The InvalidArgument carries the field and that refusal's fix, for the server and the CLI to use."""
+    from conftest import sample_image, sample_mask
+    from inpaintrt.runtime.errors import InvalidArgument
+
+    arguments = {**dict(image=sample_image(96, 64), mask_image=sample_mask(96, 64), prompt="a cat",
+                        num_inference_steps=2, height=64, width=96, progress=False), **overrides}
+    with pytest.raises(InvalidArgument) as raised:
+        engine.inpaint(**arguments)
+    assert (raised.value.field, raised.value.fix) == (field, fix), str(raised.value)

@@ -37,7 +37,10 @@ def files(tmp_path):
     (["--image", "missing.png"], "error: image: no such file 'missing.png'"),
     (["--image", "notes.txt"], "error: image is not a picture PIL can read"),
     (["--mask", "notes.txt"], "error: mask_image is not a picture PIL can read"),
-    (["--height", "128", "--width", "100000"], "error: width=100000 with height=128 is 100000x128"),
+    (["--height", "128", "--width", "100000"], "error: --width: width=100000 with height=128 is 100000x128"),
+    (["--mask-grow", "5000"], "error: --mask-grow: mask_grow=5000 must be a whole number of pixels from 0 to 4096"),
+    (["--strength", "0"], "error: --strength: strength=0.0 must be a number in (0, 1]"),
+    (["--steps", "0"], "error: --steps: num_inference_steps=0 must be a whole number >= 1"),
 ])
 def test_cli_messages_are_the_engines(engines, files, monkeypatch, capsys, flags, message):
     monkeypatch.chdir(files)
@@ -122,7 +125,7 @@ def test_job_messages_and_warnings():
 
     job = manager.submit({}, seed=1, total=3)
     job.started = time.monotonic()  # as a worker sets it
-    manager._run(job, _Engine())
+    manager.run_job(job, _Engine())
     assert job.status == DONE and job.snapshot()["warnings"] == [
         "prompt 'a cat ...'... is 90 tokens; CLIP reads 77, so the last 13 were dropped"]
     assert "last 13 were dropped" in _result(job, "png").headers["X-Warnings"]

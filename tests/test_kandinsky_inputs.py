@@ -92,7 +92,7 @@ BAD = [
     (dict(width=96 + 8), "width=104 must be a positive multiple of 16"),
     (dict(scheduler="euler"), "scheduler='euler' does not fit"),
     (dict(negative_prompt="x", negative_prior_prompt="y"), "name the same thing"),
-    (dict(prior_num_inference_steps=1), "prior_num_inference_steps=1 must be an integer >= 2"),
+    (dict(prior_num_inference_steps=1), "prior_num_inference_steps=1 must be a whole number >= 2"),
     (dict(strength=0.5), "strength is an argument of the Stable Diffusion engines"),
     (dict(prompt_2="x", control_image=None, padding_mask_crop=8), "padding_mask_crop, prompt_2 are arguments"),
     (dict(guidance_scale=float("nan")), "guidance_scale=nan"),

@@ -13,9 +13,9 @@ import onnxruntime as ort
 import pytest
 
 from inpaintrt.engine.backends import BackendError, _auto_ort_cuda
-from inpaintrt.engine.ort_cuda import (BoundComponent, CheckedDecoder, _address, graph_for_cuda, load_ort_cuda,
+from inpaintrt.engine.ort_cuda import (BoundComponent, CheckedDecoder, graph_for_cuda, load_ort_cuda,
                                        require_cuda_provider)
-from inpaintrt.runtime.xp import array_module
+from inpaintrt.runtime.xp import array_module, device_address
 from test_array_module import DeviceArray, device
 
 
@@ -78,7 +78,7 @@ def test_bound_component_copies_into_buffers_bound_once_per_shape(tiny_graph, mo
             assert array_module(outputs[name]) is module  # outputs live where the feeds live
             np.testing.assert_allclose(np.asarray(outputs[name]).view(np.ndarray), value, rtol=1e-6, atol=1e-6)
         binding = component.bindings[(("t", (batch,)), ("x", (batch, 4)))]
-        now = {name: _address(buf) for name, buf in {**binding.inputs, **binding.outputs}.items()}
+        now = {name: device_address(buf) for name, buf in {**binding.inputs, **binding.outputs}.items()}
         assert addresses.setdefault(batch, (binding.io, now)) == (binding.io, now), "buffers reallocated or rebound"
         # the caller owns what it got: the bound buffers, which the next call overwrites, are not handed out
         assert not np.shares_memory(np.asarray(outputs["y"]), np.asarray(binding.outputs["y"]))

@@ -112,5 +112,5 @@ def test_sdxl_soft_mask(sdxl_engines, name):
 
 @pytest.mark.parametrize("value", ["grey", "SOFT", None, 1])
 def test_unknown_mask_mode_is_refused(loaded, value):
-    with pytest.raises(ValueError, match="mask_mode=.*choose 'binary'"):
+    with pytest.raises(ValueError, match="mask_mode=.* is unknown; choose one of binary, soft"):
         loaded[9].inpaint(sample_image(96, 64), sample_mask(96, 64), mask_mode=value, **ARGS)

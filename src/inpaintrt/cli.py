@@ -7,8 +7,40 @@ import signal
 import sys
 from pathlib import Path
 
+from .engine.argument_specs import SPECS
 from .engine.cuda_options import parse_cuda_option
+from .runtime.errors import InvalidArgument
 from .runtime.schedulers import SCHEDULERS, describe_schedulers
+
+
+# Engine.inpaint's arguments the `inpaint` command line sets, grouped as its help shows them
+FAMILY_DEFAULTED = ("prompt_syntax", "num_inference_steps", "guidance_scale")
+INPAINT_ONLY = ("num_images_per_prompt", "padding_mask_crop", "blur_factor", "keep_unmasked", "keep_input_size",
+                "mask_grow", "mask_shrink", "mask_invert")
+SDXL_FLAGS = ("prompt_2", "negative_prompt_2", "denoising_start", "denoising_end", "aesthetic_score",
+              "negative_aesthetic_score")
+COMMON_FLAGS = ("prompt", "negative_prompt", "strength", "height", "width", "mask_mode", "masked_content") + SDXL_FLAGS
+
+
+def _flag_of(name: str) -> str:
+    return SPECS[name].flag or "--" + name.replace("_", "-")
+
+
+def _spec_flag(parser, name: str, **more) -> None:
+    """A flag made from the engines' argument table (engine/argument_specs.py): type, choices, default, help."""
+    spec = SPECS[name]
+    options = {"dest": name, "default": spec.default}
+    if spec.kind == "flag":
+        options["action"] = "store_true"
+    elif spec.kind == "choice":
+        options["choices"] = spec.choices
+    elif spec.kind in ("whole", "real"):
+        options.update(type=int if spec.kind == "whole" else float, metavar="N")
+    wanted = spec.wanted() if spec.kind in ("whole", "real") else ""
+    default = more.get("default", spec.default)
+    options["help"] = (spec.help.rstrip(".") + (f" ({wanted})" if wanted else "")
+                       + (f"; default {default}" if default not in (None, False, "") else ""))
+    parser.add_argument(_flag_of(name), **{**options, **more})
 
 
 def _fail(message: str) -> int:
@@ -166,50 +198,29 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     parser.add_argument("--image", required=True, help="input picture file")
     parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
-    parser.add_argument("--prompt", default="")
-    parser.add_argument("--negative-prompt")
-    parser.add_argument("--prompt-syntax", choices=("a1111", "plain"),
-                        help="a1111 (default): (word:1.3), (word), [word], BREAK, prompts past 75 tokens; plain: "
-                             "diffusers' reading (truncated at 77 tokens)")
-    parser.add_argument("--steps", type=int, help="num_inference_steps (default: the family's, 50; Kandinsky 100)")
-    parser.add_argument("--guidance", type=float,
-                        help="guidance_scale; <= 1 turns guidance off (default: the family's, 7.5; Kandinsky 4)")
-    parser.add_argument("--strength", type=float,
-                        help="in (0, 1]; lower keeps more of the image (default: diffusers' 1.0, SDXL 0.9999)")
+    _spec_flag(parser, "prompt", default="")
+    _spec_flag(parser, "negative_prompt")
+    for name in FAMILY_DEFAULTED:  # left out unless given: the engine's family default applies
+        _spec_flag(parser, name, default=None)
+    _spec_flag(parser, "strength")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
     parser.add_argument("--scheduler-option", action="append", default=[], metavar="NAME=VALUE",
                         help="override a scheduler setting, e.g. use_karras_sigmas=true or eta=0.3 (JSON values)")
     parser.add_argument("--seed", type=int, help="random seed (default: fresh entropy)")
-    parser.add_argument("--height", type=int, help="output height, a multiple of 8 (default: the model's)")
-    parser.add_argument("--width", type=int, help="output width, a multiple of 8 (default: the model's)")
-    parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    parser.add_argument("--padding-mask-crop", type=int, help="inpaint only the mask's box padded by N pixels")
-    parser.add_argument("--blur", type=float, default=0, help="blur the mask edge by this radius (blur_factor)")
-    parser.add_argument("--keep-unmasked", action="store_true", help="unmasked pixels stay exactly as in the input")
-    parser.add_argument("--keep-input-size", action="store_true", help="output at the input's size (multiples of 8)")
+    for name in ("height", "width") + INPAINT_ONLY[:5]:
+        _spec_flag(parser, name)
     masks = parser.add_argument_group("masks (beyond diffusers)")
-    masks.add_argument("--mask-mode", choices=("binary", "soft"), default="binary",
-                       help="binary (default, diffusers'): cut at 0.5; soft: grey levels = how much each pixel changes")
-    masks.add_argument("--masked-content", choices=("original", "fill", "latent_noise", "latent_nothing"),
-                       default="original", help="what the masked area starts from when --strength < 1")
-    masks.add_argument("--mask-grow", type=int, default=0, metavar="N", help="widen the white part by N pixels")
-    masks.add_argument("--mask-shrink", type=int, default=0, metavar="N", help="narrow the white part by N pixels")
-    masks.add_argument("--mask-invert", action="store_true", help="repaint the black part instead")
+    for name in ("mask_mode", "masked_content") + INPAINT_ONLY[5:]:
+        _spec_flag(masks, name)
     outpaint = parser.add_argument_group("outpainting")
     outpaint.add_argument("--extend", metavar="SIDE=N,...",
                           help="grow the canvas instead of using --mask, e.g. left=256,right=128 (sides: left, right, "
                                "top, bottom); passes of at most --height x --width (default: the model's size)")
-    outpaint.add_argument("--overlap", type=int, default=32,
-                          help="pixels the repaint reaches into the existing picture, feathered (default 32)")
-    outpaint.add_argument("--fill", choices=("edge", "mirror", "noise"), default="edge",
-                          help="pre-fill of the new area (default edge: the border stretched out and blurred)")
+    for name in ("overlap", "fill"):
+        _spec_flag(outpaint, name)
     sdxl = parser.add_argument_group("SDXL")
-    sdxl.add_argument("--prompt-2", help="prompt for the second text encoder (default: --prompt)")
-    sdxl.add_argument("--negative-prompt-2", help="negative prompt for the second text encoder")
-    sdxl.add_argument("--denoising-start", type=float, help="fraction of the schedule already done (refiner hand-off)")
-    sdxl.add_argument("--denoising-end", type=float, help="stop after this fraction of the schedule")
-    sdxl.add_argument("--aesthetic-score", type=float, help="refiner-style checkpoints (default 6.0)")
-    sdxl.add_argument("--negative-aesthetic-score", type=float, help="refiner-style checkpoints (default 2.5)")
+    for name in SDXL_FLAGS:
+        _spec_flag(sdxl, name)
     control = parser.add_argument_group("ControlNet (engines exported with --controlnet)")
     control.add_argument("--control-image", action="append", default=[], metavar="FILE|none",
                          help="control picture, one per ControlNet in export order ('none': an inpaint ControlNet "
@@ -254,6 +265,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
             raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
         sides = _parse_extend(args.extend) if args.extend else None
         # Engine.inpaint's own checks and messages, before the engine is loaded
+        _check_flags(args)
         image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
         cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
         engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
@@ -261,26 +273,18 @@ def inpaint_main(argv: list[str] | None = None) -> int:
                              cuda_options=cuda_options, loras=args.lora or None, embeddings=args.embedding or None)
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(
-            prompt=args.prompt, negative_prompt=args.negative_prompt, strength=args.strength, scheduler=args.scheduler,
-            scheduler_options=options or None, generator=args.seed, height=args.height, width=args.width,
-            progress=True, prompt_2=args.prompt_2, negative_prompt_2=args.negative_prompt_2,
-            denoising_start=args.denoising_start, denoising_end=args.denoising_end,
-            aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
-            mask_mode=args.mask_mode, masked_content=args.masked_content, **_control_arguments(args),
+            scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed, progress=True,
+            **{name: getattr(args, name) for name in COMMON_FLAGS}, **_control_arguments(args),
         )
-        given = dict(num_inference_steps=args.steps, guidance_scale=args.guidance,  # else the engine's defaults
-                     prompt_syntax=args.prompt_syntax)
-        common.update({name: value for name, value in given.items() if value is not None})
-        masking = dict(num_images_per_prompt=args.num_images, padding_mask_crop=args.padding_mask_crop,
-                       blur_factor=args.blur, keep_unmasked=args.keep_unmasked, keep_input_size=args.keep_input_size,
-                       mask_grow=args.mask_grow, mask_shrink=args.mask_shrink, mask_invert=args.mask_invert)
+        common.update({name: getattr(args, name) for name in FAMILY_DEFAULTED if getattr(args, name) is not None})
+        masking = {name: getattr(args, name) for name in INPAINT_ONLY}
         if sides:  # what only an inpaint call takes goes along only when set, so outpaint can refuse it
-            unset = dict(num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
-                         keep_input_size=False, mask_grow=0, mask_shrink=0, mask_invert=False)
             result = engine.outpaint(image, **sides, overlap=args.overlap, fill=args.fill, **common,
-                                     **{k: v for k, v in masking.items() if v != unset[k]})
+                                     **{k: v for k, v in masking.items() if v != SPECS[k].default})
         else:
             result = engine.inpaint(image, mask, **common, **masking)
+    except InvalidArgument as e:  # named by its flag
+        return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS else str(e))
     except (OSError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
@@ -291,6 +295,14 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         print(f"note: the safety checker found potential NSFW content in {sum(flagged)} of {len(flagged)} images, "
               "written black; try another prompt or seed (or --no-safety-checker)", file=sys.stderr)
     return 0
+
+
+def _check_flags(args) -> None:
+    from .engine import arguments as check
+
+    for name in FAMILY_DEFAULTED + COMMON_FLAGS + INPAINT_ONLY + ("overlap", "fill"):
+        if getattr(args, name) is not None:
+            check.from_table(name, getattr(args, name))
 
 
 def _control_arguments(args) -> dict:

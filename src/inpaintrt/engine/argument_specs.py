@@ -7,7 +7,7 @@ that its defaults are the ones written here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..runtime.images import MAX_PIXELS
 
@@ -32,10 +32,27 @@ class Spec:
     unit: str = ""  # the thing counted, e.g. "pixels", in messages
     meaning: str = ""  # what the value does, appended to messages, e.g. "0 = unchanged"
     help: str = ""  # the CLI's and the server's description
-    serve_high: float | None = None  # a tighter maximum for a public server's requests
+    serve_low: float | None = None  # tighter bounds for a public server's requests
+    serve_high: float | None = None
+    flag: str = ""  # the `inpaint` command line's flag when it is not --name-with-dashes
 
     def range_text(self) -> str:
         return range_text(self.low, self.high, self.low_open, self.high_open)
+
+    def served(self) -> "Spec":
+        """This spec with the bounds a public server narrows it to."""
+        return replace(self, low=self.low if self.serve_low is None else self.serve_low,
+                       high=self.high if self.serve_high is None else self.serve_high)
+
+    def wanted(self) -> str:
+        """What a valid value is, in words: "a whole number of pixels from 0 to 4096", "one of binary, soft"."""
+        if self.kind == "choice":
+            return f"one of {', '.join(self.choices)}"
+        if self.kind == "flag":
+            return "true or false"
+        bounds = self.range_text()
+        noun = "a whole number" if self.kind == "whole" else "a number" if bounds else "a finite number"
+        return " ".join(part for part in (noun, f"of {self.unit}" if self.unit else "", bounds) if part)
 
 
 def range_text(low=None, high=None, low_open=False, high_open=False) -> str:
@@ -77,8 +94,9 @@ def _other(name, default=None, help="") -> Spec:
 INPAINT = [
     _other("prompt", help="What to paint into the masked area."),
     _other("negative_prompt", help="What to steer away from."),
-    _whole("num_inference_steps", 50, 1, help="Denoising steps; default: the model family's (50; Kandinsky 100)."),
-    _real("guidance_scale", 7.5, meaning="<= 1 turns guidance off", serve_high=50,
+    _whole("num_inference_steps", 50, 1, serve_high=1000, flag="--steps",
+           help="Denoising steps; default: the model family's (50; Kandinsky 100)."),
+    _real("guidance_scale", 7.5, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50, flag="--guidance",
           help="Classifier-free guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4)."),
     _real("strength", None, 0, 1, meaning="1 repaints fully, smaller keeps more of the image", low_open=True,
           help="1 repaints the masked area fully; smaller keeps more of the picture. Default: diffusers' for the "
@@ -88,9 +106,9 @@ INPAINT = [
     _other("generator"), _other("latents"),
     _whole("height", None, 8, help="Output height, a multiple of 8; default: the model's."),
     _whole("width", None, 8, help="Output width, a multiple of 8; default: the model's."),
-    _whole("num_images_per_prompt", 1, 1, help="Images per prompt."),
+    _whole("num_images_per_prompt", 1, 1, flag="--num-images", help="Images per prompt."),
     _whole("padding_mask_crop", None, 0, unit="pixels", help="Inpaint only the mask's box padded by N pixels."),
-    _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur",
+    _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur", flag="--blur",
           help="Blur radius of the mask edge (pixels)."),
     _flag("keep_unmasked", "Paste the result over the input: unmasked pixels stay as sent."),
     _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8)."),
@@ -144,9 +162,9 @@ OUTPAINT = [
 KANDINSKY = [
     _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt."),
     _other("image_embeds"), _other("negative_image_embeds"),
-    _real("prior_guidance_scale", None, meaning="<= 1 turns guidance off", serve_high=50,
+    _real("prior_guidance_scale", None, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50,
           help="Kandinsky 2.2: the prior's guidance (default 4)."),
-    _whole("prior_num_inference_steps", None, 2, help="Kandinsky 2.2: the prior's steps (default 25)."),
+    _whole("prior_num_inference_steps", None, 2, serve_high=1000, help="Kandinsky 2.2: the prior's steps (default 25)."),
     _other("prior_latents"),
 ]
 

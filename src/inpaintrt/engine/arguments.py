@@ -1,4 +1,9 @@
-"""Checks of Engine.inpaint's arguments: each failure is a ValueError naming the parameter and the fix."""
+"""Checks of the engines' arguments: each failure is an InvalidArgument (a ValueError) that names the
+parameter, says what was wrong and carries the fix (docs/architecture.md, "Errors").
+
+One helper per kind of value (whole number, real number, choice, flag); `from_table` checks one argument
+against its line in the argument table (argument_specs.py), so each range is written once.
+"""
 from __future__ import annotations
 
 import math
@@ -6,52 +11,97 @@ import numbers
 
 import numpy as np
 
-OUTPUT_TYPES = ("pil", "np", "latent")
-MASK_MODES = ("binary", "soft")
-MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
+from ..runtime.errors import InvalidArgument
+from .argument_specs import MASK_MODES, SPECS, Spec
 
 
-def integer(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+def is_whole(value) -> bool:
+    """An integer of any integer type, but not a bool (True is not 1 pixel)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def whole(value, name: str, low: int | None = None, high: int | None = None, unit: str = "", meaning: str = "") -> int:
+    """A whole number (not a bool) from low to high, both included."""
+    if not is_whole(value) or (low is not None and value < low) or (high is not None and value > high):
+        _refuse(value, Spec(name, "whole", None, low, high, unit=unit, meaning=meaning))
     return int(value)
 
 
+def real(value, name: str, low: float | None = None, high: float | None = None, low_open: bool = False,
+         high_open: bool = False, unit: str = "", meaning: str = "") -> float:
+    """A finite real number (not a bool) in the range; an open end is itself refused."""
+    fits = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+            and (low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high)))
+    if not fits:
+        _refuse(value, Spec(name, "real", None, low, high, low_open, high_open, unit=unit, meaning=meaning))
+    return float(value)
+
+
+def _refuse(value, spec: Spec):
+    wanted = spec.wanted()
+    raise InvalidArgument(spec.name, f"{spec.name}={value!r} must be {wanted}"
+                          + (f" ({spec.meaning})" if spec.meaning else ""), f"use {wanted}")
+
+
+def choice(value, name: str, choices, meaning: str = ""):
+    """One of the named choices."""
+    if not isinstance(value, str) or value not in choices:
+        listed = ", ".join(choices)
+        raise InvalidArgument(name, f"{name}={value!r} is unknown; choose one of {listed}"
+                              + (f" ({meaning})" if meaning else ""), f"use one of {listed}")
+    return value
+
+
+def flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgument(name, f"{name}={value!r} must be True or False", "use True or False")
+    return bool(value)
+
+
+def from_table(name: str, given, spec: Spec | None = None):
+    """`given` checked against its line of the argument table (None passes where the default is None)."""
+    spec = spec or SPECS[name]
+    if given is None and spec.default is None:
+        return None
+    if spec.kind == "whole":
+        return whole(given, name, spec.low, spec.high, spec.unit, spec.meaning)
+    if spec.kind == "real":
+        return real(given, name, spec.low, spec.high, spec.low_open, spec.high_open, spec.unit, spec.meaning)
+    if spec.kind == "choice":
+        return choice(given, name, spec.choices, spec.meaning)
+    if spec.kind == "flag":
+        return flag(given, name)
+    return given
+
+
 def check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop) -> None:
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 < strength <= 1:
-        raise ValueError(f"strength={strength!r} must be in (0, 1]: 1 repaints fully, smaller keeps more of the image")
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale={guidance_scale!r} must be a finite number (<= 1 turns guidance off)")
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(OUTPUT_TYPES)}")
-    if isinstance(blur_factor, bool) or not isinstance(blur_factor, numbers.Real) or not 0 <= blur_factor < 1e4:
-        raise ValueError(f"blur_factor={blur_factor!r} must be a blur radius in pixels >= 0 (0 = no blur)")
-    if padding_mask_crop is not None:
-        integer(padding_mask_crop, "padding_mask_crop", 0)
+    for name, given in (("strength", strength), ("guidance_scale", guidance_scale), ("output_type", output_type),
+                        ("blur_factor", blur_factor), ("padding_mask_crop", padding_mask_crop)):
+        from_table(name, given)
 
 
 def mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert) -> None:
     """The mask arguments beyond diffusers'."""
-    if mask_mode not in MASK_MODES:
-        raise ValueError(f"mask_mode={mask_mode!r} is unknown; choose 'binary' (diffusers': the mask is cut at 0.5) "
-                         "or 'soft' (grey levels say how much each pixel changes)")
-    if masked_content not in MASKED_CONTENTS:
-        raise ValueError(f"masked_content={masked_content!r} is unknown; choose one of {', '.join(MASKED_CONTENTS)}")
-    for name, value in (("mask_grow", mask_grow), ("mask_shrink", mask_shrink)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= 4096:
-            raise ValueError(f"{name}={value!r} must be a whole number of pixels from 0 to 4096 (0 = unchanged)")
+    choice(mask_mode, "mask_mode", MASK_MODES, "binary: diffusers', the mask is cut at 0.5; soft: grey levels say how "
+                                              "much each pixel changes")
+    from_table("masked_content", masked_content)
+    from_table("mask_grow", mask_grow)
+    from_table("mask_shrink", mask_shrink)
     if mask_grow and mask_shrink:
-        raise ValueError(f"mask_grow={mask_grow} and mask_shrink={mask_shrink} were both given; pass one of them "
-                         "(grow widens the white part, shrink narrows it)")
-    if not isinstance(mask_invert, (bool, np.bool_)):
-        raise ValueError(f"mask_invert={mask_invert!r} must be True or False")
+        raise InvalidArgument("mask_shrink", f"mask_grow={mask_grow} and mask_shrink={mask_shrink} were both given; "
+                              "pass one of them (grow widens the white part, shrink narrows it)",
+                              "pass one of mask_grow and mask_shrink")
+    from_table("mask_invert", mask_invert)
 
 
-def check_size(height, width, factor: int) -> tuple[int, int]:
+def check_size(height, width, factor: int, why: str = "") -> tuple[int, int]:
+    """height and width: positive multiples of factor (`why` says for whom), within MAX_OUTPUT_PIXELS."""
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % factor:
+        if not is_whole(value) or value <= 0 or value % factor:
             hint = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) and value == value else 512
-            raise ValueError(f"{name}={value!r} must be a positive multiple of {factor}, e.g. {hint}")
+            raise InvalidArgument(name, f"{name}={value!r} must be a positive multiple of {factor}, e.g. {hint}{why}",
+                                  f"use a positive multiple of {factor}, e.g. {hint}")
     output_size(height, width)
     return int(height), int(width)
 
@@ -63,15 +113,14 @@ MAX_OUTPUT_PIXELS = 2048 * 2048
 
 
 def output_size(height: int, width: int, limit: int = MAX_OUTPUT_PIXELS, whose: str = "one call generates") -> None:
-    """height x width against `limit` (the server passes its own); the message names the larger side."""
+    """height x width against `limit` (the server passes its own); the error names the larger side."""
     if height * width > limit:
         name, value = ("width", width) if width > height else ("height", height)
         other = height if name == "width" else width
         fits = max(8, limit // other // 8 * 8)
-        raise ValueError(f"{name}={value} with {'height' if name == 'width' else 'width'}={other} is "
-                         f"{width}x{height} = {width * height} pixels, more than the {limit} {whose}; "
-                         f"lower {name} (at most {fits} here), or inpaint a crop (padding_mask_crop) or outpaint "
-                         "in passes")
+        fix = f"lower {name} (at most {fits} here), or inpaint a crop (padding_mask_crop) or outpaint in passes"
+        raise InvalidArgument(name, f"{name}={value} with {'height' if name == 'width' else 'width'}={other} is "
+                              f"{width}x{height} = {width * height} pixels, more than the {limit} {whose}; {fix}", fix)
 
 
 def prompts(prompt, name: str) -> list[str]:
@@ -79,7 +128,8 @@ def prompts(prompt, name: str) -> list[str]:
         return [prompt]
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
         return list(prompt)
-    raise ValueError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}")
+    raise InvalidArgument(name, f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}",
+                          f"pass {name} as a string or a list of strings")
 
 
 def negatives(negative_prompt, count: int) -> list[str]:
@@ -89,36 +139,46 @@ def negatives(negative_prompt, count: int) -> list[str]:
     if len(found) == 1:
         return found * count
     if len(found) != count:
-        raise ValueError(f"negative_prompt has {len(found)} entries but prompt has {count}; give one or {count}")
+        raise InvalidArgument("negative_prompt", f"negative_prompt has {len(found)} entries but prompt has {count}; "
+                              f"give one or {count}", f"give one negative prompt or {count}")
     return found
+
+
+def finite(value: np.ndarray, name: str) -> None:
+    if not np.isfinite(value).all():
+        raise InvalidArgument(name, f"{name} contains NaN or infinite values", f"pass finite values in {name}")
+
+
+def _float_array(value, name: str, want: str) -> np.ndarray:
+    """value as a float numpy array (a CPU torch tensor, e.g. from Compel, converts), else an error saying `want`."""
+    value = np.asarray(value) if not isinstance(value, np.ndarray) and hasattr(value, "__array__") else value
+    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
+        got = f"{type(value).__name__}" + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else "")
+        raise InvalidArgument(name, f"{name} must be a float array of shape {want}, got {got}",
+                              f"pass {name} as float32 of shape {want}")
+    return value
 
 
 def embeddings(value, name: str, seq: int, hidden: int, batch: int | None = None) -> np.ndarray:
     """prompt_embeds-like input: float (B, seq x chunks, hidden), finite (long prompts give several chunks)."""
-    if not isinstance(value, np.ndarray) and hasattr(value, "__array__"):
-        value = np.asarray(value)  # e.g. a CPU torch tensor from Compel
-    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating):
-        raise ValueError(f"{name} must be a float array of shape (batch, {seq}, {hidden}), got {type(value).__name__}"
-                         + (f" of dtype {value.dtype}" if isinstance(value, np.ndarray) else ""))
+    want = f"({batch if batch is not None else 'batch'}, {seq}, {hidden})"
+    value = _float_array(value, name, want)
     if (value.ndim != 3 or value.shape[2] != hidden or not value.shape[1] or value.shape[1] % seq
             or (batch is not None and value.shape[0] != batch)):
-        want = f"({batch if batch is not None else 'batch'}, {seq}, {hidden})"
-        raise ValueError(f"{name} has shape {value.shape}; this engine's text encoder gives {want} (long prompts: "
-                         f"a multiple of {seq} tokens)")
-    if not np.isfinite(value).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InvalidArgument(name, f"{name} has shape {value.shape}; this engine's text encoder gives {want} (long "
+                              f"prompts: a multiple of {seq} tokens)", f"pass {name} of shape {want}")
+    finite(value, name)
     return value.astype(np.float32)
 
 
 def pooled(value, name: str, width: int, batch: int) -> np.ndarray:
     """pooled_prompt_embeds-like input: float (batch, width), finite."""
-    value = np.asarray(value) if hasattr(value, "__array__") else value
-    if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating) or value.shape != (batch, width):
-        got = f"shape {value.shape} of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
-        raise ValueError(f"{name} must be a float array of shape ({batch}, {width}) (one pooled embedding per "
-                         f"prompt embedding), got {got}")
-    if not np.isfinite(value).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    want = f"({batch}, {width}) (one pooled embedding per prompt embedding)"
+    value = _float_array(value, name, want)
+    if value.shape != (batch, width):
+        raise InvalidArgument(name, f"{name} must be a float array of shape {want}, got shape {value.shape}",
+                              f"pass {name} of shape ({batch}, {width})")
+    finite(value, name)
     return value.astype(np.float32)
 
 
@@ -127,27 +187,19 @@ def size_pair(value, name: str) -> tuple[int, int] | None:
     if value is None:
         return None
     if (not isinstance(value, (tuple, list)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in value)):
-        raise ValueError(f"{name}={value!r} must be two non-negative integers, e.g. (1024, 1024)")
+            or any(not is_whole(v) or v < 0 for v in value)):
+        raise InvalidArgument(name, f"{name}={value!r} must be two non-negative integers, e.g. (1024, 1024)",
+                              "use two non-negative integers, e.g. (1024, 1024)")
     return int(value[0]), int(value[1])
-
-
-def fraction(value, name: str) -> float | None:
-    """denoising_start / denoising_end: a fraction of the schedule strictly between 0 and 1."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f"{name}={value!r} must be a number strictly between 0 and 1 (the fraction of the "
-                         "schedule), e.g. 0.8")
-    return float(value)
 
 
 def latents(value, name: str, expected: tuple) -> np.ndarray:
     value = np.asarray(value)
     if value.shape != expected:
-        raise ValueError(f"{name} has shape {value.shape}; for this call it must be {expected}")
+        raise InvalidArgument(name, f"{name} has shape {value.shape}; for this call it must be {expected}",
+                              f"pass {name} of shape {expected}")
     if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
-        raise ValueError(f"{name} must be finite floats")
+        raise InvalidArgument(name, f"{name} must be finite floats", f"pass {name} as finite float32")
     return value.astype(np.float32)
 
 
@@ -160,3 +212,50 @@ def latent_image(image, channels: int) -> np.ndarray | None:
     if image.ndim == 3 and image.shape[0] == channels and image.shape[2] not in (1, 3, 4):
         return image[None]
     return None
+
+
+def schedule_window(denoising_start, denoising_end, masked_content) -> tuple[float | None, float | None]:
+    """denoising_start / denoising_end as fractions, in order; a continued call keeps its latents."""
+    start, end = from_table("denoising_start", denoising_start), from_table("denoising_end", denoising_end)
+    if start is not None and end is not None and start >= end:
+        raise InvalidArgument("denoising_end", f"denoising_start={start} must be below denoising_end={end}: the first "
+                              "is where this call begins in the schedule, the second where it stops",
+                              "use a denoising_end above denoising_start")
+    if masked_content != "original" and start is not None:
+        raise InvalidArgument("masked_content", f"masked_content={masked_content!r} sets what a call starts from; with "
+                              "denoising_start the call continues the given latents: leave masked_content out",
+                              "leave masked_content out with denoising_start")
+    return start, end
+
+
+def pasting(output_type, keep_unmasked, padding_mask_crop) -> None:
+    """keep_unmasked and padding_mask_crop paste pixels, which latents do not have."""
+    if output_type == "latent" and (keep_unmasked or padding_mask_crop is not None):
+        raise InvalidArgument("output_type", "keep_unmasked and padding_mask_crop paste pixels; use output_type 'pil' "
+                              "or 'np'", "use output_type 'pil' or 'np', or leave keep_unmasked and padding_mask_crop out")
+
+
+def latent_input(keep_unmasked, padding_mask_crop, keep_input_size, masked_content) -> None:
+    """What a call whose image came as latents cannot do."""
+    given = [name for name, on in (("keep_unmasked", keep_unmasked), ("padding_mask_crop", padding_mask_crop is not None),
+                                   ("keep_input_size", keep_input_size)) if on]
+    if given:
+        raise InvalidArgument(given[0], "image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a "
+                              "picture", f"pass a picture as image, or leave {', '.join(given)} out")
+    if masked_content == "fill":
+        raise InvalidArgument("masked_content", "masked_content='fill' paints pixels; pass a picture, or use "
+                              "'latent_noise' / 'latent_nothing' with image latents",
+                              "use masked_content 'latent_noise' or 'latent_nothing' with image latents")
+
+
+def same_size(picture_size: tuple[int, int], mask_size: tuple[int, int]) -> None:
+    if picture_size != mask_size:
+        raise InvalidArgument("mask_image", f"image is {picture_size} (width, height) but mask_image is {mask_size}; "
+                              "pass a mask of the same size as the image", "pass a mask of the same size as the image")
+
+
+def something_to_repaint(mask_pixels: np.ndarray) -> None:
+    if not mask_pixels.any():
+        raise InvalidArgument("mask_image", "mask_image is all black (below 0.5 everywhere), so there is nothing to "
+                              "repaint; paint white where the picture should change",
+                              "paint white where the picture should change")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..runtime import images as imaging
 from ..runtime.control import ControlResiduals, ControlUnit
+from . import arguments as check
 
 # controlnet_conditioning_scale's default per family: StableDiffusionControlNetInpaintPipeline's 0.5 (its
 # text-to-image sibling's is 1.0), StableDiffusionXLControlNetInpaintPipeline's 1.0
@@ -65,9 +66,8 @@ class ControlNets:
         images = _per_controlnet(control_image, n)
         scales = _scales(scale, n)
         starts, ends = _window(start, end, n)
-        if not isinstance(guess_mode, (bool, np.bool_)):
-            raise ValueError(f"guess_mode={guess_mode!r} must be True or False")
-        guess = bool(guess_mode) or self.entries[0]["global_pool_conditions"]  # diffusers reads the first's
+        # diffusers reads the first ControlNet's global_pool_conditions
+        guess = check.flag(guess_mode, "guess_mode") or self.entries[0]["global_pool_conditions"]
         guided = uncond is not None
         rows = batch * (2 if guided and not guess else 1)
         units = []
@@ -118,9 +118,7 @@ def _per_controlnet(control_image, n: int) -> list:
 
 
 def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number")
-    return float(value)
+    return check.real(value, name)
 
 
 def _scales(scale, n: int) -> list[float]:

@@ -8,6 +8,7 @@ import numpy as np
 from ..runtime import images as imaging
 from ..runtime import masking
 from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents
+from ..runtime.errors import InvalidArgument
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
@@ -85,7 +86,7 @@ class Engine(EngineBase):
                       prompt_2=None, negative_prompt_2=None, prompt_syntax="a1111"):
         """As diffusers' encode_prompt: SD gives (prompt_embeds, negative_prompt_embeds or None); SDXL gives
         (prompt_embeds, negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds)."""
-        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        per_prompt = check.from_table("num_images_per_prompt", num_images_per_prompt)
         args = PromptArgs(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative_prompt,
                           negative_prompt_2=negative_prompt_2, prompt_syntax=prompt_syntax)
         cond, uncond = self.text(args, per_prompt, guidance_scale > 1)
@@ -136,82 +137,39 @@ class Engine(EngineBase):
         BREAK, and encodes prompts past 75 tokens in chunks instead of truncating them; a short prompt
         without syntax gives diffusers' embeddings exactly. "plain" is diffusers' reading in every case.
         """
-        if kandinsky:  # Kandinsky 2.2's arguments are refused by name (engine/kandinsky.py)
-            named = sorted(set(kandinsky) & kandinsky_only_arguments())
-            if not named:
-                raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
-            raise ValueError(f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for Kandinsky 2.2 engines; this "
-                             f"engine is {self.family}: leave {'it' if len(named) == 1 else 'them'} out")
-        steps = check.integer(num_inference_steps, "num_inference_steps", 1)
-        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+        self._refuse_kandinsky_arguments(kandinsky)
+        steps = check.from_table("num_inference_steps", num_inference_steps)
+        per_prompt = check.from_table("num_images_per_prompt", num_images_per_prompt)
         callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
         if strength is None:
             strength = 0.9999 if self.family == "sdxl" else 1.0
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
-        start, end = check.fraction(denoising_start, "denoising_start"), check.fraction(denoising_end, "denoising_end")
-        if start is not None and end is not None and start >= end:
-            raise ValueError(f"denoising_start={start} must be below denoising_end={end}: the first is where this "
-                             "call begins in the schedule, the second where it stops")
         check.mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert)
-        if masked_content != "original" and start is not None:
-            raise ValueError(f"masked_content={masked_content!r} sets what a call starts from; with denoising_start "
-                             "the call continues the given latents: leave masked_content out")
+        start, end = check.schedule_window(denoising_start, denoising_end, masked_content)
         sizes = SizeConditioning(original_size, target_size, crops_coords_top_left, negative_original_size,
                                  negative_target_size, negative_crops_coords_top_left, aesthetic_score,
                                  negative_aesthetic_score)
-        if self.family != "sdxl" and sizes.given():
-            raise ValueError(f"{', '.join(sizes.given())} are SDXL micro-conditioning; this engine is {self.family}: "
-                             "leave them out")
-        if output_type == "latent" and (keep_unmasked or padding_mask_crop is not None):
-            raise ValueError("keep_unmasked and padding_mask_crop paste pixels; use output_type 'pil' or 'np'")
+        self._refuse_sdxl_arguments(sizes)
+        check.pasting(output_type, keep_unmasked, padding_mask_crop)
         sched = make_scheduler(scheduler or self.default_scheduler, self.scheduler_config, scheduler_options)
         gen = as_generator(generator)
         factor = self.model["vae_scale_factor"]
 
-        given_latents = check.latent_image(image, self.model["latent_channels"])
-        if given_latents is not None:
-            given_latents = given_latents.astype(np.float32)
-        picture = None if given_latents is not None else imaging.load_picture(image, "image", max_pixels)
-        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
-        if picture is not None and imaging.picture_size(picture) != imaging.picture_size(mask):
-            raise ValueError(f"image is {imaging.picture_size(picture)} (width, height) but mask_image is "
-                             f"{imaging.picture_size(mask)}; pass a mask of the same size as the image")
-        if given_latents is not None and (keep_unmasked or padding_mask_crop is not None or keep_input_size):
-            raise ValueError("image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a picture")
-        if given_latents is not None and masked_content == "fill":
-            raise ValueError("masked_content='fill' paints pixels; pass a picture, or use 'latent_noise' / "
-                             "'latent_nothing' with image latents")
+        given_latents, picture, mask = self._load_inputs(image, mask_image, max_pixels, keep_unmasked,
+                                                         padding_mask_crop, keep_input_size, masked_content)
         height, width = self._size(height, width, picture, given_latents, keep_input_size)
         if self.backend == "tensorrt":  # static plans: refuse other sizes before any work
             select_plan(self.manifest["tensorrt"]["plans"]["unet"], height, width, "unet")
-        mask = masking.edit(mask, mask_invert, mask_grow, mask_shrink, blur_factor)
-        crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
-        mask_pixels = imaging.preprocess_mask(mask, height, width, crop)
-        soft = imaging.preprocess_mask(mask, height, width, crop, soft=True) if mask_mode == "soft" else None
-        if soft is None and not mask_pixels.any():
-            raise ValueError("mask_image is all black (below 0.5 everywhere), so there is nothing to repaint; "
-                             "paint white where the picture should change")
+        mask, crop, mask_pixels, soft = prepare_mask(mask, height, width, mask_mode, mask_invert, mask_grow,
+                                                     mask_shrink, blur_factor, padding_mask_crop)
 
         prompts = PromptArgs(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds,
                              negative_prompt_embeds, pooled_prompt_embeds, negative_pooled_prompt_embeds, prompt_syntax)
-        cond, uncond = self.text(prompts, per_prompt, guidance_scale > 1)
-        batch = len(cond["encoder_hidden_states"])
-        if self.family == "sdxl":
-            ids, negative_ids = sizes.time_ids(self.model, height, width)
-            cond["time_ids"] = np.repeat(ids, batch, axis=0)
-            if uncond is not None:
-                uncond["time_ids"] = np.repeat(negative_ids, batch, axis=0)
+        cond, uncond, batch = self._prepare_conditioning(prompts, per_prompt, guidance_scale > 1, sizes, height, width)
         if latents is not None:
             latents = check.latents(latents, "latents", (batch, self.model["latent_channels"], height // factor,
                                                          width // factor))
-        if given_latents is not None and self.model["unet_in_channels"] == 4:
-            pixels = np.zeros((1, 3, height, width), np.float32)  # the blend needs only the latents
-        elif given_latents is not None:  # the 9-channel UNet also sees the masked image's latents
-            pixels = np.clip(decode_latents(self._models, given_latents), -1, 1)
-        else:
-            pixels = imaging.preprocess_image(picture, height, width, crop)
-        if masked_content == "fill":
-            pixels = masking.fill(pixels, mask_pixels)
+        pixels = self._prepare_image(picture, given_latents, height, width, crop, masked_content, mask_pixels)
         control = self.controlnets.prepare(
             control_image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end, guess_mode,
             picture=picture, pixels=pixels, mask_pixels=mask_pixels, crop=crop, height=height, width=width,
@@ -269,18 +227,74 @@ class Engine(EngineBase):
             missing["masked_image_latents"] = "is not made for a 4-channel UNet (diffusers makes it and leaves it unused)"
         return missing
 
+    def _load_inputs(self, image, mask_image, max_pixels, keep_unmasked, padding_mask_crop, keep_input_size,
+                     masked_content):
+        """(image latents or None, picture or None, mask picture), checked against each other."""
+        given_latents = check.latent_image(image, self.model["latent_channels"])
+        if given_latents is not None:
+            given_latents = given_latents.astype(np.float32)
+            check.latent_input(keep_unmasked, padding_mask_crop, keep_input_size, masked_content)
+        picture = None if given_latents is not None else imaging.load_picture(image, "image", max_pixels)
+        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
+        if picture is not None:
+            check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
+        return given_latents, picture, mask
+
+    def _prepare_conditioning(self, prompts: PromptArgs, per_prompt: int, guided: bool, sizes: SizeConditioning,
+                              height: int, width: int):
+        """(cond, uncond or None, batch): the text encoders' feeds, SDXL's time ids with them."""
+        cond, uncond = self.text(prompts, per_prompt, guided)
+        batch = len(cond["encoder_hidden_states"])
+        if self.family == "sdxl":
+            ids, negative_ids = sizes.time_ids(self.model, height, width)
+            cond["time_ids"] = np.repeat(ids, batch, axis=0)
+            if uncond is not None:
+                uncond["time_ids"] = np.repeat(negative_ids, batch, axis=0)
+        return cond, uncond, batch
+
+    def _prepare_image(self, picture, given_latents, height: int, width: int, crop, masked_content: str,
+                       mask_pixels: np.ndarray) -> np.ndarray:
+        """The (1, 3, H, W) image in [-1, 1] the loop starts from and the 9-channel UNet sees."""
+        if given_latents is not None and self.model["unet_in_channels"] == 4:
+            pixels = np.zeros((1, 3, height, width), np.float32)  # the blend needs only the latents
+        elif given_latents is not None:  # the 9-channel UNet also sees the masked image's latents
+            pixels = np.clip(decode_latents(self._models, given_latents), -1, 1)
+        else:
+            pixels = imaging.preprocess_image(picture, height, width, crop)
+        return masking.fill(pixels, mask_pixels) if masked_content == "fill" else pixels
+
+    def _refuse_kandinsky_arguments(self, kandinsky: dict) -> None:
+        """Kandinsky 2.2's arguments by name (ValueError), unknown ones as Python would (TypeError)."""
+        if not kandinsky:
+            return
+        named = sorted(set(kandinsky) & kandinsky_only_arguments())
+        if not named:
+            raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
+        them = "it" if len(named) == 1 else "them"
+        raise InvalidArgument(named[0], f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for Kandinsky 2.2 "
+                              f"engines; this engine is {self.family}: leave {them} out", f"leave {them} out")
+
+    def _refuse_sdxl_arguments(self, sizes: SizeConditioning) -> None:
+        given = sizes.given()
+        if self.family != "sdxl" and given:
+            raise InvalidArgument(given[0], f"{', '.join(given)} are SDXL micro-conditioning; this engine is "
+                                  f"{self.family}: leave them out", "leave them out")
+
     def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
         factor = self.model["vae_scale_factor"]
         if keep_input_size:
             if height is not None or width is not None:
-                raise ValueError("keep_input_size=True sets height and width from the image; do not pass them too")
+                raise InvalidArgument("keep_input_size", "keep_input_size=True sets height and width from the image; "
+                                      "do not pass them too", "leave height and width out, or keep_input_size False")
             w, h = imaging.picture_size(picture)
             height, width = max(factor, h // factor * factor), max(factor, w // factor * factor)
         elif given_latents is not None:
             own = (given_latents.shape[2] * factor, given_latents.shape[3] * factor)
             if (height or own[0], width or own[1]) != own:
-                raise ValueError(f"image latents {given_latents.shape} mean {own[0]}x{own[1]} pixels (height x width); "
-                                 "leave height and width unset or match them")
+                raise InvalidArgument("height" if (height or own[0]) != own[0] else "width",
+                                      f"image latents {given_latents.shape} mean {own[0]}x{own[1]} pixels (height x "
+                                      "width); leave height and width unset or match them",
+                                      "leave height and width unset or match them")
             height, width = own
         height = self.model["default_height"] if height is None else height
         width = self.model["default_width"] if width is None else width
@@ -289,6 +303,19 @@ class Engine(EngineBase):
 
 def _pair(outputs: dict) -> tuple[np.ndarray, np.ndarray]:
     return outputs["latent_mean"], outputs["latent_logvar"]
+
+
+def prepare_mask(mask, height: int, width: int, mode: str, invert: bool, grow: int, shrink: int, blur: float,
+                 padding_mask_crop):
+    """(edited mask picture, crop box or None, 0/1 mask (1, 1, H, W), change map or None): diffusers'
+    mask preparation after the edits beyond it (invert, grow / shrink, then blur)."""
+    mask = masking.edit(mask, invert, grow, shrink, blur)
+    crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
+    mask_pixels = imaging.preprocess_mask(mask, height, width, crop)
+    soft = imaging.preprocess_mask(mask, height, width, crop, soft=True) if mode == "soft" else None
+    if soft is None:
+        check.something_to_repaint(mask_pixels)
+    return mask, crop, mask_pixels, soft
 
 
 

@@ -4,13 +4,13 @@ decoder); arguments of the Stable Diffusion families are refused by name."""
 from __future__ import annotations
 
 import inspect
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..runtime import images as imaging
 from ..runtime import kandinsky as kd
+from ..runtime.errors import InvalidArgument
 from ..runtime.inpaint import Models, Request, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.prompt_syntax import check_syntax, is_plain, parse
@@ -67,13 +67,14 @@ class KandinskyEngine(EngineBase):
               generator=None, latents=None, progress=True) -> PriorOutput:
         """KandinskyV22PriorPipeline: the prompt's CLIP image embedding and the negative one."""
         if self._prior is None:
-            raise ValueError("this engine was exported without a prior; export with `inpaint-export --model <decoder> "
-                             "--prior kandinsky-community/kandinsky-2-2-prior`, or pass image_embeds to inpaint")
+            fix = ("export with `inpaint-export --model <decoder> --prior kandinsky-community/kandinsky-2-2-prior`, "
+                   "or pass image_embeds to inpaint")
+            raise InvalidArgument("prompt", f"this engine was exported without a prior; {fix}", fix)
         prompts = check.prompts("" if prompt is None else prompt, "prompt")
         negatives = None if negative_prompt is None else check.negatives(negative_prompt, len(prompts))
-        steps = check.integer(num_inference_steps, "prior_num_inference_steps", 2)
-        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
-        scale = _number(guidance_scale, "prior_guidance_scale")
+        steps = check.from_table("prior_num_inference_steps", num_inference_steps)
+        per_prompt = check.from_table("num_images_per_prompt", num_images_per_prompt)
+        scale = check.from_table("prior_guidance_scale", guidance_scale)
         if latents is not None:
             latents = np.asarray(latents, dtype=np.float32)
         embeds, negative = self._prior(prompts, negatives, per_prompt, steps, scale, as_generator(generator), latents,
@@ -103,51 +104,53 @@ class KandinskyEngine(EngineBase):
             prior_guidance_scale=prior_guidance_scale, prior_num_inference_steps=prior_num_inference_steps,
             prior_latents=prior_latents).items() if value is not None}
         if negative_prompt is not None and negative_prior_prompt is not None:
-            raise ValueError("negative_prompt and negative_prior_prompt name the same thing (the prior's negative "
-                             "prompt); pass one of them")
-        steps = check.integer(num_inference_steps, "num_inference_steps", 1)
-        per_prompt = check.integer(num_images_per_prompt, "num_images_per_prompt", 1)
+            raise InvalidArgument("negative_prior_prompt", "negative_prompt and negative_prior_prompt name the same "
+                                  "thing (the prior's negative prompt); pass one of them", "pass one of them")
+        steps = check.from_table("num_inference_steps", num_inference_steps)
+        per_prompt = check.from_table("num_images_per_prompt", num_images_per_prompt)
         callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        scale = _number(guidance_scale, "guidance_scale")
-        if output_type not in check.OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is unknown; choose one of {', '.join(check.OUTPUT_TYPES)}")
+        scale = check.from_table("guidance_scale", guidance_scale)
+        check.from_table("output_type", output_type)
         height, width = self._kandinsky_size(height, width)
         name = scheduler or self.default_scheduler
         if name not in SCHEDULERS:
-            raise ValueError(f"scheduler={name!r} does not fit Kandinsky 2.2's loop (it never scales the model "
-                             f"input); choose one of {', '.join(SCHEDULERS)}")
+            fix = f"choose one of {', '.join(SCHEDULERS)}"
+            raise InvalidArgument("scheduler", f"scheduler={name!r} does not fit Kandinsky 2.2's loop (it never "
+                                  f"scales the model input); {fix}", fix)
         config = self.scheduler_config if name == "ddpm" else {k: v for k, v in self.scheduler_config.items()
                                                                 if k != "variance_type"}
         sched = make_scheduler(name, config, scheduler_options)
         picture = imaging.load_picture(image, "image", max_pixels)
         mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
-        if imaging.picture_size(picture) != imaging.picture_size(mask):
-            raise ValueError(f"image is {imaging.picture_size(picture)} (width, height) but mask_image is "
-                             f"{imaging.picture_size(mask)}; pass a mask of the same size as the image")
+        check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
         gen = as_generator(generator)
 
         if image_embeds is None:  # the prior first: its draws come before the decoder's
             if self._prior is None:
-                raise ValueError(f"this engine was exported without a prior, so {', '.join(given) or 'a prompt'} "
-                                 "cannot be used; pass image_embeds and negative_image_embeds (e.g. from another "
-                                 "engine's prior), or export with --prior kandinsky-community/kandinsky-2-2-prior")
+                fix = ("pass image_embeds and negative_image_embeds (e.g. from another engine's prior), or export "
+                       "with --prior kandinsky-community/kandinsky-2-2-prior")
+                raise InvalidArgument(next(iter(given), "prompt"), f"this engine was exported without a prior, so "
+                                      f"{', '.join(given) or 'a prompt'} cannot be used; {fix}", fix)
             if negative_image_embeds is not None:
-                raise ValueError("negative_image_embeds was given without image_embeds; pass both, or neither "
-                                 "(the prior then makes them from prompt)")
+                raise InvalidArgument("negative_image_embeds", "negative_image_embeds was given without image_embeds; "
+                                      "pass both, or neither (the prior then makes them from prompt)",
+                                      "pass image_embeds too, or neither")
             out = self.prior(prompt, negative_prompt if negative_prompt is not None else negative_prior_prompt,
                              per_prompt, 25 if prior_num_inference_steps is None else prior_num_inference_steps,
                              4.0 if prior_guidance_scale is None else prior_guidance_scale, gen, prior_latents, progress)
             embeds, negative, per_prompt = out.image_embeds, out.negative_image_embeds, 1
         else:
             if given:
-                raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for the prior, which "
-                                 "image_embeds replaces; leave them out, or pass prompt instead of image_embeds")
+                fix = "leave them out, or pass prompt instead of image_embeds"
+                raise InvalidArgument(next(iter(given)), f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} "
+                                      f"for the prior, which image_embeds replaces; {fix}", fix)
             embeds = self._embeds(image_embeds, "image_embeds")
             negative = None
             if scale > 1:
                 if negative_image_embeds is None:
-                    raise ValueError("guidance_scale > 1 needs negative_image_embeds with image_embeds (engine.prior "
-                                     "returns both); pass it, or set guidance_scale=1")
+                    raise InvalidArgument("negative_image_embeds", "guidance_scale > 1 needs negative_image_embeds "
+                                          "with image_embeds (engine.prior returns both); pass it, or set "
+                                          "guidance_scale=1", "pass negative_image_embeds, or set guidance_scale=1")
                 negative = self._embeds(negative_image_embeds, "negative_image_embeds", len(embeds))
         embeds = np.repeat(embeds, per_prompt, axis=0)
         batch = len(embeds)
@@ -175,16 +178,10 @@ class KandinskyEngine(EngineBase):
         multiple = self.model.get("size_multiple", 64)
         height = self.model["default_height"] if height is None else height
         width = self.model["default_width"] if width is None else width
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0 or value % multiple:
-                hint = max(multiple, round(value / multiple) * multiple) if isinstance(value, numbers.Real) else 512
-                raise ValueError(
-                    f"{name}={value!r} must be a positive multiple of {multiple} for this Kandinsky 2.2 engine, e.g. "
-                    f"{hint}: diffusers makes latents of ceil({name} / {multiple}) x {self.model['vae_scale_factor']} "
-                    "while the MoVQ encodes the image to a size / "
-                    f"{self.model['vae_scale_factor']}, and the two agree only there")
-        check.output_size(height, width)
-        return int(height), int(width)
+        factor = self.model["vae_scale_factor"]
+        why = (f" for this Kandinsky 2.2 engine: diffusers makes latents of ceil(size / {multiple}) x {factor} while "
+               f"the MoVQ encodes the image to a size / {factor}, and the two agree only there")
+        return check.check_size(height, width, multiple, why)
 
     def _embeds(self, value, name: str, batch: int | None = None) -> np.ndarray:
         value = np.asarray(value) if hasattr(value, "__array__") else value
@@ -193,26 +190,22 @@ class KandinskyEngine(EngineBase):
         want = f"({batch if batch else 'batch'}, {self.embed_dim})"
         if not isinstance(value, np.ndarray) or not np.issubdtype(value.dtype, np.floating) or value.ndim != 2:
             got = f"shape {value.shape} of dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
-            raise ValueError(f"{name} must be a float array of shape {want} (CLIP image embeddings), got {got}")
+            raise InvalidArgument(name, f"{name} must be a float array of shape {want} (CLIP image embeddings), got "
+                                  f"{got}", f"pass {name} as float32 of shape {want}")
         if value.shape[1] != self.embed_dim:
-            raise ValueError(f"{name} has shape {value.shape}, but this engine's decoder reads {self.embed_dim}-wide "
-                             f"image embeddings {want}; pass embeddings of the prior that belongs to this decoder")
+            fix = "pass embeddings of the prior that belongs to this decoder"
+            raise InvalidArgument(name, f"{name} has shape {value.shape}, but this engine's decoder reads "
+                                  f"{self.embed_dim}-wide image embeddings {want}; {fix}", fix)
         if batch is not None and len(value) not in (1, batch):
-            raise ValueError(f"{name} has {len(value)} rows but image_embeds has {batch}; give 1 or {batch}")
-        if not np.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
+            raise InvalidArgument(name, f"{name} has {len(value)} rows but image_embeds has {batch}; give 1 or {batch}",
+                                  f"give 1 or {batch} rows")
+        check.finite(value, name)
         value = value.astype(np.float32)
         return np.repeat(value, batch, axis=0) if batch and len(value) == 1 else value
 
 
 def _parameters(function) -> set[str]:
     return {name for name, p in inspect.signature(function).parameters.items() if p.kind != p.VAR_KEYWORD}
-
-
-def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number (<= 1 turns guidance off)")
-    return float(value)
 
 
 def _refuse(others: dict, family: str) -> None:
@@ -225,9 +218,10 @@ def _refuse(others: dict, family: str) -> None:
     # at their defaults (as the inpaint CLI passes them) they change nothing: refused only when they would
     known = sorted(name for name, value in others.items() if not _is_default(value, INPAINT_DEFAULTS[name]))
     if known:
-        raise ValueError(f"{', '.join(known)} {'is an argument' if len(known) == 1 else 'are arguments'} of the Stable "
-                         f"Diffusion engines; this engine is {family} (KandinskyV22InpaintCombinedPipeline's "
-                         "arguments): leave them out")
+        kind = "is an argument" if len(known) == 1 else "are arguments"
+        raise InvalidArgument(known[0], f"{', '.join(known)} {kind} of the Stable Diffusion engines; this engine is "
+                              f"{family} (KandinskyV22InpaintCombinedPipeline's arguments): leave them out",
+                              "leave them out")
 
 
 def _plain_prompts(syntax, *prompts) -> None:
@@ -238,9 +232,9 @@ def _plain_prompts(syntax, *prompts) -> None:
     for value in prompts:
         for text in [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []:
             if isinstance(text, str) and not is_plain(parse(text), text):
-                raise ValueError(f"prompt {text[:40]!r} uses A1111 prompt syntax (weights, BREAK), which Kandinsky "
-                                 "2.2's prior does not read; pass prompt_syntax='plain' to read it as plain text, or "
-                                 "remove the syntax")
+                fix = "pass prompt_syntax='plain' to read it as plain text, or remove the syntax"
+                raise InvalidArgument("prompt", f"prompt {text[:40]!r} uses A1111 prompt syntax (weights, BREAK), "
+                                      f"which Kandinsky 2.2's prior does not read; {fix}", fix)
 
 
 def _is_default(value, default) -> bool:

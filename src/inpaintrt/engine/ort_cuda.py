@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.xp import array_module, to_host
+from ..runtime.xp import array_module, device_address, to_host
 from .ort_session import ORT_TYPES, BackendError, add_initializers, lora_session_args
 from .cuda_options import chosen_options, provider_options
 
@@ -109,10 +109,6 @@ def load_ort_cuda():
     return ort, cupy
 
 
-def _address(array) -> int:
-    return array.data.ptr if hasattr(array.data, "ptr") else array.ctypes.data
-
-
 class _Binding:
     """The buffers and IO binding of one input shape: allocated and bound once, then only copied into."""
 
@@ -126,7 +122,7 @@ class _Binding:
         for name, value in feeds.items():
             self._copy(self.inputs[name], value, xp)
             probe.bind_input(name, c.device_type, c.device_id, self.inputs[name].dtype, list(value.shape),
-                             _address(self.inputs[name]))
+                             device_address(self.inputs[name]))
         for name in c.output_names:
             probe.bind_output(name, c.device_type, c.device_id)
         c.session.run_with_iobinding(probe, c.run_options(-1))
@@ -135,9 +131,9 @@ class _Binding:
         self.first = first
         self.io = c.session.io_binding()
         for name, buf in self.inputs.items():
-            self.io.bind_input(name, c.device_type, c.device_id, buf.dtype, list(buf.shape), _address(buf))
+            self.io.bind_input(name, c.device_type, c.device_id, buf.dtype, list(buf.shape), device_address(buf))
         for name, buf in self.outputs.items():
-            self.io.bind_output(name, c.device_type, c.device_id, buf.dtype, list(buf.shape), _address(buf))
+            self.io.bind_output(name, c.device_type, c.device_id, buf.dtype, list(buf.shape), device_address(buf))
         self.options = c.run_options(graph_id)
 
     @staticmethod

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -19,11 +18,10 @@ from PIL import Image, ImageFilter
 from ..runtime import images as imaging
 from ..runtime.masking import max_filter
 from ..runtime.noise import as_generator, draw
+from ..runtime.errors import InvalidArgument
 from . import arguments as check
 from .outputs import InpaintOutput
 
-FILLS = ("edge", "mirror", "noise")
-SIDES = ("left", "right", "top", "bottom")
 # inpaint arguments outpaint sets itself, or that have no meaning for a canvas it builds
 NOT_HERE = {
     "mask_image": "outpaint makes the mask itself from the extensions",
@@ -37,33 +35,19 @@ NOT_HERE = {
 
 def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator, output_type, max_pixels, kwargs):
     """The grown picture as InpaintOutput (one image); see Engine.outpaint."""
-    for name, reason in NOT_HERE.items():
-        if name in kwargs:
-            raise ValueError(f"{name} is not an outpaint argument: {reason}")
-    for name, value in sides.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name}={value!r} must be a whole number of pixels >= 0 to add on that side "
-                             "(to cut the picture, crop it before)")
-    if not any(sides.values()):
-        raise ValueError("left, right, top and bottom are all 0: give the number of pixels to add on at least one side")
-    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Integral) or not 0 <= overlap <= 1024:
-        raise ValueError(f"overlap={overlap!r} must be a whole number of pixels from 0 to 1024 (how far the repaint "
-                         "reaches into the existing picture; 0 = a hard seam)")
-    if fill not in FILLS:
-        raise ValueError(f"fill={fill!r} is unknown; choose one of {', '.join(FILLS)}")
-    if output_type not in ("pil", "np"):
-        raise ValueError(f"output_type={output_type!r}: outpaint returns a picture; use 'pil' or 'np'")
+    check_outpaint_arguments(sides, overlap, fill, output_type, kwargs)
     factor = engine.model["vae_scale_factor"]
     window = check.check_size(engine.model["default_height"] if height is None else height,
                               engine.model["default_width"] if width is None else width, factor)
     if check.latent_image(image, engine.model["latent_channels"]) is not None:
-        raise ValueError("image is latents; outpaint needs a picture")
+        raise InvalidArgument("image", "image is latents; outpaint needs a picture", "pass a picture as image")
     original = np.asarray(_rgb(image, max_pixels))
     h, w = original.shape[:2]
     size = (h + sides["top"] + sides["bottom"], w + sides["left"] + sides["right"])
     if size[0] * size[1] > max_pixels:
-        raise ValueError(f"the grown canvas would be {size[1]}x{size[0]} pixels, more than max_pixels={max_pixels}; "
-                         "extend less or raise max_pixels")
+        fix = "extend less or raise max_pixels"
+        raise InvalidArgument(max(sides, key=sides.get), f"the grown canvas would be {size[1]}x{size[0]} pixels, more "
+                              f"than max_pixels={max_pixels}; {fix}", fix)
     gen = as_generator(generator)
     box = (sides["top"], sides["left"], sides["top"] + h, sides["left"] + w)
     canvas = prefill(original, sides, fill, gen)
@@ -80,7 +64,8 @@ def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator
                               **kwargs)
         result, nsfw = done.images, done.nsfw_content_detected
         if len(result) != 1:
-            raise ValueError(f"this call would make {len(result)} pictures; outpaint makes one: pass one prompt")
+            raise InvalidArgument("prompt", f"this call would make {len(result)} pictures; outpaint makes one: pass "
+                                  "one prompt", "pass one prompt")
         if nsfw and nsfw[0]:  # later passes would continue from its black window: the whole picture is black
             canvas[:] = 0
             break
@@ -89,6 +74,22 @@ def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator
     if output_type == "np":
         return InpaintOutput(canvas[None].astype(np.float32) / 255.0, nsfw)
     return InpaintOutput([Image.fromarray(canvas)], nsfw)
+
+
+def check_outpaint_arguments(sides: dict, overlap, fill, output_type, inpaint_arguments: dict) -> None:
+    for name, reason in NOT_HERE.items():
+        if name in inpaint_arguments:
+            raise InvalidArgument(name, f"{name} is not an outpaint argument: {reason}", f"leave {name} out")
+    for name, value in sides.items():
+        check.from_table(name, value)
+    if not any(sides.values()):
+        fix = "give the number of pixels to add on at least one side, e.g. right=128"
+        raise InvalidArgument("left", f"left, right, top and bottom are all 0: {fix}", fix)
+    check.from_table("overlap", overlap)
+    check.from_table("fill", fill)
+    if output_type not in ("pil", "np"):
+        raise InvalidArgument("output_type", f"output_type={output_type!r}: outpaint returns a picture; use 'pil' or "
+                              "'np'", "use output_type 'pil' or 'np'")
 
 
 def _rgb(image, max_pixels: int) -> Image.Image:

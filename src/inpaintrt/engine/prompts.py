@@ -290,8 +290,4 @@ class SizeConditioning:
 
 
 def _score(value, name: str, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-        raise ValueError(f"{name}={value!r} must be a finite number (diffusers' default is {default})")
-    return float(value)
+    return default if value is None else check.real(value, name, meaning=f"diffusers' default is {default}")

@@ -20,17 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.xp import device_address
 from .plans import PlanMismatchError, check_batch, check_plan_key, fp32_components, select_plan
 
 # TensorRT DataType member names -> numpy dtype names; by name, so no helper that one major lacks is needed
 NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
                 "UINT8": "uint8", "BOOL": "bool"}
-
-
-def address(array) -> int:
-    """Device address of a cupy array (or host address of a numpy one, for the tests)."""
-    data = array.data
-    return data.ptr if hasattr(data, "ptr") else array.ctypes.data
 
 
 def numpy_dtype(trt_dtype) -> np.dtype:
@@ -77,9 +72,9 @@ class SharedScratch:
             self.buffer = self.xp.empty(max(size, 1), dtype=self.xp.uint8)
             self.generation += 1  # captured CUDA graphs hold the old address: they are recaptured
             for other in self.contexts:
-                other.set_device_memory(address(self.buffer), self.buffer.nbytes)
+                other.set_device_memory(device_address(self.buffer), self.buffer.nbytes)
         self.contexts.append(context)
-        context.set_device_memory(address(self.buffer), self.buffer.nbytes)
+        context.set_device_memory(device_address(self.buffer), self.buffer.nbytes)
 
 
 class PlanRunner:
@@ -102,7 +97,7 @@ class PlanRunner:
         for name in names:
             shape = tuple(self.limits[name][2]) if name in self.inputs else tuple(self.context.get_tensor_shape(name))
             self.buffers[name] = xp.empty(shape, dtype=numpy_dtype(engine.get_tensor_dtype(name)))
-            self.context.set_tensor_address(name, address(self.buffers[name]))
+            self.context.set_tensor_address(name, device_address(self.buffers[name]))
         self.cuda_graph, self.graphs = cuda_graph, {}
 
     def _view(self, name: str, shape) -> object:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import InvalidArgument
+
 MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (decompression bombs)
 MIN_SIDE = 8  # one latent pixel
 
@@ -27,9 +29,8 @@ def load_picture(value, name: str, max_pixels: int = MAX_PIXELS):
         return _normal_mode(_checked_size(value, name, max_pixels), name)
     if isinstance(value, np.ndarray):
         return _array(value, name, max_pixels)
-    raise ValueError(
-        f"{name} must be a PIL.Image, an HxW / HxWxC numpy array, a file path or bytes; got {type(value).__name__}"
-    )
+    raise InvalidArgument(name, f"{name} must be a PIL.Image, an HxW / HxWxC numpy array, a file path or bytes; got "
+                          f"{type(value).__name__}", f"pass {name} as a PIL.Image, a numpy array, a file path or bytes")
 
 
 def reason(error: Exception, sent: str = "the given bytes") -> str:
@@ -41,28 +42,32 @@ def _open(source, name: str, max_pixels: int) -> Image.Image:
     try:
         picture = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     except FileNotFoundError:
-        raise ValueError(f"{name}: no such file {str(source)!r}") from None
+        raise InvalidArgument(name, f"{name}: no such file {str(source)!r}", f"pass the path of an existing picture "
+                              f"as {name}") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{name} is too large to decode safely ({e}); pass a picture of at most {max_pixels} pixels") from None
+        fix = f"pass a picture of at most {max_pixels} pixels"
+        raise InvalidArgument(name, f"{name} is too large to decode safely ({e}); {fix}", fix) from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"{name} is not a picture PIL can read ({reason(e)}); pass a PNG, JPEG or WebP file") from None
+        fix = "pass a PNG, JPEG or WebP file"
+        raise InvalidArgument(name, f"{name} is not a picture PIL can read ({reason(e)}); {fix}", fix) from None
     _checked_size(picture, name, max_pixels)  # from the header, before decoding
     try:
         picture.load()
     except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"{name} could not be decoded ({reason(e)}); the file is truncated or corrupt") from None
+        raise InvalidArgument(name, f"{name} could not be decoded ({reason(e)}); the file is truncated or corrupt",
+                              f"pass {name} as an intact picture file (save it again)") from None
     return picture
 
 
 def _checked_size(picture: Image.Image, name: str, max_pixels: int) -> Image.Image:
     width, height = picture.size
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise ValueError(f"{name} is {width}x{height}; pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels")
+        fix = f"pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels"
+        raise InvalidArgument(name, f"{name} is {width}x{height}; {fix}", fix)
     if width * height > max_pixels:
-        raise ValueError(
-            f"{name} is {width}x{height} = {width * height} pixels, more than the {max_pixels} allowed; "
-            "downscale it first (the model works at 512-1024 pixels anyway)"
-        )
+        fix = "downscale it first (the model works at 512-1024 pixels anyway)"
+        raise InvalidArgument(name, f"{name} is {width}x{height} = {width * height} pixels, more than the {max_pixels} "
+                              f"allowed; {fix}", fix)
     return picture
 
 
@@ -82,21 +87,27 @@ def _normal_mode(picture: Image.Image, name: str) -> Image.Image:
 
 def _array(value: np.ndarray, name: str, max_pixels: int):
     if value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"{name} must be an HxW or HxWxC (C = 1, 3 or 4) array, got shape {value.shape}")
+        raise InvalidArgument(name, f"{name} must be an HxW or HxWxC (C = 1, 3 or 4) array, got shape {value.shape}",
+                              f"pass {name} as an HxW or HxWxC array with 1, 3 or 4 channels")
     if value.shape[0] < MIN_SIDE or value.shape[1] < MIN_SIDE:
-        raise ValueError(f"{name} has shape {value.shape}; pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels")
+        fix = f"pass a picture of at least {MIN_SIDE}x{MIN_SIDE} pixels"
+        raise InvalidArgument(name, f"{name} has shape {value.shape}; {fix}", fix)
     if value.shape[0] * value.shape[1] > max_pixels:
-        raise ValueError(f"{name} has {value.shape[0] * value.shape[1]} pixels, more than the {max_pixels} allowed")
+        raise InvalidArgument(name, f"{name} has {value.shape[0] * value.shape[1]} pixels, more than the {max_pixels} "
+                              "allowed", f"downscale {name} to at most {max_pixels} pixels")
     if value.dtype == np.uint8:
         return Image.fromarray(value[..., 0] if value.ndim == 3 and value.shape[2] == 1 else value)
     if np.issubdtype(value.dtype, np.floating):
         if not np.isfinite(value).all():
-            raise ValueError(f"{name} contains NaN or infinite values; pass finite values in [0, 1]")
+            raise InvalidArgument(name, f"{name} contains NaN or infinite values; pass finite values in [0, 1]",
+                                  "pass finite values in [0, 1]")
         if value.min() < 0 or value.max() > 1:
-            raise ValueError(f"{name} float values must lie in [0, 1], got [{value.min():.3g}, {value.max():.3g}]")
+            raise InvalidArgument(name, f"{name} float values must lie in [0, 1], got [{value.min():.3g}, "
+                                  f"{value.max():.3g}]", "scale float pictures to [0, 1] (or pass uint8 0-255)")
         pixels = value.astype(np.float32)
         return pixels if pixels.ndim == 3 else pixels[..., None]
-    raise ValueError(f"{name} array has dtype {value.dtype}; pass uint8 (0-255) or float (0-1)")
+    raise InvalidArgument(name, f"{name} array has dtype {value.dtype}; pass uint8 (0-255) or float (0-1)",
+                          "pass uint8 (0-255) or float (0-1)")
 
 
 def picture_size(picture) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import InvalidArgument
 from .images import area_resize, nearest_resize
 from .noise import draw
 from .xp import array_module
@@ -99,10 +100,9 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
         init = min(int(steps * strength), steps)
         t_start = max(steps - init, 0)
         if steps - t_start < 1:
-            raise ValueError(
-                f"strength={strength} with num_inference_steps={steps} leaves no denoising step; "
-                f"raise strength to at least {1 / steps:.3g} or use more steps"
-            )
+            fix = f"raise strength to at least {1 / steps:.3g} or use more steps"
+            raise InvalidArgument("strength", f"strength={strength} with num_inference_steps={steps} leaves no "
+                                  f"denoising step; {fix}", fix)
         begin = t_start * scheduler.order
     else:  # strength is replaced by the fraction already denoised
         cutoff = int(round(train_steps - denoising_start * train_steps))
@@ -116,10 +116,10 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
         cutoff = int(round(train_steps - denoising_end * train_steps))
         timesteps = timesteps[timesteps >= cutoff]
     if len(timesteps) < 1:
-        raise ValueError(
-            f"denoising_start={denoising_start} / denoising_end={denoising_end} with num_inference_steps={steps} "
-            "leave no denoising step; use more steps or move them apart"
-        )
+        fix = "use more steps or move them apart"
+        raise InvalidArgument("denoising_end" if denoising_end is not None else "denoising_start",
+                              f"denoising_start={denoising_start} / denoising_end={denoising_end} with "
+                              f"num_inference_steps={steps} leave no denoising step; {fix}", fix)
     return begin, timesteps
 
 

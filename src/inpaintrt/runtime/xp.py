@@ -32,6 +32,13 @@ def array_module(*arrays):
     return np
 
 
+def device_address(array) -> int:
+    """Device address of a cupy array (or host address of a numpy one, for the tests): what IO binding and
+    TensorRT take as a buffer."""
+    data = array.data
+    return data.ptr if hasattr(data, "ptr") else array.ctypes.data
+
+
 def to_host(a) -> np.ndarray:
     """A numpy copy of a device array (one synchronisation), or the numpy array itself."""
     if isinstance(a, np.ndarray) and type(a) is np.ndarray:

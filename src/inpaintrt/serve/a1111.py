@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from .. import __version__
+from ..runtime.errors import InvalidArgument
 from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, features_asked, \
     sampler_choice
 from .errors import ApiError, validation_error
@@ -215,10 +216,8 @@ def _parse(params, server: Server, engine):
                        f"ask for at most {cap} images per request")
     try:
         scheduler, scheduler_options = sampler_choice(params.sampler_name or params.sampler_index, params.scheduler)
-    except ValueError as e:
-        field = "scheduler" if str(e).startswith("scheduler") else "sampler_name"
-        raise ApiError(422, field, str(e), f"GET /sdapi/v1/{'schedulers' if field == 'scheduler' else 'samplers'} "
-                       "lists the names") from None
+    except InvalidArgument as e:
+        raise ApiError(422, e.field, str(e), e.fix) from None
     if params.eta is not None and scheduler == "ddim":
         scheduler_options = {**(scheduler_options or {}), "eta": params.eta}
     seed = params.seed if params.seed >= 0 else secrets.randbelow(2**32)

@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..runtime.errors import InvalidArgument
+
 # A1111 sampler name -> (our scheduler, A1111's aliases)
 SAMPLERS = {
     "Euler": ("euler", ["k_euler"]), "Euler a": ("euler_a", ["k_euler_a", "k_euler_ancestral"]),
@@ -143,13 +145,15 @@ def sampler_choice(sampler_name: str | None, schedule: str | None) -> tuple[str 
     if name.lower().endswith(" karras"):  # A1111's older combined names, e.g. "DPM++ 2M Karras"
         name, karras = name[: -len(" karras")], True
     if (schedule or "automatic").strip().lower() not in SCHEDULES:
-        raise ValueError(f"scheduler={schedule!r} is not one of {', '.join(SCHEDULES)}")
+        raise InvalidArgument("scheduler", f"scheduler={schedule!r} is not one of {', '.join(SCHEDULES)}",
+                              "send one of the names GET /sdapi/v1/schedulers lists")
     if name in ("", "Default", "Automatic"):
         return None, ({"use_karras_sigmas": True} if karras else None)
     by_alias = {alias.lower(): ours for ours, aliases in SAMPLERS.values() for alias in aliases}
     ours = next((s for n, (s, _) in SAMPLERS.items() if n.lower() == name.lower()), by_alias.get(name.lower()))
     if ours is None:
-        raise ValueError(f"sampler_name={sampler_name!r} is not one of {', '.join(SAMPLERS)}")
+        raise InvalidArgument("sampler_name", f"sampler_name={sampler_name!r} is not one of {', '.join(SAMPLERS)}",
+                              "send one of the names GET /sdapi/v1/samplers lists")
     if karras and ours == "dpmpp_2m":
         return "dpmpp_2m_karras", None
     return ours, ({"use_karras_sigmas": True} if karras else None)

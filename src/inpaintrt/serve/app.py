@@ -26,8 +26,8 @@ from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
 from .engines import Models
-from .errors import ApiError, install_handlers
-from .inputs import (FIELDS, InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
+from .errors import ApiError, install_handlers, request_fix
+from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
 from .batching import Batching
 from .jobs import CANCELLED, DONE, FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDown
@@ -344,8 +344,9 @@ def _result(job, response_format: str) -> Response:
         raise _unavailable(f"job {job.id} did not run: {job.error}", job.retry_after)
     if job.status in FINISHED:  # failed
         internal = (job.error or "").startswith("internal error")
-        raise ApiError(500 if internal else 422, _field_of(job.error or ""), job.error or "failed",
-                       "report this with the request that caused it" if internal else "change that field and retry")
+        fix = ("report this with the request that caused it" if internal
+               else request_fix(job.error_fix, "change the request as the message says and retry"))
+        raise ApiError(500 if internal else 422, job.error_field or "request", job.error or "failed", fix)
     raise ApiError(409, "job_id", f"job {job.id} is {job.status} ({job.step}/{job.total})",
                    "wait for its `done` event or poll GET /v1/jobs/{id}")
 
@@ -353,12 +354,6 @@ def _result(job, response_format: str) -> Response:
 def _unavailable(message: str, retry_after: int) -> ApiError:
     return ApiError(503, "server", message, "retry after the Retry-After seconds",
                     headers={"Retry-After": str(retry_after)})
-
-
-def _field_of(message: str) -> str:
-    """The engine names the parameter first in its messages."""
-    first = message.split(" ")[0].split("=")[0].rstrip(":")
-    return first if first in FIELDS or first in ("image", "mask_image") else "request"
 
 
 def _retry_after(manager: JobManager) -> int:

@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..engine.argument_specs import SPECS
+
 
 class ApiError(Exception):
     def __init__(self, status: int, field: str, message: str, fix: str, headers: dict | None = None):
@@ -27,37 +29,42 @@ def error_response(status: int, field: str, message: str, fix: str, headers: dic
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-# the fix for a field whose value failed validation
+# the fix for a field pydantic refused that the argument table does not describe (or describes only in part)
 FIELD_FIXES = {
+    "model": "send the name of one of the engines GET /v1/info lists under models, or leave it out",
     "prompt": "send a text of at most 2000 characters",
     "negative_prompt": "send a text of at most 2000 characters, or leave it out",
-    "num_inference_steps": "send an integer from 1 to the server's max_steps (GET /v1/info)",
-    "guidance_scale": "send a number from 0 to 50 (<= 1 turns guidance off)",
-    "strength": "send a number greater than 0 and at most 1",
+    "negative_prior_prompt": "send a text of at most 2000 characters, or leave it out",
+    "num_inference_steps": "send a whole number from 1 to the server's max_steps (GET /v1/info)",
+    "prior_num_inference_steps": "send a whole number from 2 to the server's max_steps (GET /v1/info)",
     "scheduler": "send one of the names GET /v1/info lists under schedulers, or leave it out",
     "scheduler_options": "send a JSON object of scheduler settings, e.g. {\"use_karras_sigmas\": true}",
     "seed": "send an integer from 0 to 2**63 - 1, or leave it out for a random one",
-    "height": "send a multiple of 8 (at least 8), or leave it out for the model's default",
-    "width": "send a multiple of 8 (at least 8), or leave it out for the model's default",
-    "padding_mask_crop": "send an integer number of pixels >= 0, or leave it out",
-    "blur_factor": "send a blur radius in pixels from 0 to 1000",
-    "keep_unmasked": "send true or false",
-    "keep_input_size": "send true or false",
-    "mask_mode": "send binary or soft",
-    "masked_content": "send one of original, fill, latent_noise, latent_nothing",
-    "mask_grow": "send an integer number of pixels from 0 to 1000",
-    "mask_shrink": "send an integer number of pixels from 0 to 1000",
-    "mask_invert": "send true or false",
+    "height": "send height as a multiple of 8 (at least 8), or leave it out for the model's default",
+    "width": "send width as a multiple of 8 (at least 8), or leave it out for the model's default",
     "response_format": "send png or json",
-    "left": "send a whole number of pixels >= 0 to add on the left",
-    "right": "send a whole number of pixels >= 0 to add on the right",
-    "top": "send a whole number of pixels >= 0 to add on the top",
-    "bottom": "send a whole number of pixels >= 0 to add on the bottom",
-    "overlap": "send a whole number of pixels from 0 to 1024",
-    "fill": "send one of edge, mirror, noise",
     "image": "send the picture as a PNG, JPEG or WebP file (multipart) or base64 text (JSON)",
     "mask_image": "send the mask (white = repaint) as a PNG file (multipart) or base64 text (JSON)",
 }
+
+
+def request_fix(fix: str | None, otherwise: str) -> str:
+    """The fix an engine's InvalidArgument carries, worded for a request ("pass" becomes "send")."""
+    if not fix:
+        return otherwise
+    return "send" + fix[4:] if fix.startswith("pass ") else fix
+
+
+def field_fix(field: str, otherwise: str = "see GET /docs for this field") -> str:
+    """What to send for a field whose value pydantic refused: FIELD_FIXES, else its line of the
+    engines' argument table with this server's bounds (engine/argument_specs.py)."""
+    if field in FIELD_FIXES:
+        return FIELD_FIXES[field]
+    spec = SPECS.get(field)
+    if spec is None or spec.kind == "other":
+        return otherwise
+    optional = ", or leave it out" if spec.default is None else ""
+    return f"send {field} as {spec.served().wanted()}{optional}"
 
 
 # names other tools give the same fields
@@ -90,11 +97,11 @@ def validation_error(errors: list[dict], known=()) -> ApiError:
         return ApiError(422, field, f"{field} is not a field of this endpoint",
                         "leave it out; GET /docs lists every field")
     if first.get("type") == "missing":
-        return ApiError(422, field, f"{field} is required", FIELD_FIXES.get(field, "send it"))
+        return ApiError(422, field, f"{field} is required", field_fix(field, "send it"))
     shown = repr(first.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return ApiError(422, field, f"{field}={shown}: {first.get('msg', 'invalid value')}",
-                    FIELD_FIXES.get(field, "see GET /docs for this field"))
+                    field_fix(field))
 
 
 def install_handlers(app) -> None:

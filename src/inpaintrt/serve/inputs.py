@@ -20,13 +20,29 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..engine import arguments as check_args
-from ..engine.outpaint import SIDES, plan
+from ..engine.argument_specs import FILLS, MASK_MODES, MASKED_CONTENTS, PROMPT_SYNTAXES, SIDES, SPECS
+from ..engine.outpaint import plan
 from ..runtime import images as imaging
+from ..runtime.errors import InvalidArgument
 from ..runtime.inpaint import run_timesteps
 from ..runtime.schedulers import SCHEDULERS, make_scheduler
-from .errors import ApiError, validation_error
+from .errors import ApiError, request_fix, validation_error
 
 SchedulerName = Literal[tuple(sorted(SCHEDULERS))]  # type: ignore[valid-type]
+
+
+def spec_field(name: str, default=..., description: str | None = None, **more):
+    """A request field made from the engines' argument table (engine/argument_specs.py): its range, as
+    the server narrows it, and its help; `default` None leaves the engine's family default."""
+    spec = SPECS[name].served()
+    bounds = {}
+    if spec.low is not None:
+        bounds["gt" if spec.low_open else "ge"] = spec.low
+    if spec.high is not None:
+        bounds["lt" if spec.high_open else "le"] = spec.high
+    if spec.kind == "real":
+        bounds["allow_inf_nan"] = False
+    return Field(spec.default if default is ... else default, description=description or spec.help, **bounds, **more)
 
 
 class CommonParameters(BaseModel):
@@ -39,16 +55,11 @@ class CommonParameters(BaseModel):
                                  "lists `models`); default: the server's first --engine.")
     prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
-    prompt_syntax: Optional[Literal["a1111", "plain"]] = Field(
-        None, description="a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; "
-                          "plain: diffusers' reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.")
-    num_inference_steps: Optional[int] = Field(None, ge=1, le=1000, description="Denoising steps; default: the model "
-                                               "family's (50; Kandinsky 100). The server's max_steps caps it.")
-    guidance_scale: Optional[float] = Field(None, ge=0, le=50, allow_inf_nan=False, description="Classifier-free "
-                                            "guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4).")
-    strength: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False,
-                                      description="1 repaints the masked area fully; smaller keeps more of the "
-                                                  "picture. Default: diffusers' for the family (1.0; SDXL 0.9999).")
+    prompt_syntax: Optional[Literal[PROMPT_SYNTAXES]] = spec_field("prompt_syntax", None)  # type: ignore[valid-type]
+    num_inference_steps: Optional[int] = spec_field("num_inference_steps", None, SPECS["num_inference_steps"].help
+                                                    + " The server's max_steps caps it.")
+    guidance_scale: Optional[float] = spec_field("guidance_scale", None)
+    strength: Optional[float] = spec_field("strength")
     scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
     scheduler_options: Optional[dict[str, Any]] = Field(
         None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} "
@@ -56,14 +67,10 @@ class CommonParameters(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1,
                                 description="Random seed (Engine.inpaint's generator). Leave it out for a random "
                                             "one; the seed used is returned either way.")
-    height: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output height; default: the model's.")
-    width: Optional[int] = Field(None, ge=8, multiple_of=8, description="Output width; default: the model's.")
-    mask_mode: Literal["binary", "soft"] = Field(
-        "binary", description="binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps "
-                              "a pixel may change (differential diffusion; white = fully, black = kept).")
-    masked_content: Literal["original", "fill", "latent_noise", "latent_nothing"] = Field(
-        "original", description="What the masked area starts from when strength < 1: the picture (diffusers), "
-                                "colours filled in from around it, pure noise, or nothing.")
+    height: Optional[int] = spec_field("height", multiple_of=8)
+    width: Optional[int] = spec_field("width", multiple_of=8)
+    mask_mode: Literal[MASK_MODES] = spec_field("mask_mode")  # type: ignore[valid-type]
+    masked_content: Literal[MASKED_CONTENTS] = spec_field("masked_content")  # type: ignore[valid-type]
 
 
 class InpaintParameters(CommonParameters):
@@ -71,20 +78,17 @@ class InpaintParameters(CommonParameters):
     task: ClassVar[str] = "inpaint"
     pictures: ClassVar[tuple[str, ...]] = ("image", "mask_image")
 
-    padding_mask_crop: Optional[int] = Field(None, ge=0, description="Inpaint only the mask's box padded by N pixels.")
-    blur_factor: float = Field(0, ge=0, le=1000, allow_inf_nan=False, description="Blur radius of the mask edge.")
-    keep_unmasked: bool = Field(False, description="Paste the result over the input: unmasked pixels stay as sent.")
-    keep_input_size: bool = Field(False, description="Output at the input's size (rounded down to multiples of 8).")
-    mask_grow: int = Field(0, ge=0, le=1000, description="Grow the mask by this many pixels before use.")
-    mask_shrink: int = Field(0, ge=0, le=1000, description="Shrink the mask by this many pixels before use.")
-    mask_invert: bool = Field(False, description="Repaint the black part of the mask instead of the white.")
+    padding_mask_crop: Optional[int] = spec_field("padding_mask_crop")
+    blur_factor: float = spec_field("blur_factor")
+    keep_unmasked: bool = spec_field("keep_unmasked")
+    keep_input_size: bool = spec_field("keep_input_size")
+    mask_grow: int = spec_field("mask_grow")
+    mask_shrink: int = spec_field("mask_shrink")
+    mask_invert: bool = spec_field("mask_invert")
     # Kandinsky 2.2 engines only (its prior, which turns the prompt into image embeddings)
-    negative_prior_prompt: Optional[str] = Field(None, max_length=2000,
-                                                 description="Kandinsky 2.2: the prior's negative prompt.")
-    prior_guidance_scale: Optional[float] = Field(None, ge=0, le=50, allow_inf_nan=False,
-                                                  description="Kandinsky 2.2: the prior's guidance (default 4).")
-    prior_num_inference_steps: Optional[int] = Field(None, ge=2, le=1000,
-                                                     description="Kandinsky 2.2: the prior's steps (default 25).")
+    negative_prior_prompt: Optional[str] = spec_field("negative_prior_prompt", max_length=2000)
+    prior_guidance_scale: Optional[float] = spec_field("prior_guidance_scale")
+    prior_num_inference_steps: Optional[int] = spec_field("prior_num_inference_steps")
 
 
 class OutpaintParameters(CommonParameters):
@@ -92,20 +96,18 @@ class OutpaintParameters(CommonParameters):
     task: ClassVar[str] = "outpaint"
     pictures: ClassVar[tuple[str, ...]] = ("image",)
 
-    left: int = Field(0, ge=0, description="Pixels to add on the left (at least one side > 0).")
-    right: int = Field(0, ge=0, description="Pixels to add on the right.")
-    top: int = Field(0, ge=0, description="Pixels to add on the top.")
-    bottom: int = Field(0, ge=0, description="Pixels to add on the bottom.")
-    overlap: int = Field(32, ge=0, le=1024, description="How far (pixels) the repaint reaches into the existing "
-                                                        "picture, feathered; 0 = a hard seam.")
-    fill: Literal["edge", "mirror", "noise"] = Field(
-        "edge", description="Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise.")
-    height: Optional[int] = Field(None, ge=8, multiple_of=8,
-                                  description="Height of each pass (window); default: the model's. The result is the "
-                                              "picture's height + top + bottom.")
-    width: Optional[int] = Field(None, ge=8, multiple_of=8,
-                                 description="Width of each pass (window); default: the model's. The result is the "
-                                             "picture's width + left + right.")
+    left: int = spec_field("left", description="Pixels to add on the left (at least one side > 0).")
+    right: int = spec_field("right")
+    top: int = spec_field("top")
+    bottom: int = spec_field("bottom")
+    overlap: int = spec_field("overlap")
+    fill: Literal[FILLS] = spec_field("fill")  # type: ignore[valid-type]
+    height: Optional[int] = spec_field("height", multiple_of=8,
+                                       description="Height of each pass (window); default: the model's. The result "
+                                                   "is the picture's height + top + bottom.")
+    width: Optional[int] = spec_field("width", multiple_of=8,
+                                      description="Width of each pass (window); default: the model's. The result is "
+                                                  "the picture's width + left + right.")
 
     @field_validator(*SIDES, "overlap", mode="before")
     @classmethod
@@ -129,7 +131,6 @@ class SyncOutpaintParameters(ResponseFormat, OutpaintParameters):
     """POST /v1/outpaint: the job's fields and how to answer."""
 
 
-FIELDS = set(InpaintParameters.model_fields) | set(OutpaintParameters.model_fields)
 PRIOR_FIELDS = ("negative_prior_prompt", "prior_guidance_scale", "prior_num_inference_steps")
 # left out of a request: not passed, so the engine's family default applies
 DEFAULTED = ("num_inference_steps", "guidance_scale", "prompt_syntax") + PRIOR_FIELDS
@@ -350,9 +351,10 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
                        f"limit of {max_pixels}", f"downscale {name} to at most {max_pixels} pixels")
     try:
         picture = imaging.load_picture(data, name, max_pixels)
-    except ValueError as e:
+    except ValueError as e:  # the engine's own check: its fix says what to send for this refusal
         message = str(e).replace("the given bytes", f"the uploaded {name}")
-        raise ApiError(422, name, message, f"send {name} as an intact PNG, JPEG or WebP file") from None
+        fix = request_fix(getattr(e, "fix", None), f"send {name} as an intact PNG, JPEG or WebP file")
+        raise ApiError(422, name, message, fix) from None
     if not isinstance(picture, Image.Image):  # a float picture (mode F): take it as 8-bit grey
         picture = Image.fromarray((np.clip(picture[..., 0], 0, 1) * 255).round().astype(np.uint8))
     return picture
@@ -369,10 +371,8 @@ def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dic
         height, width = params.height or facts["default_height"], params.width or facts["default_width"]
         try:  # the engine's check with this server's limit: it names the side to lower
             check_args.output_size(height, width, limits.max_output_pixels, "this server's max_output_pixels allows")
-        except ValueError as e:
-            name = str(e).split("=")[0]
-            raise ApiError(422, name, str(e),
-                           f"send a smaller {name} (or use padding_mask_crop on a big picture)") from None
+        except InvalidArgument as e:
+            raise ApiError(422, e.field, str(e), request_fix(e.fix, f"send a smaller {e.field}")) from None
         return
     if height * width > limits.max_output_pixels:
         raise ApiError(422, name, f"the output would be {width}x{height} = {width * height} pixels, over this server's "
@@ -384,14 +384,15 @@ def _count_steps(params, facts: dict, steps: int) -> int:
     try:
         scheduler = make_scheduler(params.scheduler or facts["default_scheduler"], facts["scheduler_config"],
                                    params.scheduler_options)
-    except (ValueError, TypeError) as e:
-        field = getattr(e, "field", None) or ("scheduler_options" if params.scheduler_options else "scheduler")
-        fix = getattr(e, "fix", None) or "GET /v1/info lists the schedulers; inpaint --help their options"
-        raise ApiError(422, field, str(e), fix) from None
+    except InvalidArgument as e:
+        raise ApiError(422, e.field, str(e), request_fix(e.fix, "GET /v1/info lists the schedulers")) from None
+    except ValueError as e:  # this engine's scheduler config is one the chosen scheduler does not implement
+        raise ApiError(422, "scheduler", str(e), "choose another scheduler (GET /v1/info lists them)") from None
     try:
         strength = params.strength or (0.9999 if facts["family"] == "sdxl" else 1.0)
         _, timesteps = run_timesteps(scheduler, steps, strength)
-    except ValueError as e:
-        field = "num_inference_steps" if str(e).startswith("num_inference_steps") else "strength"
-        raise ApiError(422, field, str(e), "raise strength or change num_inference_steps") from None
+    except InvalidArgument as e:
+        fix = request_fix(e.fix, "raise strength or change num_inference_steps")
+        raise ApiError(422, e.field, str(e), fix) from None
     return len(timesteps)
+

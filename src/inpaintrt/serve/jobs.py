@@ -57,6 +57,8 @@ class Job:
     previews: bool = False  # an event stream asked for live previews
     preview: str | None = None  # the latest: the latents' cheap RGB as a PNG data: URL
     error: str | None = None
+    error_field: str | None = None  # a refused input's field and fix, from the engine's InvalidArgument
+    error_fix: str | None = None
     warnings: list = field(default_factory=list)  # e.g. a prompt cut at CLIP's 77 tokens (prompt_syntax plain)
     png: bytes | None = None
     nsfw_content_detected: list | None = None  # [True] when the safety checker blacked the picture out
@@ -276,6 +278,7 @@ class JobManager:
             outcome, error, job.retry_after = FAILED, f"engine unavailable: {e}", e.retry_after
         except (ValueError, FloatingPointError) as e:  # the engine's documented bad-input errors
             outcome, error = FAILED, str(e)
+            job.error_field, job.error_fix = getattr(e, "field", None), getattr(e, "fix", None)
         except Exception as e:  # a worker must survive anything one request does
             outcome, error = FAILED, f"internal error: {type(e).__name__}: {e}"
         with self.lock:

@@ -1,6 +1,7 @@
 """Scheduler registry: name for `scheduler=` -> numpy implementation of the diffusers class."""
 from __future__ import annotations
 
+from ..errors import InvalidArgument
 from .ddim import DDIM
 from .ddpm import DDPM
 from .dpmsolver import DPMSolverMultistep, DPMSolverMultistepKarras
@@ -30,7 +31,9 @@ def default_scheduler_name(config: dict) -> str:
 def make_scheduler(name: str, config: dict, options: dict | None = None):
     """A fresh scheduler for one generation, configured as diffusers' `Class.from_config(config)` would be."""
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler {name!r} is unknown; choose one of {', '.join(sorted(SCHEDULERS))}")
+        listed = ", ".join(sorted(SCHEDULERS))
+        raise InvalidArgument("scheduler", f"scheduler {name!r} is unknown; choose one of {listed}",
+                              f"use one of {listed}")
     return SCHEDULERS[name](config, options)
 
 

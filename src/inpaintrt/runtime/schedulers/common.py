@@ -66,10 +66,9 @@ class SchedulerBase:
         self.config = {**known, **{k: v for k, v in config.items() if k in known}}
         unknown = sorted(set(options or {}) - set(known) - set(self.call_options))
         if unknown:
-            raise ValueError(
-                f"scheduler_options {unknown} are not options of scheduler {self.name!r}; "
-                f"it takes {sorted(set(known) | set(self.call_options))}"
-            )
+            takes = sorted(set(known) | set(self.call_options))
+            raise InvalidArgument("scheduler_options", f"scheduler_options {unknown} are not options of scheduler "
+                                  f"{self.name!r}; it takes {takes}", f"use options from {takes}, or another scheduler")
         options = {k: checked_option(k, v, {**known, **self.call_options}[k]) for k, v in (options or {}).items()}
         self.options = {k: v for k, v in options.items() if k in self.call_options}
         self.config.update(self.forced)
@@ -138,8 +137,18 @@ def check_indexable(config: dict, timesteps: np.ndarray, num_steps: int) -> None
     with an IndexError)."""
     n = config["num_train_timesteps"]
     if timesteps.size and int(timesteps.max()) >= n:
-        raise ValueError(f"num_inference_steps={num_steps} makes this scheduler's timestep spacing reach timestep "
-                         f"{int(timesteps.max())}, past the model's {n} training steps; use fewer steps (e.g. {n // 2})")
+        fix = f"use fewer steps (e.g. {n // 2})"
+        raise InvalidArgument("num_inference_steps", f"num_inference_steps={num_steps} makes this scheduler's timestep "
+                              f"spacing reach timestep {int(timesteps.max())}, past the model's {n} training steps; "
+                              f"{fix}", fix)
+
+
+def check_step_count(config: dict, num_steps: int) -> None:
+    """No more inference steps than the model has training timesteps."""
+    n = config["num_train_timesteps"]
+    if num_steps > n:
+        raise InvalidArgument("num_inference_steps", f"num_inference_steps={num_steps} exceeds the {n} training "
+                              f"timesteps; use at most {n}", f"use at most {n} steps")
 
 
 def check_distinct(sigmas: np.ndarray, timesteps: np.ndarray, num_steps: int) -> None:
@@ -147,9 +156,10 @@ def check_distinct(sigmas: np.ndarray, timesteps: np.ndarray, num_steps: int) ->
     spacing rounds two steps onto one timestep near num_train_timesteps steps) gives NaN, in diffusers too."""
     same = np.flatnonzero(sigmas[:-2] == sigmas[1:-1])
     if same.size:
-        raise ValueError(f"num_inference_steps={num_steps} gives this scheduler timestep {int(timesteps[same[0]])} "
-                         "twice, and its multistep update would divide by zero (diffusers returns NaN there); "
-                         f"use fewer steps (e.g. {num_steps - 1}) or another scheduler")
+        fix = f"use fewer steps (e.g. {num_steps - 1}) or another scheduler"
+        raise InvalidArgument("num_inference_steps", f"num_inference_steps={num_steps} gives this scheduler timestep "
+                              f"{int(timesteps[same[0]])} twice, and its multistep update would divide by zero "
+                              f"(diffusers returns NaN there); {fix}", fix)
 
 
 def spaced_timesteps(config: dict, num_steps: int) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..xp import array_module, draw_like
-from .common import SchedulerBase, check_indexable, spaced_timesteps
+from .common import SchedulerBase, check_indexable, check_step_count, spaced_timesteps
 
 
 class DDIM(SchedulerBase):
@@ -13,10 +13,7 @@ class DDIM(SchedulerBase):
     call_options = {"eta": 0.0}
 
     def set_timesteps(self, num_steps: int) -> None:
-        if num_steps > self.config["num_train_timesteps"]:
-            raise ValueError(
-                f"num_inference_steps={num_steps} exceeds the {self.config['num_train_timesteps']} training timesteps"
-            )
+        check_step_count(self.config, num_steps)
         self.num_steps = num_steps
         self.timesteps = np.round(spaced_timesteps(self.config, num_steps)).astype(np.int64)
         check_indexable(self.config, self.timesteps, num_steps)

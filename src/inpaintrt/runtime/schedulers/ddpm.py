@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..xp import array_module, draw_like
-from .common import SchedulerBase, check_indexable, spaced_timesteps
+from .common import SchedulerBase, check_indexable, check_step_count, spaced_timesteps
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 LEARNED = ("learned", "learned_range")
@@ -18,9 +18,7 @@ class DDPM(SchedulerBase):
     prediction_types = ("epsilon", "sample", "v_prediction")
 
     def set_timesteps(self, num_steps: int) -> None:
-        n = self.config["num_train_timesteps"]
-        if num_steps > n:
-            raise ValueError(f"num_inference_steps={num_steps} exceeds the {n} training timesteps; use at most {n}")
+        check_step_count(self.config, num_steps)
         if self.config["variance_type"] not in VARIANCE_TYPES:
             raise ValueError(f"the scheduler config sets variance_type={self.config['variance_type']!r}, which "
                              f"inpaintrt's 'ddpm' does not implement; it implements {', '.join(VARIANCE_TYPES)}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What runs on the lent GPU machine (README, "GPU"): its image has torch (CUDA 13), cupy-cuda13x and the
+# What runs on the lent GPU machine (docs/backends-and-precision.md, "GPU"): its image has torch (CUDA 13), cupy-cuda13x and the
 # CPU onnxruntime; onnxruntime-gpu, diffusers and clip-anytorch travel as wheels (../shared/tools/device-wheels
 # onnxruntime-gpu==1.31.1 diffusers==0.42.1, plus importlib_metadata and clip-anytorch) into /tmp/devw.
 #

@@ -2,7 +2,7 @@
 
     python benchmarks/op_ratios.py            # about a minute; prints a table, writes op-ratios-<date>.json
 
-The UNet step's time (OpenVINO's per-node counters, README) is convolutions, matmuls (the linear
+The UNet step's time (OpenVINO's per-node counters, docs/benchmarks.md) is convolutions, matmuls (the linear
 layers) and the attention softmax blocks; each is timed here alone at the UNet's largest shapes
 (guided batch 2, 64x64 latents: 4096 tokens, 320 channels, 8 heads of 40) in torch fp32, torch bf16
 autocast and OpenVINO bf16, so the end-to-end ratio can be read from the mix.

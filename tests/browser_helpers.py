@@ -30,7 +30,7 @@ def open_page(browser, server, width: int, height: int):
 
 
 def screenshot(page, tmp_path, name: str):
-    """Into tmp_path, and into INPAINTRT_SCREENSHOT_DIR (README's pictures) when that is set."""
+    """Into tmp_path, and into INPAINTRT_SCREENSHOT_DIR (the docs' pictures) when that is set."""
     page.screenshot(path=str(tmp_path / name))
     assert (tmp_path / name).stat().st_size > 10_000
     if os.environ.get("INPAINTRT_SCREENSHOT_DIR"):

@@ -39,7 +39,7 @@ def expected(engine, seed: int, image=None, mask_image=None, **arguments) -> np.
     return rgb(found)
 
 
-# what webuiapi's img2img defaults become (the README's table): strength 0.75, cfg 7, blur 4, fill,
+# what webuiapi's img2img defaults become (docs/a1111.md's table): strength 0.75, cfg 7, blur 4, fill,
 # only-masked (padding_mask_crop 0) at width x height
 WEBUIAPI_IMG2IMG = dict(strength=0.75, guidance_scale=7.0, blur_factor=4, masked_content="fill", padding_mask_crop=0,
                         height=64, width=64, scheduler="euler_a", num_inference_steps=2)

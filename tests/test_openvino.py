@@ -6,7 +6,7 @@ asserted is 2e-4 (the project's parity bar is 1e-3). bf16 is not exact: its PSNR
 measured 32.1 dB (4-channel, euler_a, strength 0.6, 4 steps, this file's case; the UNet is the part
 that costs it) to 51.2 dB (9-channel, 20 steps) over the same sweep; the floor asserted is 30 dB,
 2 dB under the worst case measured. The tiny random-weight models are harsher than real checkpoints
-(see the README's figures), and a bf16 result above 90 dB would mean the precision hint was not
+(see docs/benchmarks.md's figures), and a bf16 result above 90 dB would mean the precision hint was not
 applied (fp32 here gives 113-134 dB).
 Skipped, saying why, when openvino is not installed (`pip install 'inpaintrt[openvino]'`).
 """

@@ -2,7 +2,7 @@
 paint a stroke with the mouse, run, and check the result keeps every unpainted pixel and shows on the
 canvas; the run button in sight at 1366x720, Ctrl+Enter, history across reloads, size and batch fields,
 live previews.
-INPAINTRT_SCREENSHOT_DIR=docs writes README's screenshots there."""
+INPAINTRT_SCREENSHOT_DIR=docs writes the docs' screenshots there."""
 from __future__ import annotations
 
 import base64

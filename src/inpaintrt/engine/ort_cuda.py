@@ -1,6 +1,6 @@
 """Backend "ort-cuda": ONNX Runtime's CUDA provider with IO binding onto device buffers.
 
-Run on a lent H100 (README, "GPU"); the CPU tests run the same class on ONNX Runtime's CPU provider
+Run on a lent H100 (docs/benchmarks.md, "GPU"); the CPU tests run the same class on ONNX Runtime's CPU provider
 with numpy buffers (binding, buffers allocated once per shape, copy-into-bound-buffers, outputs in the
 feeds' module), the provider check and its missing-library message, and the fp16 decode fallback.
 The CUDA provider's tunable options (convolution layout and algorithm search, arena, workspace) come

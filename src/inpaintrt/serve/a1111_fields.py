@@ -2,7 +2,7 @@
 
 A1111 clients (webuiapi, Krita / Photoshop / GIMP plugins, openOutpaint, bots) send a long body with
 A1111's own names. Each field is one of three kinds:
-- mapped: it becomes an Engine.inpaint argument (MAPPED; the README's table says the same);
+- mapped: it becomes an Engine.inpaint argument (MAPPED; docs/a1111.md's table says the same);
 - at its default only: a feature this engine does not have (face restoration, tiling, scripts, ...),
   accepted while it holds A1111's default and refused, naming the field, when it asks for the feature;
 - ignored by A1111 itself in this request (hires-fix settings with enable_hr false, image_cfg_scale of

@@ -160,6 +160,8 @@ def test_concurrent_http_requests_share_a_batch(engine_dir, engine):
         for thread in threads:
             thread.join(120)
         found = scrape(server.url)
+        info = httpx.get(f"{server.url}/v1/info", timeout=30).json()
+    assert info["batching"] == {"max_batch": 3, "window_ms": 1000.0}
     for seed, answer in answers.items():
         assert answer.status_code == 200, answer.text
         got = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))

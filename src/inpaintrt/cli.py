@@ -226,7 +226,7 @@ def _inpaint_parser() -> argparse.ArgumentParser:
                          help="control picture, one per ControlNet in export order ('none': an inpaint ControlNet "
                               "builds it from the image and mask, a plain one stays off); default: none for all")
     control.add_argument("--controlnet-scale", action="append", type=float, default=[], metavar="SCALE",
-                         help="controlnet_conditioning_scale, one or one per ControlNet (default 0.5, diffusers')")
+                         help="controlnet_conditioning_scale, one or one per ControlNet (default diffusers': 0.5 on SD 1.x/2.x, 1.0 on SDXL)")
     control.add_argument("--control-start", type=float, default=0.0, help="control_guidance_start (default 0)")
     control.add_argument("--control-end", type=float, default=1.0, help="control_guidance_end (default 1)")
     control.add_argument("--guess-mode", action="store_true", help="guess_mode: the ControlNet sees no negative prompt")

@@ -202,7 +202,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                     "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,
                     "max_outpaint_passes": limits.max_outpaint_passes,
                     "queue_size": settings.queue_size, "workers": models.default.manager.worker_count},
-                "batching": "none: each request runs its own UNet calls on one worker's engine"}
+                # requests that may share one loop (1: each request runs its own UNet calls)
+                "batching": {"max_batch": settings.max_batch, "window_ms": settings.batch_window_ms}}
 
     async def finished(job, request: Request) -> None:
         """Returns once the job is finished; a client that left has its job cancelled, freeing the worker."""

@@ -134,3 +134,43 @@ def sdxl_controlnet_pipeline(pipe, nets):
     control.set_progress_bar_config(disable=True)
     control.checkpoint_scheduler_config = getattr(pipe, "checkpoint_scheduler_config", pipe.scheduler.config)
     return control
+
+
+def check_against_diffusers(caught: dict, got, expected, label: str) -> None:
+    """Final latents (caught on both sides, relative) and the np image (absolute) within 1e-3 of diffusers'."""
+    from conftest import record
+
+    assert caught["ours"].shape == caught["theirs"].shape
+    latent_error = np.abs(caught["ours"] - caught["theirs"]).max() / np.abs(caught["theirs"]).max()
+    assert record(f"{label} latents, max abs diff / max abs", latent_error) <= 1e-3
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert record(f"{label} image (np, [0, 1]), max abs diff", np.abs(got - expected).max()) <= 1e-3
+
+
+def run_fake_plans_with_control(fp16_engine, tmp_path, monkeypatch, guess: bool) -> None:
+    """Plans built by inpaint-build-plans' code (the fake TensorRT of tests/trt_fakes.py) for two ControlNets and
+    the residual-input UNet run within fp16 error of ONNX Runtime's fp32 run, and the ControlNets steer."""
+    import shutil
+
+    from inpaintrt import Engine
+    from inpaintrt.engine.manifest import read_manifest
+    from inpaintrt.export.trt_build import rebuild_plans
+    from trt_fakes import install
+
+    root = tmp_path / "engine"
+    shutil.copytree(fp16_engine, root)
+    install(monkeypatch, "11.x")
+    rebuild_plans(root, ((64, 96),), 2, timing_cache=tmp_path / "cache", log=lambda *_: None)
+    manifest = read_manifest(root)
+    assert sorted(manifest["tensorrt"]["plans"]) == sorted(manifest["components"])
+    picture, mask = sample_image(96, 64), sample_mask(96, 64)
+    args = dict(prompt="a bench", num_inference_steps=3, height=64, width=96, output_type="np", progress=False,
+                generator=2, control_image=[None, edge_picture(96, 64)], controlnet_conditioning_scale=[1.0, 0.7],
+                guess_mode=guess)
+    reference = Engine.load(root, backend="ort-cpu").inpaint(picture, mask, **args).images
+    engine = Engine.load(root)
+    assert engine.backend == "tensorrt"
+    got = engine.inpaint(picture, mask, **args).images
+    assert 0 < np.abs(got - reference).max() < 0.02
+    free = engine.inpaint(picture, mask, **dict(args, control_image=None, controlnet_conditioning_scale=0.0)).images
+    assert np.abs(free - got).max() > 0.01  # the ControlNets' plans did steer

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import diffusers_inpaint, record
-from controlnet_helpers import (SIZE, controlnet_pipeline, edge_picture, inputs,
+from controlnet_helpers import (SIZE, check_against_diffusers, controlnet_pipeline, edge_picture, inputs,
                                 make_inpaint_condition)
 from inpaintrt import Engine
 
@@ -43,11 +43,7 @@ def run_both(pipe, engine, diffusers_nets, ours, theirs, seed=7, scheduler="eule
                                  image=image, mask_image=mask, callback_on_step_end=catch, **args, **theirs)
     got = engine.inpaint(image, mask, scheduler=scheduler, generator=np.random.default_rng(seed), progress=False,
                          callback_on_step_end=lambda step, t, x: caught.update(ours=x.copy()), **args, **ours).images
-    assert caught["ours"].shape == caught["theirs"].shape
-    latent_error = np.abs(caught["ours"] - caught["theirs"]).max() / np.abs(caught["theirs"]).max()
-    assert record("ControlNet latents, max abs diff / max abs", latent_error) <= 1e-3
-    assert got.shape == expected.shape and got.dtype == np.float32
-    assert record("ControlNet image (np, [0, 1]), max abs diff", np.abs(got - expected).max()) <= 1e-3
+    check_against_diffusers(caught, got, expected, "ControlNet")
     return expected, got
 
 

@@ -4,9 +4,10 @@ ControlNets (an inpaint-style one, a plain one), whose added text_embeds/time_id
 import numpy as np
 import pytest
 
-from conftest import diffusers_inpaint, record
-from controlnet_helpers import (SIZE, build_controlnet, build_sdxl_controlnet, edge_picture, inputs,
-                                make_inpaint_condition, sdxl_controlnet_pipeline)
+from conftest import diffusers_inpaint
+from controlnet_helpers import (SIZE, build_controlnet, build_sdxl_controlnet, check_against_diffusers, edge_picture,
+                                inputs, make_inpaint_condition, run_fake_plans_with_control,
+                                sdxl_controlnet_pipeline)
 from inpaintrt import Engine
 
 PROMPT = "a red bench in a park"
@@ -56,11 +57,7 @@ def run_both(pipe, engine, diffusers_nets, ours, theirs, seed=7, scheduler="eule
                                  mask_image=mask, callback_on_step_end=catch, **args, **theirs)
     got = engine.inpaint(image, mask, scheduler=scheduler, generator=np.random.default_rng(seed), progress=False,
                          callback_on_step_end=lambda step, t, x: caught.update(ours=x.copy()), **args, **ours).images
-    assert caught["ours"].shape == caught["theirs"].shape
-    latent_error = np.abs(caught["ours"] - caught["theirs"]).max() / np.abs(caught["theirs"]).max()
-    assert record("SDXL ControlNet latents, max abs diff / max abs", latent_error) <= 1e-3
-    assert got.shape == expected.shape and got.dtype == np.float32
-    assert record("SDXL ControlNet image (np, [0, 1]), max abs diff", np.abs(got - expected).max()) <= 1e-3
+    check_against_diffusers(caught, got, expected, "SDXL ControlNet")
     return expected, got
 
 
@@ -222,26 +219,4 @@ def test_tensorrt_plan_layout(fp16_engine):
 def test_tensorrt_plans_run_with_control(fp16_engine, guess, tmp_path, monkeypatch):
     """Plans built by inpaint-build-plans' code for the SDXL ControlNets and the residual-input UNet run (the
     fake TensorRT of tests/trt_fakes.py) within fp16 error of ONNX Runtime's fp32 run, and steer the result."""
-    import shutil
-
-    from conftest import sample_image, sample_mask
-    from inpaintrt.engine.manifest import read_manifest
-    from inpaintrt.export.trt_build import rebuild_plans
-    from trt_fakes import install
-
-    root = tmp_path / "engine"
-    shutil.copytree(fp16_engine, root)
-    install(monkeypatch, "11.x")
-    rebuild_plans(root, ((64, 96),), 2, timing_cache=tmp_path / "cache", log=lambda *_: None)
-    assert sorted(read_manifest(root)["tensorrt"]["plans"]) == sorted(read_manifest(root)["components"])
-    picture, mask = sample_image(96, 64), sample_mask(96, 64)
-    args = dict(prompt="a bench", num_inference_steps=3, height=64, width=96, output_type="np", progress=False,
-                generator=2, control_image=[None, edge_picture(96, 64)], controlnet_conditioning_scale=[1.0, 0.7],
-                guess_mode=guess)
-    reference = Engine.load(root, backend="ort-cpu").inpaint(picture, mask, **args).images
-    engine = Engine.load(root)
-    assert engine.backend == "tensorrt"
-    got = engine.inpaint(picture, mask, **args).images
-    assert 0 < np.abs(got - reference).max() < 0.02
-    free = engine.inpaint(picture, mask, **dict(args, control_image=None, controlnet_conditioning_scale=0.0)).images
-    assert np.abs(free - got).max() > 0.01  # the ControlNets' plans did steer
+    run_fake_plans_with_control(fp16_engine, tmp_path, monkeypatch, guess)

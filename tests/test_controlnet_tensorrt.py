@@ -1,14 +1,9 @@
 """TensorRT plans of a ControlNet engine, without TensorRT: the plan layout of the ControlNets and of
 the residual-input UNet, then plans built and run end to end against the fake `tensorrt` of tests/trt_fakes.py
 (ONNX Runtime on the fp16 graphs standing in for the kernels)."""
-import shutil
-
-import numpy as np
 import pytest
 
-from controlnet_helpers import edge_picture, save_controlnets
-from conftest import sample_image, sample_mask
-from inpaintrt import Engine
+from controlnet_helpers import run_fake_plans_with_control, save_controlnets
 from inpaintrt.engine.manifest import read_manifest
 from inpaintrt.engine.plans import plan_layout
 
@@ -51,23 +46,4 @@ def test_plan_layout(fp16_engine):
 def test_build_plans_and_run_with_control(fp16_engine, guess, tmp_path, monkeypatch):
     """inpaint-build-plans' code builds the ControlNets' and the residual-input UNet's plans; Engine runs them
     (both ControlNets, guess mode or not) within fp16 error of ONNX Runtime's fp32 run."""
-    from inpaintrt.export.trt_build import rebuild_plans
-    from trt_fakes import install
-
-    root = tmp_path / "engine"
-    shutil.copytree(fp16_engine, root)
-    install(monkeypatch, "11.x")
-    rebuild_plans(root, SIZE, 2, timing_cache=tmp_path / "cache", log=lambda *_: None)
-    manifest = read_manifest(root)
-    assert sorted(manifest["tensorrt"]["plans"]) == sorted(manifest["components"])
-    picture, mask = sample_image(96, 64), sample_mask(96, 64)
-    args = dict(prompt="a bench", num_inference_steps=3, height=64, width=96, output_type="np", progress=False,
-                generator=2, control_image=[None, edge_picture(96, 64)], controlnet_conditioning_scale=[1.0, 0.7],
-                guess_mode=guess)
-    reference = Engine.load(root, backend="ort-cpu").inpaint(picture, mask, **args).images
-    engine = Engine.load(root)
-    assert engine.backend == "tensorrt"
-    got = engine.inpaint(picture, mask, **args).images
-    assert 0 < np.abs(got - reference).max() < 0.02
-    free = engine.inpaint(picture, mask, **dict(args, control_image=None, controlnet_conditioning_scale=0.0)).images
-    assert np.abs(free - got).max() > 0.01  # the ControlNets' plans did steer
+    run_fake_plans_with_control(fp16_engine, tmp_path, monkeypatch, guess)

@@ -188,8 +188,13 @@ def _denoise_together(group: list[Arrival]) -> list:
         denoising_end=first.request.denoising_end, masked_content=first.request.masked_content, counts=counts)
     generator = StackedGenerator([a.generator for a in group], counts)
     final = denoise(first.models, first.scheduler, request, generator, iter, first.xp)
-    starts = np.cumsum((0,) + counts)
-    return [final[start:end] for start, end in zip(starts[:-1], starts[1:])]
+    return [final[rows] for rows in _row_slices(counts)]
+
+
+def _row_slices(counts: tuple[int, ...]) -> list[slice]:
+    """Each member's rows of the batch's latents, in member order."""
+    starts = np.cumsum((0,) + tuple(counts))
+    return [slice(int(start), int(end)) for start, end in zip(starts[:-1], starts[1:])]
 
 
 def _stacked_conditioning(group: list[Arrival]) -> dict:
@@ -210,8 +215,7 @@ class _MemberCallbacks:
 
     def __init__(self, group: list[Arrival]):
         self.group = group
-        starts = np.cumsum((0,) + tuple(a.request.batch for a in group))
-        self.rows = [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        self.rows = _row_slices(tuple(a.request.batch for a in group))
 
     def wants(self, name: str) -> bool:
         return name == "latents"

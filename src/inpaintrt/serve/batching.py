@@ -12,6 +12,8 @@ import json
 import time
 from dataclasses import dataclass
 
+from ..engine.arguments import is_whole
+
 # what each member brings of its own; every other field must match for jobs to share a batch
 PER_MEMBER = frozenset({"image", "mask_image", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2"})
 
@@ -22,7 +24,7 @@ class Batching:
     window_ms: float = 5.0  # how long a worker holding a batchable job waits for more
 
     def __post_init__(self):
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+        if not is_whole(self.max_batch) or self.max_batch < 1:
             raise ValueError(f"--max-batch must be an integer of at least 1 (1: batching off), got {self.max_batch!r}")
         if not 0 <= self.window_ms <= 1000:
             raise ValueError(f"--batch-window-ms must be between 0 and 1000 milliseconds, got {self.window_ms!r}")

@@ -8,15 +8,23 @@ function headers() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// A refusal: the server's field and fix travel with the message, so the page can point at the control.
+export class ApiError extends Error {
+  constructor(message, status, field = null, fix = null) {
+    super(message);
+    Object.assign(this, { status, field, fix });
+  }
+}
+
 export async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
   if (!response.ok) {
-    let message = `${response.status} ${response.statusText}`;
+    let error = new ApiError(`${response.status} ${response.statusText}`, response.status);
     try {
       const e = (await response.json()).error;
-      message = `${e.field}: ${e.message} — ${e.fix}`;
+      error = new ApiError(`${e.field}: ${e.message} — ${e.fix}`, response.status, e.field, e.fix);
     } catch (_) { /* not our JSON */ }
-    throw new Error(message);
+    throw error;
   }
   return response;
 }

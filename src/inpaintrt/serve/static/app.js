@@ -1,19 +1,24 @@
 // The page: load a picture, paint the mask (editor.js) or set the outpaint extension, send jobs
-// (api.js, form.js), follow their events, show results on the canvas (hold "Before" or C for the input),
-// download and chain them, keep them (history.js). Plain modules, no build step, nothing from the
+// (api.js, form.js; ControlNet and image prompts: conditioning.js), follow their events, show results on
+// the canvas (hold "Before" or C for the input), download and chain them, keep them (history.js); a
+// refusal points at its control (field-errors.js). Plain modules, no build step, nothing from the
 // network but this server.
 import { MaskEditor } from "./editor.js";
 import { api, follow } from "./api.js";
+import { ControlNetSection, ImagePromptSection } from "./conditioning.js";
+import { FieldErrors } from "./field-errors.js";
 import { History } from "./history.js";
 import { batchCount, fields, formValues, restoreValues, outpainting, sides, SIDES } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
 const editor = new MaskEditor($("view"), updateButtons);
 const history = new History($("history"), (entry) => show(entry));
+const controlnets = new ControlNetSection(), imagePrompts = new ImagePromptSection();
+const fieldErrors = new FieldErrors([controlnets, imagePrompts]);
 // job: the running job's id ("" while it is being sent); results: this visit's; events: the last job's
 const state = { pictureBlob: null, job: null, results: [], current: null, events: [], stopBatch: false,
   previewFor: null, previewsShown: 0 };
-window.inpaintrt = { editor, state, history };  // for tests and the curious
+window.inpaintrt = { editor, state, history, controlnets, imagePrompts, fieldErrors };  // for tests and the curious
 
 // --- server facts ------------------------------------------------------------------------------
 
@@ -51,6 +56,14 @@ function applyModel() {
   $("height").placeholder = model.default_height;
   $("num_inference_steps").title = `the model's default: ${model.default_steps}`;
   $("guidance_scale").value = model.default_guidance_scale;  // the family's (Kandinsky 4)
+  applySections();
+}
+
+// The ControlNet and image-prompt sections: the chosen model's, in inpaint mode only.
+function applySections() {
+  const model = state.models?.[$("model").value];
+  controlnets.apply(model, !outpainting());
+  imagePrompts.apply(model, !outpainting());
 }
 
 $("model").onchange = applyModel;
@@ -61,6 +74,7 @@ async function openPicture(blob, keepMask = false) {
   const image = await createImageBitmap(blob);
   state.pictureBlob = blob;
   editor.setPicture(image, keepMask);
+  controlnets.setPictureSize({ width: image.width, height: image.height });
   $("drop-hint").hidden = true;
   setStatus(`Picture ${image.width}×${image.height}. Paint white over what should change.`);
   document.body.dataset.ready = "1";
@@ -159,6 +173,7 @@ function applyMode() {
   $("run").textContent = outpainting() ? "Outpaint" : "Inpaint";
   $("prompt").placeholder = outpainting() ? "what to paint into the new area" : "what to paint into the mask";
   editor.setExtension(outpainting() ? sides() : null);
+  applySections();
 }
 
 $("mode").onchange = applyMode;
@@ -182,8 +197,12 @@ async function run() {
     return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
   }
   const context = { task, model: $("model").value, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
-    sides: task === "outpaint" ? sides() : null, params: formValues() };
+    sides: task === "outpaint" ? sides() : null,
+    params: { ...formValues(), ...controlnets.values(), ...imagePrompts.values() } };
   const mask = task === "inpaint" ? await editor.maskBlob() : null;
+  fieldErrors.clear();
+  // control images at the picture's size, image prompts and their weights: the same for every run of a batch
+  const extra = task === "inpaint" ? [...await controlnets.parts(context.size), ...imagePrompts.parts()] : [];
   const count = batchCount();
   state.job = "";
   state.stopBatch = false;
@@ -193,6 +212,7 @@ async function run() {
       const form = fields(i);
       form.append("image", context.picture, "image.png");
       if (mask) form.append("mask_image", mask, "mask.png");
+      for (const [name, value, filename] of extra) filename ? form.append(name, value, filename) : form.append(name, value);
       const prefix = count > 1 ? `Image ${i + 1} of ${count}: ` : "";
       $("progress").value = 0;
       state.events = [];
@@ -207,15 +227,26 @@ async function run() {
       if (last.status !== "done") {
         if (editor.overlay?.image instanceof HTMLImageElement) editor.setOverlay(null);  // a preview, not a result
         setStatus(last.status === "cancelled" ? "Cancelled." : `Failed: ${last.error}`, last.status !== "cancelled");
+        if (last.status === "failed") await pointAtField(last.id);
         break;
       }
       await keepResult(last, context, prefix);
     }
   } catch (err) {
     setStatus(err.message, true);
+    if (err.field) fieldErrors.show(err.field, err.fix);
   } finally {
     state.job = null;
     updateButtons();
+  }
+}
+
+// A job the engine refused: its result answers with the field and fix (the events carry the message only).
+async function pointAtField(id) {
+  try {
+    await api(`/v1/jobs/${id}/result`);
+  } catch (err) {
+    if (err.field) fieldErrors.show(err.field, err.fix);
   }
 }
 
@@ -292,6 +323,7 @@ $("restore-params").onclick = () => {
   const guidance = state.current.params?.guidance_scale;
   restoreValues(state.current.params);
   if (state.current.params?.model in (state.models || {})) applyModel();  // its defaults, then its own values
+  restoreValues(state.current.params);  // again: a model's ControlNet fields exist once it is applied
   if (guidance !== undefined) $("guidance_scale").value = guidance;
   $("keep_input_size").onchange({ target: $("keep_input_size") });
   applyMode();

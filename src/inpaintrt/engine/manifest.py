@@ -51,7 +51,11 @@ def describe_files(root: Path) -> dict:
 def required_components(manifest: dict) -> tuple[str, ...]:
     family = manifest.get("model", {}).get("family")
     if family == "kandinsky22":
-        return KANDINSKY_COMPONENTS + (KANDINSKY_PRIOR_COMPONENTS if manifest.get("prior") else ())
+        prior = manifest.get("prior") or {}
+        # the image encoder (pictures as prompts) is optional: directories exported before it still load
+        section = prior.get("image_encoder")
+        encoder = (section.get("component", "prior_image_encoder"),) if isinstance(section, dict) else ()
+        return KANDINSKY_COMPONENTS + (KANDINSKY_PRIOR_COMPONENTS + encoder if prior else ())
     return SDXL_COMPONENTS if family == "sdxl" else COMPONENTS
 
 

@@ -9,6 +9,9 @@ Components (each checked against torch like the Stable Diffusion ones):
   else only the mean (a fixed variance never reads the other half)
 - movq_encoder / movq_decoder: MoVQ (VQModel) encode -> latents (deterministic, no sampling) and
   decode(force_not_quantize=True), as diffusers' KandinskyV22InpaintPipeline calls them.
+- prior_image_encoder: the prior's CLIPVisionModelWithProjection -> image_embeds, for pictures given as
+  prompts (interpolate); its CLIPImageProcessor settings go to the manifest (prior.image_encoder), and the
+  runtime reproduces them in numpy/PIL (engine/safety.py's clip_input, the safety checker's too)
 The prior's constants (clip_mean, clip_std and the image encoder's embedding of a black picture, which
 is diffusers' negative image embedding when no negative prompt is given) go to kandinsky_prior.npz.
 Without a prior the engine is decoder-only: calls must give image_embeds.
@@ -30,6 +33,7 @@ from .specs import ComponentSpec, TensorSpec
 
 FAMILY = "kandinsky22"
 PRIOR_CONSTANTS = "kandinsky_prior.npz"
+IMAGE_ENCODER = "prior_image_encoder"
 DECODERS = ("KandinskyV22InpaintPipeline", "KandinskyV22InpaintCombinedPipeline")
 SUPPORTED_VARIANCE = ("fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range")
 LEARNED_VARIANCE = ("learned", "learned_range")
@@ -121,6 +125,15 @@ class _Prior(torch.nn.Module):
                           return_dict=False)[0]
 
 
+class _ImageEncoder(torch.nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values):
+        return self.encoder(pixel_values)["image_embeds"]
+
+
 class _UNet(torch.nn.Module):
     def __init__(self, unet, channels: int):
         super().__init__()
@@ -204,7 +217,8 @@ def kandinsky_specs(decoder, prior) -> list[ComponentSpec]:
 
 
 def _prior_specs(prior, gen, randn) -> list[ComponentSpec]:
-    encoder, transformer = prior.text_encoder, prior.prior
+    encoder, transformer, vision = prior.text_encoder, prior.prior, prior.image_encoder
+    side = vision.config.image_size
     seq, vocab = prior.tokenizer.model_max_length, encoder.config.vocab_size
     hidden, projection = encoder.config.hidden_size, encoder.config.projection_dim
     embed = transformer.config.embedding_dim
@@ -233,6 +247,13 @@ def _prior_specs(prior, gen, randn) -> list[ComponentSpec]:
             lambda b, h, w: (randn(b, embed), torch.randint(0, 1000, (b,), generator=gen).float(),
                              randn(b, projection), randn(b, seq, hidden), mask(b)),
             [(2, 0, 0), (3, 0, 0)],
+        ),
+        ComponentSpec(
+            IMAGE_ENCODER, _ImageEncoder(vision),
+            [TensorSpec("pixel_values", "float32", ("batch", 3, side, side))],
+            [TensorSpec("image_embeds", "float32", ("batch", vision.config.projection_dim))],
+            lambda b, h, w: (randn(b, 3, side, side),),
+            [(1, 0, 0), (3, 0, 0)],
         ),
     ]
 
@@ -306,4 +327,22 @@ def _prior_info(prior, work: Path, source: str) -> dict:
         "embedding_dim": prior.prior.config.embedding_dim,
         "tokenizer": _save_tokenizer(prior.tokenizer, work, "prior_tokenizer"),
         "constants": PRIOR_CONSTANTS,
+        "image_encoder": _image_encoder_info(prior),
     }
+
+
+def _image_encoder_info(prior) -> dict:
+    """The image encoder's component and its CLIPImageProcessor settings, as the runtime reproduces them."""
+    from .safety import SafetyCheckerExportError, feature_extractor_settings
+
+    try:
+        preprocessing = feature_extractor_settings(prior.image_processor)
+    except SafetyCheckerExportError as e:  # its message names the safety checker's flag: say which processor
+        raise ExportError(f"the prior's image_processor cannot be reproduced: {e}".split("; export with")[0]
+                          + "; fix the prior's image_processor config") from None
+    side = prior.image_encoder.config.image_size
+    crop = preprocessing["crop_size"] if preprocessing["do_center_crop"] else preprocessing["size"]
+    if (crop.get("height"), crop.get("width")) != (side, side):
+        raise ExportError(f"the prior's image_processor makes {crop} pictures but its image encoder takes "
+                          f"{side}x{side}; fix the prior's image_processor config")
+    return {"component": IMAGE_ENCODER, "preprocessing": preprocessing}

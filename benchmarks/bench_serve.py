@@ -3,10 +3,15 @@ and on (docs/batching.md).
 
     python benchmarks/bench_serve.py                                  # a random-weight "small" engine, built here
     python benchmarks/bench_serve.py --engine DIR --max-batch 1,2,4 --clients 8 --requests 4 --steps 20
+    python benchmarks/bench_serve.py --max-batch 1,2,4,8 --clients 8 --repeat 2 --json serve.json
 
 For each --max-batch value it starts the server on 127.0.0.1 (a free port), sends one warm-up request, then
 lets --clients clients each POST --requests inpaint requests one after another (httpx, own seeds and
-prompts), and prints one JSON line: images/s over the whole run and the p50 / p95 request latency.
+prompts), and prints one JSON line: images/s over the whole run, the p50 / p95 request latency, and how
+many requests shared each loop on average (the server's own /metrics, warm-up excluded). --repeat runs
+the whole sweep again (rounds alternate the values, so slow spells of a shared machine spread over all).
+Before the sweep it times the engine's UNet call alone at each batch's rows (guided: 2 per request), to
+tell what batching saves in work from what it saves in waiting.
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from lcm_path import machine, versions  # this folder (the script's own directory is on sys.path)
 
 
 def build_engine(size: str, root: Path) -> Path:
@@ -104,7 +111,9 @@ def measure(engine: Path, max_batch: int, args) -> dict:
     try:
         files, fields = request_body(0, args)
         httpx.post(f"{url}/v1/inpaint", files=files, data=fields, timeout=600).raise_for_status()  # warm-up
+        load = os.getloadavg()[0]
         wall, latencies = run_clients(url, args)
+        jobs, requests = loops_shared(httpx.get(f"{url}/metrics", timeout=60).text)
     finally:
         process.terminate()
         process.wait(60)
@@ -112,7 +121,37 @@ def measure(engine: Path, max_batch: int, args) -> dict:
     return {"max_batch": max_batch, "window_ms": args.window_ms, "clients": args.clients, "images": images,
             "steps": args.steps, "size": args.size, "images_per_s": round(images / wall, 3),
             "p50_s": round(float(np.percentile(latencies, 50)), 3),
-            "p95_s": round(float(np.percentile(latencies, 95)), 3)}
+            "p95_s": round(float(np.percentile(latencies, 95)), 3),
+            "requests_per_loop": round((requests - 1) / (jobs - 1), 2), "load_avg_1min_before": round(load, 2)}
+
+
+def loops_shared(metrics: str) -> tuple[float, float]:
+    """(jobs, sum over jobs of the requests each shared its loop with) from the server's /metrics."""
+    found = dict(re.findall(r"^inpaintrt_job_batch_requests_(count|sum) (\S+)$", metrics, re.M))
+    return float(found["count"]), float(found["sum"])
+
+
+def unet_scaling(engine: Path, max_batches: list[int], size: int, runs: int = 3) -> dict:
+    """Best-of-`runs` seconds of one UNet call with the rows of n guided requests, for each n."""
+    from inpaintrt import Engine
+
+    loaded = Engine.load(engine, backend="ort-cpu", verify_hashes=False)
+    latent = size // loaded.manifest["model"]["vae_scale_factor"]
+    found = {}
+    for n in max_batches:
+        dims = {"batch": 2 * n, "latent_height": latent, "latent_width": latent, "text_length": 77}
+        feeds = {i["name"]: np.zeros([dims.get(d, d) for d in i["shape"]], i["dtype"])
+                 for i in loaded.manifest["components"]["unet"]["inputs"]}
+        loaded.sessions["unet"].run(feeds)
+        best = float("inf")
+        for _ in range(runs):
+            began = time.perf_counter()
+            loaded.sessions["unet"].run(feeds)
+            best = min(best, time.perf_counter() - began)
+        found[n] = best
+    return {str(n): {"rows": 2 * n, "unet_call_s": round(t, 4), "per_request_s": round(t / n, 4),
+                     "vs_n_single_calls": round(t / (n * found[max_batches[0]] / max_batches[0]), 2)}
+            for n, t in found.items()}
 
 
 def main() -> None:
@@ -127,11 +166,24 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256, help="picture height and width (default 256)")
     p.add_argument("--scheduler", default="euler_a")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the server (default: ONNX Runtime's own)")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of the whole sweep (default 1)")
+    p.add_argument("--json", type=Path, help="also write every row, the UNet scaling and the machine here")
     args = p.parse_args()
+    max_batches = [int(value) for value in args.max_batch.split(",")]
     with tempfile.TemporaryDirectory() as temporary:
         engine = Path(args.engine) if args.engine else build_engine(args.model_size, Path(temporary))
-        for max_batch in (int(value) for value in args.max_batch.split(",")):
-            print(json.dumps(measure(engine, max_batch, args)), flush=True)
+        scaling = unet_scaling(engine, max_batches, args.size)
+        print(json.dumps({"unet_scaling": scaling}), flush=True)
+        rows = []
+        for round_index in range(args.repeat):
+            for max_batch in max_batches if round_index % 2 == 0 else max_batches[::-1]:
+                rows.append({"round": round_index + 1, **measure(engine, max_batch, args)})
+                print(json.dumps(rows[-1]), flush=True)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("engine", "model_size", "window_ms", "clients", "requests",
+                                                  "steps", "size", "scheduler", "threads", "repeat")}
+        args.json.write_text(json.dumps({"settings": settings, "machine": machine(), "versions": versions(),
+                                         "unet_scaling": scaling, "runs": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ UNet step with each (the fused sessions run without ONNX Runtime's NCHWc convolu
 
 The tiny case needs the export extra (torch, diffusers, peft) to make its engine and LoRA; with --engine and
 --lora only the runtime is used. Hash checks are off in both loads (they cost the same either way).
-Prints one JSON line.
+Prints one JSON line (--json also writes it with the machine and versions).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from lcm_path import machine, versions  # this folder (the script's own directory is on sys.path)
 
 
 def tiny(folder: Path) -> tuple[Path, Path]:
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--lora", type=Path, help="LoRA .safetensors for --engine")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--runs", type=int, default=5, help="best of this many loads and steps")
+    parser.add_argument("--json", type=Path, help="also write the figures, the machine and the versions here")
     args = parser.parse_args()
     if (args.engine is None) != (args.lora is None):
         parser.error("pass --engine and --lora together, or neither (the tiny case)")
@@ -74,12 +77,15 @@ def main() -> None:
         engine_dir, lora = (args.engine, args.lora) if args.engine else tiny(Path(folder))
         plain, plain_engine = timed_load(engine_dir, None, args.runs)
         fused, fused_engine = timed_load(engine_dir, [(lora, args.scale)], args.runs)
-        print(json.dumps({
+        figures = {
             "engine": str(args.engine or "tiny SD 1.x (built here)"), "lora_bytes": lora.stat().st_size,
             "load_s": round(plain, 4), "load_with_lora_s": round(fused, 4), "lora_extra_s": round(fused - plain, 4),
             "unet_step_s": round(unet_step(plain_engine, args.runs), 4),
             "unet_step_with_lora_s": round(unet_step(fused_engine, args.runs), 4),
-            "runs": args.runs}))
+            "runs": args.runs}
+    print(json.dumps(figures))
+    if args.json:
+        args.json.write_text(json.dumps({**figures, "machine": machine(), "versions": versions()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

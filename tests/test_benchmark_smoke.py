@@ -71,3 +71,61 @@ def test_optimum_peer_without_its_python_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "--optimum-python" in result.stderr and "benchmarks/optimum_venv.sh" in result.stderr
     assert not (tmp_path / "tiny-model").exists()
+
+
+def test_lcm_path_tiny_matches_diffusers_with_the_same_lora(tmp_path):
+    """Ours (LCM-LoRA fused at load, lcm, 4 steps) and diffusers with the same LoRA draw the same numpy noise:
+    the same picture, so their times compare equal work; the LoRA has LCM-LoRA's targets."""
+    report_path = tmp_path / "report.json"
+    result = subprocess.run([sys.executable, str(BENCH.parent / "lcm_path.py"), "--folder", str(tmp_path), "--tiny",
+                             "--variants", "ours,diffusers-lcm", "--json", str(report_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["max_abs_ours_vs_diffusers_lcm"] < 1e-4
+    assert set(report["ratios"]) == {"diffusers-lcm / ours end_to_end"}
+    assert all(run["end_to_end_s"] > 0 and run["load_s"] > 0 for run in report["runs"].values())
+    assert report["lora"]["lora_rank"] == 4 and report["lora"]["lora_parameters"] > 0
+    from safetensors.numpy import load_file
+
+    keys = load_file(str(tmp_path / "tiny-lcm-lora.safetensors"))
+    assert all(key.startswith("unet.") for key in keys)  # UNet only, as the real LCM-LoRA
+    for target in ("attn1.to_q", "ff.net.0.proj", "resnets.0.conv1", "conv_shortcut", "downsamplers.0.conv",
+                   "time_emb_proj", "proj_in"):
+        assert any(f"{target}.lora_A" in key for key in keys), target
+
+
+def test_lcm_path_refuses_an_unknown_variant(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH.parent / "lcm_path.py"), "--folder", str(tmp_path),
+                             "--variants", "ours,diffuser"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--variants: choose from ours, diffusers, diffusers-lcm" in result.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything is built
+
+
+def test_bench_serve_repeats_alternating_and_counts_shared_loops(tmp_path):
+    report_path = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, str(BENCH.parent / "bench_serve.py"), "--model-size", "tiny",
+                             "--max-batch", "1,4", "--clients", "4", "--requests", "1", "--steps", "2", "--size",
+                             "64", "--repeat", "2", "--window-ms", "200", "--json", str(report_path)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert [(r["round"], r["max_batch"]) for r in report["runs"]] == [(1, 1), (1, 4), (2, 4), (2, 1)]
+    for row in report["runs"]:
+        assert row["images"] == 4 and row["images_per_s"] > 0
+        # alone: every loop one request; at 4, with a long window, some requests shared a loop
+        assert row["requests_per_loop"] == 1.0 if row["max_batch"] == 1 else row["requests_per_loop"] > 1
+    assert [s["rows"] for s in report["unet_scaling"].values()] == [2, 8]
+    assert report["settings"]["repeat"] == 2 and report["machine"]["cores"] > 0
+
+
+def test_lora_load_tiny_reports_both_loads_and_steps(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH.parent / "lora_load.py"), "--runs", "1", "--json",
+                             str(tmp_path / "lora.json")], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "lora.json").read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {k: v for k, v in report.items()
+                                                                   if k not in ("machine", "versions")}
+    for measure in ("load_s", "load_with_lora_s", "unet_step_s", "unet_step_with_lora_s"):
+        assert report[measure] > 0
+    assert report["versions"]["onnxruntime"] and report["machine"]["cores"] > 0

@@ -195,3 +195,28 @@ def test_image_prompts_run_without_torch(kandinsky):
     result = subprocess.run([sys.executable, "-c", NO_TORCH, str(kandinsky.engine)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "heavy modules: []" in result.stdout
+
+
+def test_cli_image_prompt_flags(kandinsky, engine, tmp_path, capsys):
+    """`inpaint --image-prompt FILE:WEIGHT --prompt-weight W` is Engine.inpaint's image_prompts and prompt_weight."""
+    from PIL import Image
+
+    from inpaintrt.cli import inpaint_main
+
+    image, mask = sample_image(W, H), sample_mask(W, H)
+    for name, picture in (("in.png", image), ("mask.png", mask), ("style.png", STYLE), ("other.png", OTHER)):
+        picture.save(tmp_path / name)
+    args = ["--engine", str(kandinsky.engine), "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+            "--prompt", "a cat", "--steps", "2", "--seed", "3", "--height", str(H), "--width", str(W),
+            "--image-prompt", f"{tmp_path / 'style.png'}:0.5", "--image-prompt", str(tmp_path / "other.png"),
+            "--prompt-weight", "0.7"]
+    assert inpaint_main(args + ["--output", str(tmp_path / "cli.png")]) == 0
+    api = engine.inpaint(image, mask, prompt="a cat", image_prompts=[(STYLE, 0.5), (OTHER, 1.0)], prompt_weight=0.7,
+                         num_inference_steps=2, generator=3, height=H, width=W, progress=False).images[0]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), np.asarray(api))
+    capsys.readouterr()
+    assert inpaint_main(args[:-6] + ["--image-prompt", f"{tmp_path / 'style.png'}:nan",
+                                     "--output", str(tmp_path / "x.png")]) == 2
+    assert "--image-prompt: image_prompts[0]'s weight is nan" in capsys.readouterr().err
+    assert inpaint_main(args[:-6] + ["--prompt-weight", "2", "--output", str(tmp_path / "x.png")]) == 2
+    assert "--prompt-weight: prompt_weight=2.0 weighs the prompt against image_prompts" in capsys.readouterr().err

@@ -230,6 +230,10 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     control.add_argument("--control-start", type=float, default=0.0, help="control_guidance_start (default 0)")
     control.add_argument("--control-end", type=float, default=1.0, help="control_guidance_end (default 1)")
     control.add_argument("--guess-mode", action="store_true", help="guess_mode: the ControlNet sees no negative prompt")
+    kandinsky = parser.add_argument_group("Kandinsky 2.2 image prompts (engines exported with --prior)")
+    kandinsky.add_argument("--image-prompt", action="append", default=[], metavar="FILE[:WEIGHT]",
+                           help="a picture mixed into the prompt's image embedding at WEIGHT (default 1; repeatable)")
+    _spec_flag(kandinsky, "prompt_weight")
     parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cuda", "ort-cpu", "openvino"),
                         help="auto (default): TensorRT when the engine has plans that run here, else ONNX Runtime "
                              "(CUDA, else CPU); with --precision bf16 it is openvino")
@@ -275,6 +279,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
         common = dict(
             scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed, progress=True,
             **{name: getattr(args, name) for name in COMMON_FLAGS}, **_control_arguments(args),
+            **_image_prompt_arguments(args),
         )
         common.update({name: getattr(args, name) for name in FAMILY_DEFAULTED if getattr(args, name) is not None})
         masking = {name: getattr(args, name) for name in INPAINT_ONLY}
@@ -322,6 +327,21 @@ def _control_arguments(args) -> dict:
         found["control_guidance_end"] = args.control_end
     if args.guess_mode:
         found["guess_mode"] = True
+    return found
+
+
+def _image_prompt_arguments(args) -> dict:
+    """--image-prompt FILE[:WEIGHT] and --prompt-weight as Engine.inpaint arguments, only when given."""
+    found = {} if args.prompt_weight == SPECS["prompt_weight"].default else {"prompt_weight": args.prompt_weight}
+    pairs = []
+    for text in args.image_prompt:
+        file, sep, weight = text.rpartition(":")
+        try:
+            pairs.append((file, float(weight)) if sep and file else (text, 1.0))
+        except ValueError:
+            pairs.append((text, 1.0))  # a colon in the file's name, no weight
+    if pairs:
+        found["image_prompts"] = pairs
     return found
 
 

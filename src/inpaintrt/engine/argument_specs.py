@@ -166,8 +166,8 @@ KANDINSKY = [
           help="Kandinsky 2.2: the prior's guidance (default 4)."),
     _whole("prior_num_inference_steps", None, 2, serve_high=1000, help="Kandinsky 2.2: the prior's steps (default 25)."),
     _other("prior_latents"),
-    _other("image_prompts", help="Kandinsky 2.2: pictures mixed into the prompt's image embedding, as "
-                                 "(picture, weight) pairs (the prior's interpolate)."),
+    Spec("image_prompts", flag="--image-prompt", help="Kandinsky 2.2: pictures mixed into the prompt's image "
+         "embedding, as (picture, weight) pairs (the prior's interpolate)."),
     _real("prompt_weight", 1.0, help="Kandinsky 2.2 with image prompts: the prompt's weight in the mix."),
 ]
 

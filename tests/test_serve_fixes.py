@@ -74,6 +74,10 @@ OWN_FIXES = [
      "raise strength to at least 0.5"),
     ("unknown scheduler option", inpaint(scheduler="euler", scheduler_options='{"warp": 9}'), 422,
      "scheduler_options", "use options from"),
+    ("scheduler option its scheduler cannot run", inpaint(scheduler="dpmpp_2m", scheduler_options='{"solver_type": '
+     '"bh1"}'), 422, "scheduler_options.solver_type", "solver_type midpoint or heun"),
+    ("LCM steps past its original steps", inpaint(scheduler="lcm", scheduler_options='{"original_inference_steps": '
+     '1}'), 422, "num_inference_steps", "use at most 1 steps"),
     ("grow and shrink at once (the engine's check)", inpaint(mask_grow=2, mask_shrink=2), 422, "mask_shrink",
      "one of mask_grow and mask_shrink"),
     ("outpaint: nothing to add", outpaint(), 422, "left", "right=128"),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..runtime.errors import InvalidArgument
 from ..runtime.prompt_syntax import check_syntax, chunks, emphasize, is_plain, parse
 from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
@@ -158,10 +159,11 @@ class TextConditioner:
             return None
         count = max(lengths)
         if self.max_tokens is not None and count * self.seq > self.max_tokens:
-            raise ValueError(f"prompt needs {count} chunks of {self.seq} tokens ({count * self.seq} tokens, the "
-                             f"negative prompt padded to the same); {self._limit}. Shorten the prompts to "
-                             f"{self.seq - 2} tokens without BREAK, or pass prompt_syntax='plain' to truncate them "
-                             "as diffusers does")
+            fix = (f"shorten the prompts to {self.seq - 2} tokens without BREAK, or pass prompt_syntax='plain' to "
+                   "truncate them as diffusers does")
+            raise InvalidArgument("prompt", f"prompt needs {count} chunks of {self.seq} tokens ({count * self.seq} "
+                                  f"tokens, the negative prompt padded to the same); {self._limit}. {fix[0].upper()}"
+                                  f"{fix[1:]}", fix)
         return count
 
     def __call__(self, a: PromptArgs, per_prompt: int, guided: bool) -> tuple[dict, dict | None]:
@@ -169,9 +171,11 @@ class TextConditioner:
         self._check_family_arguments(a)
         syntax = check_syntax(a.prompt_syntax)
         if a.prompt is not None and a.prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
+            raise InvalidArgument("prompt", "pass either prompt or prompt_embeds, not both",
+                                  "leave out prompt or prompt_embeds")
         if a.negative_prompt is not None and a.negative_prompt_embeds is not None:
-            raise ValueError("pass either negative_prompt or negative_prompt_embeds, not both")
+            raise InvalidArgument("negative_prompt", "pass either negative_prompt or negative_prompt_embeds, not both",
+                                  "leave out negative_prompt or negative_prompt_embeds")
         cond = uncond = cond_texts = uncond_texts = None
         if a.prompt_embeds is None:
             first = check.prompts("" if a.prompt is None else a.prompt, "prompt")
@@ -208,14 +212,16 @@ class TextConditioner:
         found = {"encoder_hidden_states": check.embeddings(embeds, name, *self.text_shape, batch=batch)}
         tokens = found["encoder_hidden_states"].shape[1]
         if self.max_tokens is not None and tokens > self.max_tokens:
-            raise ValueError(f"{name} has {tokens} tokens; {self._limit}: pass at most {self.max_tokens}")
+            fix = f"pass at most {self.max_tokens} tokens"
+            raise InvalidArgument(name, f"{name} has {tokens} tokens; {self._limit}: {fix}", fix)
         if self.sdxl:
             if pooled is None:
-                raise ValueError(f"{name} was given without {pooled_name}; an SDXL UNet needs both "
-                                 f"(engine.encode_prompt returns them together)")
+                raise InvalidArgument(pooled_name, f"{name} was given without {pooled_name}; an SDXL UNet needs both "
+                                      f"(engine.encode_prompt returns them together)", f"pass {pooled_name} too")
             found["text_embeds"] = check.pooled(pooled, pooled_name, self.pooled_width, len(found["encoder_hidden_states"]))
         elif pooled is not None:
-            raise ValueError(f"{pooled_name} is for SDXL engines; this engine is {self.model['family']}: leave it out")
+            raise InvalidArgument(pooled_name, f"{pooled_name} is for SDXL engines; this engine is "
+                                  f"{self.model['family']}: leave it out", "leave it out")
         return found
 
     def _check_family_arguments(self, a: PromptArgs) -> None:
@@ -223,11 +229,12 @@ class TextConditioner:
             if getattr(a, name) is None:
                 continue
             if not self.sdxl:
-                raise ValueError(f"{name} is for SDXL engines; this engine is {self.model['family']}: use "
-                                 f"{name[:-2]} only")
+                raise InvalidArgument(name, f"{name} is for SDXL engines; this engine is {self.model['family']}: "
+                                      f"use {name[:-2]} only", f"leave it out; pass {name[:-2]} only")
             if len(self.encoders) == 1:
-                raise ValueError(f"{name} is for SDXL engines with two text encoders; this refiner engine has one, "
-                                 f"which reads {name[:-2]}: pass {name[:-2]} only")
+                raise InvalidArgument(name, f"{name} is for SDXL engines with two text encoders; this refiner engine "
+                                      f"has one, which reads {name[:-2]}: pass {name[:-2]} only",
+                                      f"leave it out; pass {name[:-2]} only")
 
 
 def _same_length(cond: dict, uncond: dict, a: PromptArgs) -> None:
@@ -237,9 +244,10 @@ def _same_length(cond: dict, uncond: dict, a: PromptArgs) -> None:
         return
     name = "prompt" if a.prompt_embeds is None else "prompt_embeds"
     negative = "negative_prompt" if a.negative_prompt_embeds is None else "negative_prompt_embeds"
-    raise ValueError(f"{negative} gives {theirs} tokens of text conditioning but {name} gives {mine}; they must "
-                     "be equally long: pass embeddings of the same length (engine.encode_prompt returns matching "
-                     "ones), or prompts with prompt_syntax='a1111', which pads the shorter with empty chunks")
+    fix = ("pass embeddings of the same length (engine.encode_prompt returns matching ones), or prompts with "
+           "prompt_syntax='a1111', which pads the shorter with empty chunks")
+    raise InvalidArgument(negative, f"{negative} gives {theirs} tokens of text conditioning but {name} gives {mine}; "
+                          f"they must be equally long: {fix}", fix)
 
 
 def _matching(value, name: str, count: int) -> list[str]:
@@ -247,7 +255,8 @@ def _matching(value, name: str, count: int) -> list[str]:
     if len(found) == 1:
         return found * count
     if len(found) != count:
-        raise ValueError(f"{name} has {len(found)} entries but prompt has {count}; give one or {count}")
+        raise InvalidArgument(name, f"{name} has {len(found)} entries but prompt has {count}; give one or {count}",
+                              f"give one {name} or {count}")
     return found
 
 
@@ -273,7 +282,8 @@ class SizeConditioning:
         wrong = [name for name in wrong if getattr(self, name) is not None]
         if wrong:
             kind = "an aesthetic-score (refiner-style)" if aesthetic else "a size-conditioned (base/inpainting)"
-            raise ValueError(f"{', '.join(wrong)} do not apply to this engine, which is {kind} SDXL model; leave them out")
+            raise InvalidArgument(wrong[0], f"{', '.join(wrong)} do not apply to this engine, which is {kind} SDXL "
+                                  "model; leave them out", "leave them out")
         original = check.size_pair(self.original_size, "original_size") or (height, width)
         target = check.size_pair(self.target_size, "target_size") or (height, width)
         crop = check.size_pair(self.crops_coords_top_left, "crops_coords_top_left") or (0, 0)

@@ -18,6 +18,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+from .errors import InvalidArgument
+
+NAMES = "callback_on_step_end_tensor_inputs"
+
 # diffusers' _callback_tensor_inputs of the pipeline each family stands in for
 TENSOR_INPUTS = {
     "sd": ("latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents"),
@@ -48,10 +52,12 @@ def check_tensor_inputs(names, kind: str) -> None:
     """callback_on_step_end_tensor_inputs: a list of the names diffusers' pipeline of this kind allows."""
     valid = list(TENSOR_INPUTS[kind])
     if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"callback_on_step_end_tensor_inputs={names!r} must be a list of names from {valid}")
+        raise InvalidArgument(NAMES, f"{NAMES}={names!r} must be a list of names from {valid}",
+                              f"pass a list of names from {valid}")
     unknown = [n for n in names if n not in valid]
     if unknown:  # diffusers' check_inputs wording
-        raise ValueError(f"callback_on_step_end_tensor_inputs has to be in {valid}, but found {unknown}")
+        raise InvalidArgument(NAMES, f"{NAMES} has to be in {valid}, but found {unknown}",
+                              f"leave out {unknown}; use names from {valid}")
 
 
 class StepCallback:
@@ -59,7 +65,9 @@ class StepCallback:
 
     def __init__(self, function: Callable, pipe, tensor_inputs, kind: str, missing: dict | None = None):
         if not callable(function):
-            raise ValueError(f"callback_on_step_end must be a function, got {type(function).__name__}")
+            raise InvalidArgument("callback_on_step_end", f"callback_on_step_end must be a function, got "
+                                  f"{type(function).__name__}", "pass a function (pipe, step, timestep, "
+                                  "callback_kwargs) or (step, timestep, latents)")
         self.function, self.pipe, self.diffusers = function, pipe, diffusers_form(function)
         valid = TENSOR_INPUTS[kind]
         names = getattr(function, "tensor_inputs", None) or tensor_inputs  # diffusers' PipelineCallback carries them
@@ -67,7 +75,8 @@ class StepCallback:
         if self.diffusers:
             for name in names:
                 if name in (missing or {}):
-                    raise ValueError(f"callback_on_step_end_tensor_inputs: {name!r} {missing[name]}; leave it out")
+                    raise InvalidArgument(NAMES, f"{NAMES}: {name!r} {missing[name]}; leave it out",
+                                          f"leave {name!r} out")
         self.names, self.valid = list(names), valid
         if self.diffusers:
             pipe._interrupt = False  # diffusers resets it at the start of each call
@@ -87,8 +96,9 @@ class StepCallback:
         if returned is None:
             returned = {}
         if not isinstance(returned, dict):
-            raise ValueError(f"callback_on_step_end returned a {type(returned).__name__}; diffusers' form returns "
-                             "the callback_kwargs dict (changed or not)")
+            raise InvalidArgument("callback_on_step_end", f"callback_on_step_end returned a "
+                                  f"{type(returned).__name__}; diffusers' form returns the callback_kwargs dict "
+                                  "(changed or not)", "return callback_kwargs from the callback")
         # diffusers ignores other keys too; what comes back as it was handed out (`return callback_kwargs`) is kept
         returned = {k: v for k, v in returned.items() if k in self.valid and v is not handed.get(k)}
         return _back(returned, arrays), bool(getattr(self.pipe, "_interrupt", False))
@@ -113,7 +123,7 @@ def _view(name: str, arrays: dict):
         return arrays["extra"][:, :-1]
     if name == "mask_image":
         return arrays["extra"][:, -1:]
-    raise ValueError(f"callback_on_step_end_tensor_inputs: {name!r} is not available from this engine")
+    raise InvalidArgument(NAMES, f"{NAMES}: {name!r} is not available from this engine", f"leave {name!r} out")
 
 
 def _back(returned: dict, arrays: dict) -> dict:

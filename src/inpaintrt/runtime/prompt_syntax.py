@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .errors import InvalidArgument
+
 SYNTAXES = ("a1111", "plain")
 CHUNK_TOKENS = 75  # prompt tokens per chunk: CLIP's 77 less BOS and EOS
 ROUND, SQUARE = 1.1, 1 / 1.1
@@ -34,8 +36,9 @@ Part = Optional[tuple[str, float]]  # (text, weight), or None for BREAK
 
 def check_syntax(value) -> str:
     if value not in SYNTAXES:
-        raise ValueError(f"prompt_syntax={value!r} is unknown; choose 'a1111' (weights like (word:1.2), BREAK, "
-                         "prompts past 77 tokens) or 'plain' (diffusers': the text as is, truncated to 77 tokens)")
+        raise InvalidArgument("prompt_syntax", f"prompt_syntax={value!r} is unknown; choose 'a1111' (weights like "
+                              "(word:1.2), BREAK, prompts past 77 tokens) or 'plain' (diffusers': the text as is, "
+                              "truncated to 77 tokens)", "use a1111 or plain")
     return value
 
 

@@ -70,6 +70,7 @@ class SchedulerBase:
             raise InvalidArgument("scheduler_options", f"scheduler_options {unknown} are not options of scheduler "
                                   f"{self.name!r}; it takes {takes}", f"use options from {takes}, or another scheduler")
         options = {k: checked_option(k, v, {**known, **self.call_options}[k]) for k, v in (options or {}).items()}
+        self.given = set(options)  # the caller's options: what refuse_setting names
         self.options = {k: v for k, v in options.items() if k in self.call_options}
         self.config.update(self.forced)
         self.config.update({k: v for k, v in options.items() if k in known})
@@ -90,6 +91,16 @@ class SchedulerBase:
 
     def option(self, key):
         return self.options.get(key, self.call_options[key])
+
+    def refuse_setting(self, key: str, message: str, fix: str):
+        """A setting this scheduler cannot run with. The caller's scheduler option: refused naming that option;
+        the engine's scheduler config (the model's own, which the caller cannot change): refused naming
+        `scheduler`, the caller's choice that meets it."""
+        if key in self.given:
+            raise InvalidArgument(f"scheduler_options.{key}", f"scheduler_options.{key}={self.config[key]!r}: "
+                                  f"{message}", f"{fix}, or leave {key} out")
+        raise InvalidArgument("scheduler", f"{message} (this engine's scheduler config sets "
+                              f"{key}={self.config[key]!r})", "choose another scheduler")
 
     @property
     def init_noise_sigma(self) -> float:

@@ -20,8 +20,8 @@ class DDPM(SchedulerBase):
     def set_timesteps(self, num_steps: int) -> None:
         check_step_count(self.config, num_steps)
         if self.config["variance_type"] not in VARIANCE_TYPES:
-            raise ValueError(f"the scheduler config sets variance_type={self.config['variance_type']!r}, which "
-                             f"inpaintrt's 'ddpm' does not implement; it implements {', '.join(VARIANCE_TYPES)}")
+            self.refuse_setting("variance_type", f"inpaintrt's 'ddpm' implements variance_type "
+                                f"{', '.join(VARIANCE_TYPES)}", f"use variance_type {' or '.join(VARIANCE_TYPES)}")
         self.timesteps = np.round(spaced_timesteps(self.config, num_steps)).astype(np.int64)
         check_indexable(self.config, self.timesteps, num_steps)
 

@@ -17,10 +17,14 @@ class DPMSolverMultistep(SchedulerBase):
 
     def set_timesteps(self, num_steps: int) -> None:
         c = self.config
-        if c["algorithm_type"] not in ("dpmsolver++", "dpmsolver") or c["solver_order"] not in (1, 2):
-            raise ValueError("dpmpp_2m supports algorithm_type dpmsolver++ or dpmsolver with solver_order 1 or 2")
+        if c["algorithm_type"] not in ("dpmsolver++", "dpmsolver"):
+            self.refuse_setting("algorithm_type", "dpmpp_2m supports algorithm_type dpmsolver++ or dpmsolver",
+                                "use algorithm_type dpmsolver++ or dpmsolver")
+        if c["solver_order"] not in (1, 2):
+            self.refuse_setting("solver_order", "dpmpp_2m supports solver_order 1 or 2", "use solver_order 1 or 2")
         if c["solver_type"] not in ("midpoint", "heun"):
-            raise ValueError("solver_type must be 'midpoint' or 'heun'")
+            self.refuse_setting("solver_type", "dpmpp_2m's solver_type must be 'midpoint' or 'heun'",
+                                "use solver_type midpoint or heun")
         n = c["num_train_timesteps"]
         ac = self.alphas_cumprod
         lambdas = np.log(np.sqrt(ac)) - np.log(np.sqrt(1 - ac))

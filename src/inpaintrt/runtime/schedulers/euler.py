@@ -38,13 +38,14 @@ class EulerAncestral(SigmaScheduler):
     name = "euler_a"
 
     def set_timesteps(self, num_steps: int) -> None:
+        if self.config["prediction_type"] == "sample":  # diffusers refuses it at its first step; here before any
+            self.refuse_setting("prediction_type", "euler_a does not support prediction_type 'sample'",
+                                "use prediction_type epsilon or v_prediction")
         self.timesteps, sigmas = self.schedule(num_steps)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
 
     def step(self, model_output, index, sample, generator=None):
         sigma, sigma_to = self.sigmas[index], self.sigmas[index + 1]
-        if self.config["prediction_type"] == "sample":
-            raise ValueError("euler_a does not support prediction_type 'sample'")
         pred_x0 = self.predict_x0(model_output, sample, sigma)
         sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
         sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..xp import array_module, draw_like
+from ..errors import InvalidArgument
 from .common import SchedulerBase
 
 
@@ -19,7 +20,9 @@ class LCM(SchedulerBase):
         k = c["num_train_timesteps"] // original
         origin = np.arange(1, original + 1) * k - 1
         if num_steps > original:
-            raise ValueError(f"num_inference_steps={num_steps} exceeds the LCM's original_inference_steps={original}")
+            fix = f"use at most {original} steps"
+            raise InvalidArgument("num_inference_steps", f"num_inference_steps={num_steps} exceeds the LCM's "
+                                  f"original_inference_steps={original}; {fix}", fix)
         picks = np.floor(np.linspace(0, len(origin), num=num_steps, endpoint=False)).astype(np.int64)
         self.timesteps = origin[::-1][picks].astype(np.int64)
         self.final_alpha = np.float32(1.0) if c["set_alpha_to_one"] else self.alphas_cumprod[0]

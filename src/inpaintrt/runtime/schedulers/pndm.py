@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from .common import SchedulerBase, check_indexable, spaced_timesteps
 
 
@@ -11,6 +12,13 @@ class PNDM(SchedulerBase):
     defaults = {"skip_prk_steps": False, "set_alpha_to_one": False}
 
     def set_timesteps(self, num_steps: int) -> None:
+        if self.config["prediction_type"] not in ("epsilon", "v_prediction"):  # before any step, unlike diffusers
+            self.refuse_setting("prediction_type", "PNDM supports prediction_type epsilon or v_prediction",
+                                "use prediction_type epsilon or v_prediction")
+        if not self.config["skip_prk_steps"] and num_steps < 4:  # diffusers fails to broadcast its schedule
+            fix = "use at least 4 steps, or skip_prk_steps=true"
+            raise InvalidArgument("num_inference_steps", f"num_inference_steps={num_steps}: PNDM's Runge-Kutta "
+                                  f"start (skip_prk_steps false) needs at least 4 steps; {fix}", fix)
         self.num_steps = num_steps
         base = np.round(spaced_timesteps(self.config, num_steps)[::-1]).astype(np.int64)  # ascending
         if self.config["skip_prk_steps"]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InvalidArgument
 from .common import betas
 from .ddpm import DDPM
 
@@ -28,8 +29,9 @@ class UnCLIP(DDPM):
 
     def set_timesteps(self, num_steps: int) -> None:
         if num_steps < 2:
-            raise ValueError(f"prior_num_inference_steps={num_steps} must be at least 2 (the UnCLIP schedule spans "
-                             "the first and the last training timestep)")
+            raise InvalidArgument("prior_num_inference_steps", f"prior_num_inference_steps={num_steps} must be at "
+                                  "least 2 (the UnCLIP schedule spans the first and the last training timestep)",
+                                  "use at least 2 prior steps")
         ratio = (self.config["num_train_timesteps"] - 1) / (num_steps - 1)
         self.timesteps = (np.arange(0, num_steps) * ratio).round()[::-1].copy().astype(np.int64)
 

@@ -18,7 +18,8 @@ class UniPC(DPMSolverMultistep):
     def set_timesteps(self, num_steps: int) -> None:
         c = self.config
         if c["solver_type"] not in ("bh1", "bh2"):
-            raise ValueError("unipc's solver_type must be 'bh1' or 'bh2'")
+            self.refuse_setting("solver_type", "unipc's solver_type must be 'bh1' or 'bh2'",
+                                "use solver_type bh1 or bh2")
         timesteps = multistep_timesteps(c, num_steps, c["num_train_timesteps"])
         ac = self.alphas_cumprod
         train_sigmas = ((1 - ac) / ac) ** 0.5

@@ -294,3 +294,49 @@ def test_server_says_which_pictures_were_blacked_out(setup):
         assert answer["nsfw_content_detected"] is None and pixels(base64.b64decode(answer["image"])).any()
         info = json.loads(client.post("/sdapi/v1/img2img", json=body).json()["info"])
         assert info["nsfw_content_detected"] == [None, None]
+
+
+def test_turned_off_at_load_its_file_is_not_hash_checked(setup, tmp_path):
+    """safety_checker=False never reads the checker's file, so an altered one does not stop the load; the
+    other files are still checked, and a default load still refuses it."""
+    _, engine_dir, _ = setup
+    altered = shutil.copytree(engine_dir, tmp_path / "altered")
+    checker_file = json.loads((altered / "manifest.json").read_text())["safety_checker"]["file"]
+    data = bytearray((altered / checker_file).read_bytes())
+    data[-10] ^= 1
+    (altered / checker_file).write_bytes(bytes(data))
+    engine = Engine.load(altered, safety_checker=False)
+    out = engine.inpaint(sample_image(160, 104), sample_mask(160, 104), generator=SEED, progress=False,
+                         **dict(ARGS, output_type="np"))
+    assert engine.safety_checker is None and out.nsfw_content_detected is None and out.images.any()
+    with pytest.raises(EngineDirectoryError, match=f"{checker_file} .*does not match its hash"):
+        Engine.load(altered)
+    data = bytearray((altered / "unet.onnx").read_bytes())
+    data[-10] ^= 1
+    (altered / "unet.onnx").write_bytes(bytes(data))
+    with pytest.raises(EngineDirectoryError, match="unet.onnx .*does not match its hash"):
+        Engine.load(altered, safety_checker=False)
+
+
+def test_inpaint_cli_notes_blacked_out_images_once(setup, tmp_path):
+    """The real `inpaint` command on PLAIN's call: the flagged images are written black and the notice that says so
+    comes once, as the command's note naming its flag (not also as the engine's warning)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    _, engine_dir, _ = setup
+    sample_image(160, 104).save(tmp_path / "image.png")
+    sample_mask(160, 104).save(tmp_path / "mask.png")
+    command = [str(Path(sys.executable).parent / "inpaint"), "--engine", str(engine_dir), "--backend", "ort-cpu",
+               "--image", str(tmp_path / "image.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", ARGS["prompt"],
+               "--steps", "3", "--height", "104", "--width", "160", "--num-images", "3", "--seed", str(SEED),
+               "--output", str(tmp_path / "out.png")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.lower().count("nsfw") == 1, done.stderr
+    assert "2 of 3 images, written black" in done.stderr and "--no-safety-checker" in done.stderr
+    written = [np.asarray(Image.open(tmp_path / f"out-{i}.png")) for i in (1, 2, 3)]
+    assert [not picture.any() for picture in written] == [True, True, False]

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from .engine.argument_specs import SPECS
@@ -259,6 +261,15 @@ def _inpaint_parser() -> argparse.ArgumentParser:
 
 
 def inpaint_main(argv: list[str] | None = None) -> int:
+    from .engine.safety import NOTICE
+
+    with warnings.catch_warnings():
+        # the engine's NSFW warning says what this command's note says (below, with its flag): once is enough
+        warnings.filterwarnings("ignore", message=re.escape(NOTICE[:NOTICE.index("{")]))
+        return _run_inpaint(argv)
+
+
+def _run_inpaint(argv: list[str] | None) -> int:
     args = _inpaint_parser().parse_args(argv)
     from . import Engine
     from .runtime.images import load_picture

@@ -16,6 +16,7 @@ from .backends import check_cuda_choice, open_backend, running_precision, unread
 from .lora import prepare_loras
 from .textual_inversion import prepare_embeddings, with_embeddings
 from .manifest import read_manifest, verify_files
+from .safety import checker_files
 
 
 class MissingMethod(AttributeError):
@@ -39,8 +40,10 @@ class EngineBase:
         """This class over the directory's sessions (Engine.load documents the arguments)."""
         check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
         checked = set()
-        if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX)
-            checked = verify_files(root, manifest, unread_files(backend, root, manifest, precision))
+        if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX); the
+            # safety checker's only where it is opened (Engine.load's safety_checker=False never reads them)
+            skipped = unread_files(backend, root, manifest, precision) | checker_files(manifest)
+            checked = verify_files(root, manifest, skipped)
         lora, described = prepare_loras(root, manifest, loras)
         added = prepare_embeddings(root, manifest, embeddings)  # textual inversion (engine/textual_inversion.py)
         engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked,

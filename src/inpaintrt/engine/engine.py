@@ -79,7 +79,7 @@ class Engine(EngineBase):
                                        f"runs ({', '.join(ENGINE_CLASSES)}); re-export it with this version")
         engine = ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision,
                                              cuda_options, loras, embeddings)
-        engine.safety_checker = open_safety_checker(root, manifest, engine.backend, safety_checker)
+        engine.safety_checker = open_safety_checker(root, manifest, engine.backend, safety_checker, verify_hashes)
         return engine
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,

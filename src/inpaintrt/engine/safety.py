@@ -14,6 +14,7 @@ from PIL import Image
 
 from ..runtime import notices
 from ..runtime.errors import InvalidArgument
+from .manifest import verify_files
 
 NOTICE = ("Potential NSFW content was detected in {count} of {total} images; they are black. Try again with a "
           "different prompt and/or seed (the engine's safety checker can be turned off: docs/safety-checker.md)")
@@ -34,13 +35,26 @@ class SafetyChecker:
         return [bool(f) for f in found]
 
 
-def open_safety_checker(root: Path, manifest: dict, backend: str, wanted) -> SafetyChecker | None:
-    """The checker when the engine directory has one and `wanted` (Engine.load's safety_checker) is True."""
+def checker_files(manifest: dict) -> set[str]:
+    """The safety checker's files: hashed when it is opened (open_safety_checker), not with the engine's graphs,
+    so an engine loaded without it never reads them."""
+    section = manifest.get("safety_checker")
+    return set(section.get("files", [section["file"]])) if section else set()
+
+
+def open_safety_checker(root: Path, manifest: dict, backend: str, wanted,
+                        verify_hashes: bool = True) -> SafetyChecker | None:
+    """The checker when the engine directory has one and `wanted` (Engine.load's safety_checker) is True;
+    its files' hashes are checked first when `verify_hashes`."""
     if not isinstance(wanted, bool):
         fix = "pass True (run the checker when the engine has one, the default) or False (skip it)"
         raise InvalidArgument("safety_checker", f"safety_checker={wanted!r} must be True or False: {fix}", fix)
     section = manifest.get("safety_checker")
-    return SafetyChecker(root, section, backend) if wanted and section else None
+    if not (wanted and section):
+        return None
+    if verify_hashes:
+        verify_files(root, manifest, skip=set(manifest["files"]) - checker_files(manifest))
+    return SafetyChecker(root, section, backend)
 
 
 def screen(checker: SafetyChecker | None, images: np.ndarray) -> tuple[np.ndarray, list[bool] | None]:

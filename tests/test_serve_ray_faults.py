@@ -67,7 +67,7 @@ def finished(client, job_id: str) -> dict:
 
 class Call:
     def __init__(self, answer):
-        self.answer = answer
+        self.answer, self.cancelled = answer, 0
 
     def remote(self, *_):
         return self.answer() if callable(self.answer) else self
@@ -76,6 +76,9 @@ class Call:
         if isinstance(self.answer, Exception):
             raise self.answer
         return self.answer
+
+    def cancel(self):
+        self.cancelled += 1
 
 
 class FakeHandle:
@@ -138,6 +141,63 @@ def test_no_live_replica_within_the_bound_fails_the_job_with_503_and_retry_after
     with pytest.raises(ApiError) as refused:
         _result(job, "png")
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
+
+
+def test_the_ping_that_timed_out_is_cancelled_and_one_that_answered_is_not():
+    from inpaintrt.serve.jobs import EngineUnavailable
+
+    silent = remote_engine(replica_answers=False)
+    with pytest.raises(EngineUnavailable):
+        silent._wait_for_a_replica()
+    assert silent.handle.pid.cancelled == 1
+    answering = remote_engine(replica_answers=True)
+    answering._wait_for_a_replica()
+    assert answering.handle.pid.cancelled == 0
+
+
+def test_a_job_that_gave_up_waiting_leaves_no_ping_to_run_later(cluster, tmp_path):
+    """The only replica is busy past the wait: the job fails with EngineUnavailable, and its ping, cancelled,
+    never reaches the replica once it is free (it would otherwise run there, after the job's 503)."""
+    import time
+    from pathlib import Path
+
+    from ray import serve
+
+    from inpaintrt.serve.jobs import EngineUnavailable
+    from inpaintrt.serve.ray_app import RemoteEngine
+
+    @serve.deployment(max_ongoing_requests=1)
+    class CountsPings:  # the engine deployment's facts and pid, and a call that keeps the replica busy
+        def __init__(self):
+            self.pings = 0
+
+        def facts(self):
+            return {}
+
+        def pid(self):
+            self.pings += 1
+            return os.getpid()
+
+        def hold(self, marker: str, seconds: float):
+            Path(marker).touch()
+            time.sleep(seconds)
+
+        def count(self):
+            return self.pings
+
+    handle = serve.run(CountsPings.bind(), name="counts-pings", route_prefix=None)
+    try:
+        engine = RemoteEngine(handle, replica_wait_s=1)
+        busy = handle.hold.remote(str(tmp_path / "holding"), 4.0)
+        wait_until(lambda: (tmp_path / "holding").exists(), 30)
+        with pytest.raises(EngineUnavailable, match="no engine replica answered within 1 s"):
+            engine._wait_for_a_replica()
+        busy.result(timeout_s=30)
+        assert [handle.count.remote().result(timeout_s=30) for _ in range(2)] == [0, 0]
+        engine._wait_for_a_replica()  # a free replica answers the next ping, which counts
+        assert handle.count.remote().result(timeout_s=30) == 1
+    finally:
+        serve.delete("counts-pings")
 
 
 def test_a_killed_replica_loses_no_job_and_changes_no_picture(cluster, engines, engine):

@@ -163,10 +163,12 @@ class RemoteEngine:
         """Returns once a replica answers (Serve restarts dead ones); EngineUnavailable after replica_wait_s."""
         deadline = time.monotonic() + self.replica_wait_s
         while (left := deadline - time.monotonic()) > 0 and not self.unavailable():
+            ping = self.handle.pid.remote()
             try:
-                self.handle.pid.remote().result(timeout_s=left)
+                ping.result(timeout_s=left)
                 return
-            except TimeoutError:
+            except TimeoutError:  # the job fails now: a ping left waiting would take a replica that comes back
+                ping.cancel()
                 break
             except REPLICA_GONE:
                 time.sleep(min(0.5, max(0.0, left)))

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..runtime import images as imaging
 from ..runtime.control import ControlResiduals, ControlUnit
+from ..runtime.errors import InvalidArgument
 from . import arguments as check
 
 # controlnet_conditioning_scale's default per family: StableDiffusionControlNetInpaintPipeline's 0.5 (its
@@ -75,8 +76,9 @@ class ControlNets:
             name = "control_image" if n == 1 else f"control_image[{i}]"
             if value is None and entry["kind"] == "inpaint":
                 if picture is None:
-                    raise ValueError(f"{name}: the image came as latents, so the inpaint ControlNet's condition "
-                                     "(the picture with the masked pixels at -1) cannot be made; pass control_image")
+                    raise InvalidArgument("control_image", f"{name}: the image came as latents, so the inpaint "
+                                          "ControlNet's condition (the picture with the masked pixels at -1) cannot "
+                                          "be made; pass control_image", "pass control_image")
                 value = _inpaint_condition(pixels, mask_pixels)
             elif value is None:
                 continue  # a plain ControlNet without a picture to follow does not run
@@ -100,20 +102,23 @@ def _refuse_without_controlnet(control_image, scale, start, end, guess_mode, def
         ("control_guidance_start", start, 0.0), ("control_guidance_end", end, 1.0), ("guess_mode", guess_mode, False),
     ) if not (value is default or (default is not None and isinstance(value, numbers.Real) and value == default))]
     if given:
-        raise ValueError(f"{', '.join(given)} given, but this engine was exported without a ControlNet; "
-                         f"leave them out, or {REEXPORT}")
+        raise InvalidArgument(given[0], f"{', '.join(given)} given, but this engine was exported without a "
+                              f"ControlNet; leave them out, or {REEXPORT}", f"leave them out, or {REEXPORT}")
 
 
 def _per_controlnet(control_image, n: int) -> list:
     if isinstance(control_image, (list, tuple)):
         if len(control_image) != n:
-            raise ValueError(f"control_image has {len(control_image)} entries but this engine has {n} ControlNet"
-                             f"{'s' if n > 1 else ''}; pass one per ControlNet, in export order (None for an "
-                             "inpaint ControlNet to get the masked picture, or for a ControlNet to leave off)")
+            raise InvalidArgument("control_image", f"control_image has {len(control_image)} entries but this engine "
+                                  f"has {n} ControlNet{'s' if n > 1 else ''}; pass one per ControlNet, in export "
+                                  "order (None for an inpaint ControlNet to get the masked picture, or for a "
+                                  "ControlNet to leave off)", f"pass {n} control image{'s' if n > 1 else ''}, one "
+                                  "per ControlNet in export order")
         return list(control_image)
     if n > 1 and control_image is not None:
-        raise ValueError(f"this engine has {n} ControlNets; pass control_image as a list of {n} pictures, one per "
-                         "ControlNet in export order (None where none is wanted)")
+        raise InvalidArgument("control_image", f"this engine has {n} ControlNets; pass control_image as a list of "
+                              f"{n} pictures, one per ControlNet in export order (None where none is wanted)",
+                              f"pass {n} control images, one per ControlNet in export order")
     return [control_image] * n
 
 
@@ -124,8 +129,9 @@ def _number(value, name: str) -> float:
 def _scales(scale, n: int) -> list[float]:
     if isinstance(scale, (list, tuple)):
         if len(scale) != n:
-            raise ValueError(f"controlnet_conditioning_scale has {len(scale)} entries but this engine has {n} "
-                             f"ControlNet{'s' if n > 1 else ''}; give one number, or one per ControlNet")
+            raise InvalidArgument("controlnet_conditioning_scale", f"controlnet_conditioning_scale has {len(scale)} "
+                                  f"entries but this engine has {n} ControlNet{'s' if n > 1 else ''}; give one "
+                                  "number, or one per ControlNet", f"pass one number, or {n} (one per ControlNet)")
         return [_number(s, "controlnet_conditioning_scale") for s in scale]
     return [_number(scale, "controlnet_conditioning_scale")] * n
 
@@ -139,14 +145,18 @@ def _window(start, end, n: int) -> tuple[list[float], list[float]]:
     elif not isinstance(start, (list, tuple)):
         start, end = [start] * n, [end] * n
     if len(start) != len(end) or len(start) != n:
-        raise ValueError(f"control_guidance_start has {len(start)} entries and control_guidance_end {len(end)}; "
-                         f"this engine has {n} ControlNet{'s' if n > 1 else ''}: give numbers, or one per ControlNet")
+        field = "control_guidance_start" if len(start) != n else "control_guidance_end"
+        raise InvalidArgument(field, f"control_guidance_start has {len(start)} entries and control_guidance_end "
+                              f"{len(end)}; this engine has {n} ControlNet{'s' if n > 1 else ''}: give numbers, or "
+                              "one per ControlNet", f"pass one number, or {n} (one per ControlNet)")
     starts = [_number(s, "control_guidance_start") for s in start]
     ends = [_number(e, "control_guidance_end") for e in end]
     for s, e in zip(starts, ends):
         if not 0 <= s < e <= 1:
-            raise ValueError(f"control_guidance_start={s} and control_guidance_end={e} must satisfy 0 <= start < end "
-                             "<= 1 (the fractions of the steps during which the ControlNet steers)")
+            field = "control_guidance_end" if 0 <= s < 1 and not 0 < e <= 1 else "control_guidance_start"
+            raise InvalidArgument(field, f"control_guidance_start={s} and control_guidance_end={e} must satisfy "
+                                  "0 <= start < end <= 1 (the fractions of the steps during which the ControlNet "
+                                  "steers)", "pass 0 <= control_guidance_start < control_guidance_end <= 1")
     return starts, ends
 
 
@@ -169,30 +179,36 @@ def control_pixels(value, name: str, channels: int, height: int, width: int, cro
     size = imaging.picture_size(pixels)
     allowed = {(width, height)} | ({tuple(image_size)} if image_size else set())
     if size not in allowed:
-        raise ValueError(f"{name} is {size[0]}x{size[1]} (width x height); pass it at the image's size"
-                         + (f" ({image_size[0]}x{image_size[1]})" if image_size else "")
-                         + f" or at the output size ({width}x{height}), so that it lines up with the picture")
+        raise InvalidArgument("control_image", f"{name} is {size[0]}x{size[1]} (width x height); pass it at the "
+                              "image's size" + (f" ({image_size[0]}x{image_size[1]})" if image_size else "")
+                              + f" or at the output size ({width}x{height}), so that it lines up with the picture",
+                              "pass the control image at the image's size")
     if isinstance(pixels, Image.Image):
         if channels != 3:
-            raise ValueError(f"{name}: this ControlNet takes {channels}-channel conditions; pass a float array")
+            raise InvalidArgument("control_image", f"{name}: this ControlNet takes {channels}-channel conditions; "
+                                  "pass a float array", f"pass a float array of {channels} channels")
         rgb = imaging._float_pixels(pixels, height, width, "RGB", crop)  # crop, Lanczos, then RGB: diffusers' order
         return rgb.transpose(2, 0, 1)[None].astype(np.float32)
     if crop is not None:
-        raise ValueError(f"{name}: padding_mask_crop needs PIL or uint8 control images (diffusers crops only those)")
+        raise InvalidArgument("control_image", f"{name}: padding_mask_crop needs PIL or uint8 control images "
+                              "(diffusers crops only those)", "pass PIL or uint8 control images, or no padding_mask_crop")
     if pixels.shape[2] != channels:
-        raise ValueError(f"{name} has {pixels.shape[2]} channels; this ControlNet takes {channels}")
+        raise InvalidArgument("control_image", f"{name} has {pixels.shape[2]} channels; this ControlNet takes "
+                              f"{channels}", f"pass {channels}-channel control images")
     if not np.isfinite(pixels).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise InvalidArgument("control_image", f"{name} contains NaN or infinite values", "pass finite values")
     return imaging.nearest_resize(pixels.transpose(2, 0, 1), height, width)[None].astype(np.float32)
 
 
 def _channels_last(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim == 4:
         if array.shape[0] != 1:
-            raise ValueError(f"{name} holds {array.shape[0]} pictures; pass one control image per ControlNet")
+            raise InvalidArgument("control_image", f"{name} holds {array.shape[0]} pictures; pass one control "
+                                  "image per ControlNet", "pass one control image per ControlNet")
         array = array[0]
     if array.ndim != 3:
-        raise ValueError(f"{name} has shape {array.shape}; pass (C, H, W) or (1, C, H, W)")
+        raise InvalidArgument("control_image", f"{name} has shape {array.shape}; pass (C, H, W) or (1, C, H, W)",
+                              "pass (C, H, W) or (1, C, H, W)")
     return np.ascontiguousarray(array.transpose(1, 2, 0)).astype(np.float32)
 
 
@@ -200,12 +216,14 @@ def _float_layout(array: np.ndarray, name: str, channels: int) -> np.ndarray:
     """H x W x C as diffusers reads numpy arrays; also C x H x W and 1 x C x H x W (make_inpaint_condition's)."""
     if array.ndim == 4:
         if array.shape[0] != 1:
-            raise ValueError(f"{name} holds {array.shape[0]} pictures; pass one control image per ControlNet")
+            raise InvalidArgument("control_image", f"{name} holds {array.shape[0]} pictures; pass one control "
+                                  "image per ControlNet", "pass one control image per ControlNet")
         array = array[0]
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3:
-        raise ValueError(f"{name} has shape {array.shape}; pass H x W x C (or C x H x W) floats")
+        raise InvalidArgument("control_image", f"{name} has shape {array.shape}; pass H x W x C (or C x H x W) "
+                              "floats", "pass H x W x C (or C x H x W) floats")
     if array.shape[2] != channels and array.shape[0] == channels:
         array = array.transpose(1, 2, 0)
     return array.astype(np.float32)

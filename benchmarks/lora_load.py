@@ -11,7 +11,9 @@ Prints one JSON line (--json also writes it with the machine and versions).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -37,10 +39,14 @@ def tiny(folder: Path) -> tuple[Path, Path]:
 
 
 def timed_load(engine_dir: Path, loras, runs: int) -> tuple[float, object]:
+    """Best of `runs` loads; each earlier engine is dropped before the next load, so a full-size engine
+    is measured with one copy in memory, not two."""
     from inpaintrt import Engine
 
     best, engine = float("inf"), None
     for _ in range(runs):
+        engine = None
+        gc.collect()
         start = time.perf_counter()
         engine = Engine.load(engine_dir, backend="ort-cpu", verify_hashes=False, loras=loras)
         best = min(best, time.perf_counter() - start)
@@ -63,6 +69,11 @@ def unet_step(engine, runs: int) -> float:
     return best
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far (the plain phase's, then the larger of both)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", type=Path, help="engine directory (default: a tiny one built here)")
@@ -75,14 +86,17 @@ def main() -> None:
         parser.error("pass --engine and --lora together, or neither (the tiny case)")
     with tempfile.TemporaryDirectory() as folder:
         engine_dir, lora = (args.engine, args.lora) if args.engine else tiny(Path(folder))
-        plain, plain_engine = timed_load(engine_dir, None, args.runs)
-        fused, fused_engine = timed_load(engine_dir, [(lora, args.scale)], args.runs)
+        plain, engine = timed_load(engine_dir, None, args.runs)
+        plain_step = unet_step(engine, args.runs)
+        plain_peak = peak_rss_mb()
+        engine = None  # one engine in memory at a time
+        gc.collect()
+        fused, engine = timed_load(engine_dir, [(lora, args.scale)], args.runs)
         figures = {
             "engine": str(args.engine or "tiny SD 1.x (built here)"), "lora_bytes": lora.stat().st_size,
             "load_s": round(plain, 4), "load_with_lora_s": round(fused, 4), "lora_extra_s": round(fused - plain, 4),
-            "unet_step_s": round(unet_step(plain_engine, args.runs), 4),
-            "unet_step_with_lora_s": round(unet_step(fused_engine, args.runs), 4),
-            "runs": args.runs}
+            "unet_step_s": round(plain_step, 4), "unet_step_with_lora_s": round(unet_step(engine, args.runs), 4),
+            "peak_rss_plain_mb": plain_peak, "peak_rss_both_mb": peak_rss_mb(), "runs": args.runs}
     print(json.dumps(figures))
     if args.json:
         args.json.write_text(json.dumps({**figures, "machine": machine(), "versions": versions()}, indent=2) + "\n")

@@ -144,8 +144,18 @@ INPAINT = [
             "a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; plain: diffusers' "
             "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text."),
     # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments)
-    _other("control_image"), _other("controlnet_conditioning_scale"),
-    _other("control_guidance_start", 0.0), _other("control_guidance_end", 1.0), _other("guess_mode", False),
+    # kind "other": each may also be a list, one per ControlNet (engine/control.py checks them); the bounds are
+    # the server's request fields' (the scale's 2: where A1111's ControlNet weight slider ends)
+    _other("control_image"),
+    Spec("controlnet_conditioning_scale", serve_low=0, serve_high=2,
+         help="ControlNet: how strongly it steers; default: the family's (0.5; SDXL 1.0)."),
+    Spec("control_guidance_start", default=0.0, serve_low=0, serve_high=1,
+         help="ControlNet: the fraction of the steps after which it starts steering."),
+    Spec("control_guidance_end", default=1.0, serve_low=0, serve_high=1,
+         help="ControlNet: the fraction of the steps after which it stops steering."),
+    Spec("guess_mode", default=False,
+         help="ControlNet: it reads the control image's content without relying on the prompt "
+              "(diffusers' guess mode)."),
 ]
 
 # Engine.outpaint's own arguments (the rest go to each inpaint pass)

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..runtime.errors import InvalidArgument
-from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, features_asked, \
-    sampler_choice
+from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, controlnet_units, \
+    features_asked, sampler_choice
 from .errors import ApiError, validation_error
 from .inputs import InpaintParameters, check, decode_base64
 from .jobs import CANCELLED, DONE, FINISHED
@@ -226,6 +226,14 @@ def _parse(params, server: Server, engine):
               "scheduler_options": scheduler_options, "height": params.height, "width": params.width}
     if isinstance(params, Img2Img):
         files = _img2img(params, fields)
+        try:  # the ControlNet extension's units: the native ControlNet fields, checked alike
+            control, images = controlnet_units(params.alwayson_scripts)
+        except InvalidArgument as e:
+            raise ApiError(422, e.field, str(e), e.fix) from None
+        fields.update(control)
+        if images:
+            files["control_image"] = [None if text is None else decode_base64(text, MAPPED["control_image"])
+                                      for text in images]
     else:  # a blank canvas, all of it repainted: its size is checked before it is made
         limit = server.limits.max_output_pixels
         if params.width * params.height > limit:
@@ -245,6 +253,9 @@ def _parse(params, server: Server, engine):
         size = (params.width, params.height)
         parsed.arguments["image"] = parsed.arguments["image"].convert("RGB").resize(size, Image.LANCZOS)
         parsed.arguments["mask_image"] = parsed.arguments["mask_image"].resize(size, Image.LANCZOS)
+        if parsed.arguments.get("control_image"):  # checked at the image's size, resized with it
+            parsed.arguments["control_image"] = [None if c is None else c.convert("RGB").resize(size, Image.LANCZOS)
+                                                 for c in parsed.arguments["control_image"]]
     name = next((n for n, (s, _) in SAMPLERS.items() if s == (scheduler or "").replace("_karras", "")), "Automatic")
     return dataclasses.replace(parsed, model=engine.name), seed, name
 

@@ -33,7 +33,13 @@ MAPPED = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "see
           "scheduler_options": "scheduler", "height": "height", "width": "width", "blur_factor": "mask_blur",
           "masked_content": "inpainting_fill", "padding_mask_crop": "inpaint_full_res_padding",
           "mask_invert": "inpainting_mask_invert", "image": "init_images", "mask_image": "mask",
-          "keep_unmasked": "inpaint_full_res", "request": "request"}
+          "keep_unmasked": "inpaint_full_res", "request": "request",
+          # the ControlNet extension's units (alwayson_scripts.controlnet.args, one per ControlNet; img2img only)
+          "control_image": "alwayson_scripts.controlnet.args.image",
+          "controlnet_conditioning_scale": "alwayson_scripts.controlnet.args.weight",
+          "control_guidance_start": "alwayson_scripts.controlnet.args.guidance_start",
+          "control_guidance_end": "alwayson_scripts.controlnet.args.guidance_end",
+          "guess_mode": "alwayson_scripts.controlnet.args.control_mode"}
 
 # features this engine does not have: the values that leave them off (A1111's defaults and what clients send)
 DEFAULT_ONLY: dict[str, tuple] = {
@@ -160,6 +166,75 @@ def sampler_choice(sampler_name: str | None, schedule: str | None) -> tuple[str 
 
 
 def features_asked(params: Common) -> list[tuple[str, Any]]:
-    """The (field, value) pairs that ask for something this engine does not do."""
-    return [(name, getattr(params, name)) for name, accepted in DEFAULT_ONLY.items()
-            if name in type(params).model_fields and getattr(params, name) not in accepted]
+    """The (field, value) pairs that ask for something this engine does not do (img2img's ControlNet units are
+    mapped by controlnet_units, so they do not count here)."""
+    def value(name):
+        given = getattr(params, name)
+        if name == "alwayson_scripts" and isinstance(params, Img2Img) and given:
+            given = {key: v for key, v in given.items() if key.lower() != CONTROLNET} or None
+        return given
+    return [(name, value(name)) for name, accepted in DEFAULT_ONLY.items()
+            if name in type(params).model_fields and value(name) not in accepted]
+
+
+CONTROLNET = "controlnet"
+# a unit's keys the engine has no use for: the extension's preview, memory and resize options (resize_mode:
+# the control picture must already be the image's size, which the native check enforces)
+UNIT_IGNORED = {"model", "lowvram", "low_vram", "pixel_perfect", "processor_res", "threshold_a", "threshold_b",
+                "resize_mode", "save_detected_map", "hr_option"}
+CONTROL_MODES = {0: False, 1: True, "balanced": False, "my prompt is more important": True}
+
+
+def controlnet_units(scripts: dict | None) -> tuple[dict, list]:
+    """The ControlNet extension's enabled units as native fields (scales, windows, guess_mode) and control
+    image base64 texts (None: the unit has no picture), one per unit in order; ({}, []) without units. The
+    engine runs the ControlNets it was exported with, in order: a unit's `model` is not looked at."""
+    script = next((v for key, v in (scripts or {}).items() if key.lower() == CONTROLNET), None)  # A1111: any case
+    units = script.get("args") if isinstance(script, dict) else script
+    if not units:
+        return {}, []
+    where = "alwayson_scripts.controlnet.args"
+    if not isinstance(units, list) or not all(isinstance(unit, dict) for unit in units):
+        raise InvalidArgument(where, f"{where} must be a list of ControlNet units (objects)",
+                              "send a list of objects with image, weight, guidance_start, guidance_end, control_mode")
+    fields, images, modes = {"controlnet_conditioning_scale": [], "control_guidance_start": [],
+                             "control_guidance_end": []}, [], set()
+    for i, unit in enumerate(units):
+        if unit.get("enabled", True) is False:
+            continue
+        name = f"{where}[{i}]"
+        module = unit.get("module") or "none"
+        if str(module).lower() != "none":
+            raise InvalidArgument(f"{name}.module", f"{name}.module={module!r} asks for a preprocessor, which this "
+                                  "engine does not run", "send the preprocessed control picture with module \"none\"")
+        unknown = sorted(set(unit) - UNIT_IGNORED - {"enabled", "module", "image", "input_image", "weight", "mask",
+                                                    "guidance_start", "guidance_end", "control_mode", "guessmode"})
+        if unknown:
+            raise InvalidArgument(f"{name}.{unknown[0]}", f"{name}.{unknown[0]} is not a ControlNet unit setting "
+                                  "this engine maps", f"leave {unknown[0]} out")
+        image = unit.get("image", unit.get("input_image"))
+        if isinstance(image, dict):  # the extension's {"image": ..., "mask": ...} form
+            image, unit = image.get("image"), {**unit, "mask": image.get("mask")}
+        if unit.get("mask"):
+            raise InvalidArgument(f"{name}.mask", f"{name}.mask: a ControlNet unit's own mask is not something this "
+                                  "engine uses", "leave the unit's mask out (the request's mask is the inpaint mask)")
+        if image is not None and not isinstance(image, str):
+            raise InvalidArgument(f"{name}.image", f"{name}.image must be base64 text", "send the picture as base64")
+        mode = unit.get("control_mode", 1 if unit.get("guessmode") else 0)
+        mode = mode.lower() if isinstance(mode, str) else mode
+        if not isinstance(mode, (int, str)) or isinstance(mode, bool) or mode not in CONTROL_MODES:
+            raise InvalidArgument(f"{name}.control_mode", f"{name}.control_mode={unit.get('control_mode')!r} is not "
+                                  "one this engine has (0 Balanced, 1 My prompt is more important = guess mode)",
+                                  "send 0 or 1")
+        modes.add(CONTROL_MODES[mode])
+        images.append(image or None)
+        for ours, theirs, default in (("controlnet_conditioning_scale", "weight", 1.0),
+                                      ("control_guidance_start", "guidance_start", 0.0),
+                                      ("control_guidance_end", "guidance_end", 1.0)):
+            fields[ours].append(unit.get(theirs, default))
+    if len(modes) > 1:
+        raise InvalidArgument(f"{where}.control_mode", "the units' control_mode differ; guess mode is one setting "
+                              "for every ControlNet here", "send the same control_mode in every unit")
+    if not images:
+        return {}, []
+    return {**fields, "guess_mode": modes.pop()}, images

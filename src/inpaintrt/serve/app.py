@@ -88,7 +88,16 @@ def engine_facts(engine) -> dict:
             "safety_checker": getattr(engine, "safety_checker", None) is not None,
             "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
             "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", []),
-            "embeddings": getattr(engine, "embeddings", [])}
+            "embeddings": getattr(engine, "embeddings", []), **guide_facts(engine)}
+
+
+def guide_facts(engine) -> dict:
+    """The ControlNets in export order (what control_image lists follow) and whether image prompts work."""
+    nets = getattr(engine, "controlnets", None)
+    return {"controlnets": [{key: entry[key] for key in ("component", "kind", "source", "conditioning_channels")}
+                            for entry in (nets.entries if nets else [])],
+            "default_controlnet_scale": nets.default_scale if nets else None,
+            "image_prompts": bool(getattr(engine, "image_prompts", False))}
 
 
 def open_engine(settings: Settings, engine_dir: str | None = None):

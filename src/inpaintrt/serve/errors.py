@@ -45,6 +45,11 @@ FIELD_FIXES = {
     "response_format": "send png or json",
     "image": "send the picture as a PNG, JPEG or WebP file (multipart) or base64 text (JSON)",
     "mask_image": "send the mask (white = repaint) as a PNG file (multipart) or base64 text (JSON)",
+    **{name: f"send {name} as a number {SPECS[name].served().range_text()}, or one per ControlNet (GET /v1/info "
+             "lists them)"
+       for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")},
+    "guess_mode": "send guess_mode as true or false",
+    "image_prompt_weight": "send one finite number per image_prompt, in the same order",
 }
 
 

@@ -6,11 +6,7 @@ their `generator=int`.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
-import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Optional
@@ -22,11 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..engine import arguments as check_args
 from ..engine.argument_specs import FILLS, MASK_MODES, MASKED_CONTENTS, PROMPT_SYNTAXES, SIDES, SPECS
 from ..engine.outpaint import plan
-from ..runtime import images as imaging
 from ..runtime.errors import InvalidArgument
 from ..runtime.inpaint import run_timesteps
 from ..runtime.schedulers import SCHEDULERS, make_scheduler
 from .errors import ApiError, request_fix, validation_error
+from .pictures import decode_base64, decode_picture  # noqa: F401 (also the A1111 routes')
+from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
+                     guide_arguments, json_pictures, picture_schema, repeated_part)
 
 SchedulerName = Literal[tuple(sorted(SCHEDULERS))]  # type: ignore[valid-type]
 
@@ -50,6 +48,7 @@ class CommonParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     task: ClassVar[str] = ""  # the Engine method a job of these parameters calls
     pictures: ClassVar[tuple[str, ...]] = ()  # the picture parts
+    listed: ClassVar[tuple[str, ...]] = ()  # optional picture parts that may come several times (guides.py)
 
     model: Optional[str] = Field(None, max_length=200, description="Which engine runs it, by name (GET /v1/info "
                                  "lists `models`); default: the server's first --engine.")
@@ -73,10 +72,12 @@ class CommonParameters(BaseModel):
     masked_content: Literal[MASKED_CONTENTS] = spec_field("masked_content")  # type: ignore[valid-type]
 
 
-class InpaintParameters(CommonParameters):
-    """The fields of POST /v1/inpaint and POST /v1/jobs besides the two pictures."""
+class InpaintParameters(CommonParameters, GuideFields):
+    """The fields of POST /v1/inpaint and POST /v1/jobs besides the pictures (ControlNet's and Kandinsky's
+    image prompts' from GuideFields)."""
     task: ClassVar[str] = "inpaint"
     pictures: ClassVar[tuple[str, ...]] = ("image", "mask_image")
+    listed: ClassVar[tuple[str, ...]] = LISTED_PICTURES
 
     padding_mask_crop: Optional[int] = spec_field("padding_mask_crop")
     blur_factor: float = spec_field("blur_factor")
@@ -164,6 +165,7 @@ def request_schema(model: type[CommonParameters], binary: bool) -> dict:
     described = {"image": "The picture (PNG, JPEG, WebP, ...).",
                  "mask_image": "Mask of the same size: white = repaint, black = keep."}
     schema["properties"] = {**{name: {**picture, "description": described[name]} for name in model.pictures},
+                            **{name: picture_schema(name, binary) for name in model.listed},
                             **schema["properties"]}
     schema["required"] = list(model.pictures)
     return schema
@@ -183,7 +185,7 @@ async def read_request(request, model: type[CommonParameters], limits: Limits,
     try:
         params = model.model_validate(fields)
     except ValidationError as e:
-        raise validation_error(e.errors(), set(model.model_fields) | set(model.pictures)) from None
+        raise validation_error(e.errors(), set(model.model_fields) | set(model.pictures) | set(model.listed)) from None
     if callable(engine_facts):  # a server of several engines: the facts of the one the request names
         engine_facts = engine_facts(params.model)
     return check(params, files, limits, engine_facts)
@@ -191,7 +193,8 @@ async def read_request(request, model: type[CommonParameters], limits: Limits,
 
 async def _read_multipart(request, limits: Limits) -> tuple[dict, dict]:
     try:
-        form = await request.form(max_files=2, max_fields=40, max_part_size=limits.max_upload_bytes)
+        form = await request.form(max_files=2 + MAX_CONTROL_IMAGES + MAX_IMAGE_PROMPTS, max_fields=60,
+                                  max_part_size=limits.max_upload_bytes)
     except ApiError:
         raise
     except Exception as e:  # the multipart parser's own complaints: malformed body, too many parts
@@ -205,6 +208,8 @@ async def _read_multipart(request, limits: Limits) -> tuple[dict, dict]:
                 raise ApiError(422, name, f"{name} arrived as a text field, not a file",
                                f"send {name} as a file part (curl: -F {name}=@picture.png)")
             files[name] = await value.read()
+        elif name in LISTED_PICTURES or (name in LISTED_NUMBERS and name in fields):
+            await repeated_part(name, value, fields, files)
         elif name == "scheduler_options" and value:
             try:
                 fields[name] = json.loads(value)
@@ -235,24 +240,13 @@ async def _read_json(request) -> tuple[dict, dict]:
             raise ApiError(422, name, f"{name} must be base64 text, got {type(text).__name__}",
                            f"send {name} as base64 text of the file's bytes")
         files[name] = decode_base64(text, name)
-    return fields, files
-
-
-def decode_base64(text: str, name: str) -> bytes:
-    """A picture sent as base64 text (a data: URL is fine); a bad one is a 422 naming the field."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, name, f"{name} is not valid base64",
-                       f"send {name} as standard base64 (A-Z a-z 0-9 + /, padded with =)") from None
+    return fields, {**files, **json_pictures(fields, decode_base64)}
 
 
 def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:
     """Every check of an inpaint or outpaint request; the Parsed job is what a worker runs."""
     for name in files:
-        if name not in params.pictures:
+        if name not in params.pictures + params.listed:
             raise ApiError(422, name, f"{name} is not a part of {params.task} requests"
                            + (" (outpaint makes the mask itself from left, right, top and bottom)"
                               if name == "mask_image" else ""), f"leave {name} out")
@@ -278,9 +272,12 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     image = decode_picture(files["image"], "image", limits.max_pixels)
     unset = {name for name in DEFAULTED if getattr(params, name, 0) is None}
     # unset: the engine's own defaults; model picked the engine already
-    arguments = params.model_dump(exclude={"seed", "response_format", "model"} | unset)
+    arguments = params.model_dump(exclude={"seed", "response_format", "model"} | unset | set(GuideFields.model_fields))
     arguments["image"] = image
     _check_output_size(params, image.size, limits, engine_facts)
+    if params.listed:  # checked against the engine's ControlNets and image encoder before the job is queued
+        guides = {name: files[name] for name in params.listed if name in files}
+        arguments.update(guide_arguments(params, guides, image.size, engine_facts, limits.max_pixels))
     total = _count_steps(params, engine_facts, steps)
     if isinstance(params, OutpaintParameters):
         total *= _outpaint_passes(params, image.size, limits, engine_facts)
@@ -332,32 +329,6 @@ def _outpaint_passes(params: OutpaintParameters, size: tuple[int, int], limits: 
                        f"{window[1]}x{window[0]}, over this server's max_outpaint_passes={limits.max_outpaint_passes}",
                        "add fewer pixels, or send a larger height/width per pass within max_output_pixels")
     return passes
-
-
-def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Header first (size, bomb), then the pixels; every failure names the field."""
-    if not data:
-        raise ApiError(422, name, f"{name} is empty", f"send the file's bytes as {name}")
-    try:
-        header = Image.open(io.BytesIO(data))
-        width, height = header.size
-    except Image.DecompressionBombError:
-        width = height = math.isqrt(max_pixels) + 1  # PIL's own bomb limit: far over ours
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ApiError(422, name, f"{name} is not a picture ({imaging.reason(e, f'the uploaded {name}')})",
-                       f"send {name} as a PNG, JPEG or WebP file") from None
-    if width * height > max_pixels:
-        raise ApiError(413, name, f"{name} is {width}x{height} = {width * height} pixels, over this server's "
-                       f"limit of {max_pixels}", f"downscale {name} to at most {max_pixels} pixels")
-    try:
-        picture = imaging.load_picture(data, name, max_pixels)
-    except ValueError as e:  # the engine's own check: its fix says what to send for this refusal
-        message = str(e).replace("the given bytes", f"the uploaded {name}")
-        fix = request_fix(getattr(e, "fix", None), f"send {name} as an intact PNG, JPEG or WebP file")
-        raise ApiError(422, name, message, fix) from None
-    if not isinstance(picture, Image.Image):  # a float picture (mode F): take it as 8-bit grey
-        picture = Image.fromarray((np.clip(picture[..., 0], 0, 1) * 255).round().astype(np.uint8))
-    return picture
 
 
 def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dict) -> None:

@@ -17,7 +17,8 @@ pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from inpaintrt.sample import sample_picture  # noqa: E402
-from browser_helpers import BLOB_AS_BASE64, decoded, open_page, paint  # noqa: E402
+from browser_helpers import BLOB_AS_BASE64, decoded, open_page, paint, screenshot  # noqa: E402
+from conftest import sample_image  # noqa: E402
 from controlnet_helpers import edge_picture  # noqa: E402
 from serve_helpers import running_server  # noqa: E402
 
@@ -49,7 +50,7 @@ RECORD_PARTS = """() => {
 def sent(page, name: str) -> list:
     """The last job's parts of that name, in order (files as bytes)."""
     parts = page.evaluate("() => window.sentParts[window.sentParts.length - 1]")
-    return [value if name not in ("image", "mask_image", "control_image") else base64.b64decode(value)
+    return [value if name not in ("image", "mask_image", "control_image", "image_prompt") else base64.b64decode(value)
             for part, value in parts if part == name]
 
 
@@ -61,13 +62,19 @@ def served(controlnet_exported, engines):
 
 
 @pytest.fixture(scope="module")
-def page(served):
+def browser():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        page = open_page(browser, served, 1280, 800)
-        page.wait_for_function("() => document.querySelectorAll('#controlnet-list .unit').length === 2")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, served):
+    page = open_page(browser, served, 1280, 800)
+    page.wait_for_function("() => document.querySelectorAll('#controlnet-list .unit').length === 2")
+    yield page
+    page.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +84,10 @@ def engine(controlnet_exported):
     return Engine.load(controlnet_exported["engines"][9])
 
 
-def open_picture(page, tmp_path):
-    sample_picture(WIDTH, HEIGHT)[0].save(tmp_path / "input.png")
+def open_picture(page, tmp_path, width=WIDTH, height=HEIGHT):
+    sample_picture(width, height)[0].save(tmp_path / "input.png")
     page.set_input_files("#image-file", str(tmp_path / "input.png"))
-    page.wait_for_function(f"() => window.inpaintrt.editor.width === {WIDTH} && !window.inpaintrt.editor.overlay")
+    page.wait_for_function(f"() => window.inpaintrt.editor.width === {width} && !window.inpaintrt.editor.overlay")
     page.click("#clear")
     paint(page, [(20, 30), (60, 26), (80, 40)])
 
@@ -88,15 +95,18 @@ def open_picture(page, tmp_path):
 def run_and_wait(page):
     done = page.evaluate("() => window.inpaintrt.state.results.length")
     page.click("#run")
-    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 1}", timeout=120_000)
+    page.wait_for_function(f"() => window.inpaintrt.state.results.length === {done + 1} || "
+                           "document.getElementById('status').classList.contains('error')", timeout=120_000)
+    assert page.evaluate("() => window.inpaintrt.state.results.length") == done + 1, page.inner_text("#status")
 
 
-def engine_result(page, engine, **control) -> np.ndarray:
+def engine_result(page, engine, **guides) -> np.ndarray:
     """Engine.inpaint with what the page sent: its picture, mask, fields and the seed it reads back."""
     seed = page.evaluate("() => window.inpaintrt.state.current.seed")
     result = engine.inpaint(sent(page, "image")[0], sent(page, "mask_image")[0], prompt=page.input_value("#prompt"), generator=seed, progress=False,
                             num_inference_steps=int(page.input_value("#num_inference_steps")),
-                            guidance_scale=float(page.input_value("#guidance_scale")), keep_unmasked=True, **control)
+                            guidance_scale=float(page.input_value("#guidance_scale")),
+                            **({"keep_unmasked": True} if sent(page, "keep_unmasked") == ["true"] else {}), **guides)
     return np.asarray(result.images[0])
 
 
@@ -133,6 +143,8 @@ def test_control_image_scale_and_guess_mode_run_engine_inpaint(page, engine, tmp
     assert np.array_equal(got, expected), "the page's picture is Engine.inpaint's with the same arguments and seed"
     free = engine_result(page, engine, controlnet_conditioning_scale=[0.0, 0.0])
     assert not np.array_equal(got, free), "the ControlNets steered"
+    page.locator("#controlnet-fields").scroll_into_view_if_needed()
+    screenshot(page, tmp_path, "serve-page-controlnet.png")
     assert page.errors == []
 
 
@@ -210,5 +222,68 @@ def test_a_refusal_shows_its_field_and_fix_next_to_the_control(page, tmp_path):
     page.locator(".field-error[data-field='num_inference_steps']").wait_for()
     assert page.get_attribute("#num_inference_steps", "aria-invalid") == "true"
     page.fill("#num_inference_steps", "3")
+    # the server names one of several control images in its message: the note goes to that picker
+    page.evaluate("() => window.inpaintrt.fieldErrors.show('control_image', 'send each control image at exactly "
+                  "the image\\'s size', 'control_image: control_image[1] is 200x72 but image is 96x64')")
+    assert page.locator("#controlnet-1 .field-error").inner_text().startswith("control_image: send each")
+    assert page.get_attribute("#controlnet-1 .pick", "aria-invalid") == "true"
+    page.evaluate("() => window.inpaintrt.fieldErrors.clear()")
     # the page's refusals come back in the console as failed requests; nothing else went wrong
     assert all("422" in error for error in page.errors), page.errors
+
+
+@pytest.fixture(scope="module")
+def kandinsky_page(browser, kandinsky):
+    """A server of a Kandinsky 2.2 engine with the prior's image encoder and a decoder-only one without."""
+    with running_server(kandinsky.engine, "--engine", str(kandinsky.decoder_engine)) as server:
+        page = open_page(browser, server, 1280, 800)
+        page.wait_for_function("() => window.inpaintrt.state.models")
+        yield page
+        page.close()
+
+
+def test_kandinsky_image_prompts_with_weights_run_engine_inpaint(kandinsky_page, kandinsky, tmp_path):
+    from inpaintrt import Engine
+
+    page = kandinsky_page
+    assert page.locator("#image-prompt-fields").is_visible() and not page.locator("#controlnet-fields").is_visible()
+    assert page.locator("#mode option[value=outpaint]").is_disabled(), "Kandinsky engines have no outpaint"
+    open_picture(page, tmp_path, 64, 64)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"style{i}.png")
+        sample_image(48 + 8 * i, 40, seed=30 + i).save(paths[-1])
+    page.set_input_files("#image_prompt", [str(p) for p in paths[:2]])
+    page.wait_for_function("() => window.inpaintrt.imagePrompts.entries.length === 2")
+    page.fill("#image_prompt_weight-1", "0.4")
+    page.fill("#prompt_weight", "0.6")
+    page.fill("#prompt", "a red bench")
+    page.fill("#num_inference_steps", "3")
+    page.evaluate(RECORD_PARTS)
+    run_and_wait(page)
+
+    pictures = sent(page, "image_prompt")
+    names = {name for name, _ in page.evaluate("() => window.sentParts[0]")}
+    assert not names & {"keep_unmasked", "mask_mode", "masked_content", "blur_factor", "mask_grow"}, \
+        "Stable Diffusion-only fields are hidden and not sent for a Kandinsky model"
+    assert not page.locator("#keep_unmasked").is_visible() and not page.locator("#strength").is_visible()
+    assert pictures == [p.read_bytes() for p in paths[:2]], "the pictures go as they are, in order"
+    assert sent(page, "image_prompt_weight") == ["1", "0.4"] and sent(page, "prompt_weight") == ["0.6"]
+    engine = Engine.load(kandinsky.engine)
+    expected = engine_result(page, engine, image_prompts=list(zip(pictures, [1.0, 0.4])), prompt_weight=0.6)
+    got = decoded(page.evaluate(BLOB_AS_BASE64, "result"))
+    assert np.array_equal(got, expected), "the page's picture is KandinskyEngine.inpaint's for the same seed"
+    assert not np.array_equal(got, engine_result(page, engine)), "the image prompts counted"
+
+    page.set_input_files("#image_prompt", [str(p) for p in paths[2:]])  # 3 more: only 2 fit
+    page.wait_for_function("() => window.inpaintrt.imagePrompts.entries.length === 4")
+    assert page.locator("#add-image-prompt").is_disabled() and page.locator("#image-prompt-count").inner_text() == "4 of 4"
+    page.get_by_label("Remove image prompt 1", exact=False).click()
+    assert not page.locator("#add-image-prompt").is_disabled()
+    assert page.get_by_label("Weight of image prompt 1", exact=False).input_value() == "0.4", "the rest move up"
+
+    page.select_option("#model", "decoder-engine")  # exported without the image encoder: nothing to pick
+    assert not page.locator("#image-prompt-fields").is_visible()
+    page.select_option("#model", "engine")
+    assert page.locator("#image-prompt-fields").is_visible()
+    assert page.errors == []

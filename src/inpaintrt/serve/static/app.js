@@ -56,12 +56,25 @@ function applyModel() {
   $("height").placeholder = model.default_height;
   $("num_inference_steps").title = `the model's default: ${model.default_steps}`;
   $("guidance_scale").value = model.default_guidance_scale;  // the family's (Kandinsky 4)
-  applySections();
+  applyVisibility();
 }
 
-// The ControlNet and image-prompt sections: the chosen model's, in inpaint mode only.
-function applySections() {
+// What the chosen model and mode take: inpaint-only fields hide when outpainting, Stable Diffusion-only
+// ones (strength, the mask options, keep unmasked) for a Kandinsky model, which has no outpaint either;
+// the ControlNet and image-prompt sections show for models that have them. Hidden fields are not sent.
+function applyVisibility() {
   const model = state.models?.[$("model").value];
+  const kandinsky = model?.family === "kandinsky22";
+  $("mode").querySelector("option[value=outpaint]").disabled = kandinsky;
+  if (kandinsky && outpainting()) {
+    $("mode").value = "inpaint";
+    return applyMode();
+  }
+  for (const element of document.querySelectorAll(".inpaint-only, .sd-only")) {
+    element.hidden = (element.classList.contains("inpaint-only") && outpainting()) ||
+      (element.classList.contains("sd-only") && kandinsky);
+  }
+  $("width").disabled = $("height").disabled = $("keep_input_size").checked && !$("keep_input_size").closest("[hidden]");
   controlnets.apply(model, !outpainting());
   imagePrompts.apply(model, !outpainting());
 }
@@ -169,16 +182,15 @@ function updateButtons() {
 
 function applyMode() {
   $("outpaint-fields").hidden = !outpainting();
-  for (const element of document.querySelectorAll(".inpaint-only")) element.hidden = outpainting();
   $("run").textContent = outpainting() ? "Outpaint" : "Inpaint";
   $("prompt").placeholder = outpainting() ? "what to paint into the new area" : "what to paint into the mask";
   editor.setExtension(outpainting() ? sides() : null);
-  applySections();
+  applyVisibility();
 }
 
 $("mode").onchange = applyMode;
 for (const side of SIDES) $(side).oninput = () => outpainting() && editor.setExtension(sides());
-$("keep_input_size").onchange = (e) => { $("width").disabled = $("height").disabled = e.target.checked; };
+$("keep_input_size").onchange = applyVisibility;
 
 // Where a result sits over the picture: an outpaint result around it, an inpaint result on it.
 const resultBox = (entry, picture) => entry.task === "outpaint"
@@ -234,7 +246,7 @@ async function run() {
     }
   } catch (err) {
     setStatus(err.message, true);
-    if (err.field) fieldErrors.show(err.field, err.fix);
+    if (err.field) fieldErrors.show(err.field, err.fix, err.message);
   } finally {
     state.job = null;
     updateButtons();
@@ -246,7 +258,7 @@ async function pointAtField(id) {
   try {
     await api(`/v1/jobs/${id}/result`);
   } catch (err) {
-    if (err.field) fieldErrors.show(err.field, err.fix);
+    if (err.field) fieldErrors.show(err.field, err.fix, err.message);
   }
 }
 
@@ -325,7 +337,6 @@ $("restore-params").onclick = () => {
   if (state.current.params?.model in (state.models || {})) applyModel();  // its defaults, then its own values
   restoreValues(state.current.params);  // again: a model's ControlNet fields exist once it is applied
   if (guidance !== undefined) $("guidance_scale").value = guidance;
-  $("keep_input_size").onchange({ target: $("keep_input_size") });
   applyMode();
   setStatus(`Settings of #${state.current.id} restored.`);
 };

@@ -30,7 +30,7 @@ export class ControlNetSection {
   constructor() {
     this.fieldset = $("controlnet-fields");
     this.list = $("controlnet-list");
-    this.units = [];          // the chosen model's ControlNets: {entry, pick, block}
+    this.units = [];          // the chosen model's ControlNets: {entry, block}
     this.picks = new Map();   // model name -> its chosen control images, kept while other models are chosen
     this.model = null;
     this.size = null;         // the picture's {width, height}
@@ -71,6 +71,7 @@ export class ControlNetSection {
       block.querySelector(".remove").onclick = () => this.choose(i, null);
       input.onchange = async () => { if (input.files[0]) await this.choose(i, await picked(input.files[0])); input.value = ""; };
       block.querySelector("input[type=number]").value = defaultScale ?? 1;
+      block.querySelector(".pick").disabled = entry.conditioning_channels !== 3;  // only float arrays feed it
       this.list.append(block);
       return { entry, block };
     });
@@ -94,7 +95,10 @@ export class ControlNetSection {
   describe(i) {
     const pick = this.picks.get(this.model.name)[i], size = this.size;
     const note = this.units[i].block.querySelector(".note");
-    if (!pick) {
+    const channels = this.units[i].entry.conditioning_channels;
+    if (channels !== 3) {
+      note.textContent = `Takes ${channels}-channel conditions, which a picture cannot carry: Engine.inpaint only.`;
+    } else if (!pick) {
       note.textContent = this.units[i].entry.kind === "inpaint"
         ? "None: built from the picture and its mask." : "None: this ControlNet does not run.";
     } else if (size && (pick.bitmap.width !== size.width || pick.bitmap.height !== size.height)) {
@@ -172,16 +176,14 @@ export class ImagePromptSection {
   }
 
   add(pick, weight = 1) {
-    const n = this.entries.length + 1;
     const block = element(`<div class="unit image-prompt">
       <img class="thumb" alt="">
-      <div class="row"><label>Weight <input type="number" step="0.1"></label>
+      <div class="row"><label>Weight <input type="number" step="any"></label>
         <button type="button" class="remove">Remove</button></div>
     </div>`);
     block.querySelector(".thumb").src = pick.url;
     block.querySelector(".thumb").alt = `image prompt: ${pick.name}`;
     block.querySelector("input").value = weight;
-    block.querySelector(".remove").setAttribute("aria-label", `Remove image prompt ${n} (${pick.name})`);
     const entry = { pick, block };
     block.querySelector(".remove").onclick = () => this.remove(entry);
     this.entries.push(entry);
@@ -202,6 +204,7 @@ export class ImagePromptSection {
       const weight = entry.block.querySelector("input");
       weight.id = `image_prompt_weight-${i}`;
       weight.setAttribute("aria-label", `Weight of image prompt ${i + 1} (${entry.pick.name})`);
+      entry.block.querySelector(".remove").setAttribute("aria-label", `Remove image prompt ${i + 1} (${entry.pick.name})`);
     });
     $("add-image-prompt").disabled = this.entries.length >= MAX_IMAGE_PROMPTS;
     $("image-prompt-count").textContent = `${this.entries.length} of ${MAX_IMAGE_PROMPTS}`;

@@ -20,9 +20,12 @@ export class FieldErrors {
     this.shown = [];
   }
 
-  controlFor(field) {
-    const [name, index] = parseField(field);
+  // message: the server's, which may say which of several it was (`control_image[1] is 200x72 ...`)
+  controlFor(field, message = "") {
+    let [name, index] = parseField(field);
     if (!name) return null;
+    const named = index === null && new RegExp(`\\b${name}\\[(\\d+)\\]`).exec(message);
+    if (named) index = +named[1];
     for (const section of this.sections) {
       const found = section.active && section.controlFor(name, index);
       if (found) return found;
@@ -33,8 +36,8 @@ export class FieldErrors {
   }
 
   // Shows `field: fix` under the control; returns whether a control was found.
-  show(field, fix) {
-    const control = this.controlFor(field);
+  show(field, fix, message = "") {
+    const control = this.controlFor(field, message);
     if (!control) return false;
     const note = document.createElement("p");
     note.className = "field-error";

@@ -13,17 +13,19 @@ const INPAINT = ["padding_mask_crop", "blur_factor", "mask_grow", "mask_shrink"]
 const CHECKS = ["keep_unmasked", "keep_input_size"];
 const SAVED = ["mode", ...COMMON, ...OUTPAINT, ...INPAINT, "batch_count"];
 
+// A field the page hides is not sent: the model's only engine, what the mode or the model's family lacks.
+const shown = (name) => !$(name).closest("[hidden]");
+
 // The request's text fields; seedOffset: the how-manieth run of a batch (seed + offset when a seed is given).
 export function fields(seedOffset = 0) {
   const form = new FormData();
-  const atPictureSize = !outpainting() && $("keep_input_size").checked;  // the server takes the size from it
+  const atPictureSize = !outpainting() && shown("keep_input_size") && $("keep_input_size").checked;  // the server takes the size from it
   for (const name of [...COMMON, ...(outpainting() ? OUTPAINT : INPAINT)]) {
     const value = $(name).value.trim();
-    if (value === "" || (atPictureSize && (name === "width" || name === "height"))) continue;
-    if (name === "model" && $("model-row").hidden) continue;  // one engine: the server's default
+    if (value === "" || !shown(name) || (atPictureSize && (name === "width" || name === "height"))) continue;
     form.append(name, name === "seed" && /^\d+$/.test(value) ? (BigInt(value) + BigInt(seedOffset)).toString() : value);
   }
-  if (!outpainting()) for (const name of CHECKS) form.append(name, $(name).checked ? "true" : "false");
+  if (!outpainting()) for (const name of CHECKS.filter(shown)) form.append(name, $(name).checked ? "true" : "false");
   return form;
 }
 

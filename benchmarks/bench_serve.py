@@ -168,6 +168,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the server (default: ONNX Runtime's own)")
     p.add_argument("--repeat", type=int, default=1, help="rounds of the whole sweep (default 1)")
     p.add_argument("--json", type=Path, help="also write every row, the UNet scaling and the machine here")
+    p.add_argument("--unet-only", action="store_true", help="time the UNet calls per batch size only, no server")
     args = p.parse_args()
     max_batches = [int(value) for value in args.max_batch.split(",")]
     with tempfile.TemporaryDirectory() as temporary:
@@ -175,7 +176,7 @@ def main() -> None:
         scaling = unet_scaling(engine, max_batches, args.size)
         print(json.dumps({"unet_scaling": scaling}), flush=True)
         rows = []
-        for round_index in range(args.repeat):
+        for round_index in range(0 if args.unet_only else args.repeat):
             for max_batch in max_batches if round_index % 2 == 0 else max_batches[::-1]:
                 rows.append({"round": round_index + 1, **measure(engine, max_batch, args)})
                 print(json.dumps(rows[-1]), flush=True)

@@ -185,6 +185,7 @@ def test_a_job_that_gave_up_waiting_leaves_no_ping_to_run_later(cluster, tmp_pat
         def count(self):
             return self.pings
 
+    serve.start(http_options={"host": "127.0.0.1", "port": cluster})  # as deploy() starts it, for the tests after
     handle = serve.run(CountsPings.bind(), name="counts-pings", route_prefix=None)
     try:
         engine = RemoteEngine(handle, replica_wait_s=1)

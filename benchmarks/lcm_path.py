@@ -198,6 +198,8 @@ def main() -> int:
     for other in ("diffusers", "diffusers-lcm"):
         if "ours" in runs and other in runs:
             for figure in ("end_to_end_s", "first_image_s", "load_s"):
+                if figure not in runs[other] or figure not in runs["ours"]:  # a run from before the figure existed
+                    continue
                 report["ratios"][f"{other} / ours {figure}"] = round(runs[other][figure] / runs["ours"][figure], 2)
     if {"ours", "diffusers-lcm"} <= set(runs):  # same LoRA, scheduler and noise: the same picture
         import numpy as np

@@ -1,6 +1,7 @@
 """Helpers of the serve tests: a real `inpaint-serve` process on a free loopback port, pictures, requests."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -122,3 +123,16 @@ def engine_reference(engine, seed: int, **fields) -> np.ndarray:
     arguments = {**FAST, **fields}
     result = engine.inpaint(picture(), mask(), generator=seed, progress=False, **arguments).images[0]
     return np.asarray(result.convert("RGB"))
+
+
+def b64(image: Image.Image) -> str:
+    """A picture as a JSON request's base64 PNG field."""
+    return base64.b64encode(png(image)).decode()
+
+
+def refusal(answer) -> dict:
+    """The error of a 4xx answer, which always carries a fix."""
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    error = answer.json()["error"]
+    assert error["fix"], error
+    return error

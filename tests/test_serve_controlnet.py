@@ -13,7 +13,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from controlnet_helpers import edge_picture  # noqa: E402
-from serve_helpers import FAST, engine_reference, files, form, picture, pixels, png, running_server  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    FAST, b64, engine_reference, files, form, picture, pixels, png, refusal, running_server)
 
 TWO, ONE, NONE = "cn-9", "cn-single", "engine9"  # the engines' directory names: [inpaint, plain], [plain], none
 
@@ -42,10 +43,6 @@ def edges(seed: int = 3):
     return edge_picture(64, 64, seed)
 
 
-def b64(image) -> str:
-    return base64.b64encode(png(image)).decode()
-
-
 def control_files(*pictures) -> list:
     """The image and mask parts, then control_image once per picture (None: an empty part)."""
     parts = list(files().items())
@@ -60,13 +57,6 @@ def serve_mask():
     from serve_helpers import mask
 
     return mask()
-
-
-def error_of(answer) -> dict:
-    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
-    error = answer.json()["error"]
-    assert error["fix"], error
-    return error
 
 
 def test_info_lists_each_models_controlnets(served):
@@ -185,14 +175,14 @@ def test_refusals_name_the_field(served, kind, model, fields, field, fix):
         data = {**form({**FAST, **{k: v for k, v in fields.items() if not isinstance(v, list)}}),
                 **{name: [str(v) for v in values] for name, values in fields.items() if isinstance(values, list)}}
         answer = served.post("/v1/jobs", files=parts, data=data)
-    error = error_of(answer)
+    error = refusal(answer)
     assert error["field"] == field, error
     assert fix in error["fix"] + error["message"], error
 
 
 def test_a_bad_control_image_leaves_the_queue_working(served, loaded):
     bad = served.post("/v1/inpaint", files=control_files(edge_picture(64, 48)), data=form({**FAST, "model": ONE}))
-    assert error_of(bad)["field"] == "control_image"
+    assert refusal(bad)["field"] == "control_image"
     good = served.post("/v1/inpaint", files=control_files(edges()), data=form({**FAST, "model": ONE, "seed": 3}))
     assert good.status_code == 200, good.text
     assert np.array_equal(pixels(good.content), engine_reference(loaded[ONE], 3, control_image=edges()))
@@ -200,10 +190,10 @@ def test_a_bad_control_image_leaves_the_queue_working(served, loaded):
 
 def test_control_image_as_text_or_on_outpaint_is_refused(served):
     text = served.post("/v1/inpaint", files=files(), data=form({**FAST, "model": ONE, "control_image": "edges.png"}))
-    assert error_of(text)["field"] == "control_image" and "file part" in error_of(text)["fix"]
+    assert refusal(text)["field"] == "control_image" and "file part" in refusal(text)["fix"]
     outpaint = served.post("/v1/outpaint", files=[("image", files()["image"]), *control_files(edges())[2:]],
                            data=form({**FAST, "model": ONE, "right": 32}))
-    error = error_of(outpaint)
+    error = refusal(outpaint)
     assert error["field"] == "control_image" and "not a part of outpaint" in error["message"]
 
 
@@ -253,5 +243,5 @@ def test_a1111_controlnet_units_it_cannot_map_are_refused_by_name(served, unit, 
     body = {"init_images": [b64(picture())], "mask": b64(serve_mask()), "steps": 2, "width": 64, "height": 64,
             "alwayson_scripts": {"ControlNet": {"args": [dict({"image": "", "module": "none"}, **unit),
                                                          {"image": b64(edges())}]}}}
-    error = error_of(served.post("/sdapi/v1/img2img", json=body))
+    error = refusal(served.post("/sdapi/v1/img2img", json=body))
     assert error["field"] == field, error

@@ -3,7 +3,6 @@ with the prior's CLIP image encoder, one decoder-only) and a Stable Diffusion on
 KandinskyEngine.inpaint's with the same image_prompts, prompt_weight and seed; refusals name the field."""
 from __future__ import annotations
 
-import base64
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from serve_helpers import engine_reference, files, form, mask, picture, pixels, png, running_server  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    b64, engine_reference, files, form, mask, picture, pixels, png, refusal, running_server)
 
 FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2, "height": 64, "width": 64,
         "prompt": "a red bench"}
@@ -42,19 +42,8 @@ def prompts(count: int = 2) -> list:
     return [picture(seed=40 + i) for i in range(count)]
 
 
-def b64(image) -> str:
-    return base64.b64encode(png(image)).decode()
-
-
 def prompt_parts(pictures) -> list:
     return list(files().items()) + [("image_prompt", (f"p{i}.png", png(p), "image/png")) for i, p in enumerate(pictures)]
-
-
-def error_of(answer) -> dict:
-    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
-    error = answer.json()["error"]
-    assert error["fix"], error
-    return error
 
 
 def test_info_says_which_engines_take_image_prompts(served):
@@ -127,14 +116,14 @@ def test_refusals_name_the_field(served, kind, model, count, fields, field, fix)
         data = {**form(plain), **{name: [str(v) for v in (values if isinstance(values, list) else [values])]
                                   for name, values in fields.items()}}
         answer = served.post("/v1/jobs", files=prompt_parts(prompts(count)), data=data)
-    error = error_of(answer)
+    error = refusal(answer)
     assert error["field"] == field, error
     assert fix in error["fix"] + error["message"], error
 
 
 def test_a_refused_image_prompt_leaves_the_queue_working(served, engine):
     bad = served.post("/v1/inpaint", files=prompt_parts(prompts(5)), data=form(FAST))
-    assert error_of(bad)["field"] == "image_prompt"
+    assert refusal(bad)["field"] == "image_prompt"
     good = served.post("/v1/inpaint", files=prompt_parts(prompts(1)), data=form({**FAST, "seed": 4}))
     assert good.status_code == 200, good.text
     assert np.array_equal(pixels(good.content), engine_reference(engine, 4, **FAST, image_prompts=[(prompts(1)[0], 1.0)]))

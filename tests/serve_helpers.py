@@ -136,3 +136,12 @@ def refusal(answer) -> dict:
     error = answer.json()["error"]
     assert error["fix"], error
     return error
+
+
+def finished_job(client, queued, seconds: float = 300) -> dict:
+    """The view of a job queued by POST /v1/jobs (its 202 answer), once it is done, failed or cancelled."""
+    assert queued.status_code == 202, queued.text
+    job, views = queued.json()["id"], []
+    wait_until(lambda: views.append(client.get(f"/v1/jobs/{job}").json())
+               or views[-1]["status"] in ("done", "failed", "cancelled"), seconds)
+    return views[-1]

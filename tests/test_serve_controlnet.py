@@ -14,7 +14,8 @@ pytest.importorskip("fastapi")
 
 from controlnet_helpers import edge_picture  # noqa: E402
 from serve_helpers import (  # noqa: E402
-    FAST, b64, engine_reference, files, form, picture, pixels, png, refusal, running_server)
+    FAST, b64, engine_reference, files, finished_job, form, picture, pixels, png, refusal,
+    running_server)
 
 TWO, ONE, NONE = "cn-9", "cn-single", "engine9"  # the engines' directory names: [inpaint, plain], [plain], none
 
@@ -101,16 +102,10 @@ def test_two_controlnets_json_queued_job(served, loaded):
     """JSON: a list of base64 control images and of scales; through POST /v1/jobs and its result."""
     control = dict(controlnet_conditioning_scale=[0.3, 0.9], control_guidance_end=0.6, guess_mode=True)
     body = json_body(control_image=[b64(edges(5)), b64(edges())], seed=13, **control)
-    queued = served.post("/v1/jobs", json=body)
-    assert queued.status_code == 202, queued.text
-    job = queued.json()["id"]
-    for _ in range(600):
-        view = served.get(f"/v1/jobs/{job}").json()
-        if view["status"] in ("done", "failed", "cancelled"):
-            break
+    view = finished_job(served, served.post("/v1/jobs", json=body))
     assert view["status"] == "done", view
     expected = engine_reference(loaded[TWO], 13, control_image=[edges(5), edges()], **control)
-    assert np.array_equal(pixels(served.get(f"/v1/jobs/{job}/result").content), expected)
+    assert np.array_equal(pixels(served.get(f"/v1/jobs/{view['id']}/result").content), expected)
 
 
 def test_json_single_control_image_and_null(served, loaded):

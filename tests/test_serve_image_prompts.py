@@ -11,7 +11,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from serve_helpers import (  # noqa: E402
-    b64, engine_reference, files, form, mask, picture, pixels, png, refusal, running_server)
+    b64, engine_reference, files, finished_job, form, mask, picture, pixels, png, refusal, running_server)
 
 FAST = {"num_inference_steps": 2, "prior_num_inference_steps": 2, "height": 64, "width": 64,
         "prompt": "a red bench"}
@@ -65,16 +65,10 @@ def test_two_image_prompts_multipart_are_engine_inpaint(served, engine):
 
 def test_one_image_prompt_json_job_with_default_weight(served, engine):
     body = {"image": b64(picture()), "mask_image": b64(mask()), **FAST, "seed": 9, "image_prompt": b64(prompts(1)[0])}
-    queued = served.post("/v1/jobs", json=body)
-    assert queued.status_code == 202, queued.text
-    job = queued.json()["id"]
-    for _ in range(600):
-        view = served.get(f"/v1/jobs/{job}").json()
-        if view["status"] in ("done", "failed", "cancelled"):
-            break
+    view = finished_job(served, served.post("/v1/jobs", json=body))
     assert view["status"] == "done", view
     expected = engine_reference(engine, 9, **FAST, image_prompts=[(prompts(1)[0], 1.0)])
-    assert np.array_equal(pixels(served.get(f"/v1/jobs/{job}/result").content), expected)
+    assert np.array_equal(pixels(served.get(f"/v1/jobs/{view['id']}/result").content), expected)
 
 
 def test_json_lists_of_pictures_and_weights(served, engine):

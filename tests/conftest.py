@@ -3,9 +3,14 @@ runs whose every random draw comes from a numpy generator (docs/architecture.md,
 same seed must reproduce them."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
+
+from shared_builds import shared_build
+from toolchain import versions_line
 
 from inpaintrt.export.replay import numpy_randn  # noqa: F401 (test files import it from here)
 
@@ -19,15 +24,43 @@ def record(measure: str, value: float) -> float:
 
 
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(versions_line())  # a failing run on some machine says what it had
     if PARITY:
         terminalreporter.write_line("parity with diffusers (worst over the tests that ran):")
         for measure, value in sorted(PARITY.items()):
             terminalreporter.write_line(f"  {measure}: {value:.2e}")
 
 
+# Test files that must not run beside each other under pytest-xdist: each starts a local Ray cluster.
+ONE_WORKER_GROUPS = {"ray": ("test_serve_ray",)}
+
+
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: the workers already fill the cores
+        os.environ.setdefault("INPAINTRT_THREADS", "1")
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
     for marker, text in (("gpu", "needs a CUDA GPU"), ("tensorrt", "needs TensorRT"), ("slow", "full-size models")):
         config.addinivalue_line("markers", f"{marker}: {text}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist, each test file runs whole on one worker (its module fixtures are built once, its
+    tests keep their order), and the files of a ONE_WORKER_GROUPS group one after another on one worker."""
+    from pathlib import Path
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::")[0]
+            stem = Path(file).stem
+            return next((name for name, prefixes in ONE_WORKER_GROUPS.items() if stem.startswith(prefixes)), file)
+
+    return FileScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,10 +95,13 @@ def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_c
 
     if not hasattr(pipe, "checkpoint_scheduler_config"):  # switching classes must not leak options between tests
         pipe.checkpoint_scheduler_config = pipe.scheduler.config
+        pipe.checkpoint_scheduler_class = type(pipe.scheduler)
     if scheduler:
         class_name, extra = DIFFUSERS_SCHEDULERS[scheduler]
         pipe.scheduler = getattr(diffusers, class_name).from_config(
             pipe.checkpoint_scheduler_config, **extra, **(scheduler_config or {}))
+    else:  # the checkpoint's own, whatever an earlier test picked on this shared pipe
+        pipe.scheduler = pipe.checkpoint_scheduler_class.from_config(pipe.checkpoint_scheduler_config)
     with numpy_randn(seed, draws), torch.no_grad():
         return pipe(**kwargs).images
 
@@ -75,8 +111,8 @@ def checkpoints(tmp_path_factory):
     """{in_channels: saved diffusers folder} for a 9-channel and a 4-channel tiny model."""
     from inpaintrt.export.models import save_pipeline
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {ch: save_pipeline(root / f"tiny{ch}", size="tiny", in_channels=ch, seed=ch) for ch in (9, 4)}
+    return shared_build(tmp_path_factory, "checkpoints", lambda root: {
+        ch: save_pipeline(root / f"tiny{ch}", size="tiny", in_channels=ch, seed=ch) for ch in (9, 4)})
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +121,9 @@ def engines(checkpoints, tmp_path_factory):
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
 
-    root = tmp_path_factory.mktemp("engines")
-    return {ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", log=lambda *_: None)
-            for ch, path in checkpoints.items()}
+    return shared_build(tmp_path_factory, "engines", lambda root: {
+        ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", log=lambda *_: None)
+        for ch, path in checkpoints.items()})
 
 
 @pytest.fixture(scope="session")
@@ -133,9 +169,9 @@ def sdxl_checkpoints(tmp_path_factory):
     """{"inpaint" (9-channel), "base" (4-channel), "refiner" (one text encoder, aesthetic score): folder}."""
     from inpaintrt.export.models import save_pipeline
 
-    root = tmp_path_factory.mktemp("sdxl-checkpoints")
-    return {name: save_pipeline(root / name, family=family, in_channels=ch, seed=10 + ch + len(name))
-            for name, (family, ch) in SDXL_MODELS.items()}
+    return shared_build(tmp_path_factory, "sdxl-checkpoints", lambda root: {
+        name: save_pipeline(root / name, family=family, in_channels=ch, seed=10 + ch + len(name))
+        for name, (family, ch) in SDXL_MODELS.items()})
 
 
 @pytest.fixture(scope="session")
@@ -143,9 +179,9 @@ def sdxl_engines(sdxl_checkpoints, tmp_path_factory):
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
 
-    root = tmp_path_factory.mktemp("sdxl-engines")
-    return {name: export_engine(load_pipeline(str(path)), root / name, log=lambda *_: None)
-            for name, path in sdxl_checkpoints.items()}
+    return shared_build(tmp_path_factory, "sdxl-engines", lambda root: {
+        name: export_engine(load_pipeline(str(path)), root / name, log=lambda *_: None)
+        for name, path in sdxl_checkpoints.items()})
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +196,7 @@ def controlnet_exported(checkpoints, tmp_path_factory):
     """The ControlNet test engines, exported once for every ControlNet test file."""
     from controlnet_helpers import controlnet_engines
 
-    return controlnet_engines(checkpoints, tmp_path_factory)
+    return shared_build(tmp_path_factory, "controlnet-engines", lambda root: controlnet_engines(checkpoints, root))
 
 
 @pytest.fixture(scope="session")

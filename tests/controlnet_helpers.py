@@ -82,26 +82,20 @@ def inputs(width: int = 160, height: int = 104):
     return sample_image(width, height), sample_mask(width, height)
 
 
-_EXPORTED: dict = {}  # one export per test session, shared by the ControlNet test modules
+def controlnet_engines(checkpoints, root) -> dict:
+    """{9: engine with [inpaint, plain] ControlNets, 4: the same, "single": 9-channel with the plain one only},
+    exported into root, with the ControlNet folders under "folders"."""
+    from inpaintrt.export.controlnet import load_controlnet
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.loading import load_pipeline
 
-
-def controlnet_engines(checkpoints, tmp_path_factory) -> dict:
-    """{9: engine with [inpaint, plain] ControlNets, 4: the same, "single": 9-channel with the plain one only}."""
-    if not _EXPORTED:
-        from inpaintrt.export.controlnet import load_controlnet
-        from inpaintrt.export.exporter import export_engine
-        from inpaintrt.export.loading import load_pipeline
-
-        root = tmp_path_factory.mktemp("controlnet-engines")
-        folders = save_controlnets(root)
-        both = [str(folders["inpaint"]), str(folders["plain"])]
-        plans = {9: both, 4: both, "single": [str(folders["plain"])]}
-        _EXPORTED["folders"] = folders
-        _EXPORTED["engines"] = {
-            key: export_engine(load_pipeline(str(checkpoints[9 if key == "single" else key])), root / f"cn-{key}",
-                               log=lambda *_: None, controlnets=[load_controlnet(s) for s in sources])
-            for key, sources in plans.items()}
-    return _EXPORTED
+    folders = save_controlnets(root)
+    both = [str(folders["inpaint"]), str(folders["plain"])]
+    plans = {9: both, 4: both, "single": [str(folders["plain"])]}
+    engines = {key: export_engine(load_pipeline(str(checkpoints[9 if key == "single" else key])), root / f"cn-{key}",
+                                  log=lambda *_: None, controlnets=[load_controlnet(s) for s in sources])
+               for key, sources in plans.items()}
+    return {"folders": folders, "engines": engines}
 
 
 def build_sdxl_controlnet(seed: int, conditioning_channels: int = 3):

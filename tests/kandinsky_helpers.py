@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shared_builds import shared_build
+
 
 @dataclass
 class KandinskySetup:
@@ -23,12 +25,16 @@ def kandinsky_setup(tmp_path_factory) -> KandinskySetup:
     from inpaintrt.export.kandinsky import export_kandinsky, load_kandinsky
     from inpaintrt.export.models_kandinsky import save_kandinsky
 
-    root = tmp_path_factory.mktemp("kandinsky")
-    decoder_folder, prior_folder = save_kandinsky(root / "checkpoints", seed=3)
+    def build(root):
+        decoder_folder, prior_folder = save_kandinsky(root / "checkpoints", seed=3)
+        decoder, prior = load_kandinsky(str(decoder_folder), str(prior_folder))
+        quiet = dict(log=lambda *_: None)
+        engine = export_kandinsky(decoder, prior, root / "engine", source=str(decoder_folder), **quiet)
+        decoder_engine = export_kandinsky(decoder, None, root / "decoder-engine", optimize=False, **quiet)  # as traced
+        return decoder_folder, prior_folder, engine, decoder_engine
+
+    decoder_folder, prior_folder, engine, decoder_engine = shared_build(tmp_path_factory, "kandinsky", build)
     decoder, prior = load_kandinsky(str(decoder_folder), str(prior_folder))
-    quiet = dict(log=lambda *_: None)
-    engine = export_kandinsky(decoder, prior, root / "engine", source=str(decoder_folder), **quiet)
-    decoder_engine = export_kandinsky(decoder, None, root / "decoder-engine", optimize=False, **quiet)  # as traced
     combined = KandinskyV22InpaintCombinedPipeline(
         unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq, prior_prior=prior.prior,
         prior_image_encoder=prior.image_encoder, prior_text_encoder=prior.text_encoder,

@@ -8,11 +8,15 @@ parser separately). A1111 semantics, where diffusers' community lpw_stable_diffu
 - chunks hold 75 tokens plus BOS/EOS, padding as the tokenizer pads (lpw puts EOS last, after padding);
 - no limit on the number of chunks (lpw: max_embeddings_multiples, 3 by default);
 - prompts of a call are padded with empty chunks (the encoding of "") to the longest;
-- SDXL: both encoders chunked alike, the pooled embedding from the first chunk.
+- SDXL: both encoders chunked alike, the pooled embedding from the first chunk;
+- an unweighted chunk keeps its scale (A1111 computes mean / mean, which is 0/0 where a zero-bias final norm
+  makes the mean exactly 0), and so does a weighted one whose mean is lost in rounding (MEAN_FLOOR).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from inpaintrt.runtime.prompt_syntax import MEAN_FLOOR
 
 BREAK = "BREAK"
 CHUNK = 75
@@ -63,11 +67,18 @@ def encoder_reference(tokenizer, encoder, prompts: list[list], sdxl: bool, count
                 z = out.hidden_states[-2][0] if sdxl else out[0][0]
                 if i == 0 and sdxl and hasattr(encoder, "text_projection"):
                     pooled.append(out[0][0].numpy())
-                mean = z.mean()
+                mean = z.double().mean()
                 z = z * weights[:, None]
-                states.append(z * (mean / z.mean()))
+                weighted = z.double().mean()
+                if bool((weights != 1).any()) and abs(weighted) > MEAN_FLOOR * z.double().abs().mean():
+                    z = z * (mean / weighted).float()
+                states.append(z)
             hidden.append(torch.cat(states).numpy())
-    return np.stack(hidden), (np.stack(pooled) if pooled else None)
+    hidden = np.stack(hidden)
+    if not np.isfinite(hidden).all():
+        raise AssertionError("broken reference: the torch text encoder gave non-finite hidden states for "
+                             f"{prompts!r}; fix the test model, not the engine")
+    return hidden, (np.stack(pooled) if pooled else None)
 
 
 def sd_reference(pipe, prompts: list[list]) -> np.ndarray:

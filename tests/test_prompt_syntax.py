@@ -72,6 +72,19 @@ def test_emphasize_keeps_each_chunk_mean():
     assert not np.allclose(out[0], hidden[0]) and np.array_equal(out[1], hidden[1])
 
 
+def test_emphasize_is_well_defined_where_every_token_averages_zero():
+    """A final norm with zero bias: each token's features average to 0, so a chunk's weighted mean is
+    rounding noise (or exactly 0). The chunk is weighted and not rescaled by a ratio of noises."""
+    rng = np.random.default_rng(1)
+    hidden = rng.standard_normal((1, 77, 8))
+    hidden = (hidden - hidden.mean(-1, keepdims=True)).astype(np.float32)
+    hidden[0, 10:] = 0.0
+    weights = np.ones((1, 77), np.float32)
+    weights[0, 2:5] = 1.3
+    out = emphasize(hidden, weights)
+    assert np.isfinite(out).all()
+    assert np.allclose(out, hidden * weights[..., None], atol=1e-6)
+
 def test_unknown_syntax_names_the_parameter():
     with pytest.raises(ValueError, match="prompt_syntax='compel'.*'a1111'.*'plain'"):
         check_syntax("compel")

@@ -156,6 +156,8 @@ def test_a_control_image_of_another_size_is_stretched_to_the_picture(page, engin
     assert page.locator("#controlnet-1 .note").inner_text() == \
         f"{2 * WIDTH}×{HEIGHT + 8}: stretched to the picture's {WIDTH}×{HEIGHT} when sent."
     page.uncheck("#guess_mode")
+    page.fill("#controlnet_conditioning_scale-0", "0.5")  # set here: the page is shared with the other tests
+    page.fill("#controlnet_conditioning_scale-1", "0.8")
     page.fill("#control_guidance_end", "0.6")
     page.evaluate(RECORD_PARTS)
     run_and_wait(page)

@@ -25,6 +25,10 @@ from .errors import InvalidArgument
 SYNTAXES = ("a1111", "plain")
 CHUNK_TOKENS = 75  # prompt tokens per chunk: CLIP's 77 less BOS and EOS
 ROUND, SQUARE = 1.1, 1 / 1.1
+# A weighted chunk is rescaled to its unweighted mean only where its weighted mean stands above float32
+# rounding (relative to the chunk's mean magnitude). Trained CLIPs sit far above it; a final norm with zero
+# bias makes every token average to 0, and a ratio of two rounding errors is noise, or 0/0.
+MEAN_FLOOR = 1e-4
 
 # an escaped character, a lone backslash, an opening bracket, ":number)" closing a weight, a closing
 # bracket, a run of ordinary text, or a colon that starts no weight
@@ -124,12 +128,14 @@ def chunks(parts: list[Part], tokenize: Callable[[str], list[int]]) -> list[tupl
 
 def emphasize(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """hidden (chunks, tokens, width) times weights (chunks, tokens) token-wise, each weighted chunk then
-    rescaled to its unweighted mean; chunks whose weights are all 1 are returned unchanged."""
+    rescaled to its unweighted mean; chunks whose weights are all 1, or whose weighted mean is below
+    MEAN_FLOOR of their magnitude, keep their scale."""
     out = hidden.copy()
     for i, (chunk, weight) in enumerate(zip(hidden, weights)):
         if np.all(weight == 1):
             continue
         scaled = chunk * weight.astype(hidden.dtype)[:, None]
         mean = scaled.mean(dtype=np.float64)
-        out[i] = scaled * hidden.dtype.type(chunk.mean(dtype=np.float64) / mean) if mean else scaled
+        well_defined = abs(mean) > MEAN_FLOOR * np.abs(scaled).mean(dtype=np.float64)
+        out[i] = scaled * hidden.dtype.type(chunk.mean(dtype=np.float64) / mean) if well_defined else scaled
     return out

@@ -117,7 +117,6 @@ class JobManager:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
         self.engines: list[Any] = []
-        self.busy = 0
         self.run_seconds = 1.0  # moving average of finished runs, for Retry-After
         self.listeners: list[Callable[[Job], None]] = []  # called as each job finishes, lock held
         self.load_seconds = 0.0  # what loading the engines took at start
@@ -181,8 +180,13 @@ class JobManager:
 
     def stats(self) -> dict:
         with self.lock:
-            return {"workers": self.worker_count, "busy": self.busy, "queued": len(self.waiting),
+            return {"workers": self.worker_count, "busy": self._busy_workers(), "queued": len(self.waiting),
                     "queue_size": self.queue_size, "draining": self.draining}
+
+    def _busy_workers(self) -> int:
+        """Workers holding a running job, read from the jobs themselves (lock held): a job is finished,
+        and its worker free, before its answer can be sent, so a client never sees its own job as busy."""
+        return len({job.worker for job in self.jobs.values() if job.status == RUNNING})
 
     def recent_run_seconds(self) -> float:
         return self.run_seconds
@@ -216,18 +220,13 @@ class JobManager:
                     return  # draining and nothing left
                 job = self.waiting.popleft()
                 self._start(job, index)
-                self.busy += 1
                 jobs = gather(self, job, engine, lambda other: self._start(other, index))  # batching.py
             for each in jobs:
                 self._notify(each)
-            try:
-                if len(jobs) > 1:
-                    run_batch(self, jobs, engine)
-                else:
-                    self.run_job(job, engine)
-            finally:
-                with self.lock:
-                    self.busy -= 1
+            if len(jobs) > 1:
+                run_batch(self, jobs, engine)
+            else:
+                self.run_job(job, engine)
 
     def _start(self, job: Job, worker: int) -> None:
         """Call with the lock held, as the job leaves the queue."""

@@ -115,7 +115,7 @@ def test_refused_by_name(engines, loras, sdxl_loras, tmp_path):
         "unknown": (lambda t: t.update({"lora_unet_no_such_layer.lora_down.weight": t[f"{key}.lora_down.weight"],
                                         "lora_unet_no_such_layer.lora_up.weight": t[f"{key}.lora_up.weight"]}),
                     "lora_unet_no_such_layer"),
-        "dora": (lambda t: t.update({f"{key}.dora_scale": np.ones(4, np.float32)}), f"{key}.dora_scale"),
+        "dora-shape": (lambda t: t.update({f"{key}.dora_scale": np.ones(4, np.float32)}), f"{key}.dora_scale"),
         "nan": (lambda t: t[f"{key}.lora_up.weight"].__setitem__((0, 0), np.nan), f"{key}.lora_up.weight"),
         "rank": (lambda t: t.update({f"{key}.lora_up.weight": t[f"{key}.lora_up.weight"][:, :3]}),
                  f"{key}.lora_up.weight"),

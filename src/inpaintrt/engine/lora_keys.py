@@ -6,6 +6,10 @@
 - kohya (`lora_unet_…`, `lora_te_…`, SDXL `lora_te1_…` / `lora_te2_…`): module names with every
   dot written as an underscore, `.lora_down.weight` / `.lora_up.weight` / `.alpha`. For SDXL kohya
   names the UNet's blocks as the original (LDM) code does (`input_blocks_4_1_…`).
+- LyCORIS writes kohya's names with its algorithms' own endings: `.hada_w1_a` … (LoHa), `.lokr_w1` …
+  (LoKr), `.lora_mid.weight` (LoCon's Tucker core), `.dora_scale` (DoRA), `.diff` / `.diff_b` (full);
+  peft writes `.lora_magnitude_vector` (DoRA) and `.lora_B.bias` (lora_bias). engine/lora_variants.py
+  turns each layer's parts into its change.
 
 kohya's underscores are ambiguous (module names have underscores of their own), so names are
 resolved by lookup: every module of the engine is spelled the way kohya would spell it, in
@@ -15,12 +19,28 @@ from __future__ import annotations
 
 import re
 
-# key endings -> the part of the pair they hold
+
+class LoraError(ValueError):
+    """A LoRA file that cannot be applied to this engine; the message names the key and the fix."""
+
+
+# key endings -> the part of a layer's change they hold (engine/lora_variants.py)
 ROLES = (
     (".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_A.weight", "down"), (".lora_B.weight", "up"),
     (".lora.down.weight", "down"), (".lora.up.weight", "up"), ("_lora.down.weight", "down"), ("_lora.up.weight", "up"),
     (".lora_linear_layer.down.weight", "down"), (".lora_linear_layer.up.weight", "up"), (".alpha", "alpha"),
-)
+    (".lora_mid.weight", "mid"), (".lora_B.bias", "up_bias"), (".lora_up.bias", "up_bias"), (".lora.up.bias", "up_bias"),
+    ("_lora.up.bias", "up_bias"), (".lora_linear_layer.up.bias", "up_bias"), (".dora_scale", "dora_scale"),
+    (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector", "magnitude"),
+    (".diff", "diff"), (".diff_b", "diff_b"),
+) + tuple((f".{part}", part) for part in (
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"))
+# endings of other algorithms' keys -> what they are, for the refusal
+OTHER_ALGORITHMS = {"oft_blocks": "OFT", "oft_diag": "OFT", "oft_R": "BOFT", "on_input": "IA3", "w_norm": "a norm-layer patch",
+                    "b_norm": "a norm-layer patch", "a1.weight": "GLoRA", "a2.weight": "GLoRA", "b1.weight": "GLoRA",
+                    "b2.weight": "GLoRA", "lora_down.bias": "a LoRA down-projection bias", "lora_A.bias": "a LoRA "
+                    "down-projection bias", "scalar": "a LyCORIS scalar"}
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
 DIFFUSERS_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
@@ -37,9 +57,21 @@ def split_key(key: str) -> tuple[str, str] | None:
             if ending.startswith("_lora."):  # `attn1.processor.to_q_lora.down.weight`
                 layer = layer + "_lora"
             return layer, role
-    peft_named = re.fullmatch(r"(.+)\.lora_([AB])\.[^.]+\.weight", key)  # peft with an adapter name
-    if peft_named:
-        return peft_named.group(1), "down" if peft_named.group(2) == "A" else "up"
+    peft_named = re.fullmatch(r"(.+)\.lora_([AB])\.[^.]+\.(weight|bias)", key)  # peft with an adapter name
+    if peft_named and (peft_named.group(2), peft_named.group(3)) != ("A", "bias"):
+        role = {"A": "down", "B": "up"}[peft_named.group(2)]
+        return peft_named.group(1), role + ("_bias" if peft_named.group(3) == "bias" else "")
+    peft_named = re.fullmatch(r"(.+)\.(lora_magnitude_vector|hada_\w+|lokr_\w+)\.[^.]+(?:\.weight)?", key)
+    if peft_named and (peft_named.group(2) == "lora_magnitude_vector" or f".{peft_named.group(2)}" in dict(ROLES)):
+        return peft_named.group(1), "magnitude" if peft_named.group(2) == "lora_magnitude_vector" else peft_named.group(2)
+    return None
+
+
+def other_algorithm(key: str) -> str | None:
+    """What a key of no known role belongs to, when it is another algorithm's (OFT, IA3, GLoRA, ...)."""
+    for ending, name in OTHER_ALGORITHMS.items():
+        if key.endswith("." + ending):
+            return name
     return None
 
 

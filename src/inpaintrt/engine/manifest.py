@@ -75,9 +75,11 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     if not path.is_file():
         raise EngineDirectoryError(f"{root} has no manifest.json, so it is not an engine directory; {rebuild}")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EngineDirectoryError(f"{path} is not valid JSON ({e}); {rebuild}") from None
+        manifest = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise EngineDirectoryError(f"{path} is not valid JSON ({str(e)[:200]}); {rebuild}") from None
+    except ValueError as e:  # a key given twice
+        raise EngineDirectoryError(f"{path} {e}; {rebuild}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EngineDirectoryError(f"{path} is not an inpaintrt manifest; {rebuild}")
     version = manifest.get("format_version")
@@ -85,6 +87,9 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
         raise EngineDirectoryError(
             f"{root} has manifest format version {version!r}, but this inpaintrt reads version {FORMAT_VERSION}; {rebuild}"
         )
+    wrong = _wrong_types(manifest)
+    if wrong:
+        raise EngineDirectoryError(f"{path} is damaged: {wrong}; {rebuild}")
     kandinsky = manifest.get("model", {}).get("family") == "kandinsky22"  # a decoder-only one has no tokenizer
     missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest
                and not (kandinsky and k == "tokenizer")]
@@ -92,8 +97,12 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
                 and k not in manifest["prior"]]
     missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
-    missing += _missing_plan_keys(manifest)
-    missing += _missing_controlnet_keys(manifest)
+    try:
+        missing += _missing_plan_keys(manifest)
+        missing += _missing_controlnet_keys(manifest)
+    except (AttributeError, TypeError, KeyError) as e:  # a section of the wrong shape
+        raise EngineDirectoryError(f"{path} is damaged: its tensorrt or controlnets section is malformed ({e}); "
+                                   f"{rebuild}") from None
     if missing:
         raise EngineDirectoryError(f"{path} lacks {', '.join(missing)}; {rebuild}")
     for rel, info in manifest["files"].items():
@@ -108,6 +117,42 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     if verify_hashes:
         verify_files(root, manifest)
     return manifest
+
+
+def _unique_keys(pairs):
+    found = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"has the key {key!r} twice")
+        found[key] = value
+    return found
+
+
+KIND_NAMES = {str: "a name", int: "an integer"}
+MODEL_TYPES = {"family": str, "prediction_type": str, "unet_in_channels": int, "latent_channels": int,
+               "vae_scale_factor": int, "vae_scaling_factor": (int, float), "default_height": int, "default_width": int}
+
+
+def _wrong_types(manifest: dict) -> str | None:
+    """What in a manifest has the wrong kind of value (a hand-edited or damaged file), or None."""
+    for key in ("model", "scheduler", "tokenizer", "components", "files", "prior"):
+        if key in manifest and not isinstance(manifest[key], dict) and not (key == "prior" and manifest[key] is None):
+            return f"{key} is a {type(manifest[key]).__name__}, not an object"
+    for key, kind in MODEL_TYPES.items():
+        value = manifest.get("model", {}).get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"model.{key} is {value!r}, not {KIND_NAMES.get(kind, 'a number')}"
+    for name, component in manifest.get("components", {}).items():
+        if not isinstance(component, dict) or not isinstance(component.get("file"), str):
+            return f"components.{name} has no graph file"
+    for rel, info in manifest.get("files", {}).items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            return f"files names {rel!r}, which is outside the engine directory"
+        if (not isinstance(info, dict) or type(info.get("bytes")) is not int
+                or not isinstance(info.get("sha256"), str)):
+            return f"files.{rel} has no byte count and sha256"
+    return None
 
 
 def verify_files(root: Path, manifest: dict, skip: set[str] = frozenset()) -> set[str]:

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.xp import array_module, device_address, to_host
-from .ort_session import ORT_TYPES, BackendError, add_initializers, lora_session_args
+from .manifest import EngineDirectoryError
+from .ort_session import ORT_TYPES, BackendError, add_initializers, lora_session_args, open_session
 from .cuda_options import chosen_options, provider_options
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -164,10 +165,9 @@ class BoundComponent:
             providers = [provider]
         self._ort = ort
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers,
-                                                **lora_session_args(initializers))
+            self.session = open_session(ort, path, options, providers, **lora_session_args(initializers))
         except Exception as e:
-            if not cuda_graph:
+            if not cuda_graph or isinstance(e, EngineDirectoryError):
                 raise
             raise BackendError(f"ONNX Runtime cannot capture {path.name} as a CUDA graph ({e}); "
                                "load with cuda_graph=False") from None

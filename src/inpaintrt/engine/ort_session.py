@@ -27,8 +27,7 @@ class OrtBackend:
         if threads:
             options.intra_op_num_threads = threads
         self.overrides = add_initializers(ort, options, initializers)
-        self.session = ort.InferenceSession(str(path), options, providers=[provider],
-                                            **lora_session_args(initializers))
+        self.session = open_session(ort, path, options, [provider], **lora_session_args(initializers))
         if self.session.get_providers()[0] != provider:
             raise BackendError(f"ONNX Runtime did not start {provider} (it runs {self.session.get_providers()})")
         self.input_types = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
@@ -37,6 +36,24 @@ class OrtBackend:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: np.ascontiguousarray(value, dtype=self.input_types[name]) for name, value in feeds.items()}
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+# ONNX Runtime's refusals of a graph file itself: a damaged engine directory, not a backend that cannot start
+_GRAPH_ERRORS = ("InvalidProtobuf", "InvalidGraph", "NoSuchFile")
+
+
+def open_session(ort, path: Path, options, providers: list, **kwargs):
+    """ort.InferenceSession, its refusal of a damaged graph file an EngineDirectoryError naming the file (ONNX
+    Runtime's own errors are plain Exceptions, which the command lines would show as tracebacks)."""
+    from .manifest import EngineDirectoryError
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers, **kwargs)
+    except Exception as e:
+        if type(e).__name__ in _GRAPH_ERRORS:
+            raise EngineDirectoryError(f"{path} cannot be loaded by ONNX Runtime ({str(e)[:300]}); the engine "
+                                       "directory is damaged: re-export it with `inpaint-export`") from None
+        raise
 
 
 # ONNX Runtime's CPU layout transform (NCHWc) reorders convolution weights from the stored values, not

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..runtime.errors import InvalidArgument
 from ..runtime.tokenizer import PromptTokenizer
-from .lora import LoraError, read_safetensors
 from .onnx_weights import float_initializers
+from .safetensors_io import SafetensorsError, read_file
 from .torch_pickle import read_torch_file
 
 FIELD = "embeddings"
@@ -71,15 +71,7 @@ def parse_spec(spec) -> tuple[str, str | None]:
 
 def read_embedding(path: Path, token: str | None, widths: dict[str, int], family: str) -> Embedding:
     """One file's token and vectors per text encoder ({encoder: table width}), checked."""
-    if not path.is_file():
-        raise EmbeddingError(f"embedding file {str(path)!r} does not exist",
-                             f"pass an existing {', '.join(SUFFIXES)} textual-inversion file")
-    if path.suffix.lower() not in SUFFIXES:
-        raise EmbeddingError(f"embedding file {path.name} is a {path.suffix or 'suffix-less'} file; "
-                             f"textual-inversion files here are {', '.join(SUFFIXES)}",
-                             "convert it to .safetensors (PNG-embedded embeddings are not read)")
-    content = _read_file(path)
-    own_token, found = _vectors(path, content, family)
+    own_token, found = read_vectors(path)
     token = token or own_token or path.stem
     if family == "sdxl":
         if set(found) != {"clip_l", "clip_g"}:
@@ -93,26 +85,45 @@ def read_embedding(path: Path, token: str | None, widths: dict[str, int], family
     else:
         vectors = {encoder: found[""] for encoder in widths}
     for encoder, array in vectors.items():
-        _check_vectors(path, encoder, array, widths[encoder])
+        _check_width(path, encoder, array, widths[encoder])
     digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     return Embedding(path, token, {e: np.ascontiguousarray(v.reshape(-1, v.shape[-1])) for e, v in vectors.items()},
                      digest)
+
+
+def read_vectors(path: Path) -> tuple[str | None, dict[str, np.ndarray]]:
+    """(the token the file names or None, its vectors: {"": ...} or {"clip_l": ..., "clip_g": ...}), each
+    checked for what needs no engine: a readable file of float, finite, (vectors, width) tensors."""
+    if not path.is_file():
+        raise EmbeddingError(f"embedding file {str(path)!r} does not exist",
+                             f"pass an existing {', '.join(SUFFIXES)} textual-inversion file")
+    if path.suffix.lower() not in SUFFIXES:
+        raise EmbeddingError(f"embedding file {path.name} is a {path.suffix or 'suffix-less'} file; "
+                             f"textual-inversion files here are {', '.join(SUFFIXES)}",
+                             "convert it to .safetensors (PNG-embedded embeddings are not read)")
+    token, found = _vectors(path, _read_file(path))
+    for array in found.values():
+        if array.ndim not in (1, 2) or array.size == 0:
+            raise EmbeddingError(f"embedding {path.name} has vectors of shape {list(array.shape)}; a textual "
+                                 "inversion is (vectors, width)", "the file is damaged or of another kind")
+        if not np.isfinite(array).all():
+            raise EmbeddingError(f"embedding {path.name} has NaN or infinite values", "the file is damaged")
+    return token, found
 
 
 def _read_file(path: Path):
     if path.suffix.lower() != ".safetensors":
         return read_torch_file(path, FIELD)
     try:
-        return read_safetensors(path)[0]
-    except LoraError:  # its message speaks of LoRAs: the same facts, said for an embedding
-        raise EmbeddingError(f"embedding file {path.name} is not a safetensors file of float tensors",
+        return read_file(path)[0]
+    except SafetensorsError as e:  # every header claim is checked before anything is read (safetensors_io.py)
+        raise EmbeddingError(f"embedding file {path.name} cannot be read as safetensors: {e}",
                              "the file is damaged or of another kind; download or save it again") from None
-    except Exception as e:  # damaged data fail in many ways; each says what broke
-        raise EmbeddingError(f"embedding file {path.name} could not be read as safetensors "
-                             f"({type(e).__name__}: {e})", "the file is damaged; download or save it again") from None
+    except OSError as e:
+        raise EmbeddingError(f"embedding file {path} cannot be read ({e})", "check the path and its permissions") from None
 
 
-def _vectors(path: Path, content, family: str) -> tuple[str | None, dict[str, np.ndarray]]:
+def _vectors(path: Path, content) -> tuple[str | None, dict[str, np.ndarray]]:
     """(the token the file names or None, {"": vectors} or {"clip_l": ..., "clip_g": ...})."""
     if isinstance(content, np.ndarray):
         return None, {"": content}
@@ -139,19 +150,17 @@ def _array(path: Path, content: dict, key) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise EmbeddingError(f"embedding {path.name}: {key} is a {type(value).__name__}, not a tensor",
                              "the file is damaged or of another kind")
+    if not np.issubdtype(value.dtype, np.floating):
+        raise EmbeddingError(f"embedding {path.name}: {key} is {value.dtype}; embedding vectors are float",
+                             "the file is damaged or of another kind")
     return value.astype(np.float32)
 
 
-def _check_vectors(path: Path, encoder: str, array: np.ndarray, width: int) -> None:
-    if array.ndim not in (1, 2) or array.size == 0:
-        raise EmbeddingError(f"embedding {path.name} has vectors of shape {list(array.shape)}; a textual "
-                             "inversion is (vectors, width)", "the file is damaged or of another kind")
+def _check_width(path: Path, encoder: str, array: np.ndarray, width: int) -> None:
     if array.shape[-1] != width:
         raise EmbeddingError(f"embedding {path.name} has vectors {array.shape[-1]} wide, but this engine's "
                              f"{encoder} takes {width}", "use the embedding made for this model family "
                              "(SD 1.x: 768, SD 2.x: 1024, SDXL: 768 + 1280)")
-    if not np.isfinite(array).all():
-        raise EmbeddingError(f"embedding {path.name} has NaN or infinite values", "the file is damaged")
 
 
 class Embeddings:
@@ -259,11 +268,9 @@ def with_embeddings(lora, embeddings: Embeddings | None):
 
 def embedding_pairs(specs: list[str]) -> list[list]:
     """[[absolute path, token or None], ...] from FILE[:TOKEN] (absolute: Ray replicas may run elsewhere);
-    a missing file is refused here, before any engine loads."""
+    a missing or damaged file is refused here, before any engine loads."""
     pairs = []
     for path, token in map(parse_spec, specs or []):
-        if not Path(path).is_file():
-            raise EmbeddingError(f"embedding file {path!r} does not exist",
-                                 f"pass an existing {', '.join(SUFFIXES)} textual-inversion file")
+        read_vectors(Path(path))  # a damaged file is refused here too, before any engine loads
         pairs.append([str(Path(path).resolve()), token])
     return pairs

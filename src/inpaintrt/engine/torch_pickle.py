@@ -4,11 +4,15 @@ torch.save writes a zip: `<name>/data.pkl`, a pickle of the object whose tensors
 as raw records `<name>/data/<key>`. Unpickling runs whatever callables the pickle names, so a pickle
 can run code: this reader's unpickler resolves only the few names torch's tensor rebuilding uses
 (mapped to numpy over the records) and refuses every other, naming it. It never falls back to
-plain pickle.load, and reads no legacy (pre-zip) torch files.
+plain pickle.load, and reads no legacy (pre-zip) torch files. What the archive claims is checked
+before it is believed: a record's uncompressed size against the file's (no zip bomb is inflated), a
+tensor's view against its storage (no negative strides, nothing past the end, no broadcast views
+larger than their storage).
 """
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -19,7 +23,8 @@ import numpy as np
 from ..runtime.errors import InvalidArgument
 
 _STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
-             "BFloat16Storage": "bf16"}
+             "BFloat16Storage": "bf16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+             "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}  # integers stay integers
 
 
 class TorchFileError(InvalidArgument):
@@ -34,7 +39,7 @@ class UnsafeFile(TorchFileError):
 
 
 def read_torch_file(path: Path, field: str = "embeddings"):
-    """The object a torch.save file holds, its tensors as float32 numpy arrays."""
+    """The object a torch.save file holds, its float tensors as float32 numpy arrays (integers as they are)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
@@ -47,10 +52,11 @@ def read_torch_file(path: Path, field: str = "embeddings"):
             raise TorchFileError(field, f"{path} holds no torch data.pkl (found {archive.namelist()[:5]})",
                                  "pass a file written by torch.save, or a .safetensors file")
         prefix = names[0][: -len("data.pkl")]
-        order = archive.read(prefix + "byteorder") if prefix + "byteorder" in archive.namelist() else b"little"
-        unpickler = _TensorUnpickler(io.BytesIO(archive.read(names[0])), archive, prefix, order.strip() != b"big",
-                                     path, field)
         try:
+            read = _Records(archive, os.path.getsize(path), path, field)
+            order = read(prefix + "byteorder") if prefix + "byteorder" in archive.namelist() else b"little"
+            unpickler = _TensorUnpickler(io.BytesIO(read(names[0])), read, prefix, order.strip() != b"big",
+                                         path, field)
             return unpickler.load()
         except InvalidArgument:
             raise
@@ -59,10 +65,25 @@ def read_torch_file(path: Path, field: str = "embeddings"):
                                  "the file is damaged; download or save it again") from None
 
 
+class _Records:
+    """Reads a record of the archive once its claimed size is checked against the file's."""
+
+    def __init__(self, archive: zipfile.ZipFile, size: int, path: Path, field: str):
+        self.archive, self.limit, self.path, self.field = archive, 16 * size + (1 << 20), path, field
+
+    def __call__(self, name: str) -> bytes:
+        info = self.archive.getinfo(name)  # KeyError for a record the pickle invents: reported as damage
+        if info.file_size > self.limit:
+            raise TorchFileError(self.field, f"{self.path}: its record {name} claims {info.file_size} bytes "
+                                 f"uncompressed, far more than the file's size could hold", "the file is damaged "
+                                 "or hostile; use a .safetensors file")
+        return self.archive.read(info)
+
+
 class _TensorUnpickler(pickle.Unpickler):
-    def __init__(self, data, archive: zipfile.ZipFile, prefix: str, little: bool, path: Path, field: str):
+    def __init__(self, data, read: _Records, prefix: str, little: bool, path: Path, field: str):
         super().__init__(data)
-        self.archive, self.prefix, self.little, self.path, self.field = archive, prefix, little, path, field
+        self.read, self.prefix, self.little, self.path, self.field = read, prefix, little, path, field
         self.storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str):
@@ -86,7 +107,7 @@ class _TensorUnpickler(pickle.Unpickler):
                              "use a .safetensors file")
         _, kind, key, _, count = pid
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
+            raw = self.read(f"{self.prefix}data/{key}")
             self.storages[key] = kind.array(raw, int(count), self.little)
         return self.storages[key]
 
@@ -101,7 +122,8 @@ class _StorageType:
         if kind == "bf16":  # the top half of a float32
             halves = np.frombuffer(raw, order + "u2", count)
             return (halves.astype(np.uint32) << 16).view(np.float32)
-        return np.frombuffer(raw, np.dtype(kind).newbyteorder(order), count).astype(np.float32)
+        array = np.frombuffer(raw, np.dtype(kind).newbyteorder(order), count)
+        return array.astype(np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype.newbyteorder("="))
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
@@ -109,8 +131,12 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
     if not isinstance(storage, np.ndarray):
         raise ValueError("a tensor without a storage")
     size, stride, offset = tuple(int(n) for n in size), tuple(int(n) for n in stride), int(offset)
-    if size and (offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.size or min(size) < 0):
-        raise ValueError(f"a tensor of size {size} reaches past its storage of {storage.size} values")
+    if len(size) != len(stride) or min(size + stride + (offset,), default=0) < 0:
+        raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset} is no view of a storage")
+    count = int(np.prod(size, dtype=object))
+    if count and (offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.size or count > storage.size):
+        raise ValueError(f"a tensor of size {size} (stride {stride}) reaches past its storage of {storage.size} values "
+                         "or repeats it (save a .clone() of it)")
     return np.lib.stride_tricks.as_strided(storage[offset:], size, [s * storage.itemsize for s in stride]).copy()
 
 

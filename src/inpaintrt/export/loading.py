@@ -40,8 +40,13 @@ def load_pipeline(model: str, config: str | None = None, safety_checker: bool = 
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise CheckpointError(f"--model {model!r}: no such file; pass an existing .safetensors checkpoint")
+        check_single_file(path)
         kwargs = dict(common, config=config) if config else common
-        pipe = pipeline_class.from_single_file(str(path), **kwargs)
+        try:
+            pipe = pipeline_class.from_single_file(str(path), **kwargs)
+        except Exception as e:  # diffusers' conversion fails in many ways on a file of another kind
+            raise CheckpointError(f"--model {model!r}: diffusers could not read it as a {PIPELINES[family]} "
+                                  f"checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
     elif path.is_dir():
         if not (path / "model_index.json").is_file():
             raise CheckpointError(
@@ -60,8 +65,38 @@ def load_pipeline(model: str, config: str | None = None, safety_checker: bool = 
         except OSError as e:
             raise CheckpointError(f"--model {model!r}: could not load it from the Hugging Face hub ({e})") from e
     check_supported(pipe, family)
+    check_finite(pipe, model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def check_single_file(path: Path) -> None:
+    """A .safetensors checkpoint's header checked against the file before anything reads it
+    (engine/safetensors_io.py): truncated, damaged or hostile files are refused by name. .ckpt files are
+    pickles: diffusers reads them with torch.load(weights_only=True)."""
+    from ..engine.safetensors_io import SafetensorsError, read_header
+
+    if path.suffix != ".safetensors":
+        return
+    try:
+        infos, _ = read_header(path)
+    except SafetensorsError as e:
+        raise CheckpointError(f"--model {str(path)!r} cannot be read: {e}; pass an intact .safetensors checkpoint "
+                              "(download it again)") from None
+    if not infos:
+        raise CheckpointError(f"--model {str(path)!r} holds no tensors; pass a Stable Diffusion checkpoint")
+
+
+def check_finite(pipe, model: str) -> None:
+    """NaN or infinite weights would export and run, giving NaN pictures: refused by name instead."""
+    import torch
+
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        for key, tensor in (module.state_dict().items() if module is not None else ()):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"--model {model!r}: {name}.{key} has NaN or infinite values; the checkpoint "
+                                      "is damaged")
 
 
 PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
@@ -75,6 +110,8 @@ def checkpoint_family(model: str, config: str | None = None) -> str:
             return checkpoint_family(config)
         if path.suffix == ".safetensors" and path.is_file():
             from safetensors import safe_open
+
+            check_single_file(path)
 
             with safe_open(str(path), framework="pt") as f:  # reads the header only
                 return "sdxl" if any(k.startswith("conditioner.embedders.") for k in f.keys()) else "sd"

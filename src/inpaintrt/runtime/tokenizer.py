@@ -13,7 +13,11 @@ class PromptTokenizer:
     def __init__(self, path: str | Path, max_length: int, pad_id: int):
         self.max_length = max_length
         self.pad_id = pad_id
-        self._tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises plain Exceptions for a damaged file
+            raise ValueError(f"tokenizer file {path} cannot be read ({str(e)[:200]}); the engine directory is "
+                             "damaged: re-export it with `inpaint-export`") from None
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.eos_id = self._tokenizer.token_to_id("<|endoftext|>")  # Kandinsky's prior masks what follows it

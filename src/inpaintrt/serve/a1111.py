@@ -243,8 +243,11 @@ def _parse(params, server: Server, engine):
         canvas = Image.new("RGB", (params.width, params.height))
         files = {"image": _png(canvas), "mask_image": _png(Image.new("L", canvas.size, 255))}
         fields["strength"] = 1.0
-    try:
-        parsed = check(InpaintParameters.model_validate(fields), files, server.limits, engine.facts)
+    field = "n_iter" if params.n_iter > 1 else "batch_size"
+    pictures = (count, field, count if params.batch_size == 1 or params.n_iter == 1 else
+                f"{count} (batch_size {params.batch_size} x n_iter {params.n_iter})")
+    try:  # the native checks, the work and memory rule for all the request's pictures included
+        parsed = check(InpaintParameters.model_validate(fields), files, server.limits, engine.facts, pictures)
     except ValidationError as e:
         raise _renamed(validation_error(e.errors())) from None
     except ApiError as e:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..runtime.errors import InvalidArgument
+from .numbers import NumbersOnly
 
 # A1111 sampler name -> (our scheduler, A1111's aliases)
 SAMPLERS = {
@@ -60,9 +61,10 @@ WHAT = {"restore_faces": "face restoration", "tiling": "tiling", "styles": "save
         **dict.fromkeys(("s_churn", "s_tmax", "s_tmin", "s_noise"), "stochastic sampler settings")}
 
 
-class Common(BaseModel):
-    """Fields of both routes."""
+class Common(NumbersOnly):
+    """Fields of both routes. Number fields take JSON numbers only (not true / false, not text), as the schema says."""
     model_config = ConfigDict(extra="forbid")
+    text_numbers = False
 
     prompt: str = Field("", max_length=2000)
     negative_prompt: Optional[str] = Field("", max_length=2000)
@@ -71,7 +73,8 @@ class Common(BaseModel):
     cfg_scale: float = Field(7.0, ge=0, le=50, allow_inf_nan=False)
     width: int = Field(512, ge=8, multiple_of=8)
     height: int = Field(512, ge=8, multiple_of=8)
-    batch_size: int = Field(1, ge=1, description="images per iteration, each with its own seed")
+    batch_size: int = Field(1, ge=1, description="images per iteration, each with its own seed; batch_size x n_iter x "
+                                                 "steps x pixels is bounded by the server's max_megapixel_steps")
     n_iter: int = Field(1, ge=1, description="iterations")
     sampler_name: Optional[str] = None
     sampler_index: Optional[str] = Field(None, description="A1111's older name of sampler_name")

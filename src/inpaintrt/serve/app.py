@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
+from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, engine_sizes
 from .engines import Models
 from .errors import ApiError, install_handlers, request_fix
 from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
@@ -52,9 +53,12 @@ class Settings:
     max_output_pixels: int = 1024 * 1024
     max_steps: int = 150
     max_outpaint_passes: int = 8
+    max_megapixel_steps: float = DEFAULT_MAX_MEGAPIXEL_STEPS  # work per request (budget.py)
+    max_request_memory_mb: float | None = None  # estimated host memory per request; None: from the machine's
     keep_finished: int = 64
     cors_origins: list[str] = field(default_factory=list)
     announce: str | None = None  # printed once the engines are loaded and requests are answered
+    refused: Exception | None = None  # why the engines would not load (set at startup)
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
     loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
@@ -71,8 +75,9 @@ class Settings:
         return Batching(self.max_batch, self.batch_window_ms)
 
     def limits(self) -> Limits:
+        memory = 2**62 if self.max_request_memory_mb is None else int(self.max_request_memory_mb * 2**20)
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
-                      self.max_outpaint_passes)
+                      self.max_outpaint_passes, self.max_megapixel_steps, memory, self.max_batch)
 
 
 def engine_facts(engine) -> dict:
@@ -88,7 +93,8 @@ def engine_facts(engine) -> dict:
             "safety_checker": getattr(engine, "safety_checker", None) is not None,
             "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
             "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", []),
-            "embeddings": getattr(engine, "embeddings", []), **guide_facts(engine)}
+            "embeddings": getattr(engine, "embeddings", []), "sizes": engine_sizes(engine.manifest),
+            **guide_facts(engine)}
 
 
 def guide_facts(engine) -> dict:
@@ -131,7 +137,13 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        await models.start(asyncio.get_running_loop(), engine_facts)
+        try:
+            await models.start(asyncio.get_running_loop(), engine_facts)
+        except ValueError as e:  # a LoRA or embedding the engine refuses: `inpaint-serve` says so and exits 2
+            settings.refused = e
+            raise
+        if settings.max_request_memory_mb is None:  # the machine's memory less the loaded weights, per worker
+            limits.max_request_memory = default_request_memory(models)
         if settings.announce:
             print(settings.announce, flush=True)
         yield
@@ -141,7 +153,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                   description="Stable Diffusion inpainting and outpainting. Field names follow `Engine.inpaint` "
                               "(diffusers' `StableDiffusionInpaintPipeline`) and `Engine.outpaint`; `seed` is their "
                               "`generator`. Errors are "
-                              "`{\"error\": {status, field, message, fix}}`.")
+                              "`{\"error\": {status, field, message, fix}}`. Each request's work (pictures x steps x "
+                              "pixels, GET /v1/info `limits.max_megapixel_steps`) and estimated host memory "
+                              "(`limits.max_request_memory_bytes`) are bounded: over them, a 422 names the field.")
     app.state.manager, app.state.settings = manager, settings
     install_handlers(app)
     metrics = Metrics(manager, settings.log_prompts)
@@ -210,6 +224,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
                     "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
                     "max_output_pixels": limits.max_output_pixels, "max_steps": limits.max_steps,
                     "max_outpaint_passes": limits.max_outpaint_passes,
+                    # per request: images x UNet calls x megapixels (x2 guided, +0.5 per ControlNet); host bytes
+                    "max_megapixel_steps": limits.max_megapixel_steps,
+                    "max_request_memory_bytes": limits.max_request_memory,
                     "queue_size": settings.queue_size, "workers": models.default.manager.worker_count},
                 # requests that may share one loop (1: each request runs its own UNet calls)
                 "batching": {"max_batch": settings.max_batch, "window_ms": settings.batch_window_ms}}

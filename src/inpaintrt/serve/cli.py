@@ -3,6 +3,7 @@ Serve with --ray)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 from ..engine.backends import BACKENDS, PRECISIONS, check_choice
 from ..engine.lora import lora_pairs
 from ..engine.textual_inversion import embedding_pairs
+from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS
 
 TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 
@@ -41,6 +43,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=150, help="largest num_inference_steps accepted (at most 1000)")
     p.add_argument("--max-outpaint-passes", type=int, default=8,
                    help="most inpaint passes one outpaint request may need (default 8; 512 -> 1280 wide takes 3)")
+    p.add_argument("--max-megapixel-steps", type=float, default=DEFAULT_MAX_MEGAPIXEL_STEPS, metavar="N",
+                   help="work one request may ask for: pictures x UNet calls x height x width / 10^6, x2 with "
+                   "guidance, +50%% per running ControlNet, every outpaint pass counted; beyond it 422 naming the "
+                   "field (default %(default)g: one 1024x1024 picture at 50 steps, guided)")
+    p.add_argument("--max-request-memory-mb", type=float, metavar="MB",
+                   help="estimated host memory one request may need (latents, pictures, the VAE decoder's peak, "
+                   "the batch included); beyond it 422 before queueing (default: this machine's memory less the "
+                   "workers' engine weights, divided by the workers; GET /v1/info shows it)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="allow browser calls from this origin (repeatable); CORS is off without it")
     p.add_argument("--log-prompts", action="store_true", help="the access log (one JSON line per job on stderr) "
@@ -74,6 +84,10 @@ def settings_from(args):
                          "time: leave --max-batch at 1 with --ray, or scale with --replicas")
     if args.ray and len(args.engine) > 1:
         raise ValueError(f"--ray serves one engine; pass a single --engine (got {len(args.engine)})")
+    for name in ("max_megapixel_steps", "max_request_memory_mb"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
     return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], backend=args.backend,
@@ -81,7 +95,8 @@ def settings_from(args):
                     workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
-                    max_outpaint_passes=args.max_outpaint_passes, cors_origins=args.cors_origin,
+                    max_outpaint_passes=args.max_outpaint_passes, max_megapixel_steps=args.max_megapixel_steps,
+                    max_request_memory_mb=args.max_request_memory_mb, cors_origins=args.cors_origin,
                     a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora),
                     safety_checker=args.safety_checker,
                     embeddings=embedding_pairs(args.embedding),
@@ -124,10 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn drains on SIGTERM, then raises the signal again under the handler it found: make that
     # handler end run() so a drained server exits with status 0
     signal.signal(signal.SIGTERM, _stopped)
+    # an engine that refuses its --lora / --embedding is the user's error, not a crash: one line, no traceback
+    logging.getLogger("uvicorn.error").addFilter(lambda record: settings.refused is None)
     try:
         server.run(sockets=[sock])
     except Stopped:
         pass
+    except SystemExit:  # uvicorn exits 3 when the start failed
+        if settings.refused is None:
+            raise
+    if settings.refused is not None:
+        print(f"error: {settings.refused}", file=sys.stderr)
+        return 2
     print("inpaint-serve: stopped", flush=True)
     return 0
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine.argument_specs import SPECS
+from .numbers import NOT_A_NUMBER
 
 
 class ApiError(Exception):
@@ -105,8 +106,10 @@ def validation_error(errors: list[dict], known=()) -> ApiError:
         return ApiError(422, field, f"{field} is required", field_fix(field, "send it"))
     shown = repr(first.get("input"))
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    otherwise = f"send {field} as a number (true and false are not numbers)" if first.get("type") == NOT_A_NUMBER \
+        else "see GET /docs for this field"
     return ApiError(422, field, f"{field}={shown}: {first.get('msg', 'invalid value')}",
-                    field_fix(field))
+                    field_fix(field, otherwise))
 
 
 def install_handlers(app) -> None:

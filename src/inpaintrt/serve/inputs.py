@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engine import arguments as check_args
 from ..engine.argument_specs import FILLS, MASK_MODES, MASKED_CONTENTS, PROMPT_SYNTAXES, SIDES, SPECS
@@ -21,7 +21,9 @@ from ..engine.outpaint import plan
 from ..runtime.errors import InvalidArgument
 from ..runtime.inpaint import run_timesteps
 from ..runtime.schedulers import SCHEDULERS, make_scheduler
+from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
 from .errors import ApiError, request_fix, validation_error
+from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture  # noqa: F401 (also the A1111 routes')
 from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
                      guide_arguments, json_pictures, picture_schema, repeated_part)
@@ -43,8 +45,8 @@ def spec_field(name: str, default=..., description: str | None = None, **more):
     return Field(spec.default if default is ... else default, description=description or spec.help, **bounds, **more)
 
 
-class CommonParameters(BaseModel):
-    """The fields inpaint and outpaint requests share (besides the pictures)."""
+class CommonParameters(NumbersOnly):
+    """The fields inpaint and outpaint requests share (besides the pictures); number fields refuse true / false."""
     model_config = ConfigDict(extra="forbid")
     task: ClassVar[str] = ""  # the Engine method a job of these parameters calls
     pictures: ClassVar[tuple[str, ...]] = ()  # the picture parts
@@ -56,7 +58,8 @@ class CommonParameters(BaseModel):
     negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
     prompt_syntax: Optional[Literal[PROMPT_SYNTAXES]] = spec_field("prompt_syntax", None)  # type: ignore[valid-type]
     num_inference_steps: Optional[int] = spec_field("num_inference_steps", None, SPECS["num_inference_steps"].help
-                                                    + " The server's max_steps caps it.")
+                                                    + " The server's max_steps caps it; its "
+                                                    "max_megapixel_steps bounds steps x pixels.")
     guidance_scale: Optional[float] = spec_field("guidance_scale", None)
     strength: Optional[float] = spec_field("strength")
     scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
@@ -110,13 +113,6 @@ class OutpaintParameters(CommonParameters):
                                       description="Width of each pass (window); default: the model's. The result is "
                                                   "the picture's width + left + right.")
 
-    @field_validator(*SIDES, "overlap", mode="before")
-    @classmethod
-    def _not_boolean(cls, value):
-        if isinstance(value, bool):  # pydantic would take true as 1 pixel
-            raise ValueError("a number of pixels is needed, not true or false")
-        return value
-
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -144,6 +140,9 @@ class Limits:
     max_output_pixels: int  # height x width generated (memory grows with it)
     max_steps: int
     max_outpaint_passes: int = 8  # an outpaint job runs this many inpaint passes at most (its work grows with them)
+    max_megapixel_steps: float = DEFAULT_MAX_MEGAPIXEL_STEPS  # work per request (budget.py)
+    max_request_memory: int = 2**62  # estimated host bytes per request; the server sets it at startup (budget.py)
+    max_batch: int = 1  # pictures of one size that may share an engine call (--max-batch)
 
 
 @dataclass
@@ -243,8 +242,10 @@ async def _read_json(request) -> tuple[dict, dict]:
     return fields, {**files, **json_pictures(fields, decode_base64)}
 
 
-def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: dict) -> Parsed:
-    """Every check of an inpaint or outpaint request; the Parsed job is what a worker runs."""
+def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: dict,
+          pictures: tuple | None = None) -> Parsed:
+    """Every check of an inpaint or outpaint request; the Parsed job is what a worker runs. pictures: (count,
+    field, value) of the pictures a request makes as jobs of these parameters (A1111's batch); None: one."""
     for name in files:
         if name not in params.pictures + params.listed:
             raise ApiError(422, name, f"{name} is not a part of {params.task} requests"
@@ -278,14 +279,20 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     if params.listed:  # checked against the engine's ControlNets and image encoder before the job is queued
         guides = {name: files[name] for name in params.listed if name in files}
         arguments.update(guide_arguments(params, guides, image.size, engine_facts, limits.max_pixels))
-    total = _count_steps(params, engine_facts, steps)
+    calls, passes = _count_steps(params, engine_facts, steps), 1
     if isinstance(params, OutpaintParameters):
-        total *= _outpaint_passes(params, image.size, limits, engine_facts)
+        passes = _outpaint_passes(params, image.size, limits, engine_facts)
         arguments["max_pixels"] = limits.max_pixels
     else:
         arguments["mask_image"] = _checked_mask(params, files["mask_image"], image.size, limits)
+    # work and memory of the whole request, the same rule for every route (budget.py)
+    try:
+        check_request(request_work(params, arguments, engine_facts, calls, passes, limits, pictures), limits,
+                      engine_facts)
+    except InvalidArgument as e:
+        raise ApiError(422, e.field, str(e), e.fix) from None
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
-    return Parsed(params.task, arguments, seed, total, getattr(params, "response_format", "png"), params.model)
+    return Parsed(params.task, arguments, seed, calls * passes, getattr(params, "response_format", "png"), params.model)
 
 
 def _checked_mask(params: InpaintParameters, data: bytes, size: tuple[int, int], limits: Limits) -> Image.Image:

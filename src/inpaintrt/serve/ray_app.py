@@ -330,7 +330,8 @@ def run_on_ray(settings: Settings, host: str, port: int, replicas: int) -> int:
 
 def app_builder(args: dict):
     """`serve run inpaintrt.serve.ray_app:app_builder engine_dir=DIR replicas=2 [backend=auto precision=bf16
-    token=... loras=FILE:SCALE,FILE:SCALE embeddings=FILE:TOKEN,FILE]`."""
+    token=... loras=FILE:SCALE,FILE:SCALE embeddings=FILE:TOKEN,FILE max_megapixel_steps=N
+    max_request_memory_mb=MB]`."""
     replicas = args.get("replicas", "1")
     from ..engine.lora import lora_pairs
     from ..engine.textual_inversion import embedding_pairs
@@ -340,5 +341,8 @@ def app_builder(args: dict):
                         workers=int(args.get("max_replicas", 2)), token=args.get("token"),
                         queue_size=int(args.get("queue_size", 16)),
                         loras=lora_pairs([s for s in args.get("loras", "").split(",") if s]),
-                        embeddings=embedding_pairs([s for s in args.get("embeddings", "").split(",") if s]))
+                        embeddings=embedding_pairs([s for s in args.get("embeddings", "").split(",") if s]),
+                        max_megapixel_steps=float(args.get("max_megapixel_steps", Settings.max_megapixel_steps)),
+                        max_request_memory_mb=float(args["max_request_memory_mb"]) if "max_request_memory_mb" in args
+                        else None)
     return build_application(settings, replicas if replicas == "auto" else int(replicas))

@@ -127,6 +127,17 @@ def engines(checkpoints, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fp16_engines(checkpoints, tmp_path_factory):
+    """{in_channels: the same checkpoints exported with fp16 and CUDA graphs} (read-only: copy to change)."""
+    from inpaintrt.export.exporter import export_engine
+    from inpaintrt.export.loading import load_pipeline
+
+    return shared_build(tmp_path_factory, "fp16-engines", lambda root: {
+        ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", fp16=True, log=lambda *_: None)
+        for ch, path in checkpoints.items()})
+
+
+@pytest.fixture(scope="session")
 def pipes(checkpoints):
     from inpaintrt.export.loading import load_pipeline
 

@@ -13,17 +13,16 @@ ARGS = dict(prompt="a red bench", num_inference_steps=2, output_type="np", heigh
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoints, tmp_path_factory):
+def exported(checkpoints, fp16_engines, tmp_path_factory):
     """(LoRA file, plain fp16 export, the same export with the LoRA baked in at 0.7)."""
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
 
     root = tmp_path_factory.mktemp("lora-export")
     lora = make_lora(checkpoints[9], root / "style.safetensors", seed=21, conv=True)
-    quiet = dict(fp16=True, log=lambda *_: None)
-    plain = export_engine(load_pipeline(str(checkpoints[9])), root / "plain", **quiet)
-    baked = export_engine(load_pipeline(str(checkpoints[9])), root / "baked", loras=[f"{lora}:0.7"], **quiet)
-    return lora, plain, baked
+    baked = export_engine(load_pipeline(str(checkpoints[9])), root / "baked", loras=[f"{lora}:0.7"], fp16=True,
+                          log=lambda *_: None)
+    return lora, fp16_engines[9], baked
 
 
 def run(engine):

@@ -232,12 +232,18 @@ def test_width_height_and_batch_reach_the_server(page, tmp_path):
     assert page.errors == []
 
 
+def open_painted(page, tmp_path, width, height, strokes):
+    """A new sample picture on the canvas, with these strokes painted on it."""
+    sample_picture(width, height)[0].save(tmp_path / "p.png")
+    page.set_input_files("#image-file", str(tmp_path / "p.png"))
+    page.wait_for_function(f"() => window.inpaintrt.editor.width === {width} && "
+                           f"window.inpaintrt.editor.height === {height} && !window.inpaintrt.editor.overlay")
+    paint(page, strokes)
+
+
 def test_history_survives_a_reload(page, tmp_path):
     """Its own two runs first: the page is shared, and this test must not need the others' history."""
-    sample_picture(96, 64)[0].save(tmp_path / "p.png")
-    page.set_input_files("#image-file", str(tmp_path / "p.png"))
-    page.wait_for_function("() => window.inpaintrt.editor.width === 96 && window.inpaintrt.editor.height === 64")
-    paint(page, [(20, 30), (70, 30)])
+    open_painted(page, tmp_path, 96, 64, [(20, 30), (70, 30)])
     page.fill("#num_inference_steps", "2")
     page.fill("#batch_count", "1")
     before = page.locator("#history li").count()
@@ -300,10 +306,7 @@ def test_run_button_in_sight_at_1366x720(browser, server, tmp_path):
 
 
 def test_live_previews_draw_on_the_canvas_before_the_result(page, tmp_path):
-    sample_picture(128, 96)[0].save(tmp_path / "p.png")
-    page.set_input_files("#image-file", str(tmp_path / "p.png"))
-    page.wait_for_function("() => window.inpaintrt.editor.width === 128 && !window.inpaintrt.editor.overlay")
-    paint(page, [(20, 40), (100, 50)])
+    open_painted(page, tmp_path, 128, 96, [(20, 40), (100, 50)])
     page.fill("#num_inference_steps", "25")
     page.fill("#padding_mask_crop", "")
     before = page.evaluate("() => document.getElementById('view').toDataURL()")

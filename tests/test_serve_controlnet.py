@@ -219,8 +219,10 @@ def test_a1111_controlnet_units_through_webuiapi(served, loaded):
     api = webuiapi.WebUIApi(host=host, port=port, sampler="Euler", steps=2)
     units = [webuiapi.ControlNetUnit(image=None, weight=0.6, control_mode=1),
              webuiapi.ControlNetUnit(image=edges(), weight=1.3, guidance_start=0.2, guidance_end=0.8, control_mode=1)]
+    # webuiapi writes the units into its default alwayson_scripts dict, which every later call in this process
+    # would then send: this call gets a dict of its own
     result = api.img2img(images=[picture()], mask_image=mask(), prompt="a red bench", seed=31, width=64, height=64,
-                         controlnet_units=units)
+                         controlnet_units=units, alwayson_scripts={})
     want = engine_reference(loaded[TWO], 31, strength=0.75, guidance_scale=7.0, blur_factor=4, masked_content="fill",
                             padding_mask_crop=0, scheduler="euler", control_image=[None, edges()],
                             controlnet_conditioning_scale=[0.6, 1.3], control_guidance_start=[0.0, 0.2],

@@ -23,16 +23,6 @@ from trt_fakes import REMOVED_FLAGS, SURFACES, VERSIONS, install, tensorrt_modul
 SIZE = ((64, 96),)
 
 
-@pytest.fixture(scope="module")
-def fp16_engines(checkpoints, tmp_path_factory):
-    from inpaintrt.export.exporter import export_engine
-    from inpaintrt.export.loading import load_pipeline
-
-    root = tmp_path_factory.mktemp("fp16")
-    return {ch: export_engine(load_pipeline(str(path)), root / f"engine{ch}", fp16=True, log=lambda *_: None)
-            for ch, path in checkpoints.items()}
-
-
 def test_fp16_graphs_are_what_tensorrt_parses_and_match_torch(fp16_engines):
     """fp16 weights, float32 inputs/outputs, only standard ONNX operators (TensorRT's parser knows no
     com.microsoft fusions), checked against torch at export; the plan check's inputs and measure work."""

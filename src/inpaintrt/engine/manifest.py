@@ -75,10 +75,10 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     if not path.is_file():
         raise EngineDirectoryError(f"{root} has no manifest.json, so it is not an engine directory; {rebuild}")
     try:
-        manifest = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+        manifest = json.loads(path.read_text(), object_pairs_hook=unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise EngineDirectoryError(f"{path} is not valid JSON ({str(e)[:200]}); {rebuild}") from None
-    except ValueError as e:  # a key given twice
+    except DuplicateKey as e:
         raise EngineDirectoryError(f"{path} {e}; {rebuild}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EngineDirectoryError(f"{path} is not an inpaintrt manifest; {rebuild}")
@@ -119,11 +119,16 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     return manifest
 
 
-def _unique_keys(pairs):
+class DuplicateKey(ValueError):
+    pass
+
+
+def unique_keys(pairs):
+    """json's object_pairs_hook that refuses a key given twice (json keeps the last one silently)."""
     found = {}
     for key, value in pairs:
         if key in found:
-            raise ValueError(f"has the key {key!r} twice")
+            raise DuplicateKey(f"has the key {key!r} twice")
         found[key] = value
     return found
 

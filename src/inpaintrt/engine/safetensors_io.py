@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .manifest import DuplicateKey, unique_keys
+
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 # safetensors dtype -> numpy dtype ("bf16": decoded to float32)
 DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bf16", "I64": "<i8", "I32": "<i4", "I16": "<i2",
@@ -60,9 +62,9 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
             raise SafetensorsError(f"its header claims {length} bytes, more than safetensors allows ({MAX_HEADER})")
         raw = f.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique)
-    except SafetensorsError:
-        raise
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+    except DuplicateKey as e:
+        raise SafetensorsError(f"its header {e}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise SafetensorsError(f"its header is not JSON ({str(e)[:120]}): not a safetensors file, or damaged") from None
     if not isinstance(header, dict):
@@ -72,15 +74,6 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
         raise SafetensorsError("its __metadata__ is not an object")
     base, data = 8 + length, size - 8 - length
     return {key: _info(key, entry, base, data) for key, entry in header.items()}, metadata
-
-
-def _unique(pairs):
-    found = {}
-    for key, value in pairs:
-        if key in found:
-            raise SafetensorsError(f"its header has the key {key!r} twice")
-        found[key] = value
-    return found
 
 
 def _info(key: str, entry, base: int, data: int) -> TensorInfo:

@@ -1,4 +1,4 @@
-"""Bounded work per request (issue 37): pictures x UNet calls x pixels (x2 guided, ControlNets, outpaint passes)
+"""Bounded work per request: pictures x UNet calls x pixels (x2 guided, ControlNets, outpaint passes)
 and an estimate of host memory are checked before a job is queued, by one rule (serve/budget.py) on every
 route, with a 422 naming the field that pushes the request over; number fields refuse JSON booleans."""
 from __future__ import annotations
@@ -39,7 +39,7 @@ def refusal_of(work, limits=None, facts=SD15) -> InvalidArgument:
     return info.value
 
 
-def test_the_default_budget_is_a1111s_default_request_at_1024_and_refuses_issue_37s():
+def test_the_default_budget_is_a1111s_default_request_at_1024_and_refuses_eight_pictures_at_512():
     limits = Limits(2**20, 4096**2, 2048**2, 1000)
     assert limits.max_megapixel_steps == budget.DEFAULT_MAX_MEGAPIXEL_STEPS == 107
     within = sd15_work()  # batch_size 1, 50 steps, cfg 7 at 1024x1024
@@ -102,7 +102,7 @@ def server(engine_dir):
         yield s
 
 
-def test_issue_37_over_the_default_budget_each_a1111_route_names_n_iter(server):
+def test_eight_pictures_over_the_default_budget_each_a1111_route_names_n_iter(server):
     img2img = _img2img(n_iter=8, steps=50, width=512, height=512)  # denoising_strength 0.75: 38 UNet calls
     for path, body, most in (("/sdapi/v1/txt2img", {"n_iter": 8}, 4), ("/sdapi/v1/img2img", img2img, 5)):
         error = _error(httpx.post(f"{server.url}{path}", json=body, timeout=60), "n_iter")
@@ -156,3 +156,12 @@ def test_the_flags_change_the_limits_and_every_route_refuses_naming_the_field(en
         error = _error(post("/v1/inpaint", _inpaint(height=512, width=256)), "height")  # memory comes first
         assert "MB of host memory" in error["message"] and "lower height to at most" in error["fix"]
         _error(post("/sdapi/v1/txt2img", {"width": 64, "height": 512, "steps": 2}), "height")
+
+
+def test_a_server_at_the_default_budget_takes_its_engines_own_default_request():
+    """An SDXL engine with an inpaint ControlNet (it runs on every request, control picture or not) asks
+    1 x 51 x 1024^2 x 2 x 1.5 megapixel-steps by default: more than 107, so the default budget rises to it."""
+    facts = {**SD15, "default_height": 1024, "default_width": 1024, "default_guidance_scale": 5.0,
+             "controlnets": [{"kind": "inpaint"}]}
+    assert budget.default_request_work(facts) == pytest.approx(51 * 1.048576 * 2 * 1.5)
+    assert budget.default_request_work(SD15) <= budget.DEFAULT_MAX_MEGAPIXEL_STEPS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import re
-import tomllib
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +14,8 @@ LOCK = ROOT / "requirements" / "dev.lock"
 SHOWN = ("torch", "diffusers", "transformers", "onnxruntime", "onnx", "openvino", "numpy", "ray", "fastapi")
 # installed beside the lock on purpose: the project itself (editable) and CLIP's vocabulary (--no-deps)
 NOT_LOCKED = {"inpaintrt", "clip-anytorch"}
+# what a GPU machine adds with the trt / cuda extras (outside the development lock)
+GPU_PREFIXES = ("nvidia-", "cupy-", "tensorrt", "onnxruntime-gpu", "fastrlock")
 
 
 def canonical(name: str) -> str:
@@ -32,12 +34,14 @@ def locked() -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """{package: version} of this environment, torch's local label (+cpu) dropped as the lock drops it."""
+    """{package: version} of this environment's site-packages (not the packages a library vendors and puts on
+    sys.path, as setuptools does), torch's local label (+cpu) dropped as the lock drops it."""
+    paths = list(dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib")))
     found = {}
-    for dist in metadata.distributions():
+    for dist in metadata.distributions(path=paths):
         name = dist.metadata["Name"]
         if name:
-            found[canonical(name)] = dist.version.split("+")[0]
+            found.setdefault(canonical(name), dist.version.split("+")[0])
     return found
 
 
@@ -49,6 +53,8 @@ def dev_extras() -> list[str]:
 
 def declared() -> list[str]:
     """pyproject's requirements for the runtime and the development extras."""
+    import tomllib  # Python 3.11, as the lock is; imported here so the suite still collects on 3.10
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     return list(project["dependencies"]) + [req for extra in dev_extras() for req in extras[extra]]

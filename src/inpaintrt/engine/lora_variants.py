@@ -16,8 +16,8 @@ else r. The change, as LyCORIS and peft define it:
 
 Then W' = W + s·ΔW and b' = b + s·Δb, except with DoRA, where V = W + ΔW is renormalised to the stored
 magnitude m, ‖·‖ the L2 norm over each output channel (each input channel where m is (1, in, ...)):
-- LyCORIS / kohya `dora_scale`: W' = W + s·(m·V/(‖V‖ + eps) − W), eps float32's (LyCORIS's merge,
-  which A1111 and ComfyUI share: s = 0 gives W).
+- LyCORIS / kohya `dora_scale`: W' = W + s·(m·V/(‖V‖ + eps) − W), eps float32's (A1111's merge: s = 0
+  gives W; LyCORIS's own module scales inside, V·(s·(m/‖V‖ − 1) + 1), which differs where s ≠ 1).
 - peft `lora_magnitude_vector`: W' = m·V/‖V‖ with V = W + s·ΔW (peft's fused DoRA, as diffusers runs it).
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
-from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, engine_sizes
+from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, default_request_work, engine_sizes
 from .engines import Models
 from .errors import ApiError, install_handlers, request_fix
 from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
@@ -53,7 +53,8 @@ class Settings:
     max_output_pixels: int = 1024 * 1024
     max_steps: int = 150
     max_outpaint_passes: int = 8
-    max_megapixel_steps: float = DEFAULT_MAX_MEGAPIXEL_STEPS  # work per request (budget.py)
+    max_megapixel_steps: float | None = None  # work per request (budget.py); None: the default, raised to the
+    # engines' own default requests
     max_request_memory_mb: float | None = None  # estimated host memory per request; None: from the machine's
     keep_finished: int = 64
     cors_origins: list[str] = field(default_factory=list)
@@ -77,7 +78,8 @@ class Settings:
     def limits(self) -> Limits:
         memory = 2**62 if self.max_request_memory_mb is None else int(self.max_request_memory_mb * 2**20)
         return Limits(int(self.max_upload_mb * 2**20), self.max_pixels, self.max_output_pixels, self.max_steps,
-                      self.max_outpaint_passes, self.max_megapixel_steps, memory, self.max_batch)
+                      self.max_outpaint_passes, self.max_megapixel_steps or DEFAULT_MAX_MEGAPIXEL_STEPS, memory,
+                      self.max_batch)
 
 
 def engine_facts(engine) -> dict:
@@ -142,6 +144,9 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         except ValueError as e:  # a LoRA or embedding the engine refuses: `inpaint-serve` says so and exits 2
             settings.refused = e
             raise
+        if settings.max_megapixel_steps is None:
+            limits.max_megapixel_steps = max([DEFAULT_MAX_MEGAPIXEL_STEPS] + [
+                default_request_work(model.facts) for model in models if "default_steps" in model.facts])
         if settings.max_request_memory_mb is None:  # the machine's memory less the loaded weights, per worker
             limits.max_request_memory = default_request_memory(models)
         if settings.announce:

@@ -16,8 +16,9 @@ Work is counted in megapixel-steps (a megapixel is 10^6 pixels):
 - outpaint: every inpaint pass at its window's size.
 
 The default, 107, is AUTOMATIC1111's default request at 1024x1024: one picture, 50 steps (51 UNet calls with
-PNDM, SD 1.5's own scheduler), cfg_scale 7 (guided): 1 x 51 x 1.048576 x 2 = 106.95. The request of issue 37,
-txt2img {"n_iter": 8} (512x512, 50 steps), is 8 x 51 x 0.262 x 2 = 213.9: refused, naming n_iter.
+PNDM, SD 1.5's own scheduler), cfg_scale 7 (guided): 1 x 51 x 1.048576 x 2 = 106.95; a server left at the default
+takes at least its engines' own default requests (`default_request_work`: an SDXL engine with an inpaint ControlNet
+asks more). txt2img {"n_iter": 8} (512x512, 50 steps) is 8 x 51 x 0.262 x 2 = 213.9: refused, naming n_iter.
 
 Host memory is estimated from the engine's manifest (`engine_sizes`) in `request_memory`: per picture in
 one engine call, latents 16 float32 latent-sized tensors per UNet row, pictures 12 float32 values per pixel
@@ -152,6 +153,16 @@ def _each(value, default, count: int) -> list:
     if isinstance(value, list):
         return value
     return [default if value is None else value] * count
+
+
+def default_request_work(facts: dict) -> float:
+    """The megapixel-steps of a request that leaves every field out (one more UNet call than steps, as PNDM
+    takes): a server left at the default budget always takes it, whatever its engine's size or ControlNets."""
+    guided = facts["default_guidance_scale"] > 1
+    work = Work(facts["default_height"], facts["default_width"], facts["default_steps"] + 1, facts["default_steps"],
+                guided=guided)
+    work.controlnets = _controlnets({}, facts, guided)[0]
+    return work.megapixel_steps()
 
 
 def check_request(work: Work, limits, facts: dict) -> None:

@@ -43,10 +43,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=150, help="largest num_inference_steps accepted (at most 1000)")
     p.add_argument("--max-outpaint-passes", type=int, default=8,
                    help="most inpaint passes one outpaint request may need (default 8; 512 -> 1280 wide takes 3)")
-    p.add_argument("--max-megapixel-steps", type=float, default=DEFAULT_MAX_MEGAPIXEL_STEPS, metavar="N",
+    p.add_argument("--max-megapixel-steps", type=float, metavar="N",
                    help="work one request may ask for: pictures x UNet calls x height x width / 10^6, x2 with "
                    "guidance, +50%% per running ControlNet, every outpaint pass counted; beyond it 422 naming the "
-                   "field (default %(default)g: one 1024x1024 picture at 50 steps, guided)")
+                   f"field (default {DEFAULT_MAX_MEGAPIXEL_STEPS:g}: one 1024x1024 picture at 50 steps, guided; "
+                   "never below the engines' own default requests)")
     p.add_argument("--max-request-memory-mb", type=float, metavar="MB",
                    help="estimated host memory one request may need (latents, pictures, the VAE decoder's peak, "
                    "the batch included); beyond it 422 before queueing (default: this machine's memory less the "

@@ -342,7 +342,8 @@ def app_builder(args: dict):
                         queue_size=int(args.get("queue_size", 16)),
                         loras=lora_pairs([s for s in args.get("loras", "").split(",") if s]),
                         embeddings=embedding_pairs([s for s in args.get("embeddings", "").split(",") if s]),
-                        max_megapixel_steps=float(args.get("max_megapixel_steps", Settings.max_megapixel_steps)),
+                        max_megapixel_steps=float(args["max_megapixel_steps"]) if "max_megapixel_steps" in args
+                        else None,
                         max_request_memory_mb=float(args["max_request_memory_mb"]) if "max_request_memory_mb" in args
                         else None)
     return build_application(settings, replicas if replicas == "auto" else int(replicas))

@@ -165,3 +165,10 @@ def test_a_server_at_the_default_budget_takes_its_engines_own_default_request():
              "controlnets": [{"kind": "inpaint"}]}
     assert budget.default_request_work(facts) == pytest.approx(51 * 1.048576 * 2 * 1.5)
     assert budget.default_request_work(SD15) <= budget.DEFAULT_MAX_MEGAPIXEL_STEPS
+
+
+def test_the_default_memory_limit_takes_an_engines_own_default_request_even_where_weights_fill_the_machine():
+    facts = {**SD15, "sizes": {**SD15["sizes"], "weights_bytes": 10**15}}  # more than any machine holds
+    models = [SimpleNamespace(manager=SimpleNamespace(worker_count=2), facts=facts)]
+    floor = budget.request_memory(budget.default_request(facts), facts)
+    assert floor > 0 and budget.default_request_memory(models) == floor

@@ -155,14 +155,18 @@ def _each(value, default, count: int) -> list:
     return [default if value is None else value] * count
 
 
-def default_request_work(facts: dict) -> float:
-    """The megapixel-steps of a request that leaves every field out (one more UNet call than steps, as PNDM
-    takes): a server left at the default budget always takes it, whatever its engine's size or ControlNets."""
+def default_request(facts: dict) -> Work:
+    """A request that leaves every field out (one more UNet call than steps, as PNDM takes): a server left at
+    its default limits always takes it, whatever its engine's size, ControlNets or the machine's memory."""
     guided = facts["default_guidance_scale"] > 1
     work = Work(facts["default_height"], facts["default_width"], facts["default_steps"] + 1, facts["default_steps"],
                 guided=guided)
     work.controlnets = _controlnets({}, facts, guided)[0]
-    return work.megapixel_steps()
+    return work
+
+
+def default_request_work(facts: dict) -> float:
+    return default_request(facts).megapixel_steps()
 
 
 def check_request(work: Work, limits, facts: dict) -> None:
@@ -256,8 +260,11 @@ def machine_memory() -> int:
 
 def default_request_memory(models) -> int:
     """--max-request-memory-mb left out: the machine's memory less every worker's copy of its engine's weights,
-    shared by all workers (each may run a request at once)."""
+    shared by all workers (each may run a request at once); never below an engine's own default request (the
+    weights may live on a GPU, or the estimate be high)."""
     workers = sum(model.manager.worker_count for model in models)
     weights = sum(model.manager.worker_count * model.facts.get("sizes", {}).get("weights_bytes", 0)
                   for model in models)
-    return max(0, machine_memory() - weights) // max(1, workers)
+    floor = max([0] + [request_memory(default_request(model.facts), model.facts) for model in models
+                       if "default_steps" in model.facts])
+    return max(floor, (machine_memory() - weights) // max(1, workers))

@@ -10,7 +10,6 @@ name: a key of no known role, a layer this engine has not, a shape that does not
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .lora_keys import KeyResolver, LoraError, other_algorithm, split_key
 from .lora_variants import Layer, layer_delta
+from .manifest import file_digest
 from .safetensors_io import SafetensorsError, read_header, read_tensor
 
 MAP_FORMAT = 1
@@ -76,18 +76,10 @@ def open_loras(specs, check: bool = False) -> list[Lora]:
         file = Path(path)
         if not file.is_file():
             raise LoraError(f"LoRA file {path!r} does not exist; pass a .safetensors LoRA")
-        loras.append(Lora(file, scale, "sha256:" + _digest(file)))
+        loras.append(Lora(file, scale, file_digest(file)))
         if check:
             lora_layers(loras[-1])
     return loras
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict]:

@@ -76,6 +76,11 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     return {key: _info(key, entry, base, data) for key, entry in header.items()}, metadata
 
 
+def bf16_to_float32(halves: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) as float32: a bf16 is the top half of a float32."""
+    return (halves.astype(np.uint32) << 16).view(np.float32)
+
+
 def _info(key: str, entry, base: int, data: int) -> TensorInfo:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         raise SafetensorsError(f"its header entry {key!r} lacks dtype, shape or data_offsets")
@@ -108,8 +113,8 @@ def read_tensor(path: Path, info: TensorInfo, key: str = "") -> np.ndarray:
         raw = f.read(info.end - info.start)
     if len(raw) != info.end - info.start:
         raise SafetensorsError(f"{key}'s data ends early (the file changed while it was read)")
-    if kind == "bf16":  # the top half of a float32
-        array = (np.frombuffer(raw, "<u2", count).astype(np.uint32) << 16).view(np.float32)
+    if kind == "bf16":
+        array = bf16_to_float32(np.frombuffer(raw, "<u2", count))
     else:
         array = np.frombuffer(raw, kind, count)
         array = array.astype(np.float32) if info.is_float else array.astype(array.dtype.newbyteorder("="))

@@ -14,7 +14,6 @@ embeddings).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..runtime.errors import InvalidArgument
 from ..runtime.tokenizer import PromptTokenizer
+from .manifest import file_digest
 from .onnx_weights import float_initializers
 from .safetensors_io import SafetensorsError, read_file
 from .torch_pickle import read_torch_file
@@ -86,7 +86,7 @@ def read_embedding(path: Path, token: str | None, widths: dict[str, int], family
         vectors = {encoder: found[""] for encoder in widths}
     for encoder, array in vectors.items():
         _check_width(path, encoder, array, widths[encoder])
-    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path)
     return Embedding(path, token, {e: np.ascontiguousarray(v.reshape(-1, v.shape[-1])) for e, v in vectors.items()},
                      digest)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import InvalidArgument
+from .safetensors_io import bf16_to_float32
 
 _STORAGES = {"FloatStorage": np.float32, "HalfStorage": np.float16, "DoubleStorage": np.float64,
              "BFloat16Storage": "bf16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
@@ -119,9 +120,8 @@ class _StorageType:
     def array(self, raw: bytes, count: int, little: bool) -> np.ndarray:
         kind = _STORAGES[self.name]
         order = "<" if little else ">"
-        if kind == "bf16":  # the top half of a float32
-            halves = np.frombuffer(raw, order + "u2", count)
-            return (halves.astype(np.uint32) << 16).view(np.float32)
+        if kind == "bf16":
+            return bf16_to_float32(np.frombuffer(raw, order + "u2", count))
         array = np.frombuffer(raw, np.dtype(kind).newbyteorder(order), count)
         return array.astype(np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype.newbyteorder("="))
 

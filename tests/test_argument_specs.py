@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inpaintrt import Engine
-from inpaintrt.engine.argument_specs import INPAINT_DEFAULTS, OUTPAINT, SPECS
+from inpaintrt.engine.argument_specs import ALONE, INPAINT_DEFAULTS, OUTPAINT, SPECS, needing
 from inpaintrt.engine.manifest import EngineDirectoryError
 
 
@@ -30,11 +30,29 @@ def test_outpaint_signature_has_the_table_defaults():
 
 
 def test_kandinsky_signature_has_the_table_defaults():
-    from inpaintrt.engine.kandinsky import KandinskyEngine, kandinsky_only_arguments
+    """Kandinsky's own arguments are exactly the table's rows that need a prior, with their defaults."""
+    from inpaintrt.engine.kandinsky import KandinskyEngine
 
     signature = keywords(KandinskyEngine.inpaint)
-    for name in kandinsky_only_arguments():
-        assert name in SPECS and signature[name] == SPECS[name].default, name
+    own = set(signature) - set(INPAINT_DEFAULTS)
+    assert own == set(needing("prior"))
+    for name in own:
+        assert signature[name] == SPECS[name].default, name
+
+
+def test_every_surface_reads_the_table():
+    """The command line's flags, outpaint's refusals and the batching rule are the table's columns."""
+    from inpaintrt.cli import _inpaint_parser
+    from inpaintrt.engine.outpaint import NOT_HERE
+    from inpaintrt.engine.preflight import batchable
+
+    flags = {action.dest for action in _inpaint_parser()._actions}
+    assert {name for name, spec in SPECS.items() if spec.cli} <= flags
+    assert not {name for name, spec in SPECS.items() if not spec.cli} & flags - {"scheduler"}
+    assert set(NOT_HERE) - {"mask_image"} == {name for name, spec in SPECS.items() if spec.not_outpaint}
+    for name in ALONE:
+        assert batchable("inpaint", {}) and not batchable("inpaint", {name: object()}), name
+    assert not batchable("outpaint", {}) and batchable("inpaint", {"mask_mode": "binary", "guess_mode": False})
 
 
 @pytest.mark.parametrize("name, words", [

@@ -72,15 +72,32 @@ def test_exceptions_are_still_needed():
 
 def test_controlnet_scale_default_is_each_familys_pipelines():
     """The engine's per-family controlnet_conditioning_scale is the matching diffusers pipeline's default."""
-    from inpaintrt.engine.control import DEFAULT_SCALES
+    from inpaintrt.engine.families import FAMILIES
 
     pipelines = {"sd1": "StableDiffusionControlNetInpaintPipeline", "sd2": "StableDiffusionControlNetInpaintPipeline",
                  "sdxl": "StableDiffusionXLControlNetInpaintPipeline"}
-    assert set(DEFAULT_SCALES) == set(pipelines)
+    assert {name for name, record in FAMILIES.items() if record.controlnet_scale is not None} == set(pipelines)
     for family, pipeline in pipelines.items():
         theirs = inspect.signature(getattr(diffusers, pipeline).__call__).parameters["controlnet_conditioning_scale"]
-        assert DEFAULT_SCALES[family] == theirs.default, family
+        assert FAMILIES[family].controlnet_scale == theirs.default, family
     assert inspect.signature(Engine.inpaint).parameters["controlnet_conditioning_scale"].default is None
+
+
+def test_family_records_hold_each_pipelines_defaults():
+    """strength, steps and guidance of each family record are its diffusers pipeline's; the engines'
+    signatures say the same (a family's record is where the engines and the server read them)."""
+    from inpaintrt.engine.families import FAMILIES
+
+    pipelines = {"sd1": "StableDiffusionInpaintPipeline", "sd2": "StableDiffusionInpaintPipeline",
+                 "sdxl": "StableDiffusionXLInpaintPipeline", "kandinsky22": "KandinskyV22InpaintCombinedPipeline"}
+    assert set(FAMILIES) == set(pipelines)
+    for family, pipeline in pipelines.items():
+        record, theirs = FAMILIES[family], defaults(getattr(diffusers, pipeline).__call__)
+        ours = defaults(record.engine_class().inpaint)
+        assert (record.steps, record.guidance) == (theirs["num_inference_steps"], theirs["guidance_scale"]), family
+        assert (record.steps, record.guidance) == (ours["num_inference_steps"], ours["guidance_scale"]), family
+        if "strength" in theirs:
+            assert record.strength == theirs["strength"], family
 
 
 def _same(a, b) -> bool:

@@ -72,14 +72,16 @@ def test_server_names_the_upload_not_an_object():
 def test_server_names_the_side_that_is_too_large():
     pytest.importorskip("fastapi")
     from inpaintrt.serve.errors import ApiError
-    from inpaintrt.serve.inputs import InpaintParameters, Limits, _check_output_size
+    from PIL import Image
 
-    facts = {"default_height": 64, "default_width": 64}
+    from inpaintrt.serve.inputs import Limits, _preflight
+
+    facts = {"default_height": 64, "default_width": 64, "vae_scale_factor": 8}
     limits = Limits(2**20, 4096**2, 1024 * 1024, 150)
     for fields, field in ((dict(height=64, width=20000), "width"), (dict(width=20000), "width"),
                           (dict(height=20000, width=64), "height"), (dict(height=2048, width=2048), "height")):
         with pytest.raises(ApiError) as info:
-            _check_output_size(InpaintParameters(**fields), (64, 64), limits, facts)
+            _preflight({"image": Image.new("RGB", (64, 64)), **fields}, facts, limits)
         assert info.value.field == field and info.value.message.startswith(f"{field}=")
 
 

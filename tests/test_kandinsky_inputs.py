@@ -128,11 +128,12 @@ def test_prior_on_an_engine_without_one(engines):
 def test_kandinsky_arguments_refused_on_stable_diffusion():
     """An SD/SDXL engine names the Kandinsky arguments it was given (checked before any work: no engine needed)."""
     from inpaintrt.engine.engine import Engine as SdEngine
-    from inpaintrt.engine.kandinsky import kandinsky_only_arguments
+    from inpaintrt.engine.argument_specs import needing
+    from inpaintrt.engine.families import FAMILIES
 
-    assert {"image_embeds", "prior_guidance_scale", "negative_prior_prompt"} <= kandinsky_only_arguments()
+    assert {"image_embeds", "prior_guidance_scale", "negative_prior_prompt"} <= set(needing("prior"))
     sd = SdEngine.__new__(SdEngine)
-    sd.family = "sd1"
+    sd.family, sd.record = "sd1", FAMILIES["sd1"]
     with pytest.raises(ValueError, match="image_embeds, prior_guidance_scale are for Kandinsky 2.2 engines; this "
                                          "engine is sd1"):
         sd.inpaint(None, None, prior_guidance_scale=4.0, image_embeds=np.zeros((1, 32)))

@@ -89,7 +89,7 @@ def test_server_lists_loras(exported):
     lora, plain, _ = exported
     settings = settings_from(parser().parse_args(["--engine", str(plain), "--backend", "ort-cpu",
                                                   "--lora", f"{lora}:0.5"]))
-    assert settings.loras == [[str(lora.resolve()), 0.5]]
+    assert settings.load.loras == [(str(lora.resolve()), 0.5)]
     with TestClient(create_app(Settings(**{**settings.__dict__, "token": None}))) as client:
         listed = client.get("/v1/info").json()["loras"]
     assert [(e["name"], e["scale"], e["baked"]) for e in listed] == [("style.safetensors", 0.5, False)]

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from inpaintrt.engine.backends import BackendError, _auto_ort_cuda
+from inpaintrt.engine.load_options import LoadOptions
 from inpaintrt.engine.ort_cuda import (BoundComponent, CheckedDecoder, graph_for_cuda, load_ort_cuda,
                                        require_cuda_provider)
 from inpaintrt.runtime.xp import array_module, device_address
@@ -117,7 +118,7 @@ def test_cpu_onnxruntime_is_named_with_the_install_command(tmp_path):
         load_ort_cuda()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the plain CPU install: 'auto' takes the CPU without a warning
-        assert _auto_ort_cuda(tmp_path, {"components": {}}, False) is None
+        assert _auto_ort_cuda(tmp_path, {"components": {}}, LoadOptions()) is None
 
 
 class _Fake:

@@ -351,7 +351,8 @@ def test_prompt_cache_reuses_chunks(sd):
 
 
 def test_kandinsky_reads_plain_text():
-    from inpaintrt.engine.kandinsky import _plain_prompts, kandinsky_only_arguments
+    from inpaintrt.engine.argument_specs import needing
+    from inpaintrt.engine.kandinsky import _plain_prompts
 
     _plain_prompts("plain", "a (red:1.2) cat", None, None)
     _plain_prompts("a1111", "a red cat", ["ugly"], None)
@@ -359,7 +360,7 @@ def test_kandinsky_reads_plain_text():
         _plain_prompts("a1111", "a cat", "(ugly:1.3)", None)
     with pytest.raises(ValueError, match="prompt_syntax="):
         _plain_prompts("weighted", "a cat", None, None)
-    assert "prompt_syntax" not in kandinsky_only_arguments()
+    assert "prompt_syntax" not in needing("prior")
 
 
 def test_server_and_cli_fields():

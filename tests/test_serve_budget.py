@@ -13,6 +13,7 @@ pytest.importorskip("fastapi")
 from PIL import Image  # noqa: E402
 from serve_helpers import FAST, b64, mask, picture, running_server  # noqa: E402
 
+from inpaintrt.engine.preflight import Preflight  # noqa: E402
 from inpaintrt.runtime.errors import InvalidArgument  # noqa: E402
 from inpaintrt.serve import budget  # noqa: E402
 from inpaintrt.serve.inputs import Limits  # noqa: E402
@@ -27,8 +28,8 @@ SD15 = {"default_height": 512, "default_width": 512, "default_steps": 50, "defau
 def sd15_work(height=1024, width=1024, steps=50, pictures=None, guidance=7.0, arguments=None, facts=SD15):
     params = SimpleNamespace(task="inpaint", height=height, width=width, num_inference_steps=steps,
                              guidance_scale=guidance, keep_input_size=False)
-    calls = steps + 1  # PNDM's warm-up call
-    return budget.request_work(params, {"image": Image.new("RGB", (64, 64)), **(arguments or {})}, facts, calls, 1,
+    planned = Preflight(height, width, 1.0, steps, steps + 1)  # PNDM's warm-up call
+    return budget.request_work(params, {"image": Image.new("RGB", (64, 64)), **(arguments or {})}, facts, planned, 1,
                                Limits(2**20, 4096**2, 2048**2, 1000), pictures)
 
 

@@ -219,8 +219,8 @@ def test_command_line_forms_and_server_info(engines, files):
     assert parse_spec(("a/b.pt", "tok")) == ("a/b.pt", "tok")
     flags = ["--embedding", f"{files['charturner']}:<turner>", "--embedding", str(files["onevec"])]
     settings = settings_from(parser().parse_args(["--engine", str(engines[9]), "--backend", "ort-cpu", *flags]))
-    assert settings.embeddings == [[str(files["charturner"].resolve()), "<turner>"],
-                                   [str(files["onevec"].resolve()), None]]
+    assert settings.load.embeddings == [(str(files["charturner"].resolve()), "<turner>"),
+                                        (str(files["onevec"].resolve()), None)]
     with TestClient(create_app(Settings(**{**settings.__dict__, "token": None}))) as client:
         listed = client.get("/v1/info").json()["embeddings"]
     assert [(e["name"], e["token"], e["vectors"]) for e in listed] == [("charturner.pt", "<turner>", 3),

@@ -10,39 +10,87 @@ import warnings
 from pathlib import Path
 
 from .engine.argument_specs import SPECS
-from .engine.cuda_options import parse_cuda_option
+from .engine.load_options import add_load_arguments, load_options_from
 from .runtime.errors import InvalidArgument
 from .runtime.schedulers import SCHEDULERS, describe_schedulers
-
-
-# Engine.inpaint's arguments the `inpaint` command line sets, grouped as its help shows them
-FAMILY_DEFAULTED = ("prompt_syntax", "num_inference_steps", "guidance_scale")
-INPAINT_ONLY = ("num_images_per_prompt", "padding_mask_crop", "blur_factor", "keep_unmasked", "keep_input_size",
-                "mask_grow", "mask_shrink", "mask_invert")
-SDXL_FLAGS = ("prompt_2", "negative_prompt_2", "denoising_start", "denoising_end", "aesthetic_score",
-              "negative_aesthetic_score")
-COMMON_FLAGS = ("prompt", "negative_prompt", "strength", "height", "width", "mask_mode", "masked_content") + SDXL_FLAGS
 
 
 def _flag_of(name: str) -> str:
     return SPECS[name].flag or "--" + name.replace("_", "-")
 
 
-def _spec_flag(parser, name: str, **more) -> None:
-    """A flag made from the engines' argument table (engine/argument_specs.py): type, choices, default, help."""
-    spec = SPECS[name]
-    options = {"dest": name, "default": spec.default}
+# the table's `cli` column -> how argparse reads the flag (one value, or one per ControlNet / image prompt)
+REPEATED = {"reals": float, "pictures": str, "image_prompts": str}
+
+
+def _spec_flag(parser, spec) -> None:
+    """A flag made from the engines' argument table (engine/argument_specs.py): type, choices, help. Its
+    default is None (False for on/off flags, [] for repeated ones): only what is given reaches the engine,
+    so the engine's own default, its family's where the table says so, applies to the rest."""
+    options = {"dest": spec.name, "default": None}
     if spec.kind == "flag":
-        options["action"] = "store_true"
+        options.update(action="store_true", default=False)
+    elif spec.cli in REPEATED:
+        options.update(action="append", default=[], type=REPEATED[spec.cli])
     elif spec.kind == "choice":
         options["choices"] = spec.choices
-    elif spec.kind in ("whole", "real"):
+    elif spec.kind in ("whole", "real") or spec.cli == "real":
         options.update(type=int if spec.kind == "whole" else float, metavar="N")
+    if spec.metavar:
+        options["metavar"] = spec.metavar
     wanted = spec.wanted() if spec.kind in ("whole", "real") else ""
-    default = more.get("default", spec.default)
+    shown = not spec.per_family and spec.default not in (None, False, "", ())
     options["help"] = (spec.help.rstrip(".") + (f" ({wanted})" if wanted else "")
-                       + (f"; default {default}" if default not in (None, False, "") else ""))
-    parser.add_argument(_flag_of(name), **{**options, **more})
+                       + (f"; default {spec.default}" if shown else ""))
+    parser.add_argument(_flag_of(spec.name), **options)
+
+
+def _table_flags(parser) -> None:
+    """Every argument-table row with a command-line flag, in the table's order, in its help group."""
+    groups = {"": parser}
+    for spec in SPECS.values():
+        if spec.cli:
+            if spec.group not in groups:
+                groups[spec.group] = parser.add_argument_group(spec.group)
+            _spec_flag(groups[spec.group], spec)
+
+
+def _given(args) -> dict:
+    """Engine.inpaint / outpaint arguments from the table's flags: only those given (the prompt always)."""
+    found = {}
+    for name, spec in SPECS.items():
+        value = getattr(args, name, None) if spec.cli else None
+        if value is None or value is False or value == []:
+            continue
+        found[name] = CONVERT.get(spec.cli, lambda v: v)(value)
+    found.setdefault("prompt", "")
+    return found
+
+
+def _one_or_list(values: list):
+    return values[0] if len(values) == 1 else values
+
+
+def _control_images(files: list[str]):
+    """--control-image FILE|none, one per ControlNet: 'none' leaves that ControlNet its default."""
+    from .runtime.images import load_picture
+
+    return _one_or_list([None if f.lower() == "none" else load_picture(f, "control_image") for f in files])
+
+
+def _image_prompts(texts: list[str]) -> list:
+    """--image-prompt FILE[:WEIGHT] as (file, weight) pairs."""
+    pairs = []
+    for text in texts:
+        file, sep, weight = text.rpartition(":")
+        try:
+            pairs.append((file, float(weight)) if sep and file else (text, 1.0))
+        except ValueError:
+            pairs.append((text, 1.0))  # a colon in the file's name, no weight
+    return pairs
+
+
+CONVERT = {"reals": _one_or_list, "pictures": _control_images, "image_prompts": _image_prompts}
 
 
 def _fail(message: str) -> int:
@@ -125,9 +173,10 @@ def export_main(argv: list[str] | None = None) -> int:
     from .export.trt_build import PlanBuildError
 
     try:
+        from .engine.families import KANDINSKY22
         from .export.loading import checkpoint_family
 
-        if checkpoint_family(args.model, args.config) == "kandinsky22" or args.prior:
+        if checkpoint_family(args.model, args.config) == KANDINSKY22 or args.prior:
             if args.lora:
                 return _fail("--lora applies to SD 1.x, 2.x and SDXL checkpoints, not Kandinsky 2.2: leave it out")
             return _export_kandinsky(args)
@@ -200,61 +249,15 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     parser.add_argument("--image", required=True, help="input picture file")
     parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
-    _spec_flag(parser, "prompt", default="")
-    _spec_flag(parser, "negative_prompt")
-    for name in FAMILY_DEFAULTED:  # left out unless given: the engine's family default applies
-        _spec_flag(parser, name, default=None)
-    _spec_flag(parser, "strength")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
     parser.add_argument("--scheduler-option", action="append", default=[], metavar="NAME=VALUE",
                         help="override a scheduler setting, e.g. use_karras_sigmas=true or eta=0.3 (JSON values)")
     parser.add_argument("--seed", type=int, help="random seed (default: fresh entropy)")
-    for name in ("height", "width") + INPAINT_ONLY[:5]:
-        _spec_flag(parser, name)
-    masks = parser.add_argument_group("masks (beyond diffusers)")
-    for name in ("mask_mode", "masked_content") + INPAINT_ONLY[5:]:
-        _spec_flag(masks, name)
-    outpaint = parser.add_argument_group("outpainting")
-    outpaint.add_argument("--extend", metavar="SIDE=N,...",
-                          help="grow the canvas instead of using --mask, e.g. left=256,right=128 (sides: left, right, "
-                               "top, bottom); passes of at most --height x --width (default: the model's size)")
-    for name in ("overlap", "fill"):
-        _spec_flag(outpaint, name)
-    sdxl = parser.add_argument_group("SDXL")
-    for name in SDXL_FLAGS:
-        _spec_flag(sdxl, name)
-    control = parser.add_argument_group("ControlNet (engines exported with --controlnet)")
-    control.add_argument("--control-image", action="append", default=[], metavar="FILE|none",
-                         help="control picture, one per ControlNet in export order ('none': an inpaint ControlNet "
-                              "builds it from the image and mask, a plain one stays off); default: none for all")
-    control.add_argument("--controlnet-scale", action="append", type=float, default=[], metavar="SCALE",
-                         help="controlnet_conditioning_scale, one or one per ControlNet (default diffusers': 0.5 on SD 1.x/2.x, 1.0 on SDXL)")
-    control.add_argument("--control-start", type=float, default=0.0, help="control_guidance_start (default 0)")
-    control.add_argument("--control-end", type=float, default=1.0, help="control_guidance_end (default 1)")
-    control.add_argument("--guess-mode", action="store_true", help="guess_mode: the ControlNet sees no negative prompt")
-    kandinsky = parser.add_argument_group("Kandinsky 2.2 image prompts (engines exported with --prior)")
-    kandinsky.add_argument("--image-prompt", action="append", default=[], metavar="FILE[:WEIGHT]",
-                           help="a picture mixed into the prompt's image embedding at WEIGHT (default 1; repeatable)")
-    _spec_flag(kandinsky, "prompt_weight")
-    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "ort-cuda", "ort-cpu", "openvino"),
-                        help="auto (default): TensorRT when the engine has plans that run here, else ONNX Runtime "
-                             "(CUDA, else CPU); with --precision bf16 it is openvino")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
-                        help="bf16: OpenVINO on the CPU (`pip install 'inpaintrt[openvino]'`), about 2x faster where "
-                             "the CPU has bf16, close to but not exactly diffusers'; fp16 / fp32: ort-cuda's graphs; "
-                             "default: each backend's own (fp32 on the CPU)")
-    parser.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay the UNet call as a CUDA graph")
-    parser.add_argument("--cuda-option", action="append", default=[], metavar="NAME=VALUE",
-                        help="ort-cuda: an ONNX Runtime CUDA provider option, e.g. prefer_nhwc=1 or "
-                             "cudnn_conv_algo_search=HEURISTIC (repeatable)")
-    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                        help="fuse a LoRA (.safetensors, diffusers or kohya layout) into the weights at load, at "
-                             "SCALE (default 1; repeatable; ort-cpu and ort-cuda)")
-    parser.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
-                        help="a textual-inversion embedding (.pt, .bin, .safetensors) as a new prompt token, TOKEN or "
-                             "the file's name (repeatable; ort-cpu and ort-cuda)")
-    parser.add_argument("--no-safety-checker", action="store_true",
-                        help="load the engine without its safety checker, where it has one (docs/safety-checker.md)")
+    parser.add_argument("--extend", metavar="SIDE=N,...",
+                        help="outpaint: grow the canvas instead of using --mask, e.g. left=256,right=128 (sides: "
+                             "left, right, top, bottom); passes of at most --height x --width (default: the model's)")
+    _table_flags(parser)
+    add_load_arguments(parser)
     parser.add_argument("--output", default="inpainted.png",
                         help="PNG to write; with several images, NAME-1.png, NAME-2.png, ...")
     return parser
@@ -279,28 +282,16 @@ def _run_inpaint(argv: list[str] | None) -> int:
         if (args.mask is None) == (args.extend is None):
             raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
         sides = _parse_extend(args.extend) if args.extend else None
-        # Engine.inpaint's own checks and messages, before the engine is loaded
-        _check_flags(args)
+        _check_flags(args)  # Engine.inpaint's own checks and messages, before the engine is loaded
         image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
-        cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
-        engine = Engine.load(args.engine, backend=args.backend, cuda_graph=args.cuda_graph, precision=args.precision,
-                             safety_checker=not args.no_safety_checker,
-                             cuda_options=cuda_options, loras=args.lora or None, embeddings=args.embedding or None)
+        given = _given(args)
+        engine = Engine.load(args.engine, **load_options_from(args).as_arguments())
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
-        common = dict(
-            scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed, progress=True,
-            **{name: getattr(args, name) for name in COMMON_FLAGS}, **_control_arguments(args),
-            **_image_prompt_arguments(args),
-        )
-        common.update({name: getattr(args, name) for name in FAMILY_DEFAULTED if getattr(args, name) is not None})
-        masking = {name: getattr(args, name) for name in INPAINT_ONLY}
-        if sides:  # what only an inpaint call takes goes along only when set, so outpaint can refuse it
-            result = engine.outpaint(image, **sides, overlap=args.overlap, fill=args.fill, **common,
-                                     **{k: v for k, v in masking.items() if v != SPECS[k].default})
-        else:
-            result = engine.inpaint(image, mask, **common, **masking)
+        common = dict(scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed,
+                      progress=True, **given)
+        result = engine.outpaint(image, **sides, **common) if sides else engine.inpaint(image, mask, **common)
     except InvalidArgument as e:  # named by its flag
-        return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS else str(e))
+        return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS and SPECS[e.field].cli else str(e))
     except (OSError, ValueError, RuntimeError) as e:
         return _fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
@@ -316,44 +307,10 @@ def _run_inpaint(argv: list[str] | None) -> int:
 def _check_flags(args) -> None:
     from .engine import arguments as check
 
-    for name in FAMILY_DEFAULTED + COMMON_FLAGS + INPAINT_ONLY + ("overlap", "fill"):
-        if getattr(args, name) is not None:
-            check.from_table(name, getattr(args, name))
-
-
-def _control_arguments(args) -> dict:
-    """The ControlNet flags as Engine.inpaint arguments; only those given, so engines without one are not asked."""
-    from .runtime.images import load_picture
-
-    found = {}
-    if args.control_image:
-        images = [None if f.lower() == "none" else load_picture(f, "control_image") for f in args.control_image]
-        found["control_image"] = images[0] if len(images) == 1 else images
-    if args.controlnet_scale:
-        scales = args.controlnet_scale
-        found["controlnet_conditioning_scale"] = scales[0] if len(scales) == 1 else scales
-    if args.control_start != 0.0:
-        found["control_guidance_start"] = args.control_start
-    if args.control_end != 1.0:
-        found["control_guidance_end"] = args.control_end
-    if args.guess_mode:
-        found["guess_mode"] = True
-    return found
-
-
-def _image_prompt_arguments(args) -> dict:
-    """--image-prompt FILE[:WEIGHT] and --prompt-weight as Engine.inpaint arguments, only when given."""
-    found = {} if args.prompt_weight == SPECS["prompt_weight"].default else {"prompt_weight": args.prompt_weight}
-    pairs = []
-    for text in args.image_prompt:
-        file, sep, weight = text.rpartition(":")
-        try:
-            pairs.append((file, float(weight)) if sep and file else (text, 1.0))
-        except ValueError:
-            pairs.append((text, 1.0))  # a colon in the file's name, no weight
-    if pairs:
-        found["image_prompts"] = pairs
-    return found
+    for name, spec in SPECS.items():
+        value = getattr(args, name, None) if spec.cli else None
+        if value is not None and spec.kind != "other" and spec.cli not in REPEATED:
+            check.from_table(name, value)
 
 
 def _parse_extend(text: str) -> dict[str, int]:

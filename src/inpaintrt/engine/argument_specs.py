@@ -1,9 +1,12 @@
-"""One table of the engines' call arguments: name, kind, range, default and help, written once.
+"""One table of the engines' call arguments, a row each: name, kind, range, default, help, which
+families take it, whether it keeps a request out of a shared batch, why outpaint refuses it, and its
+command-line flag. Written once, read by every surface.
 
-The engines check their arguments against it (engine/arguments.py), the `inpaint` command line makes
-its flags from it (cli.py) and the server its request fields (serve/inputs.py), so a limit such as
-mask_grow's 4096 has one home. `Engine.inpaint` keeps diffusers' flat keyword signature; a test checks
-that its defaults are the ones written here.
+The engines check their arguments against it (engine/arguments.py, engine/preflight.py), the `inpaint`
+command line makes its flags and groups from it (cli.py), the server its request fields
+(serve/inputs.py) and its batching rule (engine/preflight.py `batchable`), outpaint its refusals, so a
+limit such as mask_grow's 4096 has one home. `Engine.inpaint` keeps diffusers' flat keyword signature; a
+test checks that its arguments and defaults are the rows written here.
 """
 from __future__ import annotations
 
@@ -35,6 +38,14 @@ class Spec:
     serve_low: float | None = None  # tighter bounds for a public server's requests
     serve_high: float | None = None
     flag: str = ""  # the `inpaint` command line's flag when it is not --name-with-dashes
+    cli: str = ""  # how `inpaint` takes it: "" no flag, "flag" typed by kind, "real" one number, "reals" one per
+    # ControlNet (repeated), "pictures" files (repeated), "image_prompts" FILE[:WEIGHT] (repeated)
+    group: str = ""  # the command line's help group ("" = the main one)
+    per_family: bool = False  # left out, the engine's family default applies (engine/families.py)
+    needs: str = ""  # the engine family's attribute that must be set for it (engine/families.py), e.g. "prior"
+    alone: bool = False  # a request with it runs in a loop of its own: cross-request batching cannot share it
+    not_outpaint: str = ""  # why Engine.outpaint refuses it ("": outpaint passes it to each inpaint pass)
+    metavar: str = ""  # the command line's placeholder, where not N
 
     def range_text(self) -> str:
         return range_text(self.low, self.high, self.low_open, self.high_open)
@@ -78,82 +89,103 @@ def _real(name, default, low=None, high=None, meaning="", help="", **more) -> Sp
     return Spec(name, "real", default, low, high, meaning=meaning, help=help, **more)
 
 
-def _choice(name, default, choices, help="") -> Spec:
-    return Spec(name, "choice", default, choices=tuple(choices), help=help)
+def _choice(name, default, choices, help="", **more) -> Spec:
+    return Spec(name, "choice", default, choices=tuple(choices), help=help, **more)
 
 
-def _flag(name, help="") -> Spec:
-    return Spec(name, "flag", False, help=help)
+def _flag(name, help="", **more) -> Spec:
+    return Spec(name, "flag", False, help=help, **more)
 
 
-def _other(name, default=None, help="") -> Spec:
-    return Spec(name, "other", default, help=help)
+def _other(name, default=None, help="", **more) -> Spec:
+    return Spec(name, "other", default, help=help, **more)
+
+
+MASKS, OUTPAINTING, SDXL = "masks (beyond diffusers)", "outpainting", "SDXL"
+CONTROLNET = "ControlNet (engines exported with --controlnet)"
+KANDINSKY22 = "Kandinsky 2.2 image prompts (engines exported with --prior)"
+SIZE_CONDITIONING = dict(needs="micro_conditioning")
 
 
 # Engine.inpaint's keyword arguments after image and mask_image, in its order
 INPAINT = [
-    _other("prompt", help="What to paint into the masked area."),
-    _other("negative_prompt", help="What to steer away from."),
-    _whole("num_inference_steps", 50, 1, serve_high=1000, flag="--steps",
+    _other("prompt", help="What to paint into the masked area.", cli="flag"),
+    _other("negative_prompt", help="What to steer away from.", cli="flag"),
+    _whole("num_inference_steps", 50, 1, serve_high=1000, flag="--steps", cli="flag", per_family=True,
            help="Denoising steps; default: the model family's (50; Kandinsky 100)."),
     _real("guidance_scale", 7.5, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50, flag="--guidance",
+          cli="flag", per_family=True,
           help="Classifier-free guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4)."),
     _real("strength", None, 0, 1, meaning="1 repaints fully, smaller keeps more of the image", low_open=True,
-          help="1 repaints the masked area fully; smaller keeps more of the picture. Default: diffusers' for the "
-               "family (1.0; SDXL 0.9999)."),
+          cli="flag", help="1 repaints the masked area fully; smaller keeps more of the picture. Default: "
+                           "diffusers' for the family (1.0; SDXL 0.9999)."),
     _other("scheduler", help="Sampler; default: the checkpoint's own."),
     _other("scheduler_options", help="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true}."),
-    _other("generator"), _other("latents"),
-    _whole("height", None, 8, help="Output height, a multiple of 8; default: the model's."),
-    _whole("width", None, 8, help="Output width, a multiple of 8; default: the model's."),
-    _whole("num_images_per_prompt", 1, 1, flag="--num-images", help="Images per prompt."),
-    _whole("padding_mask_crop", None, 0, unit="pixels", help="Inpaint only the mask's box padded by N pixels."),
-    _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur", flag="--blur",
-          help="Blur radius of the mask edge (pixels)."),
-    _flag("keep_unmasked", "Paste the result over the input: unmasked pixels stay as sent."),
-    _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8)."),
+    _other("generator"), _other("latents", not_outpaint="each pass draws its own noise"),
+    _whole("height", None, 8, cli="flag", help="Output height, a multiple of 8; default: the model's."),
+    _whole("width", None, 8, cli="flag", help="Output width, a multiple of 8; default: the model's."),
+    _whole("num_images_per_prompt", 1, 1, flag="--num-images", cli="flag", help="Images per prompt.",
+           not_outpaint="outpaint makes one picture per call; call it again with another seed"),
+    _whole("padding_mask_crop", None, 0, unit="pixels", cli="flag", not_outpaint="each pass is already a crop",
+           help="Inpaint only the mask's box padded by N pixels."),
+    _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur", flag="--blur", cli="flag",
+          not_outpaint="the overlap band is already feathered", help="Blur radius of the mask edge (pixels)."),
+    _flag("keep_unmasked", "Paste the result over the input: unmasked pixels stay as sent.", cli="flag",
+          not_outpaint="outpaint always keeps the existing pixels outside the overlap band"),
+    _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8).", cli="flag",
+          not_outpaint="the output is the grown canvas"),
     _other("prompt_embeds"), _other("negative_prompt_embeds"),
     _choice("output_type", "pil", OUTPUT_TYPES),
     _other("callback_on_step_end"), _other("progress", True), _other("max_pixels", MAX_PIXELS),
     _other("callback_on_step_end_tensor_inputs", ("latents",)),
     # SDXL (StableDiffusionXLInpaintPipeline's arguments)
-    _other("prompt_2", help="Prompt for the second text encoder (default: prompt)."),
-    _other("negative_prompt_2", help="Negative prompt for the second text encoder."),
+    _other("prompt_2", help="Prompt for the second text encoder (default: prompt).", cli="flag", group=SDXL),
+    _other("negative_prompt_2", help="Negative prompt for the second text encoder.", cli="flag", group=SDXL),
     _other("pooled_prompt_embeds"), _other("negative_pooled_prompt_embeds"),
     Spec("denoising_start", "real", None, 0, 1, True, True, meaning="the fraction of the schedule already done",
-         help="Fraction of the schedule already done (refiner hand-off)."),
+         help="Fraction of the schedule already done (refiner hand-off).", cli="flag", group=SDXL),
     Spec("denoising_end", "real", None, 0, 1, True, True, meaning="the fraction of the schedule to stop after",
-         help="Stop after this fraction of the schedule."),
-    _other("original_size"), _other("target_size"), _other("crops_coords_top_left"),
-    _other("negative_original_size"), _other("negative_target_size"), _other("negative_crops_coords_top_left"),
-    _real("aesthetic_score", None, help="Refiner-style checkpoints (default 6.0)."),
-    _real("negative_aesthetic_score", None, help="Refiner-style checkpoints (default 2.5)."),
+         help="Stop after this fraction of the schedule.", cli="flag", group=SDXL),
+    *[_other(name, **SIZE_CONDITIONING) for name in (
+        "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
+        "negative_crops_coords_top_left")],
+    _real("aesthetic_score", None, help="Refiner-style checkpoints (default 6.0).", cli="flag", group=SDXL,
+          **SIZE_CONDITIONING),
+    _real("negative_aesthetic_score", None, help="Refiner-style checkpoints (default 2.5).", cli="flag", group=SDXL,
+          **SIZE_CONDITIONING),
     # beyond diffusers
     _choice("mask_mode", "binary", MASK_MODES,
             "binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps a pixel may change "
-            "(differential diffusion; white = fully, black = kept)."),
+            "(differential diffusion; white = fully, black = kept).", cli="flag", group=MASKS, alone=True),
     _choice("masked_content", "original", MASKED_CONTENTS,
             "What the masked area starts from when strength < 1: the picture (diffusers), colours filled in from "
-            "around it, pure noise, or nothing."),
-    _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged",
-           help="Grow the mask (its white part) by this many pixels before use."),
-    _whole("mask_shrink", 0, 0, 4096, unit="pixels", meaning="0 = unchanged",
-           help="Shrink the mask (its white part) by this many pixels before use."),
-    _flag("mask_invert", "Repaint the black part of the mask instead of the white."),
+            "around it, pure noise, or nothing.", cli="flag", group=MASKS),
+    _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
+           not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use."),
+    _whole("mask_shrink", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
+           not_outpaint="use overlap", help="Shrink the mask (its white part) by this many pixels before use."),
+    _flag("mask_invert", "Repaint the black part of the mask instead of the white.", cli="flag", group=MASKS,
+          not_outpaint="the new area is what is painted"),
     _choice("prompt_syntax", "a1111", PROMPT_SYNTAXES,
             "a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; plain: diffusers' "
-            "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text."),
+            "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.", cli="flag", per_family=True),
     # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments)
     # kind "other": each may also be a list, one per ControlNet (engine/control.py checks them); the bounds are
-    # the server's request fields' (the scale's 2: where A1111's ControlNet weight slider ends)
-    _other("control_image"),
-    Spec("controlnet_conditioning_scale", serve_low=0, serve_high=2,
-         help="ControlNet: how strongly it steers; default: the family's (0.5; SDXL 1.0)."),
-    Spec("control_guidance_start", default=0.0, serve_low=0, serve_high=1,
+    # the server's request fields' (the scale's 2: where A1111's ControlNet weight slider ends). Pictures of
+    # their own and per-ControlNet state keep a request out of a shared batch.
+    _other("control_image", cli="pictures", group=CONTROLNET, alone=True, metavar="FILE|none",
+           help="Control picture, one per ControlNet in export order ('none': an inpaint ControlNet builds it from "
+                "the image and mask, a plain one stays off); default: none for all."),
+    Spec("controlnet_conditioning_scale", serve_low=0, serve_high=2, flag="--controlnet-scale", cli="reals",
+         group=CONTROLNET, alone=True, metavar="SCALE",
+         help="ControlNet: how strongly it steers, one or one per ControlNet; default: the family's (0.5; SDXL 1.0)."),
+    Spec("control_guidance_start", default=0.0, serve_low=0, serve_high=1, flag="--control-start", cli="real",
+         group=CONTROLNET, alone=True,
          help="ControlNet: the fraction of the steps after which it starts steering."),
-    Spec("control_guidance_end", default=1.0, serve_low=0, serve_high=1,
+    Spec("control_guidance_end", default=1.0, serve_low=0, serve_high=1, flag="--control-end", cli="real",
+         group=CONTROLNET, alone=True,
          help="ControlNet: the fraction of the steps after which it stops steering."),
-    Spec("guess_mode", default=False,
+    Spec("guess_mode", default=False, cli="flag", group=CONTROLNET, alone=True, kind="flag",
          help="ControlNet: it reads the control image's content without relying on the prompt "
               "(diffusers' guess mode)."),
 ]
@@ -162,24 +194,37 @@ INPAINT = [
 OUTPAINT = [
     *[_whole(side, 0, 0, unit="pixels", meaning="to add on that side; to cut the picture, crop it before",
              help=f"Pixels to add on the {side}.") for side in SIDES],
-    _whole("overlap", 32, 0, 1024, unit="pixels",
+    _whole("overlap", 32, 0, 1024, unit="pixels", cli="flag", group=OUTPAINTING,
            meaning="how far the repaint reaches into the existing picture; 0 = a hard seam",
            help="How far (pixels) the repaint reaches into the existing picture, feathered; 0 = a hard seam."),
-    _choice("fill", "edge", FILLS, "Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise."),
+    _choice("fill", "edge", FILLS, "Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise.",
+            cli="flag", group=OUTPAINTING),
 ]
 
 # KandinskyEngine.inpaint's arguments that the Stable Diffusion engines do not have
+PRIOR = dict(needs="prior")
 KANDINSKY = [
-    _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt."),
-    _other("image_embeds"), _other("negative_image_embeds"),
+    _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt.", **PRIOR),
+    _other("image_embeds", **PRIOR), _other("negative_image_embeds", **PRIOR),
     _real("prior_guidance_scale", None, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50,
-          help="Kandinsky 2.2: the prior's guidance (default 4)."),
-    _whole("prior_num_inference_steps", None, 2, serve_high=1000, help="Kandinsky 2.2: the prior's steps (default 25)."),
-    _other("prior_latents"),
-    Spec("image_prompts", flag="--image-prompt", help="Kandinsky 2.2: pictures mixed into the prompt's image "
-         "embedding, as (picture, weight) pairs (the prior's interpolate)."),
-    _real("prompt_weight", 1.0, help="Kandinsky 2.2 with image prompts: the prompt's weight in the mix."),
+          help="Kandinsky 2.2: the prior's guidance (default 4).", **PRIOR),
+    _whole("prior_num_inference_steps", None, 2, serve_high=1000, help="Kandinsky 2.2: the prior's steps (default 25).",
+           **PRIOR),
+    _other("prior_latents", **PRIOR),
+    Spec("image_prompts", flag="--image-prompt", cli="image_prompts", group=KANDINSKY22, alone=True,
+         metavar="FILE[:WEIGHT]", help="Kandinsky 2.2: pictures mixed into the prompt's image embedding, as "
+         "(picture, weight) pairs (the prior's interpolate); on the command line FILE[:WEIGHT], weight 1 by default.",
+         **PRIOR),
+    _real("prompt_weight", 1.0, help="Kandinsky 2.2 with image prompts: the prompt's weight in the mix.", cli="flag",
+          group=KANDINSKY22, alone=True, **PRIOR),
 ]
 
 SPECS: dict[str, Spec] = {spec.name: spec for spec in INPAINT + OUTPAINT + KANDINSKY}
 INPAINT_DEFAULTS = {spec.name: spec.default for spec in INPAINT}
+ALONE = tuple(name for name, spec in SPECS.items() if spec.alone)
+PER_FAMILY = tuple(name for name, spec in SPECS.items() if spec.per_family)
+
+
+def needing(attribute: str) -> tuple[str, ...]:
+    """The arguments only engines whose family has `attribute` take (engine/families.py)."""
+    return tuple(name for name, spec in SPECS.items() if spec.needs == attribute)

@@ -89,16 +89,15 @@ def unread_files(name: str, root: Path, manifest: dict, precision: str | None) -
     return set()
 
 
-def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False,
-                 precision: str | None = None, checked: set[str] = frozenset(),
-                 cuda_options: dict | None = None, lora=None) -> tuple[str, dict]:
-    """(the backend that runs, {component: executor}). `precision` picks ort-cuda's graphs: "fp16" (its
-    default where the directory has them) or "fp32" (diffusers' exact results); "bf16" is OpenVINO
-    on the CPU (backend "openvino", or "auto", which then takes it). `checked`: the files whose
-    hashes this load checked. `cuda_options`: ort-cuda's provider options (cuda_options.py). `lora`:
-    engine/lora.py's Overrides, fused into the weights at load (ONNX Runtime's backends only)."""
+def open_backend(options, root: Path, manifest: dict, checked: set[str] = frozenset(), lora=None) -> tuple[str, dict]:
+    """(the backend that runs, {component: executor}) for engine/load_options.py's options. Their
+    `precision` picks ort-cuda's graphs: "fp16" (its default where the directory has them) or "fp32"
+    (diffusers' exact results); "bf16" is OpenVINO on the CPU (backend "openvino", or "auto", which then
+    takes it). `checked`: the files whose hashes this load checked. `lora`: engine/lora.py's Overrides,
+    fused into the weights at load (ONNX Runtime's backends only)."""
+    name, precision = options.backend, options.precision
     check_choice(name, precision)
-    check_cuda_choice(name, manifest, cuda_options)
+    check_cuda_choice(name, manifest, options.cuda_options)
     if name == "openvino" or (name == "auto" and precision == "bf16"):
         if lora is not None:
             raise BackendError(LORA_BACKENDS.format(backend="openvino"))
@@ -108,26 +107,25 @@ def open_backend(name: str, root: Path, manifest: dict, cuda_graph: bool = False
     if name == "ort-cuda":
         from .ort_cuda import ort_cuda_sessions
 
-        return "ort-cuda", ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options, lora)
+        return "ort-cuda", ort_cuda_sessions(root, manifest, options, lora)
     if name == "tensorrt" or (name == "auto" and "tensorrt" in manifest):
         try:
             if lora is not None:  # refitting the plans' weights is not done yet
                 raise BackendError(LORA_BACKENDS.format(backend="tensorrt"))
-            return "tensorrt", _tensorrt_sessions(root, manifest, cuda_graph)
+            return "tensorrt", _tensorrt_sessions(root, manifest, options.cuda_graph)
         except (BackendError, PlanMismatchError) as e:
             if name == "tensorrt":
                 raise
             warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=3)
     if name == "auto":
-        cuda = _auto_ort_cuda(root, manifest, cuda_graph, precision, cuda_options, lora)
+        cuda = _auto_ort_cuda(root, manifest, options, lora)
         if cuda is not None:
             return "ort-cuda", cuda
     files = {c: manifest["components"][c]["file"] for c in manifest["components"]}
     return "ort-cpu", {c: _ort_cpu(root / file, c == "unet", lora and lora.for_graph(c, file)) for c, file in files.items()}
 
 
-def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str | None = None,
-                   cuda_options: dict | None = None, lora=None) -> dict | None:
+def _auto_ort_cuda(root: Path, manifest: dict, options, lora=None) -> dict | None:
     """ort-cuda's executors when it starts; None, saying why, when backend='auto' has to take the CPU."""
     import onnxruntime as ort
 
@@ -138,7 +136,7 @@ def _auto_ort_cuda(root: Path, manifest: dict, cuda_graph: bool, precision: str 
     from .ort_cuda import ort_cuda_sessions
 
     try:
-        return ort_cuda_sessions(root, manifest, cuda_graph, precision, cuda_options, lora)
+        return ort_cuda_sessions(root, manifest, options, lora)
     except BackendError as e:
         warnings.warn(f"{e}. backend='auto' runs ONNX Runtime on the CPU instead", RuntimeWarning, stacklevel=4)
         return None

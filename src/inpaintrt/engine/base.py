@@ -7,16 +7,31 @@ lacks is absent from its class; calling it raises `MissingMethod` with what to d
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.callbacks import step_callback
+from .families import family
 from .backends import check_cuda_choice, open_backend, running_precision, unread_files
+from .load_options import LoadOptions
 from .lora import prepare_loras
 from .textual_inversion import prepare_embeddings, with_embeddings
 from .manifest import read_manifest, verify_files
-from .safety import checker_files
+from .safety import checker_files, open_safety_checker
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What opening a directory gave, handed whole to the engine's constructor."""
+    options: LoadOptions
+    backend: str  # the backend that runs (backend "auto" resolved)
+    sessions: dict  # {component: executor}
+    precision: str  # what the UNet runs in
+    loras: list  # engine.loras: those baked in at export, then those fused at load
+    embeddings: object  # engine/textual_inversion.py's prepared embeddings, or None
+    safety_checker: object  # the opened checker, or None
 
 
 class MissingMethod(AttributeError):
@@ -27,31 +42,52 @@ class EngineBase:
     # method name -> why this family lacks it and what to do instead (see __getattr__)
     missing_methods: dict[str, str] = {}
 
-    def __init__(self, root: Path, manifest: dict, backend: str, sessions: dict):
-        self.root, self.manifest, self.backend, self.sessions = root, manifest, backend, sessions
+    def __init__(self, root: Path, manifest: dict, opened: "Opened"):
+        self.root, self.manifest, self.options = root, manifest, opened.options
+        self.backend, self.sessions, self.precision = opened.backend, opened.sessions, opened.precision
+        self.loras = opened.loras  # baked in at export, then those fused at load
+        self.embeddings: list = []  # textual inversions (the Stable Diffusion engine installs them)
+        self.safety_checker = opened.safety_checker  # None where the directory has none or it was turned off
         self.model = manifest["model"]
         self.family = self.model["family"]
+        self.record = family(self.family)  # its defaults and what it supports (engine/families.py)
         self.scheduler_config = manifest["scheduler"]
-        self.xp = loop_array_module(backend)
+        self.xp = loop_array_module(self.backend)
+        self.controlnets = None  # engines of families with ControlNets set theirs (engine/control.py)
+        self.image_prompts = False  # whether pictures can be mixed into the prompt (Kandinsky 2.2 with its encoder)
 
     @classmethod
-    def open(cls, root: Path, manifest: dict, backend: str, verify_hashes: bool, cuda_graph: bool,
-             precision: str | None, cuda_options: dict | None, loras, embeddings=None):
-        """This class over the directory's sessions (Engine.load documents the arguments)."""
-        check_cuda_choice(backend, manifest, cuda_options)  # before any hashing
+    def open(cls, root: Path, manifest: dict, options: LoadOptions):
+        """This class over the directory's sessions (Engine.load documents the options)."""
+        check_cuda_choice(options.backend, manifest, options.cuda_options)  # before any hashing
         checked = set()
-        if verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX); the
-            # safety checker's only where it is opened (Engine.load's safety_checker=False never reads them)
-            skipped = unread_files(backend, root, manifest, precision) | checker_files(manifest)
+        if options.verify_hashes:  # the files this backend reads (OpenVINO bf16: its cached IR, not the ONNX);
+            # the safety checker's only where it is opened (safety_checker=False never reads them)
+            skipped = unread_files(options.backend, root, manifest, options.precision) | checker_files(manifest)
             checked = verify_files(root, manifest, skipped)
-        lora, described = prepare_loras(root, manifest, loras)
-        added = prepare_embeddings(root, manifest, embeddings)  # textual inversion (engine/textual_inversion.py)
-        engine = cls(root, manifest, *open_backend(backend, root, manifest, cuda_graph, precision, checked,
-                                                   cuda_options, with_embeddings(lora, added)))
-        engine.loras = described
-        engine.embeddings = added.install(engine.text.tokenizers) if added else []
-        engine.precision = running_precision(engine.backend, manifest, engine.sessions, precision)
-        return engine
+        lora, described = prepare_loras(root, manifest, options.loras)
+        added = prepare_embeddings(root, manifest, options.embeddings)  # textual inversion
+        backend, sessions = open_backend(options, root, manifest, checked, with_embeddings(lora, added))
+        opened = Opened(options, backend, sessions, running_precision(backend, manifest, sessions, options.precision),
+                        described, added, open_safety_checker(root, manifest, backend, options.safety_checker,
+                                                              options.verify_hashes))
+        return cls(root, manifest, opened)
+
+    def facts(self) -> dict:
+        """What a server checks requests against and shows in /v1/info (plain data: it travels to Ray)."""
+        model = self.manifest["model"]
+        nets = self.controlnets
+        return {"family": self.family, "unet_in_channels": model["unet_in_channels"],
+                "latent_channels": model["latent_channels"], "vae_scale_factor": model["vae_scale_factor"],
+                "default_height": model["default_height"], "default_width": model["default_width"],
+                "default_scheduler": self.default_scheduler, "scheduler_config": self.scheduler_config,
+                "backend": self.backend, "safety_checker": self.safety_checker is not None,
+                "precision": self.precision, "default_steps": self.record.steps,
+                "default_guidance_scale": self.record.guidance, "loras": self.loras, "embeddings": self.embeddings,
+                "controlnets": [{key: entry[key] for key in ("component", "kind", "source", "conditioning_channels")}
+                                for entry in (nets.entries if nets else [])],
+                "default_controlnet_scale": nets.default_scale if nets else None,
+                "image_prompts": bool(self.image_prompts)}
 
     def __getattr__(self, name: str):
         # only reached when normal lookup fails: a sibling family's method gets its own message
@@ -65,7 +101,7 @@ class EngineBase:
         return step_callback(function, self, tensor_inputs, self._callback_kind(), self._unavailable_tensors())
 
     def _callback_kind(self) -> str:
-        return self.family
+        return self.record.callback
 
     def _unavailable_tensors(self) -> dict[str, str]:
         """diffusers' callback tensors this engine does not make -> why."""

@@ -26,10 +26,8 @@ from ..runtime import images as imaging
 from ..runtime.control import ControlResiduals, ControlUnit
 from ..runtime.errors import InvalidArgument
 from . import arguments as check
+from .families import family
 
-# controlnet_conditioning_scale's default per family: StableDiffusionControlNetInpaintPipeline's 0.5 (its
-# text-to-image sibling's is 1.0), StableDiffusionXLControlNetInpaintPipeline's 1.0
-DEFAULT_SCALES = {"sd1": 0.5, "sd2": 0.5, "sdxl": 1.0}
 # the text feeds a ControlNet takes beside its sample: SD's hidden states, SDXL's added conditions too
 TEXT_FEEDS = ("encoder_hidden_states", "text_embeds", "time_ids")
 REEXPORT = "re-export it with `inpaint-export --model <checkpoint> --controlnet <ControlNet> --output <dir>`"
@@ -42,7 +40,7 @@ class ControlNets:
         self.entries = manifest.get("controlnets", [])
         self.layout = manifest.get("controlnet_residuals", [])
         self.sessions = sessions
-        self.default_scale = DEFAULT_SCALES.get(manifest["model"]["family"])
+        self.default_scale = family(manifest["model"]["family"]).controlnet_scale
 
     def __len__(self) -> int:
         return len(self.entries)

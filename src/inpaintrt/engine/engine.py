@@ -14,28 +14,30 @@ from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
 from .base import EngineBase, first_output, progress_bar, read_family
+from .argument_specs import needing
 from .batch import inpaint_batch, run_loop
-from .kandinsky import KandinskyEngine, kandinsky_only_arguments
-from .manifest import EngineDirectoryError
+from .families import family as family_record, families_with
+from .load_options import LoadOptions
 from .outpaint import outpaint
 from .outputs import InpaintOutput
 from .plans import select_plan
 from .control import ControlNets
+from .preflight import default_strength, generated_size, prepare_mask
 from .prompts import PromptArgs, SizeConditioning, TextConditioner
-from .safety import open_safety_checker, screen
+from .safety import screen
 
 __all__ = ["Engine", "InpaintOutput", "StopDenoising"]
 
 
 class Engine(EngineBase):
-    """Stable Diffusion 1.x / 2.x / SDXL; `Engine.load` opens any family's directory (ENGINE_CLASSES)."""
-    safety_checker = None  # Engine.load opens the directory's one (engine/safety.py)
-
-    def __init__(self, root: Path, manifest: dict, backend: str, sessions: dict):
-        super().__init__(root, manifest, backend, sessions)
+    """Stable Diffusion 1.x / 2.x / SDXL; `Engine.load` opens any family's directory (engine/families.py)."""
+    def __init__(self, root: Path, manifest: dict, opened):
+        super().__init__(root, manifest, opened)
         self.default_scheduler = default_scheduler_name(self.scheduler_config)
-        self.text = TextConditioner(root, manifest, sessions, backend)
-        self.controlnets = ControlNets(manifest, sessions)  # empty without --controlnet at export
+        self.text = TextConditioner(root, manifest, self.sessions, self.backend)
+        if opened.embeddings:  # new prompt tokens, their vectors already in the text encoders' tables
+            self.embeddings = opened.embeddings.install(self.text.tokenizers)
+        self.controlnets = ControlNets(manifest, self.sessions)  # empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
         self._models = Models(
@@ -53,7 +55,7 @@ class Engine(EngineBase):
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
              cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
-             loras=None, embeddings=None, safety_checker: bool = True) -> "Engine | KandinskyEngine":
+             loras=None, embeddings=None, safety_checker: bool = True) -> "EngineBase":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -69,18 +71,14 @@ class Engine(EngineBase):
         [file or (file, token), ...] (A1111 .pt/.safetensors, diffusers learned_embeds, SDXL clip_l/clip_g),
         each a new prompt token as diffusers' load_textual_inversion gives (engine/textual_inversion.py);
         `engine.embeddings` lists them. The manifest's family picks the class
-        (ENGINE_CLASSES): a Kandinsky 2.2 directory gives a KandinskyEngine. safety_checker: where the directory
+        (engine/families.py): a Kandinsky 2.2 directory gives a KandinskyEngine. safety_checker: where the directory
         has diffusers' safety checker it runs (flagged images come back black, `nsfw_content_detected` says
         which); False skips it (docs/safety-checker.md)."""
+        options = LoadOptions(backend, precision, cuda_graph, cuda_options, loras, embeddings, safety_checker,
+                              verify_hashes)
         root = Path(path)
         manifest, family = read_family(root)
-        if family not in ENGINE_CLASSES:
-            raise EngineDirectoryError(f"{root}: the manifest's model family {family!r} is not one this inpaintrt "
-                                       f"runs ({', '.join(ENGINE_CLASSES)}); re-export it with this version")
-        engine = ENGINE_CLASSES[family].open(root, manifest, backend, verify_hashes, cuda_graph, precision,
-                                             cuda_options, loras, embeddings)
-        engine.safety_checker = open_safety_checker(root, manifest, engine.backend, safety_checker, verify_hashes)
-        return engine
+        return family_record(family, str(root)).engine_class().open(root, manifest, options)
 
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt=1, guidance_scale=7.5,
                       prompt_2=None, negative_prompt_2=None, prompt_syntax="a1111"):
@@ -92,7 +90,7 @@ class Engine(EngineBase):
         cond, uncond = self.text(args, per_prompt, guidance_scale > 1)
         uncond = uncond or {}
         found = (cond["encoder_hidden_states"], uncond.get("encoder_hidden_states"))
-        return found + (cond["text_embeds"], uncond.get("text_embeds")) if self.family == "sdxl" else found
+        return found + (cond["text_embeds"], uncond.get("text_embeds")) if self.record.micro_conditioning else found
 
     def inpaint(
         self, image, mask_image, prompt=None, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
@@ -141,8 +139,7 @@ class Engine(EngineBase):
         steps = check.from_table("num_inference_steps", num_inference_steps)
         per_prompt = check.from_table("num_images_per_prompt", num_images_per_prompt)
         callback = self._step_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        if strength is None:
-            strength = 0.9999 if self.family == "sdxl" else 1.0
+        strength = default_strength(strength, self.family)
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
         check.mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert)
         start, end = check.schedule_window(denoising_start, denoising_end, masked_content)
@@ -217,7 +214,7 @@ class Engine(EngineBase):
         return inpaint_batch(self, members, on_done)
 
     def _callback_kind(self) -> str:
-        return "sdxl" if self.family == "sdxl" else "controlnet" if self.controlnets else "sd"
+        return "controlnet" if self.controlnets and self.record.callback == "sd" else self.record.callback
 
     def _unavailable_tensors(self) -> dict[str, str]:
         missing = {}
@@ -245,7 +242,7 @@ class Engine(EngineBase):
         """(cond, uncond or None, batch): the text encoders' feeds, SDXL's time ids with them."""
         cond, uncond = self.text(prompts, per_prompt, guided)
         batch = len(cond["encoder_hidden_states"])
-        if self.family == "sdxl":
+        if self.record.micro_conditioning:
             ids, negative_ids = sizes.time_ids(self.model, height, width)
             cond["time_ids"] = np.repeat(ids, batch, axis=0)
             if uncond is not None:
@@ -267,28 +264,23 @@ class Engine(EngineBase):
         """Kandinsky 2.2's arguments by name (ValueError), unknown ones as Python would (TypeError)."""
         if not kandinsky:
             return
-        named = sorted(set(kandinsky) & kandinsky_only_arguments())
+        named = sorted(set(kandinsky) & set(needing("prior")))
         if not named:
             raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
         them = "it" if len(named) == 1 else "them"
-        raise InvalidArgument(named[0], f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for Kandinsky 2.2 "
-                              f"engines; this engine is {self.family}: leave {them} out", f"leave {them} out")
+        raise InvalidArgument(named[0], f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for "
+                              f"{', '.join(families_with('prior'))} engines; this engine is {self.family}: leave "
+                              f"{them} out", f"leave {them} out")
 
     def _refuse_sdxl_arguments(self, sizes: SizeConditioning) -> None:
         given = sizes.given()
-        if self.family != "sdxl" and given:
+        if not self.record.micro_conditioning and given:
             raise InvalidArgument(given[0], f"{', '.join(given)} are SDXL micro-conditioning; this engine is "
                                   f"{self.family}: leave them out", "leave them out")
 
     def _size(self, height, width, picture, given_latents, keep_input_size) -> tuple[int, int]:
         factor = self.model["vae_scale_factor"]
-        if keep_input_size:
-            if height is not None or width is not None:
-                raise InvalidArgument("keep_input_size", "keep_input_size=True sets height and width from the image; "
-                                      "do not pass them too", "leave height and width out, or keep_input_size False")
-            w, h = imaging.picture_size(picture)
-            height, width = max(factor, h // factor * factor), max(factor, w // factor * factor)
-        elif given_latents is not None:
+        if given_latents is not None and not keep_input_size:
             own = (given_latents.shape[2] * factor, given_latents.shape[3] * factor)
             if (height or own[0], width or own[1]) != own:
                 raise InvalidArgument("height" if (height or own[0]) != own[0] else "width",
@@ -296,29 +288,10 @@ class Engine(EngineBase):
                                       "width); leave height and width unset or match them",
                                       "leave height and width unset or match them")
             height, width = own
-        height = self.model["default_height"] if height is None else height
-        width = self.model["default_width"] if width is None else width
-        return check.check_size(height, width, factor)
+        size = imaging.picture_size(picture) if keep_input_size else None
+        return generated_size(height, width, size, keep_input_size, factor,
+                              (self.model["default_height"], self.model["default_width"]))
 
 
 def _pair(outputs: dict) -> tuple[np.ndarray, np.ndarray]:
     return outputs["latent_mean"], outputs["latent_logvar"]
-
-
-def prepare_mask(mask, height: int, width: int, mode: str, invert: bool, grow: int, shrink: int, blur: float,
-                 padding_mask_crop):
-    """(edited mask picture, crop box or None, 0/1 mask (1, 1, H, W), change map or None): diffusers'
-    mask preparation after the edits beyond it (invert, grow / shrink, then blur)."""
-    mask = masking.edit(mask, invert, grow, shrink, blur)
-    crop = masking.crop_region(mask, width, height, padding_mask_crop) if padding_mask_crop is not None else None
-    mask_pixels = imaging.preprocess_mask(mask, height, width, crop)
-    soft = imaging.preprocess_mask(mask, height, width, crop, soft=True) if mode == "soft" else None
-    if soft is None:
-        check.something_to_repaint(mask_pixels)
-    return mask, crop, mask_pixels, soft
-
-
-
-# the manifest's model family -> its engine class
-ENGINE_CLASSES: dict[str, type[EngineBase]] = {"sd1": Engine, "sd2": Engine, "sdxl": Engine,
-                                               "kandinsky22": KandinskyEngine}

@@ -3,7 +3,6 @@ kandinsky22. `inpaint` takes KandinskyV22InpaintCombinedPipeline's arguments (pr
 decoder); arguments of the Stable Diffusion families are refused by name."""
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +41,10 @@ class KandinskyEngine(EngineBase):
         "outpaint": "grow the canvas yourself and call inpaint with a mask over the new area",
     }
 
-    def __init__(self, root, manifest: dict, backend: str, sessions: dict):
-        super().__init__(root, manifest, backend, sessions)
+    def __init__(self, root, manifest: dict, opened):
+        super().__init__(root, manifest, opened)
+        sessions = self.sessions
         self.default_scheduler = "ddpm" if self.scheduler_config.get("_class_name") == "DDPMScheduler" else "ddim"
-        self.controlnets = None
         self.embed_dim = self.model["image_embed_dim"]
         self._models = Models(
             encode=None,  # the MoVQ encode is deterministic: the engine calls it and passes image latents
@@ -345,10 +344,6 @@ def _default_prompt_weight(prompt_weight) -> None:
                               f"image_prompts, and none were given; {fix}", fix)
 
 
-def _parameters(function) -> set[str]:
-    return {name for name, p in inspect.signature(function).parameters.items() if p.kind != p.VAR_KEYWORD}
-
-
 def _refuse(others: dict, family: str) -> None:
     """Stable Diffusion arguments by name (ValueError), unknown ones as Python would (TypeError)."""
     if not others:
@@ -384,7 +379,3 @@ def _is_default(value, default) -> bool:
     except (ValueError, TypeError):  # arrays
         return False
 
-
-def kandinsky_only_arguments() -> set[str]:
-    """What a Stable Diffusion engine refuses by name."""
-    return _parameters(KandinskyEngine.inpaint) - set(INPAINT_DEFAULTS) - {"self", "image", "mask_image"}

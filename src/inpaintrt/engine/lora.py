@@ -18,6 +18,7 @@ import numpy as np
 
 from .lora_keys import KeyResolver, LoraError, other_algorithm, split_key
 from .lora_variants import Layer, layer_delta
+from .families import families_with, family
 from .manifest import file_digest
 from .safetensors_io import SafetensorsError, read_header, read_tensor
 
@@ -302,9 +303,10 @@ def prepare_loras(root: Path, manifest: dict, specs) -> tuple["Overrides | None"
     baked = [dict(entry, baked=True) for entry in manifest.get("loras", [])]
     if not specs:
         return None, baked
-    family = manifest["model"]["family"]
-    if family not in ("sd1", "sd2", "sdxl"):
-        raise LoraError(f"LoRAs apply to SD 1.x, 2.x and SDXL engines; this engine is {family}: leave loras out")
+    record = family(manifest["model"]["family"])
+    if not record.loras:
+        raise LoraError(f"LoRAs apply to {', '.join(families_with('loras'))} engines; this engine is {record.name}: "
+                        "leave loras out")
     loras = open_loras(specs)
     return fuse(root, manifest, loras), baked + [dict(lora.describe(), baked=False) for lora in loras]
 

@@ -237,11 +237,12 @@ def graph_for_cuda(component: dict, precision: str | None = None) -> tuple[str, 
     return component["file"], "fp32"
 
 
-def ort_cuda_sessions(root: Path, manifest: dict, cuda_graph: bool = False, precision: str | None = None,
-                      cuda_options: dict | None = None, lora=None) -> dict:
-    """{component: executor} on the GPU, or BackendError. cuda_options: CUDA provider options over the
-    manifest's `cuda.provider_options` (cuda_options.py names those accepted). lora: engine/lora.py's
-    Overrides, applied to each graph that runs (fp16 graphs get fp16 weights)."""
+def ort_cuda_sessions(root: Path, manifest: dict, options, lora=None) -> dict:
+    """{component: executor} on the GPU, or BackendError, for engine/load_options.py's options. Their
+    cuda_options: CUDA provider options over the manifest's `cuda.provider_options` (cuda_options.py names
+    those accepted). lora: engine/lora.py's Overrides, applied to each graph that runs (fp16 graphs get
+    fp16 weights)."""
+    cuda_graph, precision, cuda_options = options.cuda_graph, options.precision, options.cuda_options
     chosen = chosen_options(manifest, cuda_options)
     graphs = {name: graph_for_cuda(c, precision) for name, c in manifest["components"].items()}
     if precision == "fp16" and not any(p == "fp16" for _, p in graphs.values()):

@@ -20,17 +20,13 @@ from ..runtime.masking import max_filter
 from ..runtime.noise import as_generator, draw
 from ..runtime.errors import InvalidArgument
 from . import arguments as check
+from .argument_specs import SPECS
 from .outputs import InpaintOutput
 
-# inpaint arguments outpaint sets itself, or that have no meaning for a canvas it builds
-NOT_HERE = {
-    "mask_image": "outpaint makes the mask itself from the extensions",
-    "keep_unmasked": "outpaint always keeps the existing pixels outside the overlap band",
-    "keep_input_size": "the output is the grown canvas", "padding_mask_crop": "each pass is already a crop",
-    "num_images_per_prompt": "outpaint makes one picture per call; call it again with another seed",
-    "latents": "each pass draws its own noise", "mask_grow": "use overlap", "mask_shrink": "use overlap",
-    "mask_invert": "the new area is what is painted", "blur_factor": "the overlap band is already feathered",
-}
+# inpaint arguments outpaint sets itself, or that have no meaning for a canvas it builds (the table's
+# not_outpaint column)
+NOT_HERE = {"mask_image": "outpaint makes the mask itself from the extensions",
+            **{name: spec.not_outpaint for name, spec in SPECS.items() if spec.not_outpaint}}
 
 
 def outpaint(engine, image, sides: dict, overlap, fill, height, width, generator, output_type, max_pixels, kwargs):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from ..runtime.control import residual_size
+from .families import family
 
 DEFAULT_SIZES = ((512, 512), (1024, 1024))
 DEFAULT_MAX_IMAGES = 2
@@ -67,7 +68,7 @@ def fp32_components(model: dict) -> tuple[str, ...]:
     """Components of a manifest's `model` whose TensorRT input (and so plan) stays fp32: the SDXL VAE
     unless its checkpoint says it is fp16-safe (force_upcast False, e.g. the fp16-fix VAE); its decoder
     overflows in fp16, which is why diffusers upcasts it."""
-    if model.get("family") == "sdxl" and model.get("vae_force_upcast", True):
+    if not family(model["family"]).fp16_vae and model.get("vae_force_upcast", True):
         return ("vae_encoder", "vae_decoder")
     return ()
 

@@ -22,6 +22,7 @@ from ..runtime.errors import InvalidArgument
 from ..runtime.prompt_syntax import check_syntax, chunks, emphasize, is_plain, parse
 from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
+from .families import family
 from .plans import text_token_limit
 
 PROMPT_CACHE = 64  # distinct prompts (or chunks) per text encoder whose outputs are kept
@@ -44,7 +45,7 @@ class PromptArgs:
 class TextConditioner:
     def __init__(self, root, manifest: dict, sessions: dict, backend: str | None = None):
         self.model = manifest["model"]
-        self.sdxl = self.model["family"] == "sdxl"
+        self.sdxl = family(self.model["family"]).micro_conditioning  # pooled embeddings and time ids
         self.encoders = self.model.get("text_encoders", ["text_encoder"])
         tokenizers = manifest.get("tokenizers") or {"text_encoder": manifest["tokenizer"]}
         self.tokenizers = {name: PromptTokenizer(root / t["file"], t["max_length"], t["pad_id"])

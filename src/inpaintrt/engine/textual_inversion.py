@@ -21,6 +21,7 @@ import numpy as np
 
 from ..runtime.errors import InvalidArgument
 from ..runtime.tokenizer import PromptTokenizer
+from .families import Family, families_with, family
 from .manifest import file_digest
 from .onnx_weights import float_initializers
 from .safetensors_io import SafetensorsError, read_file
@@ -69,11 +70,11 @@ def parse_spec(spec) -> tuple[str, str | None]:
     return text, None
 
 
-def read_embedding(path: Path, token: str | None, widths: dict[str, int], family: str) -> Embedding:
+def read_embedding(path: Path, token: str | None, widths: dict[str, int], record: Family) -> Embedding:
     """One file's token and vectors per text encoder ({encoder: table width}), checked."""
     own_token, found = read_vectors(path)
     token = token or own_token or path.stem
-    if family == "sdxl":
+    if record.micro_conditioning:  # SDXL's text encoders: one set of vectors each
         if set(found) != {"clip_l", "clip_g"}:
             raise EmbeddingError(f"embedding {path.name} holds one set of vectors; an SDXL engine needs an "
                                  "SDXL embedding with clip_l and clip_g vectors (one per text encoder)",
@@ -81,7 +82,7 @@ def read_embedding(path: Path, token: str | None, widths: dict[str, int], family
         vectors = {encoder: found[SDXL_KEYS[encoder]] for encoder in widths}
     elif "clip_l" in found or "clip_g" in found:
         raise EmbeddingError(f"embedding {path.name} is an SDXL embedding (clip_l/clip_g vectors); this "
-                             f"engine is {family}", "use the SD 1.x/2.x version of the embedding")
+                             f"engine is {record.name}", "use the SD 1.x/2.x version of the embedding")
     else:
         vectors = {encoder: found[""] for encoder in widths}
     for encoder, array in vectors.items():
@@ -232,13 +233,13 @@ def prepare_embeddings(root: Path, manifest: dict, specs) -> Embeddings | None:
     if isinstance(specs, (str, Path)):
         raise EmbeddingError(f"embeddings is one path ({specs!r}); it is a list",
                              f"pass embeddings=[{str(specs)!r}]")
-    family = manifest["model"]["family"]
-    if family not in ("sd1", "sd2", "sdxl"):
-        raise EmbeddingError(f"textual-inversion embeddings apply to SD 1.x, 2.x and SDXL engines; this "
-                             f"engine is {family}", "leave embeddings out")
+    record = family(manifest["model"]["family"])
+    if not record.loras:
+        raise EmbeddingError(f"textual-inversion embeddings apply to {', '.join(families_with('loras'))} engines; "
+                             f"this engine is {record.name}", "leave embeddings out")
     widths = {encoder: _width(manifest["components"][encoder])
               for encoder in manifest["model"].get("text_encoders", ["text_encoder"])}
-    loaded = [read_embedding(Path(path), token, widths, family) for path, token in map(parse_spec, specs)]
+    loaded = [read_embedding(Path(path), token, widths, record) for path, token in map(parse_spec, specs)]
     return Embeddings(root, manifest, loaded)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
+from ..engine.families import SD1, SD2, SDXL
 from ..engine.plans import DEFAULT_MAX_IMAGES, DEFAULT_SIZES, fp32_components
 from .half import FP16_TOLERANCE, FP32_TOLERANCE, convert_to_fp16, copy_fp32, relative_error
 from .cuda_graphs import export_cuda_graph
@@ -245,7 +246,7 @@ def _model_info(pipe) -> dict:
         sdxl.update(vae_latents_mean=list(map(float, latents_mean)), vae_latents_std=list(map(float, latents_std)))
     return {
         **sdxl,
-        "family": "sdxl" if is_sdxl(pipe) else "sd2" if unet.cross_attention_dim == 1024 else "sd1",
+        "family": SDXL if is_sdxl(pipe) else SD2 if unet.cross_attention_dim == 1024 else SD1,
         "unet_in_channels": unet.in_channels,
         "prediction_type": pipe.scheduler.config.get("prediction_type", "epsilon"),
         "latent_channels": vae.latent_channels,

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.families import KANDINSKY22
 from ..engine.manifest import read_manifest, write_manifest
 from .exporter import (ExportError, _export_component, _move_into_place, _save_tokenizer, _scheduler_config,
                        _versions)
 from .loading import SINGLE_FILE_SUFFIXES, CheckpointError, checkpoint_family
 from .specs import ComponentSpec, TensorSpec
 
-FAMILY = "kandinsky22"
+FAMILY = KANDINSKY22
 PRIOR_CONSTANTS = "kandinsky_prior.npz"
 IMAGE_ENCODER = "prior_image_encoder"
 DECODERS = ("KandinskyV22InpaintPipeline", "KandinskyV22InpaintCombinedPipeline")

@@ -9,6 +9,8 @@ import json
 import re
 from pathlib import Path
 
+from ..engine.families import KANDINSKY22, SDXL
+
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -30,7 +32,7 @@ def load_pipeline(model: str, config: str | None = None, safety_checker: bool = 
 
     path = Path(model)
     family = checkpoint_family(model, config)
-    if family == "kandinsky22":
+    if family == KANDINSKY22:
         raise CheckpointError(f"--model {model!r} is a Kandinsky 2.2 pipeline; export/kandinsky.py's load_kandinsky "
                               "loads it (inpaint-export does so by itself)")
     pipeline_class = getattr(diffusers, PIPELINES[family])
@@ -99,11 +101,12 @@ def check_finite(pipe, model: str) -> None:
                                       "is damaged")
 
 
-PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
+# the checkpoint kinds this module loads: SD ("sd": 1.x and 2.x, told apart at export) and SDXL
+PIPELINES = {"sd": "StableDiffusionInpaintPipeline", SDXL: "StableDiffusionXLInpaintPipeline"}
 
 
 def checkpoint_family(model: str, config: str | None = None) -> str:
-    """"sdxl", "sd" (1.x/2.x) or "kandinsky22", from what the checkpoint says about itself."""
+    """SDXL, "sd" (1.x/2.x) or KANDINSKY22, from what the checkpoint says about itself."""
     path = Path(model)
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if config:
@@ -114,7 +117,7 @@ def checkpoint_family(model: str, config: str | None = None) -> str:
             check_single_file(path)
 
             with safe_open(str(path), framework="pt") as f:  # reads the header only
-                return "sdxl" if any(k.startswith("conditioner.embedders.") for k in f.keys()) else "sd"
+                return SDXL if any(k.startswith("conditioner.embedders.") for k in f.keys()) else "sd"
         return "sd"
     if path.is_dir():
         index = path / "model_index.json"
@@ -131,8 +134,8 @@ def checkpoint_family(model: str, config: str | None = None) -> str:
 
 def _family_of_index(index: dict) -> str:
     if index.get("_class_name", "").startswith("KandinskyV22"):  # export/kandinsky.py loads these
-        return "kandinsky22"
-    return "sdxl" if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
+        return KANDINSKY22
+    return SDXL if "XL" in index.get("_class_name", "") or "text_encoder_2" in index else "sd"
 
 
 def check_supported(pipe, family: str) -> None:
@@ -142,7 +145,7 @@ def check_supported(pipe, family: str) -> None:
     if getattr(unet, "time_cond_proj_dim", None):
         raise CheckpointError("this UNet takes a guidance embedding (LCM-distilled); inpaintrt does not export those")
     added = getattr(unet, "addition_embed_type", None)
-    if family == "sdxl" and added != "text_time":
+    if family == SDXL and added != "text_time":
         raise CheckpointError(f"the SDXL pipeline's UNet has addition_embed_type={added!r}, not 'text_time'")
     if family == "sd" and added:
         raise CheckpointError(f"this UNet takes extra conditioning ({added}) that SD 1.x/2.x pipelines do not give")

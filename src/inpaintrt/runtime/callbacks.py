@@ -22,13 +22,13 @@ from .errors import InvalidArgument
 
 NAMES = "callback_on_step_end_tensor_inputs"
 
-# diffusers' _callback_tensor_inputs of the pipeline each family stands in for
+# diffusers' _callback_tensor_inputs of the pipeline each kind of engine stands in for (a family's `callback`)
 TENSOR_INPUTS = {
     "sd": ("latents", "prompt_embeds", "negative_prompt_embeds", "mask", "masked_image_latents"),
     "controlnet": ("latents", "prompt_embeds", "negative_prompt_embeds", "control_image", "mask",
                    "masked_image_latents"),
     "sdxl": ("latents", "prompt_embeds", "add_text_embeds", "add_time_ids", "mask", "masked_image_latents"),
-    "kandinsky22": ("latents", "image_embeds", "negative_image_embeds", "masked_image", "mask_image"),
+    "kandinsky": ("latents", "image_embeds", "negative_image_embeds", "masked_image", "mask_image"),
 }
 # diffusers' name -> the loop's conditioning feed
 FEEDS = {"prompt_embeds": "encoder_hidden_states", "add_text_embeds": "text_embeds", "add_time_ids": "time_ids",

@@ -123,6 +123,20 @@ def run_timesteps(scheduler, steps: int, strength: float, denoising_start: float
     return begin, timesteps
 
 
+@dataclass
+class LoopState:
+    """What the denoising loop carries from step to step; the step callback may replace its arrays."""
+    latents: np.ndarray
+    conditioning: dict  # the UNet's feeds besides the sample and timestep
+    image_latents: np.ndarray | None  # the picture's latents, blended back outside the mask
+    noise: np.ndarray  # the initial noise, re-used to noise image_latents to each step's level
+    blend_mask: np.ndarray  # (B, 1, h, w): 1 = repaint; the 4-channel and soft blends, Kandinsky's paste
+    unet_mask: np.ndarray | None = None  # 9-channel UNet inputs: the mask and the masked image's latents
+    unet_masked: np.ndarray | None = None
+    unet_extra: np.ndarray | None = None  # Kandinsky: [masked image latents, keep mask]
+    free_after: list | None = None  # soft masks: after step i, where the model's latents are kept
+
+
 def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter, xp=np) -> np.ndarray:
     """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'.
 
@@ -130,18 +144,39 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     or cupy, where the latents, masks and text embeddings stay on the GPU for the whole loop and the
     result is a device array. The noise is drawn on the host generator in diffusers' order and moved."""
     r = request
+    begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength, r.denoising_start,
+                                     r.denoising_end)
+    state = prepare_latents(models, scheduler, r, generator, begin, len(timesteps), xp)
+    # 10. Denoising loop
+    for i in progress(range(len(timesteps))):
+        index, t = begin + i, timesteps[i]
+        noise_pred = predict_noise(models, scheduler, r, state, i, len(timesteps), index, t, xp)
+        state.latents = scheduler.step(noise_pred, index, state.latents, generator).astype(np.float32)
+        blend_known(models, scheduler, r, state, i, len(timesteps), index, xp)
+        if r.callback is not None and run_callback(models, r, state, i, t, xp):
+            break
+    if r.latent_masking is not None:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
+        state.latents = ((1 - state.blend_mask) * state.image_latents + state.blend_mask * state.latents
+                         ).astype(np.float32)
+    return state.latents
+
+
+def _blends(models: Models, r: Request) -> bool:
+    """The 4-channel way: the picture's latents put back outside the mask after each step (also Kandinsky's)."""
+    return models.unet_in_channels == 4 or r.latent_masking is not None
+
+
+def prepare_latents(models: Models, scheduler, r: Request, generator, begin: int, steps: int, xp) -> LoopState:
+    """diffusers' "Prepare latent variables" and "Prepare mask latent variables", draws in its order."""
     noise_of = lambda shape: xp.asarray(draw(generator, shape))  # noqa: E731
     rows = _rows_of(r, xp)
     pictures = r.image.shape[0]
     image = xp.asarray(r.image)
-    conditioning = {name: xp.asarray(value) for name, value in r.conditioning.items()}
     _, _, height, width = r.image.shape
     shape = (r.batch, models.latent_channels, height // models.vae_scale_factor, width // models.vae_scale_factor)
-    begin, timesteps = run_timesteps(scheduler, r.num_inference_steps, r.strength, r.denoising_start,
-                                     r.denoising_end)
     full_strength = r.strength == 1.0
     latent_masked = r.latent_masking is not None  # Kandinsky: a 9-channel UNet and the blend
-    blend = models.unet_in_channels == 4 or latent_masked
+    blend = _blends(models, r)
     continuing = r.denoising_start is not None  # the latents are already partly denoised: no noise added
 
     # draw 1: the image's own latents, when the 4-channel blend, a partial strength or a hand-off needs them
@@ -154,6 +189,8 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     noise = noise_of(shape) if continuing or r.latents is None else xp.asarray(r.latents, dtype=np.float32)
     mask = xp.asarray(r.latent_masking[0] if latent_masked else nearest_resize(r.mask, shape[2], shape[3]))
     copies = 2 if r.guided else 1
+    state = LoopState(None, {name: xp.asarray(value) for name, value in r.conditioning.items()}, None, noise,
+                      rows(mask))
     # draw 3: the masked image's latents. diffusers also computes them for 4-channel UNets and throws
     # them away (drawing the same noise without the VAE encode keeps the draws in step), except when the
     # image came as latents, which cannot be masked.
@@ -161,12 +198,10 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
         if r.image_latents is None:
             draw(generator, (pictures, *shape[1:]))
         if latent_masked:
-            unet_extra = rows(xp.asarray(r.latent_masking[1]), copies)
+            state.unet_extra = rows(xp.asarray(r.latent_masking[1]), copies)
     else:
         masked_latents = encode_latents(models, xp.asarray(r.image * (r.mask < 0.5)), generator)
-        unet_mask = rows(mask, copies)
-        unet_masked = rows(masked_latents, copies)
-    blend_mask = rows(mask)
+        state.unet_mask, state.unet_masked = rows(mask, copies), rows(masked_latents, copies)
     # beyond diffusers, drawn after diffusers' draws so the defaults keep them: draw 4, the image
     # latents a soft mask blends back (9-channel at strength 1 has none yet); draw 5, latent noise
     soft = r.change_map is not None
@@ -175,85 +210,101 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     if image_latents is not None and r.masked_content in ("latent_noise", "latent_nothing"):
         fresh = noise_of((pictures, *shape[1:])) if r.masked_content == "latent_noise" else 0.0
         fresh = rows(fresh) if pictures > 1 else fresh
-        image_latents = ((1 - blend_mask) * image_latents + blend_mask * fresh).astype(np.float32)
+        image_latents = ((1 - state.blend_mask) * image_latents + state.blend_mask * fresh).astype(np.float32)
     if continuing:
         latents = image_latents
     elif r.latents is None and not full_strength:
         latents = scheduler.add_noise(image_latents, noise, begin)
     else:
         latents = noise * scheduler.init_noise_sigma
-    latents = latents.astype(np.float32)
-    if soft:
+    state.latents, state.image_latents = latents.astype(np.float32), image_latents
+    if soft:  # after step i, free = left to the model from step i + 1 on (and at the end)
         change = area_resize(r.change_map, models.vae_scale_factor)
-        n = len(timesteps)  # after step i, free = left to the model from step i + 1 on (and at the end)
-        free_after = [xp.asarray(change > max(n - i - 2, 0) / n) for i in range(n)]
+        state.free_after = [xp.asarray(change > max(steps - i - 2, 0) / steps) for i in range(steps)]
+    return state
 
-    for i in progress(range(len(timesteps))):
-        index = begin + i
-        t = timesteps[i]
-        model_input = xp.concatenate([latents] * copies) if r.guided else latents
-        model_input = scheduler.scale_model_input(model_input, index)
-        timestep = xp.full((model_input.shape[0],), t, dtype=np.float32)
-        feeds = conditioning
-        if r.control is not None:  # ControlNet residuals (runtime/control.py), in the loop's module
-            feeds = {**feeds, **r.control(i, len(timesteps), model_input.astype(np.float32), timestep)}
-        if latent_masked:
-            model_input = xp.concatenate([model_input, unet_extra], axis=1)
-        elif not blend:
-            model_input = xp.concatenate([model_input, unet_mask, unet_masked], axis=1)
-        pred = models.unet(model_input.astype(np.float32), timestep, feeds).astype(np.float32, copy=False)
-        # a UNet that also predicts its variance (Kandinsky): guidance mixes the prediction; the variance is the
-        # conditional half's, as diffusers takes it
-        variance = pred[:, models.latent_channels:] if pred.shape[1] == 2 * models.latent_channels else None
-        pred = pred[:, :models.latent_channels] if variance is not None else pred
-        if r.guided:
-            uncond, cond = xp.split(pred, 2)
-            pred = uncond + r.guidance_scale * (cond - uncond)
-            variance = None if variance is None else xp.split(variance, 2)[1]
-        if variance is not None and getattr(scheduler, "reads_variance", False):
-            pred = xp.concatenate([pred, variance], axis=1)
-        latents = scheduler.step(pred, index, latents, generator).astype(np.float32)
-        if blend or soft:
-            proper = image_latents
-            if i < len(timesteps) - 1:
-                proper = scheduler.add_noise(image_latents, noise, index + 1)
-            if soft:  # where(), so what the model made for a kept pixel cannot leak in, even as NaN
-                latents = xp.where(free_after[i], latents, proper).astype(np.float32)
-            else:
-                latents = ((1 - blend_mask) * proper + blend_mask * latents).astype(np.float32)
-        if r.callback is not None:
-            arrays = {"latents": latents, **conditioning}
-            if latent_masked:
-                arrays["extra"] = unet_extra
-            elif blend:  # diffusers' 4-channel mask has the guided batch's rows too: a copy, made only when asked for
-                if _wants(r.callback, "mask"):
-                    arrays["mask"] = xp.concatenate([blend_mask] * copies)
-            else:
-                arrays.update(mask=unet_mask, masked_image_latents=unet_masked)
-            try:
-                changed, stop = r.callback(i, t, arrays)
-            except StopDenoising:
-                break
-            for name, value in changed.items():
-                if name == "latents":
-                    latents = _checked_callback_array(value, latents, name, xp)
-                elif name in conditioning:
-                    conditioning = {**conditioning, name: _checked_callback_array(value, conditioning[name], name, xp)}
-                elif name == "extra":  # Kandinsky: the masked image latents and the keep mask
-                    unet_extra = xp.concatenate([_checked_callback_array(v, old, n, xp) for v, old, n in zip(
-                        value, (unet_extra[:, :-1], unet_extra[:, -1:]), ("masked_image", "mask_image"))], axis=1)
-                    blend_mask = xp.repeat(1 - unet_extra[:1, -1:], r.batch, axis=0)
-                elif name == "mask" and blend:
-                    blend_mask = _checked_callback_array(value, arrays["mask"], name, xp)[:r.batch]
-                elif name == "mask":
-                    unet_mask = _checked_callback_array(value, unet_mask, name, xp)
-                else:
-                    unet_masked = _checked_callback_array(value, unet_masked, name, xp)
-            if stop:  # diffusers' pipe._interrupt: the remaining steps are skipped
-                break
-    if latent_masked:  # KandinskyV22InpaintPipeline pastes the image latents once more after the loop
-        latents = ((1 - blend_mask) * image_latents + blend_mask * latents).astype(np.float32)
-    return latents
+
+def predict_noise(models: Models, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int, t,
+                  xp) -> np.ndarray:
+    """The UNet's prediction for step i, guided: the model input scaled, the mask channels or ControlNet
+    residuals fed, classifier-free guidance mixed."""
+    model_input = xp.concatenate([state.latents] * 2) if r.guided else state.latents
+    model_input = scheduler.scale_model_input(model_input, index)
+    timestep = xp.full((model_input.shape[0],), t, dtype=np.float32)
+    feeds = state.conditioning
+    if r.control is not None:  # ControlNet residuals (runtime/control.py), in the loop's module
+        feeds = {**feeds, **r.control(i, steps, model_input.astype(np.float32), timestep)}
+    if state.unet_extra is not None:
+        model_input = xp.concatenate([model_input, state.unet_extra], axis=1)
+    elif state.unet_mask is not None:
+        model_input = xp.concatenate([model_input, state.unet_mask, state.unet_masked], axis=1)
+    pred = models.unet(model_input.astype(np.float32), timestep, feeds).astype(np.float32, copy=False)
+    # a UNet that also predicts its variance (Kandinsky): guidance mixes the prediction; the variance is the
+    # conditional half's, as diffusers takes it
+    variance = pred[:, models.latent_channels:] if pred.shape[1] == 2 * models.latent_channels else None
+    pred = pred[:, :models.latent_channels] if variance is not None else pred
+    if r.guided:
+        uncond, cond = xp.split(pred, 2)
+        pred = uncond + r.guidance_scale * (cond - uncond)
+        variance = None if variance is None else xp.split(variance, 2)[1]
+    if variance is not None and getattr(scheduler, "reads_variance", False):
+        pred = xp.concatenate([pred, variance], axis=1)
+    return pred
+
+
+def blend_known(models: Models, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int, xp) -> None:
+    """The 4-channel blend (and soft masks'): outside the mask, the picture's latents noised to the next
+    step's level replace what the model made."""
+    soft = state.free_after is not None
+    if not (_blends(models, r) or soft):
+        return
+    proper = state.image_latents
+    if i < steps - 1:
+        proper = scheduler.add_noise(state.image_latents, state.noise, index + 1)
+    if soft:  # where(), so what the model made for a kept pixel cannot leak in, even as NaN
+        state.latents = xp.where(state.free_after[i], state.latents, proper).astype(np.float32)
+    else:
+        state.latents = ((1 - state.blend_mask) * proper + state.blend_mask * state.latents).astype(np.float32)
+
+
+def run_callback(models: Models, r: Request, state: LoopState, i: int, t, xp) -> bool:
+    """callback_on_step_end with the loop's arrays by diffusers' names, what it returns written back;
+    True: stop after this step (StopDenoising, or diffusers' pipe._interrupt)."""
+    arrays = {"latents": state.latents, **state.conditioning}
+    if state.unet_extra is not None:
+        arrays["extra"] = state.unet_extra
+    elif _blends(models, r):  # diffusers' 4-channel mask has the guided batch's rows too: a copy, made only when asked
+        if _wants(r.callback, "mask"):
+            arrays["mask"] = xp.concatenate([state.blend_mask] * (2 if r.guided else 1))
+    else:
+        arrays.update(mask=state.unet_mask, masked_image_latents=state.unet_masked)
+    try:
+        changed, stop = r.callback(i, t, arrays)
+    except StopDenoising:
+        return True
+    for name, value in changed.items():
+        _write_back(state, name, value, arrays, _blends(models, r), r.batch, xp)
+    return stop
+
+
+def _write_back(state: LoopState, name: str, value, arrays: dict, blend: bool, batch: int, xp) -> None:
+    """One array the step callback returned, checked, in its place in the loop's state."""
+    if name == "latents":
+        state.latents = _checked_callback_array(value, state.latents, name, xp)
+    elif name in state.conditioning:
+        state.conditioning = {**state.conditioning,
+                              name: _checked_callback_array(value, state.conditioning[name], name, xp)}
+    elif name == "extra":  # Kandinsky: the masked image latents and the keep mask
+        old = state.unet_extra
+        state.unet_extra = xp.concatenate([_checked_callback_array(v, o, n, xp) for v, o, n in zip(
+            value, (old[:, :-1], old[:, -1:]), ("masked_image", "mask_image"))], axis=1)
+        state.blend_mask = xp.repeat(1 - state.unet_extra[:1, -1:], batch, axis=0)
+    elif name == "mask" and blend:
+        state.blend_mask = _checked_callback_array(value, arrays["mask"], name, xp)[:batch]
+    elif name == "mask":
+        state.unet_mask = _checked_callback_array(value, state.unet_mask, name, xp)
+    else:
+        state.unet_masked = _checked_callback_array(value, state.unet_masked, name, xp)
 
 
 def _rows_of(r: Request, xp) -> Callable:

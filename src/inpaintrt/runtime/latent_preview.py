@@ -30,16 +30,18 @@ SDXL_COEFFICIENTS = np.array([
 ], np.float32)
 
 
-def coefficients(family: str) -> np.ndarray | None:
-    """The family's 4x3 matrix, or None where there is none (Kandinsky 2.2)."""
-    if family == "sdxl":
-        return SDXL_COEFFICIENTS
-    return None if family == "kandinsky22" else SD_COEFFICIENTS
+# a family's latent space (engine/families.py's `preview`) -> its matrix
+COEFFICIENTS = {"sd": SD_COEFFICIENTS, "sdxl": SDXL_COEFFICIENTS}
 
 
-def preview_rgb(latents, family: str = "sd15") -> np.ndarray | None:
+def coefficients(space: str | None) -> np.ndarray | None:
+    """The latent space's 4x3 matrix, or None where there is none (Kandinsky 2.2's MoVQ: space None)."""
+    return COEFFICIENTS.get(space) if space else None
+
+
+def preview_rgb(latents, space: str | None) -> np.ndarray | None:
     """HxWx3 uint8 of the first picture of `latents` ((batch,) 4, h, w; numpy or cupy), or None."""
-    matrix = coefficients(family)
+    matrix = coefficients(space)
     if matrix is None:
         return None
     array = latents.get() if hasattr(latents, "get") and not isinstance(latents, np.ndarray) else latents
@@ -52,11 +54,11 @@ def preview_rgb(latents, family: str = "sd15") -> np.ndarray | None:
     return (np.clip((rgb + 1) / 2, 0, 1) * 255).round().astype(np.uint8)
 
 
-def preview_data_url(latents, family: str = "sd15") -> str | None:
+def preview_data_url(latents, space: str | None) -> str | None:
     """The preview as a PNG data: URL (a 64x64 latent is about 10 kB), or None."""
     from PIL import Image
 
-    rgb = preview_rgb(latents, family)
+    rgb = preview_rgb(latents, space)
     if rgb is None:
         return None
     buffer = io.BytesIO()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import inspect
 import json
 import math
 import secrets
@@ -23,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..engine.load_options import LoadOptions
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, default_request_work, engine_sizes
@@ -42,9 +42,7 @@ STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
 @dataclass
 class Settings:
     engine_dir: str
-    backend: str = "auto"
-    precision: str | None = None  # Engine.load's: None is the backend's own
-    cuda_graph: bool = False
+    load: LoadOptions = field(default_factory=LoadOptions)  # how every worker and replica opens its engines
     workers: int = 1
     queue_size: int = 16
     token: str | None = None
@@ -62,12 +60,13 @@ class Settings:
     refused: Exception | None = None  # why the engines would not load (set at startup)
     a1111: bool = True  # also answer AUTOMATIC1111's /sdapi/v1 routes
     log_prompts: bool = False  # the access log names each job's prompts (off: no user text in logs)
-    loras: list = field(default_factory=list)  # [path, scale] pairs fused at load by every worker and replica
-    safety_checker: bool = True  # run the engines' safety checker where they have one (--no-safety-checker)
-    embeddings: list = field(default_factory=list)  # [path, token or None] textual inversions, loaded likewise
     more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
     max_batch: int = 1  # requests that may share UNet calls (1: batching off; docs/batching.md)
     batch_window_ms: float = 5.0  # how long a batchable job waits for others
+
+    def __post_init__(self):
+        if isinstance(self.load, dict):  # as dataclasses.asdict sends settings to Ray replicas
+            self.load = LoadOptions(**self.load)
 
     def engine_dirs(self) -> list[str]:
         return [self.engine_dir, *self.more_engines]
@@ -83,39 +82,17 @@ class Settings:
 
 
 def engine_facts(engine) -> dict:
-    """What request checks and /v1/info need to know about the model (plain data: it travels to Ray)."""
+    """The engine's facts (EngineBase.facts) and its memory sizes (budget.py)."""
     if hasattr(engine, "remote_facts"):  # a Ray engine replica answered already
         return engine.remote_facts
-    model = engine.manifest["model"]
-    defaults = inspect.signature(engine.inpaint).parameters  # the family's: SD 50 steps at 7.5, Kandinsky 100 at 4
-    return {"family": model.get("family", "sd15"), "unet_in_channels": model["unet_in_channels"],
-            "latent_channels": model["latent_channels"], "default_height": model["default_height"],
-            "default_width": model["default_width"], "default_scheduler": engine.default_scheduler,
-            "scheduler_config": engine.scheduler_config, "backend": engine.backend,
-            "safety_checker": getattr(engine, "safety_checker", None) is not None,
-            "precision": getattr(engine, "precision", None), "default_steps": defaults["num_inference_steps"].default,
-            "default_guidance_scale": defaults["guidance_scale"].default, "loras": getattr(engine, "loras", []),
-            "embeddings": getattr(engine, "embeddings", []), "sizes": engine_sizes(engine.manifest),
-            **guide_facts(engine)}
-
-
-def guide_facts(engine) -> dict:
-    """The ControlNets in export order (what control_image lists follow) and whether image prompts work."""
-    nets = getattr(engine, "controlnets", None)
-    return {"controlnets": [{key: entry[key] for key in ("component", "kind", "source", "conditioning_channels")}
-                            for entry in (nets.entries if nets else [])],
-            "default_controlnet_scale": nets.default_scale if nets else None,
-            "image_prompts": bool(getattr(engine, "image_prompts", False))}
+    return {**engine.facts(), "sizes": engine_sizes(engine.manifest)}
 
 
 def open_engine(settings: Settings, engine_dir: str | None = None):
     """One engine as the settings ask for it (each worker and each Ray replica calls this)."""
     from .. import Engine
 
-    return Engine.load(engine_dir or settings.engine_dir, backend=settings.backend, precision=settings.precision,
-                       safety_checker=settings.safety_checker,
-                       cuda_graph=settings.cuda_graph, loras=[tuple(pair) for pair in settings.loras] or None,
-                       embeddings=[tuple(pair) for pair in settings.embeddings] or None)
+    return Engine.load(engine_dir or settings.engine_dir, **settings.load.as_arguments())
 
 
 def local_engines(settings: Settings, engine_dir: str | None = None) -> Callable:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from ..engine.arguments import is_whole
+from ..engine.preflight import batchable
 
 # what each member brings of its own; every other field must match for jobs to share a batch
 PER_MEMBER = frozenset({"image", "mask_image", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2"})
@@ -30,20 +31,12 @@ class Batching:
             raise ValueError(f"--batch-window-ms must be between 0 and 1000 milliseconds, got {self.window_ms!r}")
 
 
-# arguments that carry pictures of their own (ControlNet's, Kandinsky's image prompts): such a job runs alone
-# rather than have its key compare pictures by repr
-ALONE = ("control_image", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end",
-         "guess_mode", "image_prompts", "prompt_weight")
-
-
 def batch_key(job) -> str | None:
-    """What must match for two jobs to be gathered together; None: the job runs alone (outpaint, ControlNet,
-    image prompts and soft masks keep per-picture state the shared loop does not batch)."""
-    arguments = job.arguments
-    if (job.task != "inpaint" or any(name in arguments for name in ALONE)
-            or arguments.get("mask_mode", "binary") != "binary"):
+    """What must match for two jobs to be gathered together; None: the job runs alone (engine/preflight.py
+    `batchable`: outpaint, ControlNet, image prompts and soft masks keep per-picture state)."""
+    if not batchable(job.task, job.arguments):
         return None
-    shared = {name: value for name, value in arguments.items() if name not in PER_MEMBER}
+    shared = {name: value for name, value in job.arguments.items() if name not in PER_MEMBER}
     return json.dumps(shared, sort_keys=True, default=repr)
 
 

@@ -34,11 +34,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
 
 from ..engine.argument_specs import SIDES
+from ..engine.preflight import batchable
 from ..runtime.errors import InvalidArgument
-from .batching import batch_key
 
 DEFAULT_MAX_MEGAPIXEL_STEPS = 107.0
 CONTROLNET_SHARE = 0.5  # a ControlNet's work per call, as a share of the UNet's
@@ -95,14 +94,16 @@ def request_memory(work: Work, facts: dict, height: int | None = None, width: in
     return int(work.together * per_picture + 4 * pixels * work.pictures + 32 * work.canvas)
 
 
-def request_work(params, arguments: dict, facts: dict, calls: int, passes: int, limits,
+def request_work(params, arguments: dict, facts: dict, planned, passes: int, limits,
                  pictures: tuple | None = None) -> Work:
-    """The Work of a checked request. pictures: (count, field, shown) of an A1111 batch; None: one."""
+    """The Work of a request checked by engine/preflight.py (`planned`: its size, steps and UNet calls).
+    pictures: (count, field, shown) of an A1111 batch; None: one."""
     image = arguments["image"]
-    height, width, side = _size(params, image.size, facts)
-    steps = params.num_inference_steps or facts["default_steps"]
+    height, width, steps = planned.height, planned.width, planned.steps
+    side = ("keep_input_size" if getattr(params, "keep_input_size", False)
+            else "width" if width > height else "height")
     guidance = params.guidance_scale if params.guidance_scale is not None else facts["default_guidance_scale"]
-    work = Work(height, width, calls, steps, passes=passes, guided=guidance > 1)
+    work = Work(height, width, planned.calls, steps, passes=passes, guided=guidance > 1)
     work.controlnets, sent = _controlnets(arguments, facts, work.guided)
     work.fields = {"steps": ("num_inference_steps", steps), "size": (side, width if side == "width" else height)}
     if pictures is not None and pictures[0] > 1:
@@ -115,17 +116,9 @@ def request_work(params, arguments: dict, facts: dict, calls: int, passes: int, 
         work.fields["controlnets"] = ("control_image", sent)
         work.defaults["controlnets"] = {"controlnets": _controlnets({}, facts, work.guided)[0]}
     _raised(work, facts)
-    if batch_key(SimpleNamespace(task=params.task, arguments=arguments)) is not None:
+    if batchable(params.task, arguments):
         work.together = limits.max_batch  # other requests of its size may join its engine call
     return work
-
-
-def _size(params, picture_size: tuple[int, int], facts: dict) -> tuple[int, int, str]:
-    """(height, width) generated per call and the field that sets them (the larger side)."""
-    if getattr(params, "keep_input_size", False):
-        return picture_size[1] // 8 * 8, picture_size[0] // 8 * 8, "keep_input_size"
-    height, width = params.height or facts["default_height"], params.width or facts["default_width"]
-    return height, width, "width" if width > height else "height"
 
 
 def _raised(work: Work, facts: dict) -> None:

@@ -9,9 +9,7 @@ import signal
 import socket
 import sys
 
-from ..engine.backends import BACKENDS, PRECISIONS, check_choice
-from ..engine.lora import lora_pairs
-from ..engine.textual_inversion import embedding_pairs
+from ..engine.load_options import add_load_arguments, load_options_from
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS
 
 TOKEN_VARIABLE = "INPAINTRT_TOKEN"
@@ -25,11 +23,6 @@ def parser() -> argparse.ArgumentParser:
                    "in `model`)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="engine backend (default auto: TensorRT plans, else ONNX Runtime CUDA, else the CPU)")
-    p.add_argument("--precision", choices=PRECISIONS, help="the UNet's precision: fp16/fp32 pick ort-cuda's graphs; "
-                   "bf16 runs OpenVINO on the CPU (default: each backend's own, fp32 on the CPU)")
-    p.add_argument("--cuda-graph", action="store_true", help="TensorRT / ort-cuda replay the UNet as a CUDA graph")
     p.add_argument("--workers", type=int, default=1, help="worker threads, each with its own engine (default 1)")
     p.add_argument("--queue-size", type=int, default=16, help="jobs that may wait; beyond it 429 (default 16)")
     p.add_argument("--max-batch", type=int, default=1, help="inpaint requests that may share UNet calls when they "
@@ -58,12 +51,7 @@ def parser() -> argparse.ArgumentParser:
                    "also names each job's prompts; off by default: no user text in logs")
     p.add_argument("--no-a1111", dest="a1111", action="store_false",
                    help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
-    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                   help="fuse a LoRA into the weights when each worker / replica loads (repeatable; ort-cpu, ort-cuda)")
-    p.add_argument("--embedding", action="append", default=[], metavar="FILE[:TOKEN]",
-                   help="a textual-inversion embedding as a new prompt token, TOKEN or the file's name (repeatable)")
-    p.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
-                   help="load the engines without their safety checker (docs/safety-checker.md)")
+    add_load_arguments(p, "each worker / replica")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
     return p
@@ -77,7 +65,7 @@ def settings_from(args):
     for name in ("workers", "queue_size", "replicas", "max_steps", "max_outpaint_passes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    check_choice(args.backend, args.precision)  # a wrong pair fails before any engine loads
+    load = load_options_from(args)  # a wrong backend / precision pair or a bad file fails before any engine loads
     check_names(args.engine)
     batching = Batching(args.max_batch, args.batch_window_ms)  # a bad value names its flag
     if args.ray and batching.max_batch > 1:
@@ -91,17 +79,12 @@ def settings_from(args):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
-    return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], backend=args.backend,
-                    precision=args.precision, cuda_graph=args.cuda_graph,
-                    workers=args.workers, queue_size=args.queue_size,
+    return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], load=load, workers=args.workers, queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, max_megapixel_steps=args.max_megapixel_steps,
                     max_request_memory_mb=args.max_request_memory_mb, cors_origins=args.cors_origin,
-                    a1111=args.a1111, log_prompts=args.log_prompts, loras=lora_pairs(args.lora),
-                    safety_checker=args.safety_checker,
-                    embeddings=embedding_pairs(args.embedding),
-                    max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
+                    a1111=args.a1111, log_prompts=args.log_prompts, max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
 
 
 def main(argv: list[str] | None = None) -> int:

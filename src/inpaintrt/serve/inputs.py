@@ -15,12 +15,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..engine import arguments as check_args
-from ..engine.argument_specs import FILLS, MASK_MODES, MASKED_CONTENTS, PROMPT_SYNTAXES, SIDES, SPECS
+from ..engine.argument_specs import (FILLS, MASK_MODES, MASKED_CONTENTS, PER_FAMILY, PROMPT_SYNTAXES, SIDES, SPECS,
+                                     needing)
+from ..engine.families import families_with, family
 from ..engine.outpaint import plan
+from ..engine.preflight import Preflight, preflight
 from ..runtime.errors import InvalidArgument
-from ..runtime.inpaint import run_timesteps
-from ..runtime.schedulers import SCHEDULERS, make_scheduler
+from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
 from .errors import ApiError, request_fix, validation_error
 from .numbers import NumbersOnly
@@ -128,9 +129,9 @@ class SyncOutpaintParameters(ResponseFormat, OutpaintParameters):
     """POST /v1/outpaint: the job's fields and how to answer."""
 
 
-PRIOR_FIELDS = ("negative_prior_prompt", "prior_guidance_scale", "prior_num_inference_steps")
+PRIOR_FIELDS = tuple(name for name in needing("prior") if name in InpaintParameters.model_fields)
 # left out of a request: not passed, so the engine's family default applies
-DEFAULTED = ("num_inference_steps", "guidance_scale", "prompt_syntax") + PRIOR_FIELDS
+DEFAULTED = PER_FAMILY + PRIOR_FIELDS
 
 
 @dataclass
@@ -251,16 +252,17 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
             raise ApiError(422, name, f"{name} is not a part of {params.task} requests"
                            + (" (outpaint makes the mask itself from left, right, top and bottom)"
                               if name == "mask_image" else ""), f"leave {name} out")
-    if params.task == "outpaint" and engine_facts["family"] == "kandinsky22":  # refused before a job is queued
-        raise ApiError(422, "request", "outpaint is not available for Kandinsky 2.2 engines yet",
+    record = family(engine_facts["family"])
+    if params.task == "outpaint" and not record.outpaint:  # refused before a job is queued
+        raise ApiError(422, "request", f"outpaint is not available for {record.title} engines yet",
                        "grow the canvas yourself and POST /v1/inpaint with a mask over the new area")
     for name in params.pictures:
         if name not in files:
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
     prior = [name for name in PRIOR_FIELDS if getattr(params, name, None) is not None]
-    if prior and engine_facts["family"] != "kandinsky22":
-        raise ApiError(422, prior[0], f"{prior[0]} is an argument of Kandinsky 2.2 engines; this engine is "
-                       f"{engine_facts['family']}", f"leave {prior[0]} out")
+    if prior and not record.prior:
+        raise ApiError(422, prior[0], f"{prior[0]} is an argument of {', '.join(families_with('prior'))} engines; "
+                       f"this engine is {engine_facts['family']}", f"leave {prior[0]} out")
     prior_steps = getattr(params, "prior_num_inference_steps", None)
     if prior_steps is not None and prior_steps > limits.max_steps:
         raise ApiError(422, "prior_num_inference_steps", f"prior_num_inference_steps={prior_steps} is above this "
@@ -275,19 +277,19 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     # unset: the engine's own defaults; model picked the engine already
     arguments = params.model_dump(exclude={"seed", "response_format", "model"} | unset | set(GuideFields.model_fields))
     arguments["image"] = image
-    _check_output_size(params, image.size, limits, engine_facts)
+    if isinstance(params, InpaintParameters):
+        arguments["mask_image"] = _checked_mask(files["mask_image"], image.size, limits)
+    planned = _preflight(arguments, engine_facts, limits)  # the engine's own checks (engine/preflight.py)
     if params.listed:  # checked against the engine's ControlNets and image encoder before the job is queued
         guides = {name: files[name] for name in params.listed if name in files}
         arguments.update(guide_arguments(params, guides, image.size, engine_facts, limits.max_pixels))
-    calls, passes = _count_steps(params, engine_facts, steps), 1
+    calls, passes = planned.calls, 1
     if isinstance(params, OutpaintParameters):
         passes = _outpaint_passes(params, image.size, limits, engine_facts)
         arguments["max_pixels"] = limits.max_pixels
-    else:
-        arguments["mask_image"] = _checked_mask(params, files["mask_image"], image.size, limits)
     # work and memory of the whole request, the same rule for every route (budget.py)
     try:
-        check_request(request_work(params, arguments, engine_facts, calls, passes, limits, pictures), limits,
+        check_request(request_work(params, arguments, engine_facts, planned, passes, limits, pictures), limits,
                       engine_facts)
     except InvalidArgument as e:
         raise ApiError(422, e.field, str(e), e.fix) from None
@@ -295,18 +297,24 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     return Parsed(params.task, arguments, seed, calls * passes, getattr(params, "response_format", "png"), params.model)
 
 
-def _checked_mask(params: InpaintParameters, data: bytes, size: tuple[int, int], limits: Limits) -> Image.Image:
+def _checked_mask(data: bytes, size: tuple[int, int], limits: Limits) -> Image.Image:
     mask = decode_picture(data, "mask_image", limits.max_pixels)
     if size != mask.size:
         raise ApiError(422, "mask_image", f"mask_image is {mask.size[0]}x{mask.size[1]} but image is "
                        f"{size[0]}x{size[1]}", "send a mask of exactly the picture's size")
-    level = np.asarray(mask.convert("L"))
-    level = 255 - level if params.mask_invert else level
-    if level.max() < (1 if params.mask_mode == "soft" else 128):
-        raise ApiError(422, "mask_image", "mask_image marks nothing to repaint (all black"
-                       + (", after mask_invert)" if params.mask_invert else ")"),
-                       "paint white where the picture should change")
     return mask
+
+
+def _preflight(arguments: dict, facts: dict, limits: Limits) -> Preflight:
+    """engine/preflight.py's checks with this server's output limit, their refusals as 422s."""
+    try:
+        return preflight(arguments, facts, limits.max_output_pixels, "this server's max_output_pixels allows")
+    except InvalidArgument as e:
+        fixes = {"scheduler": "GET /v1/info lists the schedulers", "scheduler_options": "GET /v1/info lists the "
+                 "schedulers", "strength": "raise strength or change num_inference_steps"}
+        raise ApiError(422, e.field, str(e), request_fix(e.fix, fixes.get(e.field, f"change {e.field}"))) from None
+    except ValueError as e:  # this engine's scheduler config is one the chosen scheduler does not implement
+        raise ApiError(422, "scheduler", str(e), "choose another scheduler (GET /v1/info lists them)") from None
 
 
 def _outpaint_passes(params: OutpaintParameters, size: tuple[int, int], limits: Limits, facts: dict) -> int:
@@ -336,41 +344,3 @@ def _outpaint_passes(params: OutpaintParameters, size: tuple[int, int], limits: 
                        f"{window[1]}x{window[0]}, over this server's max_outpaint_passes={limits.max_outpaint_passes}",
                        "add fewer pixels, or send a larger height/width per pass within max_output_pixels")
     return passes
-
-
-def _check_output_size(params, size: tuple[int, int], limits: Limits, facts: dict) -> None:
-    """height x width generated at once (for outpaint: each pass) against max_output_pixels."""
-    if getattr(params, "keep_input_size", False):
-        if params.height is not None or params.width is not None:
-            raise ApiError(422, "keep_input_size", "keep_input_size takes height and width from the image",
-                           "leave height and width out, or keep_input_size false")
-        width, height, name = size[0] // 8 * 8, size[1] // 8 * 8, "keep_input_size"
-    else:
-        height, width = params.height or facts["default_height"], params.width or facts["default_width"]
-        try:  # the engine's check with this server's limit: it names the side to lower
-            check_args.output_size(height, width, limits.max_output_pixels, "this server's max_output_pixels allows")
-        except InvalidArgument as e:
-            raise ApiError(422, e.field, str(e), request_fix(e.fix, f"send a smaller {e.field}")) from None
-        return
-    if height * width > limits.max_output_pixels:
-        raise ApiError(422, name, f"the output would be {width}x{height} = {width * height} pixels, over this server's "
-                       f"max_output_pixels={limits.max_output_pixels}",
-                       "send a smaller picture, or height and width instead of keep_input_size")
-
-
-def _count_steps(params, facts: dict, steps: int) -> int:
-    try:
-        scheduler = make_scheduler(params.scheduler or facts["default_scheduler"], facts["scheduler_config"],
-                                   params.scheduler_options)
-    except InvalidArgument as e:
-        raise ApiError(422, e.field, str(e), request_fix(e.fix, "GET /v1/info lists the schedulers")) from None
-    except ValueError as e:  # this engine's scheduler config is one the chosen scheduler does not implement
-        raise ApiError(422, "scheduler", str(e), "choose another scheduler (GET /v1/info lists them)") from None
-    try:
-        strength = params.strength or (0.9999 if facts["family"] == "sdxl" else 1.0)
-        _, timesteps = run_timesteps(scheduler, steps, strength)
-    except InvalidArgument as e:
-        fix = request_fix(e.fix, "raise strength or change num_inference_steps")
-        raise ApiError(422, e.field, str(e), fix) from None
-    return len(timesteps)
-

@@ -90,9 +90,9 @@ class Job:
                 "timings": timings, **({"restarted": list(self.restarts)} if self.restarts else {})}
 
 
-def _preview(latents, family: str) -> str | None:
+def _preview(latents, space: str | None) -> str | None:
     try:
-        return preview_data_url(latents, family)
+        return preview_data_url(latents, space)
     except Exception:  # a preview is a nicety: it never fails the job
         return None
 
@@ -238,7 +238,7 @@ class JobManager:
             job.step += 1
             job.total = max(job.total, job.step)
             if job.previews:
-                job.preview = _preview(latents, getattr(engine, "family", "sd15"))
+                job.preview = _preview(latents, engine.record.preview)
             self._notify(job)
             if job.cancel_requested:
                 raise JobCancelled()

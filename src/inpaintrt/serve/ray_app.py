@@ -25,6 +25,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import ReplicaUnavailableError
 
+from ..engine.load_options import LoadOptions
 from .app import Settings, create_app, engine_facts, open_engine
 from .jobs import RUNNING, TASKS, EngineUnavailable, JobCancelled, JobManager
 
@@ -277,9 +278,9 @@ def build_application(settings: Settings, replicas: int | str = 1, num_gpus: flo
 def uses_gpu(settings: Settings) -> bool:
     from ..engine.manifest import read_manifest
 
-    if settings.backend in ("tensorrt", "ort-cuda") or settings.precision == "fp16":
+    if settings.load.backend in ("tensorrt", "ort-cuda") or settings.load.precision == "fp16":
         return True
-    return settings.backend == "auto" and "tensorrt" in read_manifest(settings.engine_dir, verify_hashes=False)
+    return settings.load.backend == "auto" and "tensorrt" in read_manifest(settings.engine_dir, verify_hashes=False)
 
 
 def deploy(settings: Settings, host: str = "127.0.0.1", port: int = 8000, replicas: int | str = 1,
@@ -336,12 +337,13 @@ def app_builder(args: dict):
     from ..engine.lora import lora_pairs
     from ..engine.textual_inversion import embedding_pairs
 
-    settings = Settings(engine_dir=args["engine_dir"], backend=args.get("backend", "auto"),
-                        precision=args.get("precision"), cuda_graph=args.get("cuda_graph") in ("1", "true"),
-                        workers=int(args.get("max_replicas", 2)), token=args.get("token"),
-                        queue_size=int(args.get("queue_size", 16)),
-                        loras=lora_pairs([s for s in args.get("loras", "").split(",") if s]),
-                        embeddings=embedding_pairs([s for s in args.get("embeddings", "").split(",") if s]),
+    loras = [tuple(pair) for pair in lora_pairs([s for s in args.get("loras", "").split(",") if s])]
+    embeddings = [tuple(pair) for pair in embedding_pairs([s for s in args.get("embeddings", "").split(",") if s])]
+    load = LoadOptions(backend=args.get("backend", "auto"), precision=args.get("precision"),
+                       cuda_graph=args.get("cuda_graph") in ("1", "true"), loras=loras or None,
+                       embeddings=embeddings or None)
+    settings = Settings(engine_dir=args["engine_dir"], load=load, workers=int(args.get("max_replicas", 2)),
+                        token=args.get("token"), queue_size=int(args.get("queue_size", 16)),
                         max_megapixel_steps=float(args["max_megapixel_steps"]) if "max_megapixel_steps" in args
                         else None,
                         max_request_memory_mb=float(args["max_request_memory_mb"]) if "max_request_memory_mb" in args

@@ -97,7 +97,7 @@ def main() -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     if not (model / "model_index.json").exists():
-        subprocess.run([sys.executable, "-c", "from inpaintrt.export.models import save_pipeline; "
+        subprocess.run([sys.executable, "-c", "from inpaintrt.export.random_models import save_pipeline; "
                         f"save_pipeline({str(model)!r}, family={family!r}, size={size!r}, in_channels=9, seed=0)"],
                        check=True)
     if not (engine / "manifest.json").exists():

@@ -9,7 +9,7 @@ It needs onnxruntime-gpu, cupy, torch with CUDA and, for the diffusers side and 
 transformers; on the lent GPU machine `benchmarks/gpu_machine.sh` installs the carried wheels and runs
 it (its `sweep` mode runs the provider-option, size and batch sweeps in one call).
 
-The model is the SD 1.5 (or SDXL) inpainting architecture with random weights (inpaintrt.export.models),
+The model is the SD 1.5 (or SDXL) inpainting architecture with random weights (inpaintrt.export.random_models),
 saved and exported with `inpaint-export --fp16` (the CUDA-optimized fp16 graphs; the SDXL VAE with
 force_upcast stays fp32) unless --model / --engine name existing ones. Variants, each in a fresh
 process, alternated --processes times:
@@ -161,7 +161,7 @@ def prepare(family: str, model: Path, engine: Path, out: Path) -> None:
     if not (model / "model_index.json").exists():
         build = f"family='sd1', size='sd15'" if family == "sd15" else "family='sdxl', size='sdxl'"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from inpaintrt.export.models import save_pipeline; "
+        subprocess.run([sys.executable, "-c", "from inpaintrt.export.random_models import save_pipeline; "
                         f"save_pipeline({str(model)!r}, {build}, in_channels=9, seed=0)"], check=True)
         print(f"built {model} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if not (engine / "manifest.json").exists():

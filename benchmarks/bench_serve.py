@@ -33,10 +33,10 @@ from lcm_path import machine, versions  # this folder (the script's own director
 
 
 def build_engine(size: str, root: Path) -> Path:
-    """A random-weight engine of the given architecture size (export/models.py SIZES), exported to `root`."""
+    """A random-weight engine of the given architecture size (export/random_models.py SIZES), exported to `root`."""
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     folder = save_pipeline(root / "checkpoint", size=size, in_channels=9, seed=0)
     return export_engine(load_pipeline(str(folder)), root / f"engine-{size}", log=lambda *_: None)
@@ -157,7 +157,7 @@ def unet_scaling(engine: Path, max_batches: list[int], size: int, runs: int = 3)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--engine", help="engine directory (default: build a random-weight one of --model-size)")
-    p.add_argument("--model-size", default="small", help="export/models.py size when no --engine (default small)")
+    p.add_argument("--model-size", default="small", help="export/random_models.py size when no --engine (default small)")
     p.add_argument("--max-batch", default="1,2,4", help="comma-separated --max-batch values to compare")
     p.add_argument("--window-ms", type=float, default=5.0, help="--batch-window-ms of the server (default 5)")
     p.add_argument("--clients", type=int, default=4)

@@ -33,7 +33,7 @@ def main() -> int:
     from inpaintrt.export.controlnet import ControlNetSource
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import SIZES, save_pipeline
+    from inpaintrt.export.random_models import SIZES, save_pipeline
     from inpaintrt.runtime.control import ControlResiduals
 
     with tempfile.TemporaryDirectory() as folder:

@@ -4,7 +4,7 @@
     python benchmarks/lcm_path.py --folder DIR --tiny             # tiny model and LoRA: a smoke run of seconds
     python benchmarks/lcm_path.py --folder DIR --build-only       # make the checkpoint, engine and LoRA only
 
-Builds what --folder lacks: a random-weight checkpoint (export/models.py save_pipeline), its engine
+Builds what --folder lacks: a random-weight checkpoint (export/random_models.py save_pipeline), its engine
 (inpaint-export, fp32) and a LoRA in LCM-LoRA's layout (UNet only, rank 64, attention, feed-forward,
 proj_in/out, resnet and sampler convolutions, time embedding projections: the real lcm-lora-sdv1-5's
 targets), made with peft and saved with diffusers' save_lora_weights. Then, each in a fresh process:
@@ -69,7 +69,7 @@ def build(folder: Path, tiny: bool) -> dict:
     lora = folder / f"{size}-lcm-lora.safetensors"
     folder.mkdir(parents=True, exist_ok=True)
     if not (checkpoint / "model_index.json").exists():
-        subprocess.run([sys.executable, "-c", "from inpaintrt.export.models import save_pipeline; "
+        subprocess.run([sys.executable, "-c", "from inpaintrt.export.random_models import save_pipeline; "
                         f"save_pipeline({str(checkpoint)!r}, size={size!r}, in_channels=9, seed=0)"], check=True)
     if not (engine / "manifest.json").exists():
         subprocess.run([sys.executable, "-c", "import sys; from inpaintrt.cli import export_main; "

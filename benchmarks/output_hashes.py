@@ -32,7 +32,7 @@ def main() -> int:
     os.environ.setdefault("INPAINTRT_THREADS", "1")
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     from conftest import sample_image, sample_mask  # the suite's pictures
 
@@ -48,7 +48,7 @@ def main() -> int:
     sdxl = _export(work, "sdxl9", sd(family="sdxl", in_channels=9, seed=23), sd_export)
 
     def kandinsky_build(folder):
-        from inpaintrt.export.models_kandinsky import save_kandinsky
+        from inpaintrt.export.random_models_kandinsky import save_kandinsky
         return save_kandinsky(folder, seed=3)
 
     def kandinsky_export(folders, out):

@@ -225,7 +225,7 @@ def _percentiles(values: list[float]) -> dict:
 def tiny_engine(folder: Path) -> Path:
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     checkpoint = save_pipeline(folder / "checkpoint", size="tiny", in_channels=9)
     return export_engine(load_pipeline(str(checkpoint)), folder / "engine", log=lambda *_: None)

@@ -140,7 +140,7 @@ def _tiny_engine(root: Path) -> Path:
     """The tests' tiny random-weight 9-channel model, exported (torch and diffusers needed, seconds)."""
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     checkpoint = save_pipeline(root / "tiny9", size="tiny", in_channels=9, seed=9)
     export_engine(load_pipeline(str(checkpoint)), root / "engine", source="tiny model for the API reference")

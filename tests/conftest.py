@@ -109,7 +109,7 @@ def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_c
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """{in_channels: saved diffusers folder} for a 9-channel and a 4-channel tiny model."""
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     return shared_build(tmp_path_factory, "checkpoints", lambda root: {
         ch: save_pipeline(root / f"tiny{ch}", size="tiny", in_channels=ch, seed=ch) for ch in (9, 4)})
@@ -178,7 +178,7 @@ SDXL_MODELS = {"inpaint": ("sdxl", 9), "base": ("sdxl", 4), "refiner": ("sdxl-re
 @pytest.fixture(scope="session")
 def sdxl_checkpoints(tmp_path_factory):
     """{"inpaint" (9-channel), "base" (4-channel), "refiner" (one text encoder, aesthetic score): folder}."""
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     return shared_build(tmp_path_factory, "sdxl-checkpoints", lambda root: {
         name: save_pipeline(root / name, family=family, in_channels=ch, seed=10 + ch + len(name))

@@ -99,7 +99,7 @@ def controlnet_engines(checkpoints, root) -> dict:
 
 
 def build_sdxl_controlnet(seed: int, conditioning_channels: int = 3):
-    """An SDXL ControlNet of the tiny SDXL UNet's architecture (models_sdxl.SDXL_SIZES["tiny"]): it also
+    """An SDXL ControlNet of the tiny SDXL UNet's architecture (random_models_sdxl.SDXL_SIZES["tiny"]): it also
     conditions on text_embeds and time_ids ("text_time"). Output convolutions randomised as above."""
     import torch
     from diffusers import ControlNetModel

@@ -23,7 +23,7 @@ def kandinsky_setup(tmp_path_factory) -> KandinskySetup:
     from diffusers import KandinskyV22InpaintCombinedPipeline
 
     from inpaintrt.export.kandinsky import export_kandinsky, load_kandinsky
-    from inpaintrt.export.models_kandinsky import save_kandinsky
+    from inpaintrt.export.random_models_kandinsky import save_kandinsky
 
     def build(root):
         decoder_folder, prior_folder = save_kandinsky(root / "checkpoints", seed=3)

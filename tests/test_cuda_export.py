@@ -18,7 +18,7 @@ def traced(tmp_path_factory):
     import torch
 
     from inpaintrt.export.exporter import OPSET, torch_references
-    from inpaintrt.export.models import build_pipeline
+    from inpaintrt.export.random_models import build_pipeline
     from inpaintrt.export.optimize import classic_attention
     from inpaintrt.export.specs import component_specs
 
@@ -135,7 +135,7 @@ def test_fp16_export_writes_cuda_graphs_and_records_them(tmp_path):
     from inpaintrt import Engine
     from inpaintrt.engine.manifest import read_manifest
     from inpaintrt.export.exporter import export_engine
-    from inpaintrt.export.models import build_pipeline
+    from inpaintrt.export.random_models import build_pipeline
 
     root = export_engine(build_pipeline(size="tiny", in_channels=9, seed=9), tmp_path / "e", fp16=True,
                          log=lambda *_: None)

@@ -10,7 +10,7 @@ import torch
 from conftest import numpy_randn, sample_image, sample_mask
 from inpaintrt import Engine
 from inpaintrt.cli import export_main
-from inpaintrt.export.models_kandinsky import DECODER_SCHEDULER_CONFIG, PRIOR_SCHEDULER_CONFIG
+from inpaintrt.export.random_models_kandinsky import DECODER_SCHEDULER_CONFIG, PRIOR_SCHEDULER_CONFIG
 from inpaintrt.runtime.kandinsky import prepare_mask
 from inpaintrt.runtime.schedulers import DDPM, UnCLIP
 

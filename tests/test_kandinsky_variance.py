@@ -15,7 +15,7 @@ W, H = 80, 48
 @pytest.fixture(scope="module", params=["learned_range", "learned"])
 def learned(request, tmp_path_factory):
     from inpaintrt.export.kandinsky import export_kandinsky
-    from inpaintrt.export.models_kandinsky import DECODER_SCHEDULER_CONFIG, build_decoder_pipeline
+    from inpaintrt.export.random_models_kandinsky import DECODER_SCHEDULER_CONFIG, build_decoder_pipeline
 
     decoder = build_decoder_pipeline("tiny", seed=5, scheduler_config=dict(DECODER_SCHEDULER_CONFIG,
                                                                            variance_type=request.param))

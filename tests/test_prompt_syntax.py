@@ -101,7 +101,7 @@ def sd_model(tmp_path_factory):
 
     from inpaintrt.export.exporter import export_engine
     from inpaintrt.export.loading import load_pipeline
-    from inpaintrt.export.models import save_pipeline
+    from inpaintrt.export.random_models import save_pipeline
 
     root = tmp_path_factory.mktemp("prompt-syntax")
     path = save_pipeline(root / "tiny", size="tiny", in_channels=9, seed=23)

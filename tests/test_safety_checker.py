@@ -102,7 +102,7 @@ def aim(checker, embeds: np.ndarray, direct: list[int], special: int) -> None:
 def setup(tmp_path_factory):
     """(pipe with the aimed checker, its engine directory, diffusers' images of PLAIN without a checker)."""
     from inpaintrt.export.exporter import export_engine
-    from inpaintrt.export.models import build_pipeline
+    from inpaintrt.export.random_models import build_pipeline
 
     pipe = build_pipeline("tiny", in_channels=9, seed=9)
     plain, unchecked = decoded_pictures(pipe, SEED, **PLAIN)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import numpy_randn
-from inpaintrt.export.models import SD15_SCHEDULER_CONFIG
+from inpaintrt.export.random_models import SD15_SCHEDULER_CONFIG
 from inpaintrt.runtime.inpaint import run_timesteps
 from inpaintrt.runtime.schedulers import make_scheduler
 

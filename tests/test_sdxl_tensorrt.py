@@ -23,7 +23,7 @@ from trt_fakes import SURFACES, VERSIONS, install
 
 SIZE = ((64, 96),)  # what the tiny model runs here; 1024 is checked as profile shapes only
 QUIET = dict(log=lambda *_: None)
-# the tiny SDXL models (export/models_sdxl.py "tiny"): text encoder widths 32 and 48, pooled 48
+# the tiny SDXL models (export/random_models_sdxl.py "tiny"): text encoder widths 32 and 48, pooled 48
 HIDDEN = {"inpaint": 32 + 48, "base": 32 + 48, "refiner": 48}
 CHANNELS = {"inpaint": 9, "base": 4, "refiner": 4}
 VAE = ("vae_encoder", "vae_decoder")

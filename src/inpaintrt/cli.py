@@ -350,7 +350,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     from . import Engine
     from .export.exporter import export_engine
     from .export.loading import load_pipeline
-    from .export.models import save_pipeline
+    from .export.random_models import save_pipeline
     from .sample import sample_picture, side_by_side
 
     out = Path(args.output)

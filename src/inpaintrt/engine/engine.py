@@ -7,7 +7,7 @@ import numpy as np
 
 from ..runtime import images as imaging
 from ..runtime import masking
-from ..runtime.inpaint import Models, Request, StopDenoising, decode_latents
+from ..runtime.inpaint import LoopModels, Request, StopDenoising, decode_latents
 from ..runtime.errors import InvalidArgument
 from ..runtime.noise import as_generator
 from ..runtime.schedulers import default_scheduler_name, make_scheduler
@@ -40,7 +40,7 @@ class Engine(EngineBase):
         self.controlnets = ControlNets(manifest, self.sessions)  # empty without --controlnet at export
         channels = (1, self.model["latent_channels"], 1, 1)
         mean, std = self.model.get("vae_latents_mean"), self.model.get("vae_latents_std")
-        self._models = Models(
+        self._models = LoopModels(
             encode=lambda x: _pair(self.sessions["vae_encoder"].run({"image": x})),
             unet=lambda s, t, c: first_output(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
             decode=lambda z: first_output(self.sessions["vae_decoder"].run({"latent": z})),

@@ -11,7 +11,7 @@ from PIL import Image
 from ..runtime import images as imaging
 from ..runtime import kandinsky as kd
 from ..runtime.errors import InvalidArgument
-from ..runtime.inpaint import Models, Request, decode_latents, denoise
+from ..runtime.inpaint import LoopModels, Request, decode_latents, denoise
 from ..runtime.noise import as_generator
 from ..runtime.prompt_syntax import check_syntax, is_plain, parse
 from ..runtime.schedulers import make_scheduler
@@ -46,7 +46,7 @@ class KandinskyEngine(EngineBase):
         sessions = self.sessions
         self.default_scheduler = "ddpm" if self.scheduler_config.get("_class_name") == "DDPMScheduler" else "ddim"
         self.embed_dim = self.model["image_embed_dim"]
-        self._models = Models(
+        self._models = LoopModels(
             encode=None,  # the MoVQ encode is deterministic: the engine calls it and passes image latents
             unet=lambda s, t, c: first_output(self.sessions["unet"].run({"sample": s, "timestep": t, **c})),
             decode=lambda z: first_output(self.sessions["movq_decoder"].run({"latents": z})),

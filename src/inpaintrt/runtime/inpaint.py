@@ -41,7 +41,7 @@ class StopDenoising(Exception):
 
 
 @dataclass
-class Models:
+class LoopModels:
     encode: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # image -> latent mean, logvar
     unet: Callable[[np.ndarray, np.ndarray, dict], np.ndarray]  # sample, timestep, conditioning -> prediction
     decode: Callable[[np.ndarray], np.ndarray]  # latents -> image in [-1, 1]
@@ -82,7 +82,7 @@ class Request:
         return next(iter(self.conditioning.values())).shape[0] == 2 * self.batch
 
 
-def encode_latents(models: Models, image: np.ndarray, generator) -> np.ndarray:
+def encode_latents(models: LoopModels, image: np.ndarray, generator) -> np.ndarray:
     """VAE encode and sample the latent distribution, scaled: diffusers' _encode_vae_image (one draw per picture)."""
     mean, logvar = models.encode(image)
     xp = array_module(mean)
@@ -137,7 +137,7 @@ class LoopState:
     free_after: list | None = None  # soft masks: after step i, where the model's latents are kept
 
 
-def denoise(models: Models, scheduler, request: Request, generator, progress: Callable = iter, xp=np) -> np.ndarray:
+def denoise(models: LoopModels, scheduler, request: Request, generator, progress: Callable = iter, xp=np) -> np.ndarray:
     """Final latents (B, C, h, w), as diffusers returns them with output_type='latent'.
 
     The request holds host (numpy) arrays; the loop runs on the array module `xp` (docs/architecture.md, "One loop"): numpy,
@@ -161,12 +161,12 @@ def denoise(models: Models, scheduler, request: Request, generator, progress: Ca
     return state.latents
 
 
-def _blends(models: Models, r: Request) -> bool:
+def _blends(models: LoopModels, r: Request) -> bool:
     """The 4-channel way: the picture's latents put back outside the mask after each step (also Kandinsky's)."""
     return models.unet_in_channels == 4 or r.latent_masking is not None
 
 
-def prepare_latents(models: Models, scheduler, r: Request, generator, begin: int, steps: int, xp) -> LoopState:
+def prepare_latents(models: LoopModels, scheduler, r: Request, generator, begin: int, steps: int, xp) -> LoopState:
     """diffusers' "Prepare latent variables" and "Prepare mask latent variables", draws in its order."""
     noise_of = lambda shape: xp.asarray(draw(generator, shape))  # noqa: E731
     rows = _rows_of(r, xp)
@@ -224,7 +224,7 @@ def prepare_latents(models: Models, scheduler, r: Request, generator, begin: int
     return state
 
 
-def predict_noise(models: Models, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int, t,
+def predict_noise(models: LoopModels, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int, t,
                   xp) -> np.ndarray:
     """The UNet's prediction for step i, guided: the model input scaled, the mask channels or ControlNet
     residuals fed, classifier-free guidance mixed."""
@@ -252,7 +252,8 @@ def predict_noise(models: Models, scheduler, r: Request, state: LoopState, i: in
     return pred
 
 
-def blend_known(models: Models, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int, xp) -> None:
+def blend_known(models: LoopModels, scheduler, r: Request, state: LoopState, i: int, steps: int, index: int,
+                xp) -> None:
     """The 4-channel blend (and soft masks'): outside the mask, the picture's latents noised to the next
     step's level replace what the model made."""
     soft = state.free_after is not None
@@ -267,7 +268,7 @@ def blend_known(models: Models, scheduler, r: Request, state: LoopState, i: int,
         state.latents = ((1 - state.blend_mask) * proper + state.blend_mask * state.latents).astype(np.float32)
 
 
-def run_callback(models: Models, r: Request, state: LoopState, i: int, t, xp) -> bool:
+def run_callback(models: LoopModels, r: Request, state: LoopState, i: int, t, xp) -> bool:
     """callback_on_step_end with the loop's arrays by diffusers' names, what it returns written back;
     True: stop after this step (StopDenoising, or diffusers' pipe._interrupt)."""
     arrays = {"latents": state.latents, **state.conditioning}
@@ -336,7 +337,7 @@ def _checked_callback_array(changed, current, name: str, xp=np) -> np.ndarray:
     return changed
 
 
-def decode_latents(models: Models, latents: np.ndarray) -> np.ndarray:
+def decode_latents(models: LoopModels, latents: np.ndarray) -> np.ndarray:
     """The VAE decode of latents of any array module, in that module (one host read: the NaN check)."""
     xp = array_module(latents)
     if models.vae_latents_mean is not None:

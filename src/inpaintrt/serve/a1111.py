@@ -42,7 +42,7 @@ class Server:
     submit: Callable  # Parsed -> Job, or ApiError (queue full, shutting down)
     wait: Callable  # async (job, request): returns once the job is finished (cancels it if the client left)
     png_of: Callable  # finished Job -> PNG bytes, or the ApiError its failure means
-    models: object = None  # engines.Models: every engine; POST /options picks the one A1111 requests use
+    models: object = None  # engines.ServedEngines: every engine; POST /options picks the one A1111 requests use
 
 
 class Tracker:

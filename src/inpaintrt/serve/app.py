@@ -26,7 +26,7 @@ from ..engine.load_options import LoadOptions
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, default_request_work, engine_sizes
-from .engines import Models
+from .engines import ServedEngines
 from .errors import ApiError, install_handlers, request_fix
 from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
@@ -104,7 +104,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     settings.more_engines, each engine directory gets its own JobManager (engines.py)."""
     if (manager is not None or load_engine is not None) and settings.more_engines:
         raise ValueError("one JobManager or engine loader serves one engine: pass a single --engine")
-    models = Models([(settings.engine_dir, manager or JobManager(load_engine or local_engines(settings),
+    models = ServedEngines([(settings.engine_dir, manager or JobManager(load_engine or local_engines(settings),
                                                                  settings.workers, settings.queue_size,
                                                                  settings.keep_finished, settings.batching()))]
                     + [(directory, JobManager(local_engines(settings, directory), settings.workers,

@@ -79,12 +79,14 @@ def settings_from(args):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
-    return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], load=load, workers=args.workers, queue_size=args.queue_size,
+    return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], load=load, workers=args.workers,
+                    queue_size=args.queue_size,
                     token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, max_megapixel_steps=args.max_megapixel_steps,
                     max_request_memory_mb=args.max_request_memory_mb, cors_origins=args.cors_origin,
-                    a1111=args.a1111, log_prompts=args.log_prompts, max_batch=batching.max_batch, batch_window_ms=batching.window_ms)
+                    a1111=args.a1111, log_prompts=args.log_prompts, max_batch=batching.max_batch,
+                    batch_window_ms=batching.window_ms)
 
 
 def main(argv: list[str] | None = None) -> int:

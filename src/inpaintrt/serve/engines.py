@@ -1,7 +1,7 @@
 """Several engines in one server: each has its own JobManager (workers and queue), so one model's jobs
 never wait behind another's; a request picks one by its `model` field (left out: the first engine).
 
-`Models` also stands in for one JobManager where the server watches them all (metrics, health,
+`ServedEngines` also stands in for one JobManager where the server watches them all (metrics, health,
 shutdown, finding a job by id): figures are summed, job ids are looked up in every manager.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def check_names(engine_dirs: list) -> list[str]:
 
 
 @dataclass
-class Model:
+class ServedEngine:
     name: str
     directory: str
     manager: JobManager
@@ -43,12 +43,13 @@ class Model:
         return {"name": self.name, **{k: v for k, v in self.facts.items() if k != "scheduler_config"}}
 
 
-class Models:
+class ServedEngines:
     """The server's engines by name, the first the default."""
 
     def __init__(self, entries: list[tuple[str, JobManager]]):
         names = check_names([directory for directory, _ in entries])
-        self.models = {name: Model(name, str(directory), manager) for name, (directory, manager) in zip(names, entries)}
+        self.models = {name: ServedEngine(name, str(directory), manager)
+                       for name, (directory, manager) in zip(names, entries)}
         self.default = self.models[names[0]]
         self.listeners: list = []  # one list shared by every manager: metrics and the access log see all jobs
         for model in self:
@@ -63,7 +64,7 @@ class Models:
     def names(self) -> list[str]:
         return list(self.models)
 
-    def pick(self, name: str | None, field_name: str = "model") -> Model:
+    def pick(self, name: str | None, field_name: str = "model") -> ServedEngine:
         if name is None or name == "":
             return self.default
         if name not in self.models:

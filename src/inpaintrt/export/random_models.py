@@ -83,7 +83,7 @@ def save_pipeline(path: str | Path, family: str = "sd1", **kwargs) -> Path:
     if family == "sd1":
         pipe = build_pipeline(**kwargs)
     else:
-        from .models_sdxl import build_sdxl_pipeline
+        from .random_models_sdxl import build_sdxl_pipeline
 
         pipe = build_sdxl_pipeline(refiner=family == "sdxl-refiner", **kwargs)
     pipe.save_pretrained(path)

@@ -49,6 +49,6 @@ chromium:
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# On every core (pytest-xdist; conftest.py keeps each test file, and all the Ray files, on one worker).
+# On every core (pytest-xdist; tests/conftest.py keeps each test file, and all the Ray files, on one worker).
 test: $(STAMP) chromium docs
 	$(BIN)/python -m pytest -q -n auto --durations=30

@@ -38,12 +38,12 @@ finish() {  # the day's results and their sweep table, where the device tool bri
 
 case "${1:-}" in
   install) bash /tmp/devw/devw-install.sh ;;
-  test) python3 -m pytest -q -p no:cacheprovider -rs tests/test_ort_cuda.py tests/test_array_module.py \
-          tests/test_cuda_options.py ;;
+  test) python3 -m pytest -q -p no:cacheprovider -rs tests/gpu/test_ort_cuda.py tests/runtime/test_array_module.py \
+          tests/gpu/test_cuda_options.py ;;
   bench) shift; python3 benchmarks/bench_gpu.py "$@" ;;
   profile) shift; python3 benchmarks/profile_gpu.py "$@" ;;
   sweep)
-    python3 -m pytest -q -p no:cacheprovider -rs -m gpu tests/test_ort_cuda.py tests/test_cuda_options.py || true
+    python3 -m pytest -q -p no:cacheprovider -rs -m gpu tests/gpu/test_ort_cuda.py tests/gpu/test_cuda_options.py || true
     engine=bench-out/sd15-engine-fp16
     # the first bench builds and exports the full-size model (minutes): it runs whatever the budget says
     COST=0 python3 benchmarks/bench_gpu.py --no-accuracy --reps 2 --steps "$steps" --pixels 1024 \

@@ -26,7 +26,7 @@ from lcm_path import machine, versions  # this folder (the script's own director
 
 def tiny(folder: Path) -> tuple[Path, Path]:
     """A tiny exported engine and a peft-made LoRA (text encoder, attention, LoCon convolutions) for it."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
     from lora_helpers import make_lora
 
     from inpaintrt.export.exporter import export_engine

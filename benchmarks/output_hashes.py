@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 
 
 def _export(work: Path, name: str, build, export):
@@ -34,7 +34,7 @@ def main() -> int:
     from inpaintrt.export.loading import load_pipeline
     from inpaintrt.export.random_models import save_pipeline
 
-    from conftest import sample_image, sample_mask  # the suite's pictures
+    from pictures import sample_image, sample_mask  # the suite's pictures
 
     def sd(**kw):
         return lambda folder: save_pipeline(folder, **kw) if not (folder / "model_index.json").exists() else folder

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "support"))
 from serve_helpers import files, form, picture, png, running_server  # noqa: E402
 
 STEPS = {"num_inference_steps": 2, "height": 64, "width": 64, "prompt": "a red bench"}

@@ -5,7 +5,7 @@
 
 The schema does not depend on the engine's weights, only on the routes, the request models
 (serve/inputs.py), the A1111 fields and the limits (serve/schema.py), so the page documents a server
-started with the default limits and a token. tests/test_docs.py checks that the committed page is
+started with the default limits and a token. tests/serve/test_docs.py checks that the committed page is
 what this script writes now.
 """
 from __future__ import annotations

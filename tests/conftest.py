@@ -1,26 +1,20 @@
-"""Shared fixtures: tiny random Stable Diffusion checkpoints, their exported engines, and diffusers
-runs whose every random draw comes from a numpy generator (docs/architecture.md, "Randomness"), so an engine given the
-same seed must reproduce them."""
+"""Shared fixtures and hooks: tiny random Stable Diffusion checkpoints and their exported engines, built once per
+run, the xdist scheduler and the markers. The tests' helper modules live in tests/support (put on sys.path here,
+so tests import them by name: `from pictures import sample_image`); the tests themselves are in one folder per
+layer (runtime, engine, export, serve, gpu)."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from shared_builds import shared_build
-from toolchain import versions_line
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
-from inpaintrt.export.replay import numpy_randn  # noqa: F401 (test files import it from here)
-
-
-PARITY: dict[str, float] = {}  # measure -> worst value seen, printed after the run
-
-
-def record(measure: str, value: float) -> float:
-    PARITY[measure] = max(PARITY.get(measure, 0.0), float(value))
-    return value
+from parity import PARITY  # noqa: E402
+from shared_builds import shared_build  # noqa: E402
+from toolchain import versions_line  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -31,7 +25,8 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"  {measure}: {value:.2e}")
 
 
-# Test files that must not run beside each other under pytest-xdist: each starts a local Ray cluster.
+# Test files that must not run beside each other under pytest-xdist: each starts a local Ray cluster. Matched by
+# the file's name (its stem starts with a prefix), whichever folder holds it (tests/serve/test_serve_ray*.py).
 ONE_WORKER_GROUPS = {"ray": ("test_serve_ray",)}
 
 
@@ -50,8 +45,6 @@ def pytest_configure(config):
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist, each test file runs whole on one worker (its module fixtures are built once, its
     tests keep their order), and the files of a ONE_WORKER_GROUPS group one after another on one worker."""
-    from pathlib import Path
-
     from xdist.scheduler import LoadScopeScheduling
 
     class FileScheduling(LoadScopeScheduling):
@@ -75,35 +68,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tensorrt" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
-
-
-# our scheduler name -> the diffusers class (and config) a diffusers user would pick
-DIFFUSERS_SCHEDULERS = {
-    "pndm": ("PNDMScheduler", {}), "ddim": ("DDIMScheduler", {}), "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}), "heun": ("HeunDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}), "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "unipc": ("UniPCMultistepScheduler", {}), "lcm": ("LCMScheduler", {}),
-}
-
-
-def diffusers_inpaint(pipe, seed: int, scheduler: str | None = None, scheduler_config: dict | None = None,
-                      draws: list | None = None, **kwargs):
-    """diffusers' StableDiffusionInpaintPipeline output with numpy-drawn noise (draw shapes into `draws`)."""
-    import diffusers
-    import torch
-
-    if not hasattr(pipe, "checkpoint_scheduler_config"):  # switching classes must not leak options between tests
-        pipe.checkpoint_scheduler_config = pipe.scheduler.config
-        pipe.checkpoint_scheduler_class = type(pipe.scheduler)
-    if scheduler:
-        class_name, extra = DIFFUSERS_SCHEDULERS[scheduler]
-        pipe.scheduler = getattr(diffusers, class_name).from_config(
-            pipe.checkpoint_scheduler_config, **extra, **(scheduler_config or {}))
-    else:  # the checkpoint's own, whatever an earlier test picked on this shared pipe
-        pipe.scheduler = pipe.checkpoint_scheduler_class.from_config(pipe.checkpoint_scheduler_config)
-    with numpy_randn(seed, draws), torch.no_grad():
-        return pipe(**kwargs).images
 
 
 @pytest.fixture(scope="session")
@@ -157,21 +121,6 @@ def engine(engine_dir):
     return Engine.load(engine_dir)
 
 
-def sample_image(width: int = 160, height: int = 96, seed: int = 0) -> Image.Image:
-    """A smooth colourful test picture."""
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    rng = np.random.default_rng(seed)
-    channels = [np.sin(6 * x * rng.uniform(0.5, 2) + 3 * y * rng.uniform(0.5, 2) + rng.uniform(0, 6)) for _ in range(3)]
-    return Image.fromarray(((np.stack(channels, -1) * 0.5 + 0.5) * 255).astype(np.uint8))
-
-
-def sample_mask(width: int = 160, height: int = 96) -> Image.Image:
-    """A rectangle whose edges do not fall on the 8-pixel latent grid, so resampling choices show."""
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 5 + 3: height * 3 // 4 + 1, width // 4 + 5: width * 2 // 3 - 3] = 255
-    return Image.fromarray(mask)
-
-
 SDXL_MODELS = {"inpaint": ("sdxl", 9), "base": ("sdxl", 4), "refiner": ("sdxl-refiner", 4)}
 
 
@@ -216,3 +165,18 @@ def kandinsky(tmp_path_factory):
     from kandinsky_helpers import kandinsky_setup
 
     return kandinsky_setup(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lpw():
+    """diffusers' community lpw_stable_diffusion.py, the file named by $LPW_STABLE_DIFFUSION (skipped without it):
+    the prompt-syntax tests of tests/runtime (its parser) and tests/engine (its embeddings) compare with it."""
+    import importlib.util
+
+    path = os.environ.get("LPW_STABLE_DIFFUSION")
+    if not path:
+        pytest.skip("set LPW_STABLE_DIFFUSION to diffusers' examples/community/lpw_stable_diffusion.py")
+    spec = importlib.util.spec_from_file_location("lpw_stable_diffusion", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

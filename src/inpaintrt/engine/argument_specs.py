@@ -46,6 +46,9 @@ class Spec:
     alone: bool = False  # a request with it runs in a loop of its own: cross-request batching cannot share it
     not_outpaint: str = ""  # why Engine.outpaint refuses it ("": outpaint passes it to each inpaint pass)
     metavar: str = ""  # the command line's placeholder, where not N
+    serve: str = ""  # the server's request field: "both" (inpaint and outpaint), "inpaint", "outpaint"; "": none
+    multiple_of: int | None = None  # the server's fields take multiples of it
+    serve_note: str = ""  # appended to the help in the server's schema
 
     def range_text(self) -> str:
         return range_text(self.low, self.high, self.low_open, self.high_open)
@@ -112,28 +115,29 @@ INPAINT = [
     _other("prompt", help="What to paint into the masked area.", cli="flag"),
     _other("negative_prompt", help="What to steer away from.", cli="flag"),
     _whole("num_inference_steps", 50, 1, serve_high=1000, flag="--steps", cli="flag", per_family=True,
-           help="Denoising steps; default: the model family's (50; Kandinsky 100)."),
+           serve_note=" The server's max_steps caps it; its max_megapixel_steps bounds steps x pixels.",
+           help="Denoising steps; default: the model family's (50; Kandinsky 100).", serve="both"),
     _real("guidance_scale", 7.5, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50, flag="--guidance",
           cli="flag", per_family=True,
-          help="Classifier-free guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4)."),
+          help="Classifier-free guidance; <= 1 turns it off. Default: the family's (7.5; Kandinsky 4).", serve="both"),
     _real("strength", None, 0, 1, meaning="1 repaints fully, smaller keeps more of the image", low_open=True,
           cli="flag", help="1 repaints the masked area fully; smaller keeps more of the picture. Default: "
-                           "diffusers' for the family (1.0; SDXL 0.9999)."),
+                           "diffusers' for the family (1.0; SDXL 0.9999).", serve="both"),
     _other("scheduler", help="Sampler; default: the checkpoint's own."),
     _other("scheduler_options", help="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true}."),
     _other("generator"), _other("latents", not_outpaint="each pass draws its own noise"),
-    _whole("height", None, 8, cli="flag", help="Output height, a multiple of 8; default: the model's."),
-    _whole("width", None, 8, cli="flag", help="Output width, a multiple of 8; default: the model's."),
+    _whole("height", None, 8, cli="flag", help="Output height, a multiple of 8; default: the model's.", serve="both", multiple_of=8),
+    _whole("width", None, 8, cli="flag", help="Output width, a multiple of 8; default: the model's.", serve="both", multiple_of=8),
     _whole("num_images_per_prompt", 1, 1, flag="--num-images", cli="flag", help="Images per prompt.",
            not_outpaint="outpaint makes one picture per call; call it again with another seed"),
     _whole("padding_mask_crop", None, 0, unit="pixels", cli="flag", not_outpaint="each pass is already a crop",
-           help="Inpaint only the mask's box padded by N pixels."),
+           help="Inpaint only the mask's box padded by N pixels.", serve="inpaint"),
     _real("blur_factor", 0, 0, 10000, unit="pixels", high_open=True, meaning="0 = no blur", flag="--blur", cli="flag",
-          not_outpaint="the overlap band is already feathered", help="Blur radius of the mask edge (pixels)."),
+          not_outpaint="the overlap band is already feathered", help="Blur radius of the mask edge (pixels).", serve="inpaint"),
     _flag("keep_unmasked", "Paste the result over the input: unmasked pixels stay as sent.", cli="flag",
-          not_outpaint="outpaint always keeps the existing pixels outside the overlap band"),
+          not_outpaint="outpaint always keeps the existing pixels outside the overlap band", serve="inpaint"),
     _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8).", cli="flag",
-          not_outpaint="the output is the grown canvas"),
+          not_outpaint="the output is the grown canvas", serve="inpaint"),
     _other("prompt_embeds"), _other("negative_prompt_embeds"),
     _choice("output_type", "pil", OUTPUT_TYPES),
     _other("callback_on_step_end"), _other("progress", True), _other("max_pixels", MAX_PIXELS),
@@ -156,19 +160,22 @@ INPAINT = [
     # beyond diffusers
     _choice("mask_mode", "binary", MASK_MODES,
             "binary: the mask is cut at 0.5 (diffusers); soft: grey levels say for how many steps a pixel may change "
-            "(differential diffusion; white = fully, black = kept).", cli="flag", group=MASKS, alone=True),
+            "(differential diffusion; white = fully, black = kept).", cli="flag", group=MASKS, alone=True, serve="both"),
     _choice("masked_content", "original", MASKED_CONTENTS,
             "What the masked area starts from when strength < 1: the picture (diffusers), colours filled in from "
-            "around it, pure noise, or nothing.", cli="flag", group=MASKS),
+            "around it, pure noise, or nothing.", cli="flag", group=MASKS, serve="both"),
     _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
-           not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use."),
+           not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use.", serve="inpaint"),
     _whole("mask_shrink", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
-           not_outpaint="use overlap", help="Shrink the mask (its white part) by this many pixels before use."),
+           not_outpaint="use overlap", help="Shrink the mask (its white part) by this many pixels before use.", serve="inpaint"),
     _flag("mask_invert", "Repaint the black part of the mask instead of the white.", cli="flag", group=MASKS,
-          not_outpaint="the new area is what is painted"),
+          not_outpaint="the new area is what is painted", serve="inpaint"),
     _choice("prompt_syntax", "a1111", PROMPT_SYNTAXES,
             "a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; plain: diffusers' "
-            "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.", cli="flag", per_family=True),
+            "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.", cli="flag", per_family=True, serve="both"),
+    _flag("color_match", "Before the paste-back (keep_unmasked or padding_mask_crop), shift the repainted colours so "
+          "their mean and spread match the original's on a band just outside the mask: no colour seam.", cli="flag",
+          not_outpaint="each pass pastes through its feathered overlap already", serve="inpaint"),
     # ControlNet (StableDiffusionControlNetInpaintPipeline's arguments)
     # kind "other": each may also be a list, one per ControlNet (engine/control.py checks them); the bounds are
     # the server's request fields' (the scale's 2: where A1111's ControlNet weight slider ends). Pictures of
@@ -193,23 +200,23 @@ INPAINT = [
 # Engine.outpaint's own arguments (the rest go to each inpaint pass)
 OUTPAINT = [
     *[_whole(side, 0, 0, unit="pixels", meaning="to add on that side; to cut the picture, crop it before",
-             help=f"Pixels to add on the {side}.") for side in SIDES],
+             help=f"Pixels to add on the {side}.", serve="outpaint") for side in SIDES],
     _whole("overlap", 32, 0, 1024, unit="pixels", cli="flag", group=OUTPAINTING,
            meaning="how far the repaint reaches into the existing picture; 0 = a hard seam",
-           help="How far (pixels) the repaint reaches into the existing picture, feathered; 0 = a hard seam."),
+           help="How far (pixels) the repaint reaches into the existing picture, feathered; 0 = a hard seam.", serve="outpaint"),
     _choice("fill", "edge", FILLS, "Pre-fill of the new area: edge (the border stretched and blurred), mirror, noise.",
-            cli="flag", group=OUTPAINTING),
+            cli="flag", group=OUTPAINTING, serve="outpaint"),
 ]
 
 # KandinskyEngine.inpaint's arguments that the Stable Diffusion engines do not have
 PRIOR = dict(needs="prior")
 KANDINSKY = [
-    _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt.", **PRIOR),
+    _other("negative_prior_prompt", help="Kandinsky 2.2: the prior's negative prompt.", **PRIOR, serve="inpaint"),
     _other("image_embeds", **PRIOR), _other("negative_image_embeds", **PRIOR),
     _real("prior_guidance_scale", None, meaning="<= 1 turns guidance off", serve_low=0, serve_high=50,
-          help="Kandinsky 2.2: the prior's guidance (default 4).", **PRIOR),
+          help="Kandinsky 2.2: the prior's guidance (default 4).", **PRIOR, serve="inpaint"),
     _whole("prior_num_inference_steps", None, 2, serve_high=1000, help="Kandinsky 2.2: the prior's steps (default 25).",
-           **PRIOR),
+           **PRIOR, serve="inpaint"),
     _other("prior_latents", **PRIOR),
     Spec("image_prompts", flag="--image-prompt", cli="image_prompts", group=KANDINSKY22, alone=True,
          metavar="FILE[:WEIGHT]", help="Kandinsky 2.2: pictures mixed into the prompt's image embedding, as "

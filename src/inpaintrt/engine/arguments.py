@@ -228,11 +228,14 @@ def schedule_window(denoising_start, denoising_end, masked_content) -> tuple[flo
     return start, end
 
 
-def pasting(output_type, keep_unmasked, padding_mask_crop) -> None:
-    """keep_unmasked and padding_mask_crop paste pixels, which latents do not have."""
+def pasting(output_type, keep_unmasked, padding_mask_crop, color_match=False) -> None:
+    """keep_unmasked and padding_mask_crop paste pixels, which latents do not have; color_match acts on a paste."""
     if output_type == "latent" and (keep_unmasked or padding_mask_crop is not None):
         raise InvalidArgument("output_type", "keep_unmasked and padding_mask_crop paste pixels; use output_type 'pil' "
                               "or 'np'", "use output_type 'pil' or 'np', or leave keep_unmasked and padding_mask_crop out")
+    if from_table("color_match", color_match) and not keep_unmasked and padding_mask_crop is None:
+        raise InvalidArgument("color_match", "color_match=True matches colours where the result is pasted over the "
+                              "input, and this call pastes nothing", "add keep_unmasked=True (or padding_mask_crop)")
 
 
 def latent_input(keep_unmasked, padding_mask_crop, keep_input_size, masked_content) -> None:

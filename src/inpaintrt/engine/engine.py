@@ -106,7 +106,7 @@ class Engine(EngineBase):
         negative_crops_coords_top_left=None, aesthetic_score=None, negative_aesthetic_score=None,
         # beyond diffusers
         mask_mode="binary", masked_content="original", mask_grow=0, mask_shrink=0, mask_invert=False,
-        prompt_syntax="a1111",
+        prompt_syntax="a1111", color_match=False,
         # ControlNet (StableDiffusion(XL)ControlNetInpaintPipeline's arguments, engine/control.py; the scale's
         # default is the family's: 0.5 SD, 1.0 SDXL)
         control_image=None, controlnet_conditioning_scale=None, control_guidance_start=0.0,
@@ -134,6 +134,8 @@ class Engine(EngineBase):
         `prompt_syntax="a1111"` (the default) reads A1111's weights, `(word:1.3)` `(word)` `[word]`, and
         BREAK, and encodes prompts past 75 tokens in chunks instead of truncating them; a short prompt
         without syntax gives diffusers' embeddings exactly. "plain" is diffusers' reading in every case.
+        `color_match` (with keep_unmasked or padding_mask_crop) matches the repainted colours to the
+        original's around the mask before pasting back (runtime/masking.py `match_colours`).
         """
         self._refuse_kandinsky_arguments(kandinsky)
         steps = check.from_table("num_inference_steps", num_inference_steps)
@@ -147,7 +149,7 @@ class Engine(EngineBase):
                                  negative_target_size, negative_crops_coords_top_left, aesthetic_score,
                                  negative_aesthetic_score)
         self._refuse_sdxl_arguments(sizes)
-        check.pasting(output_type, keep_unmasked, padding_mask_crop)
+        check.pasting(output_type, keep_unmasked, padding_mask_crop, color_match)
         sched = make_scheduler(scheduler or self.default_scheduler, self.scheduler_config, scheduler_options)
         gen = as_generator(generator)
         factor = self.model["vae_scale_factor"]
@@ -185,7 +187,7 @@ class Engine(EngineBase):
         images, nsfw = screen(self.safety_checker, images)  # where diffusers runs it: before the crop overlay
         if crop is None and not keep_unmasked:
             return InpaintOutput(imaging.to_pil(images) if output_type == "pil" else images, nsfw)
-        pasted = [masking.overlay(mask, picture, result, crop) for result in imaging.to_pil(images)]
+        pasted = [masking.overlay(mask, picture, result, crop, color_match) for result in imaging.to_pil(images)]
         if output_type == "pil":
             return InpaintOutput(pasted, nsfw)
         return InpaintOutput(np.stack([np.asarray(p, np.float32) / 255.0 for p in pasted]), nsfw)

@@ -24,8 +24,6 @@ from .outputs import InpaintOutput
 from .safety import clip_input
 
 SCHEDULERS = ("ddpm", "ddim")  # diffusers' Kandinsky loop never scales the model input: only these fit it
-PRIOR_ARGUMENTS = ("prompt", "negative_prompt", "negative_prior_prompt", "prior_guidance_scale",
-                   "prior_num_inference_steps", "prior_latents")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.families import family
 from ..engine.onnx_weights import float_initializers
 
 FORMAT = 1
@@ -186,7 +187,7 @@ def build_map(work: Path, manifest: dict, prints: dict[str, Prints]) -> str:
 def _unused(component: str, module: str, manifest: dict, prints: Prints) -> bool:
     """Layers the graph never computes: SDXL reads its text encoders' penultimate layer, so the last
     layer of an encoder without a pooled projection is cut from the graph (and from diffusers' result)."""
-    if manifest["model"]["family"] != "sdxl" or component == "unet" or "text_projection" in prints.shapes:
+    if not family(manifest["model"]["family"]).micro_conditioning or component == "unet" or "text_projection" in prints.shapes:
         return False
     layers = [int(m.split(".")[-3]) for m in prints.shapes if ".layers." in m and m.split(".")[-3].isdigit()]
     last = max(layers, default=-1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..engine.families import SD1
 from .model_parts import build_clip, build_clip_tokenizer, build_vae
 
 # runwayml/stable-diffusion-inpainting's scheduler_config.json
@@ -76,11 +77,11 @@ def build_pipeline(size: str = "tiny", in_channels: int = 9, seed: int = 0, sche
     return pipe
 
 
-def save_pipeline(path: str | Path, family: str = "sd1", **kwargs) -> Path:
+def save_pipeline(path: str | Path, family: str = SD1, **kwargs) -> Path:
     """Build and save a diffusers folder (what `inpaint-export --model FOLDER` reads); family "sdxl" or
     "sdxl-refiner" builds an SDXL one (models_sdxl.py)."""
     path = Path(path)
-    if family == "sd1":
+    if family == SD1:
         pipe = build_pipeline(**kwargs)
     else:
         from .random_models_sdxl import build_sdxl_pipeline

@@ -24,11 +24,6 @@ from .schedulers import UnCLIP
 from .xp import to_host
 
 
-def downscale_height_and_width(height: int, width: int, scale: int) -> tuple[int, int]:
-    """diffusers' latent size: ceil(size / scale^2) * scale."""
-    return -(-height // scale**2) * scale, -(-width // scale**2) * scale
-
-
 def preprocess_image(picture, height: int, width: int) -> np.ndarray:
     """(1, 3, H, W) in [-1, 1]: PIL pictures as diffusers resizes them (bicubic, reducing_gap=1)."""
     if isinstance(picture, Image.Image):

@@ -5,6 +5,8 @@
   output's aspect ratio, kept inside the picture).
 - `overlay`: VaeImageProcessor.apply_overlay (the result pasted over the original through the
   inverted soft mask, so unmasked pixels come back byte for byte).
+- `match_colours` (beyond diffusers): before that paste, the result's colours shifted so that, on a
+  band of pixels just outside the mask, their per-channel mean and spread are the original's.
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ def _grow(lo: int, hi: int, extra: int, limit: int) -> tuple[int, int]:
     return lo, min(hi, limit)
 
 
-def overlay(mask, original, result: Image.Image, crop=None) -> Image.Image:
-    """The result over the original: original pixels where the mask is black, blended where it is soft."""
+def overlay(mask, original, result: Image.Image, crop=None, color_match: bool = False) -> Image.Image:
+    """The result over the original: original pixels where the mask is black, blended where it is soft;
+    with color_match, the result's colours matched to the original's around the mask first."""
     original = as_pil(original, "RGB")
     width, height = original.size
     kept = Image.new("RGBa", (width, height))
@@ -65,9 +68,39 @@ def overlay(mask, original, result: Image.Image, crop=None) -> Image.Image:
         result = base.convert("RGB")
     elif result.size != (width, height):
         result = result.resize((width, height), resample=Image.LANCZOS)
+    if color_match:
+        result = match_colours(result, original, mask, crop)
     result = result.convert("RGBA")
     result.alpha_composite(kept)
     return result.convert("RGB")
+
+
+# how far outside the mask the colours are compared (pixels): wide enough for stable statistics, near enough
+# that the picture there is the one the repaint continues
+COLOR_BAND = 16
+
+
+def match_colours(result: Image.Image, original: Image.Image, mask, box=None) -> Image.Image:
+    """The result with each channel moved to the original's mean and standard deviation, both measured on
+    the band of COLOR_BAND pixels around the mask (inside `box` where only that part was generated).
+    The band is where the model was asked to keep the picture, so any difference there is its colour
+    drift (a VAE round trip, a fill of the wrong hue); removing it there removes the seam. Per-channel
+    mean and spread in RGB (Reinhard's transfer, without the Lab step): the drift to undo is a shift and
+    a scale of each channel, which RGB corrects exactly, and the values stay in the space they are pasted in."""
+    repaint = np.asarray(as_pil(mask, "L").convert("L")) >= 128
+    band = (max_filter(repaint.astype(np.float32), COLOR_BAND) > 0) & ~repaint
+    if box is not None:
+        inside = np.zeros_like(band)
+        inside[box[1]:box[3], box[0]:box[2]] = True
+        band &= inside
+    if band.sum() < 16:  # no picture around the mask to match: leave the colours as made
+        return result
+    made = np.asarray(result.convert("RGB"), np.float32)
+    kept = np.asarray(as_pil(original, "RGB").convert("RGB"), np.float32)
+    mean_made, mean_kept = made[band].mean(0), kept[band].mean(0)
+    gain = np.clip(kept[band].std(0) / np.maximum(made[band].std(0), 1.0), 0.5, 2.0)  # a flat band: no blow-up
+    matched = (made - mean_made) * gain + mean_kept
+    return Image.fromarray(np.clip(np.round(matched), 0, 255).astype(np.uint8))
 
 
 def _resize_and_crop(picture: Image.Image, width: int, height: int) -> Image.Image:

@@ -12,6 +12,7 @@ from typing import Annotated, Optional, Union
 from pydantic import BaseModel, Field
 
 from ..engine.argument_specs import SPECS
+from ..engine.families import families_with, family
 from .errors import ApiError
 from .pictures import decode_picture
 
@@ -173,9 +174,9 @@ def _image_prompts(params, images: list | None, facts: dict, decode) -> dict:
                                       ("prompt_weight", params.prompt_weight)) if value is not None]
     if not given:
         return {}
-    if facts["family"] != "kandinsky22":
-        raise ApiError(422, given[0], f"{given[0]} is an argument of Kandinsky 2.2 engines; this engine is "
-                       f"{facts['family']}", f"leave {given[0]} out")
+    if not family(facts["family"]).prior:  # image prompts are mixed by the prior
+        raise ApiError(422, given[0], f"{given[0]} is an argument of {', '.join(families_with('prior'))} engines; "
+                       f"this engine is {facts['family']}", f"leave {given[0]} out")
     if given == ["prompt_weight"]:  # weighs the prompt against image prompts: alone only its default is meaningful
         if params.prompt_weight != 1:
             raise ApiError(422, "prompt_weight", f"prompt_weight={params.prompt_weight} weighs the prompt against "

@@ -13,10 +13,9 @@ from typing import Any, Callable, ClassVar, Literal, Optional
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from ..engine.argument_specs import (FILLS, MASK_MODES, MASKED_CONTENTS, PER_FAMILY, PROMPT_SYNTAXES, SIDES, SPECS,
-                                     needing)
+from ..engine.argument_specs import PER_FAMILY, SIDES, SPECS, needing
 from ..engine.families import families_with, family
 from ..engine.outpaint import plan
 from ..engine.preflight import Preflight, preflight
@@ -43,11 +42,33 @@ def spec_field(name: str, default=..., description: str | None = None, **more):
         bounds["lt" if spec.high_open else "le"] = spec.high
     if spec.kind == "real":
         bounds["allow_inf_nan"] = False
-    return Field(spec.default if default is ... else default, description=description or spec.help, **bounds, **more)
+    if spec.multiple_of:
+        bounds["multiple_of"] = spec.multiple_of
+    if spec.kind == "other":  # text fields (negative_prior_prompt): as long as a prompt may be
+        bounds["max_length"] = MAX_PROMPT
+    return Field(spec.default if default is ... else default, description=description or spec.help + spec.serve_note,
+                 **bounds, **more)
 
 
-class CommonParameters(NumbersOnly):
-    """The fields inpaint and outpaint requests share (besides the pictures); number fields refuse true / false."""
+MAX_PROMPT = 2000  # characters of a prompt field
+TYPES = {"whole": int, "real": float, "flag": bool, "other": str}
+
+
+def table_fields(serve: str, base: type[BaseModel]) -> type[BaseModel]:
+    """`base` with the request fields of the argument table's rows served to `serve` requests, typed by
+    their kind: left out, a row whose default is None or per family leaves the engine its own."""
+    fields = {}
+    for name, spec in SPECS.items():
+        if spec.serve != serve:
+            continue
+        annotation = Literal[spec.choices] if spec.kind == "choice" else TYPES[spec.kind]
+        unset = spec.default is None or spec.per_family
+        fields[name] = (Optional[annotation] if unset else annotation, spec_field(name, None if unset else ...))
+    return create_model(f"{base.__name__}{serve.title()}Fields", __base__=base, **fields)
+
+
+class RequestFields(NumbersOnly):
+    """The fields every request has that are not rows of the argument table; number fields refuse true / false."""
     model_config = ConfigDict(extra="forbid")
     task: ClassVar[str] = ""  # the Engine method a job of these parameters calls
     pictures: ClassVar[tuple[str, ...]] = ()  # the picture parts
@@ -55,64 +76,38 @@ class CommonParameters(NumbersOnly):
 
     model: Optional[str] = Field(None, max_length=200, description="Which engine runs it, by name (GET /v1/info "
                                  "lists `models`); default: the server's first --engine.")
-    prompt: str = Field("", max_length=2000, description="What to paint into the masked area.")
-    negative_prompt: Optional[str] = Field(None, max_length=2000, description="What to steer away from.")
-    prompt_syntax: Optional[Literal[PROMPT_SYNTAXES]] = spec_field("prompt_syntax", None)  # type: ignore[valid-type]
-    num_inference_steps: Optional[int] = spec_field("num_inference_steps", None, SPECS["num_inference_steps"].help
-                                                    + " The server's max_steps caps it; its "
-                                                    "max_megapixel_steps bounds steps x pixels.")
-    guidance_scale: Optional[float] = spec_field("guidance_scale", None)
-    strength: Optional[float] = spec_field("strength")
-    scheduler: Optional[SchedulerName] = Field(None, description="Sampler; default: the checkpoint's own.")
+    prompt: str = Field("", max_length=MAX_PROMPT, description=SPECS["prompt"].help)
+    negative_prompt: Optional[str] = Field(None, max_length=MAX_PROMPT, description=SPECS["negative_prompt"].help)
+    scheduler: Optional[SchedulerName] = Field(None, description=SPECS["scheduler"].help)
     scheduler_options: Optional[dict[str, Any]] = Field(
-        None, description="Scheduler settings to override, e.g. {\"use_karras_sigmas\": true} "
-                          "(JSON text in multipart).")
+        None, description=SPECS["scheduler_options"].help.rstrip(".") + " (JSON text in multipart).")
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1,
                                 description="Random seed (Engine.inpaint's generator). Leave it out for a random "
                                             "one; the seed used is returned either way.")
-    height: Optional[int] = spec_field("height", multiple_of=8)
-    width: Optional[int] = spec_field("width", multiple_of=8)
-    mask_mode: Literal[MASK_MODES] = spec_field("mask_mode")  # type: ignore[valid-type]
-    masked_content: Literal[MASKED_CONTENTS] = spec_field("masked_content")  # type: ignore[valid-type]
 
 
-class InpaintParameters(CommonParameters, GuideFields):
-    """The fields of POST /v1/inpaint and POST /v1/jobs besides the pictures (ControlNet's and Kandinsky's
-    image prompts' from GuideFields)."""
+class CommonParameters(table_fields("both", RequestFields)):
+    """The fields inpaint and outpaint requests share (besides the pictures)."""
+
+
+class InpaintParameters(table_fields("inpaint", CommonParameters), GuideFields):
+    """The fields of POST /v1/inpaint and POST /v1/jobs besides the pictures: the argument table's rows
+    served to inpaint requests, ControlNet's and Kandinsky's image prompts' from GuideFields."""
     task: ClassVar[str] = "inpaint"
     pictures: ClassVar[tuple[str, ...]] = ("image", "mask_image")
     listed: ClassVar[tuple[str, ...]] = LISTED_PICTURES
 
-    padding_mask_crop: Optional[int] = spec_field("padding_mask_crop")
-    blur_factor: float = spec_field("blur_factor")
-    keep_unmasked: bool = spec_field("keep_unmasked")
-    keep_input_size: bool = spec_field("keep_input_size")
-    mask_grow: int = spec_field("mask_grow")
-    mask_shrink: int = spec_field("mask_shrink")
-    mask_invert: bool = spec_field("mask_invert")
-    # Kandinsky 2.2 engines only (its prior, which turns the prompt into image embeddings)
-    negative_prior_prompt: Optional[str] = spec_field("negative_prior_prompt", max_length=2000)
-    prior_guidance_scale: Optional[float] = spec_field("prior_guidance_scale")
-    prior_num_inference_steps: Optional[int] = spec_field("prior_num_inference_steps")
 
-
-class OutpaintParameters(CommonParameters):
+class OutpaintParameters(table_fields("outpaint", CommonParameters)):
     """The fields of POST /v1/outpaint and POST /v1/outpaint/jobs besides the picture (Engine.outpaint's)."""
     task: ClassVar[str] = "outpaint"
     pictures: ClassVar[tuple[str, ...]] = ("image",)
 
     left: int = spec_field("left", description="Pixels to add on the left (at least one side > 0).")
-    right: int = spec_field("right")
-    top: int = spec_field("top")
-    bottom: int = spec_field("bottom")
-    overlap: int = spec_field("overlap")
-    fill: Literal[FILLS] = spec_field("fill")  # type: ignore[valid-type]
-    height: Optional[int] = spec_field("height", multiple_of=8,
-                                       description="Height of each pass (window); default: the model's. The result "
-                                                   "is the picture's height + top + bottom.")
-    width: Optional[int] = spec_field("width", multiple_of=8,
-                                      description="Width of each pass (window); default: the model's. The result is "
-                                                  "the picture's width + left + right.")
+    height: Optional[int] = spec_field("height", description="Height of each pass (window); default: the model's. "
+                                                             "The result is the picture's height + top + bottom.")
+    width: Optional[int] = spec_field("width", description="Width of each pass (window); default: the model's. The "
+                                                           "result is the picture's width + left + right.")
 
 
 class ResponseFormat(BaseModel):

@@ -237,7 +237,7 @@ class JobManager:
         def on_step(step, timestep, latents):  # counted, not read from `step`: outpaint restarts it each pass
             job.step += 1
             job.total = max(job.total, job.step)
-            if job.previews:
+            if job.previews and latents is not None:  # a Ray replica reports its steps without latents
                 job.preview = _preview(latents, engine.record.preview)
             self._notify(job)
             if job.cancel_requested:

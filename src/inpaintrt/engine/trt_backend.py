@@ -12,7 +12,7 @@ tensors, set_tensor_address, execute_async_v3, device_memory_size_v2, set_device
   components are whatever the manifest lists (SDXL: `text_encoder_2`, a UNet with `text_embeds` and
   `time_ids`), and an SDXL VAE that is not fp16-safe must have fp32 plans.
 The TensorRT module, array module (cupy) and stream are passed in, so all of it runs in the tests
-against fake TensorRT modules of both API surfaces without a GPU (tests/trt_fakes.py).
+against fake TensorRT modules of both API surfaces without a GPU (tests/support/trt_fakes.py).
 """
 from __future__ import annotations
 

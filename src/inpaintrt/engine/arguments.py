@@ -95,14 +95,16 @@ def mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert)
     from_table("mask_invert", mask_invert)
 
 
-def check_size(height, width, factor: int, why: str = "") -> tuple[int, int]:
-    """height and width: positive multiples of factor (`why` says for whom), within MAX_OUTPUT_PIXELS."""
+def check_size(height, width, factor: int, why: str = "", limit: int | None = None,
+               whose: str = "one call generates") -> tuple[int, int]:
+    """height and width: positive multiples of factor (`why` says for whom), within `limit` pixels
+    (default MAX_OUTPUT_PIXELS; `whose` limit it is, in the message)."""
     for name, value in (("height", height), ("width", width)):
         if not is_whole(value) or value <= 0 or value % factor:
             hint = max(factor, round(value / factor) * factor) if isinstance(value, numbers.Real) and value == value else 512
             raise InvalidArgument(name, f"{name}={value!r} must be a positive multiple of {factor}, e.g. {hint}{why}",
                                   f"use a positive multiple of {factor}, e.g. {hint}")
-    output_size(height, width)
+    output_size(height, width, MAX_OUTPUT_PIXELS if limit is None else limit, whose)
     return int(height), int(width)
 
 

@@ -35,9 +35,7 @@ def generated_size(height, width, picture_size: tuple[int, int] | None, keep_inp
         height, width = max(factor, h // factor * factor), max(factor, w // factor * factor)
     height = default[0] if height is None else height
     width = default[1] if width is None else width
-    check.check_size(height, width, factor)
-    check.output_size(height, width, limit, whose)
-    return int(height), int(width)
+    return check.check_size(height, width, factor, limit=limit, whose=whose)
 
 
 def prepare_mask(mask, height: int, width: int, mode: str, invert: bool, grow: int, shrink: int, blur: float,

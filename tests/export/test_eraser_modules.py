@@ -282,8 +282,10 @@ def test_migan_onnx_matches_torch(migan, tmp_path):
     for batch in (1, 2):  # the batch axis is dynamic; the resolution is the generator's
         image, mask = migan_inputs(TINY_RES, batch=batch, seed=batch)
         with torch.no_grad():
-            ref = migan(torch.cat([mask - 0.5, image * mask], dim=1)).numpy()
-        (got,) = session.run(["output"], {"image": image.numpy(), "mask": mask.numpy()})
+            ref = migan(torch.cat([mask - 0.5, image * mask], dim=1)).numpy() * 0.5 + 0.5
+        # the stored graph speaks every eraser's terms: the picture in [0, 1], the mask 1 = hole
+        feeds = {"image": (image.numpy() + 1) / 2, "mask": 1 - mask.numpy()}
+        (got,) = session.run(["output"], feeds)
         assert got.shape == (batch, 3, TINY_RES, TINY_RES)
         diff = float(np.abs(got - ref).max())
         record("migan onnx vs torch (max abs)", diff)

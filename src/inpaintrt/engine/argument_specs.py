@@ -19,6 +19,7 @@ MASK_MODES = ("binary", "soft")
 MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 PROMPT_SYNTAXES = ("a1111", "plain")
 FILLS = ("edge", "mirror", "noise")
+HD_STRATEGIES = ("crop", "resize", "original")  # IOPaint's names for where an eraser runs on a big picture
 SIDES = ("left", "right", "top", "bottom")
 
 
@@ -49,6 +50,7 @@ class Spec:
     serve: str = ""  # the server's request field: "both" (inpaint and outpaint), "inpaint", "outpaint"; "": none
     multiple_of: int | None = None  # the server's fields take multiples of it
     serve_note: str = ""  # appended to the help in the server's schema
+    erasers: bool = False  # eraser engines (LaMa, MI-GAN) take it too; rows with needs="eraser" only they take
 
     def range_text(self) -> str:
         return range_text(self.low, self.high, self.low_open, self.high_open)
@@ -139,8 +141,8 @@ INPAINT = [
     _flag("keep_input_size", "Output at the input's size (rounded down to multiples of 8).", cli="flag",
           not_outpaint="the output is the grown canvas", serve="inpaint"),
     _other("prompt_embeds"), _other("negative_prompt_embeds"),
-    _choice("output_type", "pil", OUTPUT_TYPES),
-    _other("callback_on_step_end"), _other("progress", True), _other("max_pixels", MAX_PIXELS),
+    _choice("output_type", "pil", OUTPUT_TYPES, erasers=True),
+    _other("callback_on_step_end"), _other("progress", True, erasers=True), _other("max_pixels", MAX_PIXELS, erasers=True),
     _other("callback_on_step_end_tensor_inputs", ("latents",)),
     # SDXL (StableDiffusionXLInpaintPipeline's arguments)
     _other("prompt_2", help="Prompt for the second text encoder (default: prompt).", cli="flag", group=SDXL),
@@ -165,11 +167,13 @@ INPAINT = [
             "What the masked area starts from when strength < 1: the picture (diffusers), colours filled in from "
             "around it, pure noise, or nothing.", cli="flag", group=MASKS, serve="both"),
     _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
-           not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use.", serve="inpaint"),
+           not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use.", serve="inpaint",
+           erasers=True),
     _whole("mask_shrink", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
-           not_outpaint="use overlap", help="Shrink the mask (its white part) by this many pixels before use.", serve="inpaint"),
+           not_outpaint="use overlap", help="Shrink the mask (its white part) by this many pixels before use.", serve="inpaint",
+           erasers=True),
     _flag("mask_invert", "Repaint the black part of the mask instead of the white.", cli="flag", group=MASKS,
-          not_outpaint="the new area is what is painted", serve="inpaint"),
+          not_outpaint="the new area is what is painted", serve="inpaint", erasers=True),
     _choice("prompt_syntax", "a1111", PROMPT_SYNTAXES,
             "a1111 (the default): (word:1.3), (word), [word], BREAK and prompts past 75 tokens; plain: diffusers' "
             "reading, truncated at 77 tokens. Kandinsky reads prompts as plain text.", cli="flag", per_family=True, serve="both"),
@@ -226,10 +230,28 @@ KANDINSKY = [
           group=KANDINSKY22, alone=True, **PRIOR),
 ]
 
-SPECS: dict[str, Spec] = {spec.name: spec for spec in INPAINT + OUTPAINT + KANDINSKY}
+# EraserEngine.inpaint's own arguments (IOPaint's names and defaults); it also takes the rows marked `erasers`
+ERASING = "erasers (LaMa, MI-GAN engines)"
+ERASER = dict(needs="eraser", cli="flag", group=ERASING)
+ERASE = [
+    _choice("hd_strategy", "crop", HD_STRATEGIES, "Big pictures: crop runs each masked region with a margin around "
+            "it (pictures longer than the trigger size), resize scales the picture down to the limit and back, "
+            "original runs the whole picture.", **ERASER),
+    _whole("hd_strategy_crop_margin", 128, 0, 4096, unit="pixels", help="crop: context around each masked region.",
+           **ERASER),
+    _whole("hd_strategy_crop_trigger_size", 800, 8, unit="pixels",
+           help="crop: only pictures whose longer side is above this are cut into regions.", **ERASER),
+    _whole("hd_strategy_resize_limit", 1280, 8, unit="pixels",
+           help="resize: the longer side the eraser runs at, for pictures longer than this.", **ERASER),
+]
+
+SPECS: dict[str, Spec] = {spec.name: spec for spec in INPAINT + OUTPAINT + KANDINSKY + ERASE}
 INPAINT_DEFAULTS = {spec.name: spec.default for spec in INPAINT}
 ALONE = tuple(name for name, spec in SPECS.items() if spec.alone)
 PER_FAMILY = tuple(name for name, spec in SPECS.items() if spec.per_family)
+
+
+ERASER_ARGUMENTS = tuple(spec.name for spec in INPAINT if spec.erasers) + tuple(spec.name for spec in ERASE)
 
 
 def needing(attribute: str) -> tuple[str, ...]:

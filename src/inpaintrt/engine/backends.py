@@ -15,6 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
+from .families import family
 from .ort_session import BackendError, OrtBackend  # noqa: F401 (BackendError: importers' home for it)
 from .plans import PlanMismatchError
 
@@ -122,7 +123,8 @@ def open_backend(options, root: Path, manifest: dict, checked: set[str] = frozen
         if cuda is not None:
             return "ort-cuda", cuda
     files = {c: manifest["components"][c]["file"] for c in manifest["components"]}
-    return "ort-cpu", {c: _ort_cpu(root / file, c == "unet", lora and lora.for_graph(c, file)) for c, file in files.items()}
+    hot = hot_component(manifest)
+    return "ort-cpu", {c: _ort_cpu(root / file, c == hot, lora and lora.for_graph(c, file)) for c, file in files.items()}
 
 
 def _auto_ort_cuda(root: Path, manifest: dict, options, lora=None) -> dict | None:
@@ -159,14 +161,19 @@ def _ort_cpu(path: Path, hot: bool, initializers: dict | None = None) -> OrtBack
     return OrtBackend(path, "CPUExecutionProvider", threads, arena=hot, initializers=initializers)
 
 
+def hot_component(manifest: dict) -> str:
+    """The component that runs most (the UNet; an eraser's one graph): engine.precision is its precision."""
+    return family(manifest["model"]["family"]).hot
+
+
 def running_precision(backend: str, manifest: dict, sessions: dict, requested: str | None) -> str:
-    """The precision the UNet runs in, as `engine.precision` reports it."""
+    """The precision the hot component (the UNet) runs in, as `engine.precision` reports it."""
     if backend == "openvino":
-        return sessions["unet"].precision
+        return sessions[hot_component(manifest)].precision
     if backend == "ort-cuda":
         from .ort_cuda import graph_for_cuda
 
-        return graph_for_cuda(manifest["components"]["unet"], requested)[1]
+        return graph_for_cuda(manifest["components"][hot_component(manifest)], requested)[1]
     if backend == "tensorrt":
         return manifest["tensorrt"].get("precision", "fp16")
     return "fp32"

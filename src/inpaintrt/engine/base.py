@@ -51,7 +51,7 @@ class EngineBase:
         self.model = manifest["model"]
         self.family = self.model["family"]
         self.record = family(self.family)  # its defaults and what it supports (engine/families.py)
-        self.scheduler_config = manifest["scheduler"]
+        self.scheduler_config = manifest.get("scheduler")  # erasers have none
         self.xp = loop_array_module(self.backend)
         self.controlnets = None  # engines of families with ControlNets set theirs (engine/control.py)
         self.image_prompts = False  # whether pictures can be mixed into the prompt (Kandinsky 2.2 with its encoder)
@@ -77,7 +77,7 @@ class EngineBase:
         """What a server checks requests against and shows in /v1/info (plain data: it travels to Ray)."""
         model = self.manifest["model"]
         nets = self.controlnets
-        return {"family": self.family, "unet_in_channels": model["unet_in_channels"],
+        return {"family": self.family, "kind": self.record.kind, "unet_in_channels": model["unet_in_channels"],
                 "latent_channels": model["latent_channels"], "vae_scale_factor": model["vae_scale_factor"],
                 "default_height": model["default_height"], "default_width": model["default_width"],
                 "default_scheduler": self.default_scheduler, "scheduler_config": self.scheduler_config,

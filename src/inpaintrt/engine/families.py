@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .manifest import EngineDirectoryError
+from .manifest import DIFFUSION, ERASER, EngineDirectoryError
 
 # the manifest's family names (export writes them; nothing else spells them)
 SD1, SD2, SDXL, KANDINSKY22 = "sd1", "sd2", "sdxl", "kandinsky22"
+LAMA, MIGAN = "lama", "migan"  # erasers: no prompt, one forward pass
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class Family:
     preview: str | None = "sd"  # the latent space's live-preview matrix (runtime/latent_preview.py)
     callback: str = "sd"  # whose callback tensors diffusers' callback_on_step_end sees (runtime/callbacks.py)
     fp16_vae: bool = True  # the VAE runs in fp16 under TensorRT unless the checkpoint says otherwise
+    kind: str = DIFFUSION  # DIFFUSION or ERASER: which arguments its engine takes (engine/argument_specs.py)
+    hot: str = "unet"  # the component that runs most: its precision is engine.precision, it keeps its memory arena
+
+    @property
+    def eraser(self) -> bool:
+        return self.kind == ERASER
 
     def engine_class(self) -> type:
         module, _, name = self.engine.partition(":")
@@ -47,6 +54,8 @@ FAMILIES: dict[str, Family] = {record.name: record for record in (
            preview="sdxl", callback="sdxl", fp16_vae=False),
     Family(KANDINSKY22, "Kandinsky 2.2", "inpaintrt.engine.kandinsky:KandinskyEngine", steps=100, guidance=4.0,
            prior=True, outpaint=False, preview=None, callback="kandinsky"),
+    *[Family(name, title, "inpaintrt.engine.eraser:EraserEngine", steps=0, guidance=0.0, outpaint=False, preview=None,
+             kind=ERASER, hot="eraser") for name, title in ((LAMA, "LaMa"), (MIGAN, "MI-GAN"))],
 )}
 
 

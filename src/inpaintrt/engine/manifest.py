@@ -22,6 +22,12 @@ MODEL_KEYS = (
     "family", "unet_in_channels", "prediction_type", "latent_channels", "vae_scale_factor",
     "vae_scaling_factor", "default_height", "default_width",
 )
+# model.kind: what the directory holds; directories written before erasers have none and are diffusion models
+DIFFUSION, ERASER = "diffusion", "eraser"
+# an eraser: one graph, image (B,3,H,W) in [0, 1] and mask (B,1,H,W) 1 = hole -> output (B,3,H,W) in [0, 1];
+# H and W multiples of size_multiple, or the fixed resolution x resolution where that is set
+ERASER_COMPONENTS = ("eraser",)
+ERASER_MODEL_KEYS = ("family", "kind", "size_multiple", "resolution")
 
 
 class EngineDirectoryError(ValueError):
@@ -48,7 +54,13 @@ def describe_files(root: Path) -> dict:
     }
 
 
+def model_kind(manifest: dict) -> str:
+    return manifest.get("model", {}).get("kind", DIFFUSION)
+
+
 def required_components(manifest: dict) -> tuple[str, ...]:
+    if model_kind(manifest) == ERASER:
+        return ERASER_COMPONENTS
     family = manifest.get("model", {}).get("family")
     if family == "kandinsky22":
         prior = manifest.get("prior") or {}
@@ -91,11 +103,12 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     if wrong:
         raise EngineDirectoryError(f"{path} is damaged: {wrong}; {rebuild}")
     kandinsky = manifest.get("model", {}).get("family") == "kandinsky22"  # a decoder-only one has no tokenizer
+    eraser = model_kind(manifest) == ERASER  # no scheduler, no tokenizer
     missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest
-               and not (kandinsky and k == "tokenizer")]
+               and not ((kandinsky or eraser) and k == "tokenizer") and not (eraser and k == "scheduler")]
     missing += [f"prior.{k}" for k in KANDINSKY_PRIOR_KEYS if kandinsky and manifest.get("prior") is not None
                 and k not in manifest["prior"]]
-    missing += [f"model.{k}" for k in MODEL_KEYS if k not in manifest.get("model", {})]
+    missing += [f"model.{k}" for k in (ERASER_MODEL_KEYS if eraser else MODEL_KEYS) if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
     try:
         missing += _missing_plan_keys(manifest)
@@ -134,8 +147,9 @@ def unique_keys(pairs):
 
 
 KIND_NAMES = {str: "a name", int: "an integer"}
-MODEL_TYPES = {"family": str, "prediction_type": str, "unet_in_channels": int, "latent_channels": int,
-               "vae_scale_factor": int, "vae_scaling_factor": (int, float), "default_height": int, "default_width": int}
+MODEL_TYPES = {"family": str, "kind": str, "size_multiple": int, "resolution": int, "prediction_type": str,
+               "unet_in_channels": int, "latent_channels": int, "vae_scale_factor": int,
+               "vae_scaling_factor": (int, float), "default_height": int, "default_width": int}
 
 
 def _wrong_types(manifest: dict) -> str | None:

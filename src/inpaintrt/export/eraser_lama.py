@@ -17,7 +17,6 @@ mask * output + (1 - mask) * image). H and W must be multiples of 2**n_downsampl
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -269,25 +268,49 @@ def load_lama_state_dict(module: LamaGenerator, state_dict: Mapping) -> LamaGene
     return strict_load(module, lama_generator_weights(state_dict), "LaMa's generator", EXPECTED_LAMA)
 
 
+def lama_layout(state_dict: Mapping) -> dict:
+    """LamaGenerator's arguments read from a generator state dict (model.*): ngf from the first conv, the
+    downsamplings and residual blocks counted, the global ratio from a block's split."""
+    def has(i, part):
+        return f"model.{i}.{part}.convl2l.weight" in state_dict
+
+    if not has(1, "ffc"):
+        raise ValueError(f"these weights do not fit LaMa's generator: missing keys: 1 (model.1.ffc.convl2l.weight). "
+                         f"Expected {EXPECTED_LAMA}")
+    downs = sum(1 for i in range(2, 64) if has(i, "ffc"))
+    blocks = [i for i in range(2, 256) if has(i, "conv1.ffc")]
+    layout = dict(ngf=int(state_dict["model.1.ffc.convl2l.weight"].shape[0]), n_downsampling=downs,
+                  n_blocks=len(blocks))
+    if blocks:
+        local = int(state_dict[f"model.{blocks[0]}.conv1.ffc.convl2l.weight"].shape[1])
+        glob = state_dict.get(f"model.{blocks[0]}.conv1.ffc.convg2l.weight")
+        width = local + (int(glob.shape[1]) if glob is not None else 0)
+        layout["ratio"] = 1 - local / width
+        if width < layout["ngf"] * 2 ** downs:
+            layout["max_features"] = width
+    return layout
+
+
+def lama_from_state_dict(state_dict: Mapping) -> LamaGenerator:
+    """A LamaGenerator shaped as the checkpoint, its weights loaded strictly, in eval mode."""
+    weights = lama_generator_weights(state_dict)
+    return load_lama_state_dict(LamaGenerator(**lama_layout(weights)), weights).eval()
+
+
 # --- export --------------------------------------------------------------------------------------------------
 
-class _LamaGraph(nn.Module):
+class LamaGraph(nn.Module):
+    """What the engine directory stores: image (B,3,H,W) in [0,1] and mask (B,1,H,W), 1 = hole, -> the generator's
+    (B,3,H,W) in [0,1]. Traced, the Fourier units take the matmul path; run in torch, torch's FFT: the export's
+    parity check then compares the stored graph with the reference maths, not with itself."""
+
     def __init__(self, generator: LamaGenerator):
         super().__init__()
         self.generator = generator
 
     def forward(self, image, mask):
+        self.generator.set_spectral("matmul" if torch.jit.is_tracing() else "fft")
         return self.generator(torch.cat([image * (1 - mask), mask], dim=1))
-
-
-@contextlib.contextmanager
-def spectral_mode(module: LamaGenerator, mode: str):
-    before = module.spectral
-    module.set_spectral(mode)
-    try:
-        yield module
-    finally:
-        module.set_spectral(before)
 
 
 def dft_ops(model) -> list[str]:
@@ -316,13 +339,13 @@ def export_lama_onnx(module: LamaGenerator, path, opset: int = OPSET, trace_size
     h, w = trace_size  # distinct H and W: a mixed-up axis would show at the parity check
     image, mask = torch.rand(1, 3, h, w), (torch.rand(1, 1, h, w) > 0.5).float()
     axes = {0: "batch", 2: "height", 3: "width"}
-    was_training = module.training
-    with spectral_mode(module.eval(), "matmul"), torch.no_grad(), warnings.catch_warnings():
+    was_training, before = module.training, module.spectral
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(_LamaGraph(module), (image, mask), str(path), input_names=["image", "mask"],
+        torch.onnx.export(LamaGraph(module.eval()), (image, mask), str(path), input_names=["image", "mask"],
                           output_names=["output"], dynamic_axes={"image": axes, "mask": axes, "output": axes},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
-    module.train(was_training)
+    module.train(was_training).set_spectral(before)
     bad = dft_ops(onnx.load(str(path)))
     if bad:
         raise RuntimeError(f"the LaMa graph at {path} holds {sorted(set(bad))} ops; the matmul path should avoid them")

@@ -10,9 +10,9 @@ Weights from before MI-GAN's 2023-10-22 change (`upsample.insert_zeros.weight` i
 refused: the project republished its weights in the current layout.
 
 The generator works at its resolution only (its noise and zero-insertion constants are res x res). ONNX graph
-(export_migan_onnx): inputs `image` (B,3,R,R) in [-1,1] and `mask` (B,1,R,R), 1 = known (binary); the graph feeds
-cat([mask - 0.5, image * mask]). Output `output` (B,3,R,R), nominally [-1,1] but not clamped (MI-GAN's pipeline
-clamps after rescaling to [0,255], then composites image * mask + output * (1 - mask)).
+(MiganGraph): inputs `image` (B,3,R,R) in [0,1] and `mask` (B,1,R,R), 1 = hole (binary), as every eraser's; inside,
+MI-GAN's own cat([known - 0.5, picture * known]) with the picture in [-1,1]. Output `output` (B,3,R,R), nominally
+[0,1] but not clamped (the engine clamps, then composites).
 """
 from __future__ import annotations
 
@@ -223,25 +223,30 @@ def load_migan_state_dict(state_dict: Mapping) -> MiganGenerator:
 
 # --- export --------------------------------------------------------------------------------------------------
 
-class _MiganGraph(nn.Module):
+class MiganGraph(nn.Module):
+    """What the engine directory stores, in every eraser's terms: image (B,3,R,R) in [0,1] and mask (B,1,R,R),
+    1 = hole -> (B,3,R,R) in [0,1]. Inside, MI-GAN's own: cat([known - 0.5, picture * known]) with the picture
+    in [-1,1] and known = 1 - mask, its output mapped back from [-1,1]."""
+
     def __init__(self, generator: MiganGenerator):
         super().__init__()
         self.generator = generator
 
     def forward(self, image, mask):
-        return self.generator(torch.cat([mask - 0.5, image * mask], dim=1))
+        known = 1 - mask
+        return self.generator(torch.cat([known - 0.5, (image * 2 - 1) * known], dim=1)) * 0.5 + 0.5
 
 
 def export_migan_onnx(module: MiganGenerator, path, opset: int = OPSET) -> Path:
     """Write the generator as ONNX (inputs image, mask; output output; batch dynamic, R x R fixed)."""
     path = Path(path)
     r = module.resolution
-    image, mask = torch.rand(1, 3, r, r) * 2 - 1, (torch.rand(1, 1, r, r) > 0.5).float()
+    image, mask = torch.rand(1, 3, r, r), (torch.rand(1, 1, r, r) > 0.5).float()
     axes = {0: "batch"}
     was_training = module.training
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings
-        torch.onnx.export(_MiganGraph(module.eval()), (image, mask), str(path), input_names=["image", "mask"],
+        torch.onnx.export(MiganGraph(module.eval()), (image, mask), str(path), input_names=["image", "mask"],
                           output_names=["output"], dynamic_axes={"image": axes, "mask": axes, "output": axes},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     module.train(was_training)

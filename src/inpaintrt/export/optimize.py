@@ -14,7 +14,9 @@ import io
 MODEL_TYPES = {"unet": "unet", "text_encoder": "clip", "text_encoder_2": "clip", "vae_encoder": "vae", "vae_decoder": "vae",
                # Kandinsky 2.2: the prior's transformer fuses as a BERT-like stack, the MoVQ as a VAE
                "prior_text_encoder": "clip", "prior": "bert", "movq_encoder": "vae", "movq_decoder": "vae",
-               "prior_image_encoder": "clip"}
+               "prior_image_encoder": "clip",
+               # erasers: convolutions only; the UNet's fusion set finds nothing to fuse there and changes nothing
+               "eraser": "unet"}
 CUDA_ONLY = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
              "enable_packed_qkv", "enable_packed_kv", "enable_bias_add")
 

@@ -117,10 +117,15 @@ def _plan_options(args):
 
 def export_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="inpaint-export", description="Export a Stable Diffusion 1.x/2.x checkpoint to an inpaintrt engine directory."
+        prog="inpaint-export", description="Export a checkpoint (Stable Diffusion 1.x/2.x/SDXL, Kandinsky 2.2, or "
+                                           "an eraser: LaMa, MI-GAN) to an inpaintrt engine directory."
     )
     parser.add_argument("--model", required=True,
-                        help="hub id (e.g. runwayml/stable-diffusion-inpainting), diffusers folder or .safetensors file")
+                        help="hub id (e.g. runwayml/stable-diffusion-inpainting), diffusers folder or .safetensors "
+                             "file; an eraser: LaMa's release folder (config.yaml + models/best.ckpt), best.ckpt, "
+                             "IOPaint's big-lama.pt, or an MI-GAN generator .pt")
+    parser.add_argument("--kind", choices=("lama", "migan"),
+                        help="export --model as this eraser (default: told from its files and keys)")
     parser.add_argument("--output", required=True, help="engine directory to write (written atomically)")
     parser.add_argument("--prior", help="Kandinsky 2.2: the prior (e.g. kandinsky-community/kandinsky-2-2-prior) for "
                                         "--model kandinsky-community/kandinsky-2-2-decoder-inpaint; without it the "
@@ -170,7 +175,11 @@ def export_main(argv: list[str] | None = None) -> int:
         from .export.loading import CheckpointError, load_pipeline
     except ImportError as e:
         return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
+    from .export.eraser import detect_eraser
     from .export.trt_build import PlanBuildError
+
+    if args.kind or detect_eraser(args.model):
+        return _export_eraser(args)
 
     try:
         from .engine.families import KANDINSKY22
@@ -192,6 +201,25 @@ def export_main(argv: list[str] | None = None) -> int:
                       cuda_fusions_off=tuple(args.cuda_fusion_off), loras=args.lora or None,
                       safety_checker=not args.no_safety_checker)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def _export_eraser(args) -> int:
+    """an eraser: one graph, parity-checked as every component; no prompt, scheduler or TensorRT plans yet."""
+    from .export.eraser import EraserSourceError, export_eraser
+    from .export.exporter import ExportError
+
+    refused = [flag for flag, given in (("--lora", args.lora), ("--controlnet", args.controlnet),
+                                        ("--prior", args.prior), ("--config", args.config),
+                                        ("--backend tensorrt", args.backend == "tensorrt")) if given]
+    if refused:
+        return _fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an eraser "
+                     "(LaMa, MI-GAN): leave it out")
+    try:
+        export_eraser(args.model, args.output, kind=args.kind, overwrite=args.overwrite,
+                      optimize=not args.no_optimize, fp16=args.fp16)
+    except (EraserSourceError, ExportError, ValueError) as e:
         return _fail(str(e))
     return 0
 
@@ -275,6 +303,7 @@ def inpaint_main(argv: list[str] | None = None) -> int:
 def _run_inpaint(argv: list[str] | None) -> int:
     args = _inpaint_parser().parse_args(argv)
     from . import Engine
+    from .engine.base import MissingMethod
     from .runtime.images import load_picture
 
     try:
@@ -289,10 +318,12 @@ def _run_inpaint(argv: list[str] | None) -> int:
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed,
                       progress=True, **given)
+        if engine.record.eraser:  # no prompt: the flags left unset are not passed (an eraser names those given)
+            common = {name: value for name, value in common.items() if value not in (None, "")}
         result = engine.outpaint(image, **sides, **common) if sides else engine.inpaint(image, mask, **common)
     except InvalidArgument as e:  # named by its flag
         return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS and SPECS[e.field].cli else str(e))
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, MissingMethod) as e:
         return _fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
         result.images.pop(0).save(path)

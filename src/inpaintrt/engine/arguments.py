@@ -75,6 +75,28 @@ def from_table(name: str, given, spec: Spec | None = None):
     return given
 
 
+def refuse_needing(given: dict, record) -> dict:
+    """Refuse by name the table's arguments that need what this family lacks (a prior's on Stable Diffusion, an
+    eraser's on a diffusion engine) unless left at their defaults; returns the rest of `given`."""
+    from .families import families_with
+
+    foreign = {name for name in given if name in SPECS and SPECS[name].needs and not getattr(record, SPECS[name].needs)}
+    named = sorted(name for name in foreign if not is_default(given[name], SPECS[name].default))
+    if named:
+        them = "it" if len(named) == 1 else "them"
+        raise InvalidArgument(named[0], f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for "
+                              f"{', '.join(families_with(SPECS[named[0]].needs))} engines; this engine is "
+                              f"{record.name}: leave {them} out", f"leave {them} out")
+    return {name: value for name, value in given.items() if name not in foreign}
+
+
+def is_default(value, default) -> bool:
+    try:
+        return value is default or bool(value == default)
+    except (ValueError, TypeError):  # arrays
+        return False
+
+
 def check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop) -> None:
     for name, given in (("strength", strength), ("guidance_scale", guidance_scale), ("output_type", output_type),
                         ("blur_factor", blur_factor), ("padding_mask_crop", padding_mask_crop)):

@@ -14,7 +14,6 @@ from ..runtime.schedulers import default_scheduler_name, make_scheduler
 from ..runtime.xp import to_host
 from . import arguments as check
 from .base import EngineBase, first_output, progress_bar, read_family
-from .argument_specs import needing
 from .batch import inpaint_batch, run_loop
 from .families import family as family_record, families_with
 from .load_options import LoadOptions
@@ -262,17 +261,11 @@ class Engine(EngineBase):
             pixels = imaging.preprocess_image(picture, height, width, crop)
         return masking.fill(pixels, mask_pixels) if masked_content == "fill" else pixels
 
-    def _refuse_kandinsky_arguments(self, kandinsky: dict) -> None:
-        """Kandinsky 2.2's arguments by name (ValueError), unknown ones as Python would (TypeError)."""
-        if not kandinsky:
-            return
-        named = sorted(set(kandinsky) & set(needing("prior")))
-        if not named:
-            raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(kandinsky)[0]!r}")
-        them = "it" if len(named) == 1 else "them"
-        raise InvalidArgument(named[0], f"{', '.join(named)} {'is' if len(named) == 1 else 'are'} for "
-                              f"{', '.join(families_with('prior'))} engines; this engine is {self.family}: leave "
-                              f"{them} out", f"leave {them} out")
+    def _refuse_kandinsky_arguments(self, others: dict) -> None:
+        """Other kinds' arguments (Kandinsky's prior, an eraser's) by name, unknown ones as Python would."""
+        rest = check.refuse_needing(others, self.record)
+        if rest:
+            raise TypeError(f"inpaint() got an unexpected keyword argument {sorted(rest)[0]!r}")
 
     def _refuse_sdxl_arguments(self, sizes: SizeConditioning) -> None:
         given = sizes.given()

@@ -151,15 +151,18 @@ class EraserEngine(EngineBase):
         return np.where(hole[..., None], fill, pixels)
 
     def _refuse_diffusion_arguments(self, given: dict) -> None:
-        """Diffusion arguments by name (ValueError) unless left at their defaults; unknown ones as Python would."""
-        for name, value in given.items():
-            spec = SPECS.get(name)
-            if spec is None and name not in ("scheduler", "scheduler_options", "generator"):
-                raise TypeError(f"inpaint() got an unexpected keyword argument {name!r}")
-            if value is not None and (spec is None or not _same(value, spec.default)):
-                raise InvalidArgument(name, f"{name} is an argument of diffusion engines; this engine is an eraser "
-                                      f"({self.record.title}): it takes no prompt or sampling settings, leave "
-                                      f"{name} out", f"leave {name} out")
+        """Diffusion arguments by name unless left at their defaults (a caller may pass a full set, as the
+        server and the command line do); unknown ones as Python would."""
+        unknown = sorted(name for name in given if name not in SPECS)
+        if unknown:
+            raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
+        named = sorted(name for name, value in given.items() if value is not None
+                       and not check.is_default(value, SPECS[name].default))
+        if named:
+            them = "it" if len(named) == 1 else "them"
+            raise InvalidArgument(named[0], f"{', '.join(named)} {'is an argument' if len(named) == 1 else 'are arguments'}"
+                                  f" of diffusion engines; this engine is an eraser ({self.record.title}): it takes no "
+                                  f"prompt or sampling settings, leave {them} out", f"leave {them} out")
 
 
 def _union(hole: np.ndarray) -> tuple[int, int, int, int]:
@@ -185,10 +188,3 @@ def _as_pil(picture, mode: str) -> Image.Image:
     if mode == "RGB" and values.ndim == 2:
         values = np.repeat(values[..., None], 3, axis=2)
     return Image.fromarray(np.round(values * 255).astype(np.uint8), mode)
-
-
-def _same(a, b) -> bool:
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return False

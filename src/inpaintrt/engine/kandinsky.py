@@ -159,7 +159,7 @@ class KandinskyEngine(EngineBase):
         `interpolate([prompt, *pictures], [prompt_weight, *weights], negative_prompt=negative_prompt or "")`
         (the prompt left out when empty), run with the prior's steps, guidance, generator and prior_latents."""
         _plain_prompts(others.pop("prompt_syntax", "plain"), prompt, negative_prompt, negative_prior_prompt)
-        _refuse(others, self.family)
+        _refuse(check.refuse_needing(others, self.record), self.family)
         given = {name: value for name, value in dict(
             image_prompts=image_prompts, prompt=prompt, negative_prompt=negative_prompt,
             negative_prior_prompt=negative_prior_prompt,
@@ -336,7 +336,7 @@ def _weight(value, field: str, label: str) -> float:
 
 
 def _default_prompt_weight(prompt_weight) -> None:
-    if not _is_default(prompt_weight, 1.0):
+    if not check.is_default(prompt_weight, 1.0):
         fix = "leave prompt_weight out, or give image_prompts to mix with"
         raise InvalidArgument("prompt_weight", f"prompt_weight={prompt_weight!r} weighs the prompt against "
                               f"image_prompts, and none were given; {fix}", fix)
@@ -350,7 +350,7 @@ def _refuse(others: dict, family: str) -> None:
     if unknown:
         raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
     # at their defaults (as the inpaint CLI passes them) they change nothing: refused only when they would
-    known = sorted(name for name, value in others.items() if not _is_default(value, INPAINT_DEFAULTS[name]))
+    known = sorted(name for name, value in others.items() if not check.is_default(value, INPAINT_DEFAULTS[name]))
     if known:
         kind = "is an argument" if len(known) == 1 else "are arguments"
         raise InvalidArgument(known[0], f"{', '.join(known)} {kind} of the Stable Diffusion engines; this engine is "
@@ -369,11 +369,4 @@ def _plain_prompts(syntax, *prompts) -> None:
                 fix = "pass prompt_syntax='plain' to read it as plain text, or remove the syntax"
                 raise InvalidArgument("prompt", f"prompt {text[:40]!r} uses A1111 prompt syntax (weights, BREAK), "
                                       f"which Kandinsky 2.2's prior does not read; {fix}", fix)
-
-
-def _is_default(value, default) -> bool:
-    try:
-        return value is default or bool(value == default)
-    except (ValueError, TypeError):  # arrays
-        return False
 

@@ -167,6 +167,14 @@ def kandinsky(tmp_path_factory):
     return kandinsky_setup(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def erasers(tmp_path_factory):
+    """Tiny LaMa and MI-GAN: their checkpoints in the official formats and the engine directories from them."""
+    from eraser_models import build_erasers
+
+    return shared_build(tmp_path_factory, "erasers", build_erasers)
+
+
 @pytest.fixture(scope="module")
 def lpw():
     """diffusers' community lpw_stable_diffusion.py, the file named by $LPW_STABLE_DIFFUSION (skipped without it):

@@ -9,34 +9,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from eraser_models import randomize  # noqa: E402
 from parity import record  # noqa: E402
 
 from inpaintrt.export.eraser_lama import (  # noqa: E402
     LamaGenerator, export_lama_onnx, irfft2_matmul, load_lama_state_dict, rfft2_matmul)
 from inpaintrt.export.eraser_migan import (  # noqa: E402
     MiganGenerator, export_migan_onnx, load_migan_state_dict, migan_layout, official_channels)
-
-
-def randomize(module, seed):
-    """Random values for every float tensor, BatchNorm running statistics included, at scales that keep the
-    activations moderate (a saturated sigmoid would hide differences)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                t.fill_(7)  # num_batches_tracked: any value must load
-            elif name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif name.endswith("noise_strength"):
-                t.fill_(0.2)
-            elif t.ndim == 1:  # BatchNorm scale
-                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
-            elif not name.endswith(("filter_const", "filter.weight", "noise_const")):  # MI-GAN's fixed filters stay
-                fan_in = t[0].numel()
-                t.copy_(torch.randn(t.shape, generator=g) / fan_in ** 0.5)
-    return module.eval()
 
 
 def lama_inputs(h, w, seed=0, batch=1):

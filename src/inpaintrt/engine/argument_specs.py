@@ -16,7 +16,7 @@ from ..runtime.images import MAX_PIXELS
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 MASK_MODES = ("binary", "soft")
-MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
+MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing", "eraser")
 PROMPT_SYNTAXES = ("a1111", "plain")
 FILLS = ("edge", "mirror", "noise")
 HD_STRATEGIES = ("crop", "resize", "original")  # IOPaint's names for where an eraser runs on a big picture
@@ -165,7 +165,7 @@ INPAINT = [
             "(differential diffusion; white = fully, black = kept).", cli="flag", group=MASKS, alone=True, serve="both"),
     _choice("masked_content", "original", MASKED_CONTENTS,
             "What the masked area starts from when strength < 1: the picture (diffusers), colours filled in from "
-            "around it, pure noise, or nothing.", cli="flag", group=MASKS, serve="both"),
+            "around it, pure noise, nothing, or the fill of the eraser loaded beside the engine (--eraser).", cli="flag", group=MASKS, serve="both"),
     _whole("mask_grow", 0, 0, 4096, unit="pixels", meaning="0 = unchanged", cli="flag", group=MASKS,
            not_outpaint="use overlap", help="Grow the mask (its white part) by this many pixels before use.", serve="inpaint",
            erasers=True),
@@ -232,7 +232,10 @@ KANDINSKY = [
 
 # EraserEngine.inpaint's own arguments (IOPaint's names and defaults); it also takes the rows marked `erasers`
 ERASING = "erasers (LaMa, MI-GAN engines)"
-ERASER = dict(needs="eraser", cli="flag", group=ERASING)
+# the server's inpaint requests carry them for every engine; a diffusion engine refuses them off their defaults
+ERASER = dict(needs="eraser", cli="flag", group=ERASING, serve="inpaint",
+              serve_note=" Eraser engines only (GET /v1/info `models[].kind` \"eraser\"): a diffusion engine "
+                         "refuses any value but the default.")
 ERASE = [
     _choice("hd_strategy", "crop", HD_STRATEGIES, "Big pictures: crop runs each masked region with a margin around "
             "it (pictures longer than the trigger size), resize scales the picture down to the limit and back, "

@@ -75,6 +75,13 @@ def from_table(name: str, given, spec: Spec | None = None):
     return given
 
 
+def eraser_loaded(masked_content: str, eraser) -> None:
+    if masked_content == "eraser" and eraser is None:
+        fix = "load the engine with eraser=ERASER_DIR (inpaint / inpaint-serve: --eraser DIR), or choose another masked_content"
+        raise InvalidArgument("masked_content", "masked_content='eraser' fills the mask with an eraser engine, and "
+                              f"none was loaded with this one; {fix}", fix)
+
+
 def refuse_needing(given: dict, record) -> dict:
     """Refuse by name the table's arguments that need what this family lacks (a prior's on Stable Diffusion, an
     eraser's on a diffusion engine) unless left at their defaults; returns the rest of `given`."""
@@ -269,8 +276,8 @@ def latent_input(keep_unmasked, padding_mask_crop, keep_input_size, masked_conte
     if given:
         raise InvalidArgument(given[0], "image is latents: keep_unmasked, padding_mask_crop and keep_input_size need a "
                               "picture", f"pass a picture as image, or leave {', '.join(given)} out")
-    if masked_content == "fill":
-        raise InvalidArgument("masked_content", "masked_content='fill' paints pixels; pass a picture, or use "
+    if masked_content in ("fill", "eraser"):
+        raise InvalidArgument("masked_content", f"masked_content={masked_content!r} paints pixels; pass a picture, or use "
                               "'latent_noise' / 'latent_nothing' with image latents",
                               "use masked_content 'latent_noise' or 'latent_nothing' with image latents")
 

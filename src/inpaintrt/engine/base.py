@@ -32,6 +32,7 @@ class Opened:
     loras: list  # engine.loras: those baked in at export, then those fused at load
     embeddings: object  # engine/textual_inversion.py's prepared embeddings, or None
     safety_checker: object  # the opened checker, or None
+    eraser: object = None  # the eraser engine opened beside it (LoadOptions.eraser), or None
 
 
 class MissingMethod(AttributeError):
@@ -48,6 +49,7 @@ class EngineBase:
         self.loras = opened.loras  # baked in at export, then those fused at load
         self.embeddings: list = []  # textual inversions (the Stable Diffusion engine installs them)
         self.safety_checker = opened.safety_checker  # None where the directory has none or it was turned off
+        self.eraser = opened.eraser  # masked_content="eraser" fills the mask with it (an EraserEngine), or None
         self.model = manifest["model"]
         self.family = self.model["family"]
         self.record = family(self.family)  # its defaults and what it supports (engine/families.py)
@@ -70,7 +72,7 @@ class EngineBase:
         backend, sessions = open_backend(options, root, manifest, checked, with_embeddings(lora, added))
         opened = Opened(options, backend, sessions, running_precision(backend, manifest, sessions, options.precision),
                         described, added, open_safety_checker(root, manifest, backend, options.safety_checker,
-                                                              options.verify_hashes))
+                                                              options.verify_hashes), _open_eraser(options, backend))
         return cls(root, manifest, opened)
 
     def facts(self) -> dict:
@@ -87,7 +89,7 @@ class EngineBase:
                 "controlnets": [{key: entry[key] for key in ("component", "kind", "source", "conditioning_channels")}
                                 for entry in (nets.entries if nets else [])],
                 "default_controlnet_scale": nets.default_scale if nets else None,
-                "image_prompts": bool(self.image_prompts)}
+                "image_prompts": bool(self.image_prompts), "eraser": self.eraser is not None}
 
     def __getattr__(self, name: str):
         # only reached when normal lookup fails: a sibling family's method gets its own message
@@ -106,6 +108,23 @@ class EngineBase:
     def _unavailable_tensors(self) -> dict[str, str]:
         """diffusers' callback tensors this engine does not make -> why."""
         return {}
+
+
+def _open_eraser(options: LoadOptions, backend: str):
+    """The eraser engine of LoadOptions.eraser, on the diffusion engine's device: the same backend, or
+    ort-cuda beside TensorRT (an eraser has no plans); None without one."""
+    if options.eraser is None:
+        return None
+    root = Path(options.eraser)
+    manifest, name = read_family(root)
+    record = family(name, str(root))
+    if not record.eraser:
+        raise ValueError(f"eraser={str(root)!r} is a {record.title} engine, not an eraser; export LaMa or MI-GAN "
+                         "with `inpaint-export --model big-lama --output DIR` and pass that DIR")
+    precision = options.precision if options.precision == "bf16" else None
+    eraser_options = LoadOptions("ort-cuda" if backend == "tensorrt" else backend, precision,
+                                 verify_hashes=options.verify_hashes)
+    return record.engine_class().open(root, manifest, eraser_options)
 
 
 def read_family(root: Path) -> tuple[dict, str]:

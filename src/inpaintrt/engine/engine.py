@@ -54,7 +54,7 @@ class Engine(EngineBase):
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", verify_hashes: bool = True,
              cuda_graph: bool = False, precision: str | None = None, cuda_options: dict | None = None,
-             loras=None, embeddings=None, safety_checker: bool = True) -> "EngineBase":
+             loras=None, embeddings=None, safety_checker: bool = True, eraser=None) -> "EngineBase":
         """Open an engine directory written by `inpaint-export`; `engine.backend` says which backend runs.
 
         backend: "auto" (TensorRT when the directory has plans that run here, else ONNX Runtime on the
@@ -72,9 +72,11 @@ class Engine(EngineBase):
         `engine.embeddings` lists them. The manifest's family picks the class
         (engine/families.py): a Kandinsky 2.2 directory gives a KandinskyEngine. safety_checker: where the directory
         has diffusers' safety checker it runs (flagged images come back black, `nsfw_content_detected` says
-        which); False skips it (docs/safety-checker.md)."""
+        which); False skips it (docs/safety-checker.md). eraser: an eraser engine directory (LaMa, MI-GAN) opened
+        beside a diffusion engine on the same device; masked_content="eraser" then fills the mask with it before
+        the VAE encode (docs/eraser.md)."""
         options = LoadOptions(backend, precision, cuda_graph, cuda_options, loras, embeddings, safety_checker,
-                              verify_hashes)
+                              verify_hashes, None if eraser is None else str(eraser))
         root = Path(path)
         manifest, family = read_family(root)
         return family_record(family, str(root)).engine_class().open(root, manifest, options)
@@ -92,7 +94,7 @@ class Engine(EngineBase):
         return found + (cond["text_embeds"], uncond.get("text_embeds")) if self.record.micro_conditioning else found
 
     def inpaint(
-        self, image, mask_image, prompt=None, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
+        self, image, mask_image=None, prompt=None, negative_prompt=None, num_inference_steps=50, guidance_scale=7.5,
         strength=None, scheduler=None, scheduler_options=None, generator=None, latents=None, height=None,
         width=None, num_images_per_prompt=1, padding_mask_crop=None, blur_factor=0, keep_unmasked=False,
         keep_input_size=False, prompt_embeds=None, negative_prompt_embeds=None, output_type="pil",
@@ -143,6 +145,7 @@ class Engine(EngineBase):
         strength = default_strength(strength, self.family)
         check.check_numbers(strength, guidance_scale, output_type, blur_factor, padding_mask_crop)
         check.mask_options(mask_mode, masked_content, mask_grow, mask_shrink, mask_invert)
+        check.eraser_loaded(masked_content, self.eraser)
         start, end = check.schedule_window(denoising_start, denoising_end, masked_content)
         sizes = SizeConditioning(original_size, target_size, crops_coords_top_left, negative_original_size,
                                  negative_target_size, negative_crops_coords_top_left, aesthetic_score,
@@ -227,15 +230,19 @@ class Engine(EngineBase):
 
     def _load_inputs(self, image, mask_image, max_pixels, keep_unmasked, padding_mask_crop, keep_input_size,
                      masked_content):
-        """(image latents or None, picture or None, mask picture), checked against each other."""
+        """(image latents or None, picture or None, mask picture), checked against each other; without
+        mask_image, the mask is the picture's transparent pixels (runtime/images.py load_pair)."""
         given_latents = check.latent_image(image, self.model["latent_channels"])
         if given_latents is not None:
             given_latents = given_latents.astype(np.float32)
             check.latent_input(keep_unmasked, padding_mask_crop, keep_input_size, masked_content)
-        picture = None if given_latents is not None else imaging.load_picture(image, "image", max_pixels)
-        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
-        if picture is not None:
-            check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
+            if mask_image is None:
+                fix = "pass mask_image (white = repaint), or a picture with transparent pixels as image"
+                raise InvalidArgument("mask_image", f"image is latents, which have no alpha channel to take a mask "
+                                      f"from; {fix}", fix)
+            return given_latents, None, imaging.load_picture(mask_image, "mask_image", max_pixels)
+        picture, mask = imaging.load_pair(image, mask_image, max_pixels)
+        check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
         return given_latents, picture, mask
 
     def _prepare_conditioning(self, prompts: PromptArgs, per_prompt: int, guided: bool, sizes: SizeConditioning,
@@ -259,6 +266,9 @@ class Engine(EngineBase):
             pixels = np.clip(decode_latents(self._models, given_latents), -1, 1)
         else:
             pixels = imaging.preprocess_image(picture, height, width, crop)
+        if masked_content == "eraser":  # the eraser's fill, in [-1, 1]: a strength below 1 keeps its colours
+            filled = self.eraser.erase((pixels[0].transpose(1, 2, 0) + 1) / 2, mask_pixels[0, 0] >= 0.5)
+            return (filled.transpose(2, 0, 1)[None] * 2 - 1).astype(np.float32)
         return masking.fill(pixels, mask_pixels) if masked_content == "fill" else pixels
 
     def _refuse_kandinsky_arguments(self, others: dict) -> None:

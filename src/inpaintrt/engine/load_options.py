@@ -4,6 +4,7 @@ The server's settings hold one (their command-line defaults are its defaults).""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .backends import check_choice
 
@@ -18,6 +19,7 @@ class LoadOptions:
     embeddings: object = None  # textual inversions, [file or (file, token), ...] (engine/textual_inversion.py)
     safety_checker: bool = True  # run the directory's safety checker where it has one
     verify_hashes: bool = True  # check each file the backend reads against the manifest's sha256
+    eraser: str | None = None  # an eraser engine directory (LaMa, MI-GAN): masked_content="eraser" pre-fills with it
 
     def __post_init__(self):
         check_choice(self.backend, self.precision)  # a wrong pair fails before any file is read
@@ -53,6 +55,8 @@ def add_load_arguments(parser, who: str = "the engine") -> None:
                             "the file's name (repeatable; ort-cpu and ort-cuda)")
     group.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
                        help=f"load {who} without its safety checker, where it has one (docs/safety-checker.md)")
+    group.add_argument("--eraser", metavar="DIR", help="an eraser engine (LaMa, MI-GAN) loaded beside a diffusion one: "
+                                                       "--masked-content eraser fills the mask with it first")
 
 
 def load_options_from(args) -> LoadOptions:
@@ -65,5 +69,6 @@ def load_options_from(args) -> LoadOptions:
     cuda_options = dict(parse_cuda_option(text) for text in args.cuda_option) if args.cuda_option else None
     loras = [tuple(pair) for pair in lora_pairs(args.lora)] if args.lora else None
     embeddings = [tuple(pair) for pair in embedding_pairs(args.embedding)] if args.embedding else None
+    eraser = str(Path(args.eraser).resolve()) if getattr(args, "eraser", None) else None
     return LoadOptions(args.backend, args.precision, args.cuda_graph, cuda_options, loras, embeddings,
-                       args.safety_checker)
+                       args.safety_checker, eraser=eraser)

@@ -276,7 +276,9 @@ def _inpaint_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--engine", required=True, help="engine directory written by inpaint-export")
     parser.add_argument("--image", required=True, help="input picture file")
-    parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend)")
+    parser.add_argument("--mask", help="mask file: white = repaint, black = keep (not with --extend); with --image "
+                                       "DIR, a folder of masks named as the pictures, or one file for all; leave it "
+                                       "out to repaint the picture's transparent pixels")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help="default: the checkpoint's own")
     parser.add_argument("--scheduler-option", action="append", default=[], metavar="NAME=VALUE",
                         help="override a scheduler setting, e.g. use_karras_sigmas=true or eta=0.3 (JSON values)")
@@ -302,25 +304,34 @@ def inpaint_main(argv: list[str] | None = None) -> int:
 
 def _run_inpaint(argv: list[str] | None) -> int:
     args = _inpaint_parser().parse_args(argv)
-    from . import Engine
+    from . import Engine, folders
     from .engine.base import MissingMethod
-    from .runtime.images import load_picture
+    from .runtime.images import load_pair, load_picture
 
     try:
         options = dict(_parse_option(text) for text in args.scheduler_option)
-        if (args.mask is None) == (args.extend is None):
-            raise ValueError("pass --mask (inpaint) or --extend (outpaint), one of the two")
+        if args.mask is not None and args.extend is not None:  # no --mask either: the picture's alpha is the mask
+            raise ValueError("pass --mask (inpaint) or --extend (outpaint), not both")
         sides = _parse_extend(args.extend) if args.extend else None
         _check_flags(args)  # Engine.inpaint's own checks and messages, before the engine is loaded
-        image, mask = load_picture(args.image, "image"), None if sides else load_picture(args.mask, "mask_image")
+        folder = Path(args.image).is_dir()  # a folder of pictures: folders.py matches, runs and reports them
+        jobs = folders.plan(args.image, args.mask, args.output, sides) if folder else None
+        if not folder:
+            image, mask = (load_picture(args.image, "image"), None) if sides else load_pair(args.image, args.mask)
         given = _given(args)
         engine = Engine.load(args.engine, **load_options_from(args).as_arguments())
         print(f"backend {engine.backend}, precision {engine.precision}", file=sys.stderr)
         common = dict(scheduler=args.scheduler, scheduler_options=options or None, generator=args.seed,
-                      progress=True, **given)
+                      progress=not folder, **given)  # a folder has its own bar, over the pictures
         if engine.record.eraser:  # no prompt: the flags left unset are not passed (an eraser names those given)
             common = {name: value for name, value in common.items() if value not in (None, "")}
-        result = engine.outpaint(image, **sides, **common) if sides else engine.inpaint(image, mask, **common)
+
+        def one(picture, mask):  # the call each picture gets, alone or from a folder
+            return engine.inpaint(picture, mask, **common)
+
+        if folder:
+            return folders.run(jobs, one, args.output)
+        result = engine.outpaint(image, **sides, **common) if sides else one(image, mask)
     except InvalidArgument as e:  # named by its flag
         return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS and SPECS[e.field].cli else str(e))
     except (OSError, ValueError, RuntimeError, MissingMethod) as e:

@@ -77,7 +77,8 @@ def from_table(name: str, given, spec: Spec | None = None):
 
 def eraser_loaded(masked_content: str, eraser) -> None:
     if masked_content == "eraser" and eraser is None:
-        fix = "load the engine with eraser=ERASER_DIR (inpaint / inpaint-serve: --eraser DIR), or choose another masked_content"
+        fix = ("load the engine with eraser=ERASER_DIR (inpaint / inpaint-serve: --eraser DIR), or choose another "
+               "masked_content")
         raise InvalidArgument("masked_content", "masked_content='eraser' fills the mask with an eraser engine, and "
                               f"none was loaded with this one; {fix}", fix)
 
@@ -95,6 +96,21 @@ def refuse_needing(given: dict, record) -> dict:
                               f"{', '.join(families_with(SPECS[named[0]].needs))} engines; this engine is "
                               f"{record.name}: leave {them} out", f"leave {them} out")
     return {name: value for name, value in given.items() if name not in foreign}
+
+
+def refuse_diffusion(given: dict, record) -> None:
+    """An eraser's refusal of diffusion arguments, by name unless left at their defaults (a caller may pass a full
+    set, as the server and the command line do); names no engine takes as Python would."""
+    unknown = sorted(name for name in given if name not in SPECS)
+    if unknown:
+        raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
+    named = sorted(name for name, value in given.items()
+                   if value is not None and not is_default(value, SPECS[name].default))
+    if named:
+        them = "it" if len(named) == 1 else "them"
+        raise InvalidArgument(named[0], f"{', '.join(named)} {'is an argument' if len(named) == 1 else 'are arguments'} "
+                              f"of diffusion engines; this engine is an eraser ({record.title}): it takes no prompt or "
+                              f"sampling settings, leave {them} out", f"leave {them} out")
 
 
 def is_default(value, default) -> bool:

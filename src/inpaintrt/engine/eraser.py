@@ -18,7 +18,6 @@ from ..runtime import masking, notices
 from ..runtime.errors import InvalidArgument
 from ..runtime.regions import crop_box, limited_size, mask_boxes, square_crop
 from . import arguments as check
-from .argument_specs import SPECS
 from .base import EngineBase, first_output, progress_bar
 from .outputs import InpaintOutput
 
@@ -56,7 +55,7 @@ class EraserEngine(EngineBase):
         longer side and keeps every original pixel outside the mask; "original" runs the whole picture.
         mask_invert / mask_grow / mask_shrink edit the mask first, as for every engine. Prompt, steps and
         the other diffusion arguments are refused by name."""
-        self._refuse_diffusion_arguments(diffusion)
+        check.refuse_diffusion(diffusion, self.record)
         strategy = check.from_table("hd_strategy", hd_strategy)
         margin, trigger, limit = (check.from_table(name, value) for name, value in (
             ("hd_strategy_crop_margin", hd_strategy_crop_margin),
@@ -86,8 +85,7 @@ class EraserEngine(EngineBase):
         return self._composite(pixels, hole, self._run_window(pixels, hole))
 
     def _load(self, image, mask_image, max_pixels):
-        picture = imaging.load_picture(image, "image", max_pixels)
-        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
+        picture, mask = imaging.load_pair(image, mask_image, max_pixels)  # no mask: the picture's transparent pixels
         check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
         return _as_pil(picture, "RGB"), _as_pil(mask, "L")
 
@@ -149,20 +147,6 @@ class EraserEngine(EngineBase):
     @staticmethod
     def _composite(pixels, hole, fill) -> np.ndarray:
         return np.where(hole[..., None], fill, pixels)
-
-    def _refuse_diffusion_arguments(self, given: dict) -> None:
-        """Diffusion arguments by name unless left at their defaults (a caller may pass a full set, as the
-        server and the command line do); unknown ones as Python would."""
-        unknown = sorted(name for name in given if name not in SPECS)
-        if unknown:
-            raise TypeError(f"inpaint() got an unexpected keyword argument {unknown[0]!r}")
-        named = sorted(name for name, value in given.items() if value is not None
-                       and not check.is_default(value, SPECS[name].default))
-        if named:
-            them = "it" if len(named) == 1 else "them"
-            raise InvalidArgument(named[0], f"{', '.join(named)} {'is an argument' if len(named) == 1 else 'are arguments'}"
-                                  f" of diffusion engines; this engine is an eraser ({self.record.title}): it takes no "
-                                  f"prompt or sampling settings, leave {them} out", f"leave {them} out")
 
 
 def _union(hole: np.ndarray) -> tuple[int, int, int, int]:

@@ -139,7 +139,7 @@ class KandinskyEngine(EngineBase):
         return to_host(first_output(run({"pixel_values": pixels}))).astype(np.float32)
 
     def inpaint(
-        self, image, mask_image, prompt=None, negative_prompt=None, negative_prior_prompt=None, image_embeds=None,
+        self, image, mask_image=None, prompt=None, negative_prompt=None, negative_prior_prompt=None, image_embeds=None,
         negative_image_embeds=None, prior_guidance_scale=None, prior_num_inference_steps=None, prior_latents=None,
         guidance_scale=4.0, num_inference_steps=100, num_images_per_prompt=1, height=None, width=None,
         generator=None, latents=None, scheduler=None, scheduler_options=None, output_type="pil",
@@ -182,8 +182,7 @@ class KandinskyEngine(EngineBase):
         config = self.scheduler_config if name == "ddpm" else {k: v for k, v in self.scheduler_config.items()
                                                                 if k != "variance_type"}
         sched = make_scheduler(name, config, scheduler_options)
-        picture = imaging.load_picture(image, "image", max_pixels)
-        mask = imaging.load_picture(mask_image, "mask_image", max_pixels)
+        picture, mask = imaging.load_pair(image, mask_image, max_pixels)  # no mask_image: the picture's alpha
         check.same_size(imaging.picture_size(picture), imaging.picture_size(mask))
         gen = as_generator(generator)
 

@@ -14,6 +14,7 @@ from ..runtime.schedulers import make_scheduler
 from . import arguments as check
 from .argument_specs import ALONE, SPECS
 from .families import family
+from .manifest import ERASER
 
 
 def default_strength(strength, family_name: str) -> float:
@@ -85,6 +86,8 @@ def preflight(arguments: dict, facts: dict, max_output_pixels: int = check.MAX_O
     """The engine's own checks of an inpaint call, from its keyword arguments (pictures decoded) and the
     engine's facts (engine/facts.py): the size it generates, the mask after every edit, the strength and
     the step count. Raises the InvalidArgument the engine would."""
+    if facts.get("kind") == ERASER:  # engine facts say their kind (a test's hand-made facts may not)
+        return eraser_preflight(arguments, max_output_pixels, whose)
     picture = arguments.get("image")
     size = imaging.picture_size(picture) if picture is not None else None
     height, width = generated_size(arguments.get("height"), arguments.get("width"), size,
@@ -100,3 +103,18 @@ def preflight(arguments: dict, facts: dict, max_output_pixels: int = check.MAX_O
     calls = denoising_calls(arguments.get("scheduler") or facts["default_scheduler"], facts["scheduler_config"],
                             arguments.get("scheduler_options"), steps, strength)
     return Preflight(height, width, strength, steps, calls)
+
+
+def eraser_preflight(arguments: dict, max_output_pixels: int = check.MAX_OUTPUT_PIXELS,
+                     whose: str = "one call generates") -> Preflight:
+    """An eraser's call (engine/eraser.py): its output is the picture's own size, within the limit; its mask
+    edits are checked as the engine checks them; one forward pass, so one model call and no strength."""
+    width, height = imaging.picture_size(arguments["image"])
+    if width * height > max_output_pixels:
+        fix = f"send a picture of at most {max_output_pixels} pixels (scale it down, or erase a crop of it)"
+        raise check.InvalidArgument("image", f"image is {width}x{height} = {width * height} pixels, more than the "
+                                    f"{max_output_pixels} {whose}: an eraser's output is the picture's own size; "
+                                    f"{fix}", fix)
+    check.mask_options("binary", "original", arguments.get("mask_grow", 0), arguments.get("mask_shrink", 0),
+                       arguments.get("mask_invert", False))
+    return Preflight(height, width, 1.0, 1, 1)

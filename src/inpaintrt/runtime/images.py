@@ -33,6 +33,46 @@ def load_picture(value, name: str, max_pixels: int = MAX_PIXELS):
                           f"{type(value).__name__}", f"pass {name} as a PIL.Image, a numpy array, a file path or bytes")
 
 
+def load_pair(image, mask_image=None, max_pixels: int = MAX_PIXELS):
+    """(picture, mask): mask_image loaded as given, or, without one, taken from the picture's alpha channel
+    (white where it is transparent: repainted) with the picture returned as RGB. Sizes are the caller's check."""
+    picture = load_picture(image, "image", max_pixels)
+    if mask_image is not None:
+        return picture, load_picture(mask_image, "mask_image", max_pixels)
+    return alpha_mask(picture)
+
+
+# Any transparency is repainted (alpha < 255), as AUTOMATIC1111's img2img inpaint tab reads an uploaded
+# picture's alpha (ImageOps.invert(alpha) > 0): a cut-out's soft, half-transparent edge is repainted too,
+# not left as a fringe. (IOPaint keeps a picture's alpha to put back on the result; it takes no mask from it.)
+OPAQUE = 255
+
+
+def alpha_mask(picture):
+    """(RGB picture, L mask of 0 / 255) from a loaded picture's alpha channel; refused without one."""
+    no_mask = "pass mask_image, or a picture whose transparent pixels mark the area to repaint"
+    if isinstance(picture, np.ndarray):  # float HxWxC in [0, 1]
+        if picture.shape[2] != 4:
+            raise InvalidArgument("mask_image", f"no mask_image was given and image has {picture.shape[2]} channel(s), "
+                                  f"no alpha channel to take one from; {no_mask}", no_mask)
+        alpha = np.round(picture[..., 3] * 255)
+        rgb = np.ascontiguousarray(picture[..., :3])
+        mask = Image.fromarray(np.where(alpha < OPAQUE, 255, 0).astype(np.uint8), "L")
+    else:
+        if "A" not in picture.getbands() and ("a" in picture.getbands() or "transparency" in picture.info):
+            picture = picture.convert("RGBA")  # premultiplied alpha, or a PNG's transparent colour (tRNS)
+        if "A" not in picture.getbands():
+            raise InvalidArgument("mask_image", f"no mask_image was given and image (mode {picture.mode}) has no "
+                                  f"alpha channel to take one from; {no_mask}", no_mask)
+        rgb = picture.convert("RGB")
+        mask = picture.getchannel("A").point([255] * OPAQUE + [0] * (256 - OPAQUE))
+    if not np.asarray(mask).any():  # as the engine refuses an all-black mask: nothing would change
+        fix = "make the area to repaint transparent, or pass mask_image"
+        raise InvalidArgument("mask_image", f"no mask_image was given and image's alpha channel is opaque everywhere, "
+                              f"so nothing is marked to repaint; {fix}", fix)
+    return rgb, mask
+
+
 def reason(error: Exception, sent: str = "the given bytes") -> str:
     """PIL's complaint without the object it was handed: bytes arrive as `<_io.BytesIO object at 0x...>`."""
     return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", sent, str(error))

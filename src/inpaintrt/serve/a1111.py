@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from .. import __version__
+from ..engine.families import family
 from ..runtime.errors import InvalidArgument
 from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, controlnet_units, \
     features_asked, sampler_choice
@@ -209,6 +210,12 @@ async def _read(request: Request, model):
 
 def _parse(params, server: Server, engine):
     """(the checked native job, its first seed, the A1111 sampler name reported back)."""
+    record = family(engine.facts["family"])
+    if record.eraser:  # A1111's fields are all diffusion settings, sent whether or not the client chose them
+        raise ApiError(422, "sd_model_checkpoint", f"the selected checkpoint {engine.name} is an eraser "
+                       f"({record.title}): it takes no prompt or sampling settings, which every AUTOMATIC1111 "
+                       "request carries", "select a diffusion checkpoint with POST /sdapi/v1/options (GET "
+                       "/sdapi/v1/sd-models lists them), or erase with POST /v1/inpaint: image and mask_image, no prompt")
     count, cap = params.batch_size * params.n_iter, server.settings.queue_size
     if count > cap:
         field = "batch_size" if params.batch_size > cap else "n_iter"

@@ -131,7 +131,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         await asyncio.to_thread(manager.stop)
 
     app = FastAPI(title="inpaintrt", version=__version__, lifespan=lifespan,
-                  description="Stable Diffusion inpainting and outpainting. Field names follow `Engine.inpaint` "
+                  description="Stable Diffusion inpainting and outpainting, and erasing with LaMa / MI-GAN eraser engines "
+                              "(no prompt; GET /v1/info `models[].kind`). Field names follow `Engine.inpaint` "
                               "(diffusers' `StableDiffusionInpaintPipeline`) and `Engine.outpaint`; `seed` is their "
                               "`generator`. Errors are "
                               "`{\"error\": {status, field, message, fix}}`. Each request's work (pictures x steps x "
@@ -195,7 +196,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
             raise _unavailable(f"no engine can run jobs: {manager.unavailable}", 5)
         return {"status": "draining" if manager.draining else "ok", **manager.stats()}
 
-    @app.get("/v1/info", dependencies=guarded, summary="Model family, channels, default size, schedulers, limits")
+    @app.get("/v1/info", dependencies=guarded,
+             summary="Model family and kind (diffusion or eraser), channels, default size, schedulers, limits")
     async def info():
         return {"version": __version__, "model": {k: v for k, v in facts.items() if k != "scheduler_config"},
                 "loras": facts.get("loras", []),  # name, sha256, scale (and baked: fused at export)

@@ -28,6 +28,9 @@ parameters against SD's 49.49 M) plus its middle block's single-head attention s
 float32; the pictures of one call are those --max-batch may gather; plus 4 bytes per pixel for each finished
 picture held until the answer, and an outpaint's grown canvas at 32 bytes per pixel. The UNet's own
 activations depend on the backend's attention kernels and are not counted.
+
+An eraser (LaMa, MI-GAN) request is one model call at the picture's size, unguided, never in a batch; its
+memory is estimated by the same formula (its own activations are not counted either).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from ..engine.argument_specs import SIDES
+from ..engine.manifest import ERASER
 from ..engine.preflight import batchable
 from ..runtime.errors import InvalidArgument
 
@@ -99,6 +103,10 @@ def request_work(params, arguments: dict, facts: dict, planned, passes: int, lim
     """The Work of a request checked by engine/preflight.py (`planned`: its size, steps and UNet calls).
     pictures: (count, field, shown) of an A1111 batch; None: one."""
     image = arguments["image"]
+    if facts.get("kind") == ERASER:  # one forward pass at the picture's size: unguided, never in a batch
+        work = Work(planned.height, planned.width, planned.calls, planned.steps, guided=False)
+        work.fields = {"size": ("image", f"{planned.width}x{planned.height}")}
+        return work
     height, width, steps = planned.height, planned.width, planned.steps
     side = ("keep_input_size" if getattr(params, "keep_input_size", False)
             else "width" if width > height else "height")
@@ -226,6 +234,8 @@ def _smaller(work: Work, name: str, fits) -> str:
     """The fix for a size over a limit: the largest side that fits, the other side kept."""
     if name == "keep_input_size":
         return "send a smaller picture, or height and width instead of keep_input_size"
+    if name == "image":  # an eraser's output is the picture's size
+        return "send a smaller picture"
     other = work.width if name == "height" else work.height
     side = next((s for s in range(getattr(work, name) - 8, 7, -8)
                  if fits(*((s, other) if name == "height" else (other, s)))), None)

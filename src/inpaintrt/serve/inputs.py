@@ -22,9 +22,10 @@ from ..engine.preflight import Preflight, preflight
 from ..runtime.errors import InvalidArgument
 from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
+from .erasing import engine_arguments, outpaint_refusal
 from .errors import ApiError, request_fix, validation_error
 from .numbers import NumbersOnly
-from .pictures import decode_base64, decode_picture  # noqa: F401 (also the A1111 routes')
+from .pictures import decode_base64, decode_picture, picture_pair  # noqa: F401 (also the A1111 routes')
 from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
                      guide_arguments, json_pictures, picture_schema, repeated_part)
 
@@ -158,11 +159,12 @@ def request_schema(model: type[CommonParameters], binary: bool) -> dict:
     picture = ({"type": "string", "format": "binary"} if binary else
                {"type": "string", "contentEncoding": "base64", "description": "base64 (a data: URL is fine)"})
     described = {"image": "The picture (PNG, JPEG, WebP, ...).",
-                 "mask_image": "Mask of the same size: white = repaint, black = keep."}
+                 "mask_image": "Mask of the same size: white = repaint, black = keep. Leave it out to repaint the "
+                               "image's transparent pixels (its alpha channel)."}
     schema["properties"] = {**{name: {**picture, "description": described[name]} for name in model.pictures},
                             **{name: picture_schema(name, binary) for name in model.listed},
                             **schema["properties"]}
-    schema["required"] = list(model.pictures)
+    schema["required"] = [name for name in model.pictures if name != "mask_image"]  # no mask: the image's alpha
     return schema
 
 
@@ -248,11 +250,13 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
                            + (" (outpaint makes the mask itself from left, right, top and bottom)"
                               if name == "mask_image" else ""), f"leave {name} out")
     record = family(engine_facts["family"])
+    if params.task == "outpaint" and record.eraser:
+        raise outpaint_refusal(record, params.model)
     if params.task == "outpaint" and not record.outpaint:  # refused before a job is queued
         raise ApiError(422, "request", f"outpaint is not available for {record.title} engines yet",
                        "grow the canvas yourself and POST /v1/inpaint with a mask over the new area")
     for name in params.pictures:
-        if name not in files:
+        if name not in files and name != "mask_image":  # without a mask, the image's transparent pixels are one
             raise ApiError(422, name, f"{name} is required", f"send {name} as a file part or base64 field")
     prior = [name for name in PRIOR_FIELDS if getattr(params, name, None) is not None]
     if prior and not record.prior:
@@ -262,8 +266,8 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     if prior_steps is not None and prior_steps > limits.max_steps:
         raise ApiError(422, "prior_num_inference_steps", f"prior_num_inference_steps={prior_steps} is above this "
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
-    steps = params.num_inference_steps or engine_facts["default_steps"]
-    if steps > limits.max_steps:
+    steps = params.num_inference_steps or engine_facts.get("default_steps", 0)
+    if steps > limits.max_steps and not record.eraser:  # an eraser refuses steps outright (erasing.py)
         given = "" if params.num_inference_steps else " (the model's default)"
         raise ApiError(422, "num_inference_steps", f"num_inference_steps={steps}{given} is above this "
                        f"server's max_steps={limits.max_steps}", f"send at most {limits.max_steps} steps")
@@ -271,9 +275,12 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     unset = {name for name in DEFAULTED if getattr(params, name, 0) is None}
     # unset: the engine's own defaults; model picked the engine already
     arguments = params.model_dump(exclude={"seed", "response_format", "model"} | unset | set(GuideFields.model_fields))
+    arguments = engine_arguments(arguments, params, record)  # what this kind of engine takes (erasing.py)
     arguments["image"] = image
     if isinstance(params, InpaintParameters):
-        arguments["mask_image"] = _checked_mask(files["mask_image"], image.size, limits)
+        mask = _checked_mask(files["mask_image"], image.size, limits) if "mask_image" in files else None
+        image, arguments["mask_image"] = picture_pair(image, mask)  # no mask sent: the image's alpha, image as RGB
+        arguments["image"] = image
     planned = _preflight(arguments, engine_facts, limits)  # the engine's own checks (engine/preflight.py)
     if params.listed:  # checked against the engine's ControlNets and image encoder before the job is queued
         guides = {name: files[name] for name in params.listed if name in files}
@@ -289,6 +296,7 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
     except InvalidArgument as e:
         raise ApiError(422, e.field, str(e), e.fix) from None
     seed = params.seed if params.seed is not None else secrets.randbelow(2**31)  # small enough for JS numbers
+    seed = 0 if record.eraser else seed  # an eraser draws no noise: no seed is used (erasing.py refuses one)
     return Parsed(params.task, arguments, seed, calls * passes, getattr(params, "response_format", "png"), params.model)
 
 

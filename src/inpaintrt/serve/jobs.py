@@ -90,6 +90,16 @@ class Job:
                 "timings": timings, **({"restarted": list(self.restarts)} if self.restarts else {})}
 
 
+def call_engine(engine, task: str, arguments: dict, seed: int, on_step: Callable, **more):
+    """engine.<task>(arguments) with the job's seed and step callback; an eraser (one forward pass, no noise)
+    takes neither, so it runs and then counts its one step (which also honours a cancel asked meanwhile)."""
+    if getattr(getattr(engine, "record", None), "eraser", False):
+        result = getattr(engine, task)(**arguments, progress=False, **more)
+        on_step(0, None, None)
+        return result
+    return getattr(engine, task)(**arguments, generator=seed, callback_on_step_end=on_step, progress=False, **more)
+
+
 def _preview(latents, space: str | None) -> str | None:
     try:
         return preview_data_url(latents, space)
@@ -257,9 +267,8 @@ class JobManager:
         rerun = {"on_restart": on_restart} if getattr(engine, "reruns_jobs", False) else {}
         try:
             with notices.collect() as job.warnings:
-                result = call() if call is not None else getattr(engine, job.task)(
-                    **job.arguments, generator=job.seed, callback_on_step_end=on_step, progress=False,
-                    output_type="pil", **rerun)
+                result = call() if call is not None else call_engine(engine, job.task, job.arguments, job.seed,
+                                                                      on_step, output_type="pil", **rerun)
             job.nsfw_content_detected = getattr(result, "nsfw_content_detected", None)  # None: no checker ran
             if hasattr(result, "png"):  # a Ray replica sends the PNG itself
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime import images as imaging
+from ..runtime.errors import InvalidArgument
 from .errors import ApiError, request_fix
 
 
@@ -48,3 +49,12 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if not isinstance(picture, Image.Image):  # a float picture (mode F): take it as 8-bit grey
         picture = Image.fromarray((np.clip(picture[..., 0], 0, 1) * 255).round().astype(np.uint8))
     return picture
+
+
+def picture_pair(image: Image.Image, mask: Image.Image | None) -> tuple[Image.Image, Image.Image]:
+    """The decoded picture and its mask: the mask as sent, or, when none was, the picture's transparent pixels
+    (runtime/images.py load_pair, the engine's own reading); a picture with no alpha to read is a 422."""
+    try:
+        return imaging.load_pair(image, mask)
+    except InvalidArgument as e:
+        raise ApiError(422, e.field, str(e), request_fix(e.fix, f"send {e.field}")) from None

@@ -27,7 +27,7 @@ from ray.serve.exceptions import ReplicaUnavailableError
 
 from ..engine.load_options import LoadOptions
 from .app import Settings, create_app, engine_facts, open_engine
-from .jobs import RUNNING, TASKS, EngineUnavailable, JobCancelled, JobManager
+from .jobs import RUNNING, TASKS, EngineUnavailable, JobCancelled, JobManager, call_engine
 
 APP_NAME = "inpaintrt"
 ENGINE_DEPLOYMENT = "InpaintEngine"
@@ -66,8 +66,7 @@ class InpaintEngine:
 
         def work():
             try:
-                result = getattr(self.engine, task)(**arguments, generator=seed, callback_on_step_end=on_step,
-                                                    progress=False)
+                result = call_engine(self.engine, task, arguments, seed, on_step)  # an eraser takes no seed
                 picture = result.images[0]
                 events.put(("done", encode_png(picture), picture.width, picture.height, self.replica,
                             result.nsfw_content_detected))

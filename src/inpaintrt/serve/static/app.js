@@ -8,7 +8,7 @@ import { api, follow } from "./api.js";
 import { ControlNetSection, ImagePromptSection } from "./conditioning.js";
 import { FieldErrors } from "./field-errors.js";
 import { History } from "./history.js";
-import { batchCount, fields, formValues, restoreValues, outpainting, sides, SIDES } from "./form.js";
+import { batchCount, erasing, fields, formValues, restoreValues, outpainting, sides, SIDES } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
 const editor = new MaskEditor($("view"), updateButtons);
@@ -30,7 +30,10 @@ async function loadInfo() {
     state.info = info;
     const models = info.models || [{ name: "", ...info.model }];  // an older server: its one model
     state.models = Object.fromEntries(models.map((model) => [model.name, model]));
-    for (const model of models) $("model").add(new Option(`${model.name} (${model.family})`, model.name));
+    for (const model of models) {
+      const kind = model.kind === "eraser" ? ", eraser" : "";
+      $("model").add(new Option(`${model.name} (${model.family}${kind})`, model.name));
+    }
     $("model-row").hidden = models.length < 2;  // one engine: nothing to choose
     $("num_inference_steps").max = info.limits.max_steps;
     applyModel();
@@ -49,6 +52,11 @@ function applyModel() {
   const model = state.models?.[$("model").value];
   if (!model) return;
   const info = state.info;
+  if (model.kind === "eraser") {  // no prompt, steps or size: one forward pass at the picture's size
+    $("server-info").textContent = `model ${model.name ? `${model.name}: ` : ""}${model.family} eraser, backend ` +
+      `${model.backend} ${model.precision}, ${info.limits.workers} worker(s)`;
+    return applyVisibility();
+  }
   $("server-info").textContent = `model ${model.name ? `${model.name}: ` : ""}${model.family}, ` +
     `${model.unet_in_channels}-channel UNet, ${model.default_width}×${model.default_height}, backend ` +
     `${model.backend} ${model.precision}, ${info.limits.workers} worker(s), at most ${info.limits.max_steps} steps`;
@@ -61,18 +69,24 @@ function applyModel() {
 
 // What the chosen model and mode take: inpaint-only fields hide when outpainting, Stable Diffusion-only
 // ones (strength, the mask options, keep unmasked) for a Kandinsky model, which has no outpaint either;
-// the ControlNet and image-prompt sections show for models that have them. Hidden fields are not sent.
+// the ControlNet and image-prompt sections show for models that have them. An eraser model has one mode,
+// Erase: the brush and mask edits, its own few settings and none of diffusion's. Hidden fields are not sent.
 function applyVisibility() {
   const model = state.models?.[$("model").value];
-  const kandinsky = model?.family === "kandinsky22";
-  $("mode").querySelector("option[value=outpaint]").disabled = kandinsky;
-  if (kandinsky && outpainting()) {
-    $("mode").value = "inpaint";
+  const kandinsky = model?.family === "kandinsky22", eraser = model?.kind === "eraser";
+  for (const option of $("mode").options) {
+    const own = (option.value === "erase") === eraser;
+    option.hidden = !own;
+    option.disabled = !own || (option.value === "outpaint" && kandinsky);
+  }
+  if ((kandinsky && outpainting()) || eraser !== erasing()) {
+    $("mode").value = eraser ? "erase" : "inpaint";
     return applyMode();
   }
-  for (const element of document.querySelectorAll(".inpaint-only, .sd-only")) {
-    element.hidden = (element.classList.contains("inpaint-only") && outpainting()) ||
-      (element.classList.contains("sd-only") && kandinsky);
+  const has = (element, name) => element.classList.contains(name);
+  for (const element of document.querySelectorAll(".inpaint-only, .sd-only, .diffusion-only, .erase-only")) {
+    element.hidden = (has(element, "inpaint-only") && outpainting()) || (has(element, "sd-only") && kandinsky) ||
+      (has(element, "diffusion-only") && eraser) || (has(element, "erase-only") && !eraser);
   }
   $("width").disabled = $("height").disabled = $("keep_input_size").checked && !$("keep_input_size").closest("[hidden]");
   controlnets.apply(model, !outpainting());
@@ -182,7 +196,7 @@ function updateButtons() {
 
 function applyMode() {
   $("outpaint-fields").hidden = !outpainting();
-  $("run").textContent = outpainting() ? "Outpaint" : "Inpaint";
+  $("run").textContent = outpainting() ? "Outpaint" : erasing() ? "Erase" : "Inpaint";
   $("prompt").placeholder = outpainting() ? "what to paint into the new area" : "what to paint into the mask";
   editor.setExtension(outpainting() ? sides() : null);
   applyVisibility();
@@ -204,11 +218,11 @@ $("params").addEventListener("submit", (e) => { e.preventDefault(); run(); });
 
 async function run() {
   if (state.job !== null || !editor.picture) return;
-  const task = outpainting() ? "outpaint" : "inpaint";
+  const task = outpainting() ? "outpaint" : "inpaint";  // an erase is an inpaint request to an eraser model
   if (task === "inpaint" && !editor.hasMask()) {
-    return setStatus("Paint (or load) a mask first: white marks what to repaint.", true);
+    return setStatus(`Paint (or load) a mask first: white marks what to ${erasing() ? "remove" : "repaint"}.`, true);
   }
-  const context = { task, model: $("model").value, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
+  const context = { task, erase: erasing(), model: $("model").value, picture: state.pictureBlob, size: { width: editor.width, height: editor.height },
     sides: task === "outpaint" ? sides() : null,
     params: { ...formValues(), ...controlnets.values(), ...imagePrompts.values() } };
   const mask = task === "inpaint" ? await editor.maskBlob() : null;
@@ -232,7 +246,7 @@ async function run() {
       state.job = (await (await api(path, { method: "POST", body: form })).json()).id;
       setStatus(`${prefix}queued…`);
       // previews cover the whole picture: not for outpaint's windows or a crop margin's box
-      const previews = task === "inpaint" && $("padding_mask_crop").value.trim() === "";
+      const previews = task === "inpaint" && !context.erase && $("padding_mask_crop").value.trim() === "";
       state.previewFor = state.job;
       const last = await follow(state.job, (event) => progress(event, prefix, context), previews);
       state.previewFor = null;
@@ -287,13 +301,13 @@ $("cancel").onclick = async () => {
 
 async function keepResult(job, context, prefix) {
   const blob = await (await api(job.result_url)).blob();
-  const entry = { task: context.task, model: context.model, seed: job.seed, params: context.params, sides: context.sides,
+  const entry = { task: context.erase ? "erase" : context.task, model: context.model, seed: job.seed, params: context.params, sides: context.sides,
     input: context.picture, result: blob, width: job.width, height: job.height, job: job.id, time: Date.now(),
     nsfw: job.nsfw_content_detected?.[0] === true };
   await history.add(entry);
   state.results.push(entry);
   await show(entry);
-  if (!$("keep_mask").checked && context.task === "inpaint") editor.clear();  // undo brings it back
+  if (!$("keep_mask").checked && context.task === "inpaint") editor.clear();  // erase included  // undo brings it back
   $("progress").value = 1;
   setStatus(`${prefix}done in ${(job.timings.run_ms / 1000).toFixed(2)} s (queued ${job.timings.queued_ms} ms), ` +
     `${job.width}×${job.height}.`);
@@ -307,11 +321,13 @@ async function show(entry) {
   editor.setOverlay(image, resultBox(entry, editor));
   $("result-panel").hidden = false;
   $("download").href = history.url(entry);
-  $("download").download = `${entry.task}ed-seed${entry.seed}.png`;
-  $("seed-used").textContent = `seed ${entry.seed}`;
+  const erased = entry.task === "erase";  // an eraser uses no seed
+  $("download").download = erased ? "erased.png" : `${entry.task}ed-seed${entry.seed}.png`;
+  $("seed-used").textContent = erased ? "" : `seed ${entry.seed}`;
+  $("reuse-seed").hidden = erased;
   $("result-about").textContent = `#${entry.id} ${entry.task}${entry.model ? ` (${entry.model})` : ""}, ` +
     `${entry.width}×${entry.height}: ` +
-    (entry.params?.prompt || "(no prompt)") +
+    (erased ? "the masked area removed" : entry.params?.prompt || "(no prompt)") +
     // the engine's safety checker blacked it out, as diffusers does (docs/safety-checker.md)
     (entry.nsfw ? " — blacked out: the safety checker found potential NSFW content; try another prompt or seed" : "");
   history.mark(entry);

@@ -90,10 +90,12 @@ export class History {
       const item = document.createElement("li");
       item.dataset.id = entry.id;
       const model = entry.model ? `${entry.model}, ` : "";
-      item.title = `${model}seed ${entry.seed}: ${entry.params?.prompt || "(no prompt)"} — click to show`;
+      const erased = entry.task === "erase";  // an eraser uses no seed and no prompt
+      item.title = erased ? `${model}erased — click to show`
+        : `${model}seed ${entry.seed}: ${entry.params?.prompt || "(no prompt)"} — click to show`;
       item.innerHTML = "<img alt=\"\"><span></span>";
       item.querySelector("img").src = this.url(entry);
-      item.querySelector("span").textContent = `#${entry.id} ${entry.task} seed ${entry.seed}`;
+      item.querySelector("span").textContent = `#${entry.id} ${entry.task}${erased ? "" : ` seed ${entry.seed}`}`;
       item.onclick = () => this.onPick(entry);
       this.list.append(item);
     }

@@ -216,3 +216,55 @@ def test_diffusion_engines_refuse_eraser_arguments_by_name(engine):
     with pytest.raises(InvalidArgument, match="hd_strategy is for LaMa, MI-GAN engines; this engine is sd1") as caught:
         engine.inpaint(picture(64, 64), Image.new("L", (64, 64), 255), hd_strategy="resize")
     assert caught.value.field == "hd_strategy"
+
+
+def test_eraser_signature_is_the_table():
+    """EraserEngine.inpaint takes the table's rows marked for erasers and the eraser rows, at their defaults."""
+    import inspect
+
+    from inpaintrt.engine.argument_specs import ERASER_ARGUMENTS, SPECS
+
+    signature = {name: p.default for name, p in inspect.signature(EraserEngine.inpaint).parameters.items()
+                 if name not in ("self", "image", "mask_image") and p.kind is not p.VAR_KEYWORD}
+    assert set(signature) == set(ERASER_ARGUMENTS)
+    assert all(signature[name] == SPECS[name].default for name in signature), signature
+
+
+NO_TORCH = """
+import sys
+for name in ("torch", "diffusers", "transformers"):
+    sys.modules[name] = None  # any import of them now raises ImportError
+import numpy as np
+from PIL import Image
+from inpaintrt import Engine
+engine = Engine.load(sys.argv[1])
+mask = Image.new("L", (40, 24), 0)
+mask.paste(255, (8, 8, 20, 16))
+out = engine.inpaint(Image.new("RGB", (40, 24), (120, 80, 40)), mask, output_type="np")
+assert out.images.shape == (1, 24, 40, 3) and np.isfinite(out.images).all()
+print("heavy modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers")
+                               and sys.modules[m] is not None))
+"""
+
+
+def test_erasers_run_without_torch(erasers):
+    import subprocess
+    import sys
+
+    for kind in ("lama", "migan"):
+        result = subprocess.run([sys.executable, "-c", NO_TORCH, str(erasers[kind])], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert "heavy modules: []" in result.stdout
+
+
+def test_openvino_reads_the_eraser_graphs(erasers):
+    pytest.importorskip("openvino")
+    image, mask = picture(72, 96), Image.new("L", (96, 72), 0)
+    mask.paste(255, (20, 20, 60, 50))
+    for kind in ("lama", "migan"):
+        reference = Engine.load(erasers[kind]).inpaint(image, mask, output_type="np").images[0]
+        engine = Engine.load(erasers[kind], backend="openvino")
+        assert engine.backend == "openvino" and engine.precision == "fp32"
+        diff = float(np.abs(engine.inpaint(image, mask, output_type="np").images[0] - reference).max())
+        record(f"eraser {kind} openvino fp32 vs ort-cpu (max abs)", diff)
+        assert diff <= 1e-4

@@ -179,7 +179,7 @@ def export_main(argv: list[str] | None = None) -> int:
     from .export.trt_build import PlanBuildError
 
     if args.kind or detect_eraser(args.model):
-        return _export_eraser(args)
+        return _export_eraser(args, PlanOptions(*plans) if plans else None)
 
     try:
         from .engine.families import KANDINSKY22
@@ -205,21 +205,21 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _export_eraser(args) -> int:
-    """an eraser: one graph, parity-checked as every component; no prompt, scheduler or TensorRT plans yet."""
+def _export_eraser(args, tensorrt) -> int:
+    """an eraser: one graph, parity-checked as every component, and TensorRT plans with --backend tensorrt."""
     from .export.eraser import EraserSourceError, export_eraser
     from .export.exporter import ExportError
+    from .export.trt_build import PlanBuildError
 
     refused = [flag for flag, given in (("--lora", args.lora), ("--controlnet", args.controlnet),
-                                        ("--prior", args.prior), ("--config", args.config),
-                                        ("--backend tensorrt", args.backend == "tensorrt")) if given]
+                                        ("--prior", args.prior), ("--config", args.config)) if given]
     if refused:
         return _fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an eraser "
                      "(LaMa, MI-GAN): leave it out")
     try:
         export_eraser(args.model, args.output, kind=args.kind, overwrite=args.overwrite,
-                      optimize=not args.no_optimize, fp16=args.fp16)
-    except (EraserSourceError, ExportError, ValueError) as e:
+                      optimize=not args.no_optimize, fp16=args.fp16, tensorrt=tensorrt)
+    except (EraserSourceError, ExportError, PlanBuildError, ValueError) as e:
         return _fail(str(e))
     return 0
 

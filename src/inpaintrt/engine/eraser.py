@@ -20,6 +20,7 @@ from ..runtime.regions import crop_box, limited_size, mask_boxes, square_crop
 from . import arguments as check
 from .base import EngineBase, first_output, progress_bar
 from .outputs import InpaintOutput
+from .plans import fitting_plan_size
 
 MIGAN_PADDING = 128  # MI-GAN's pipeline: context on each side of the hole's box before the resize
 NOTHING_TO_ERASE = "mask_image is all black: there is nothing to erase, so the picture comes back unchanged"
@@ -129,11 +130,27 @@ class EraserEngine(EngineBase):
 
     def _run_padded(self, pixels, hole) -> np.ndarray:
         height, width = hole.shape
-        step = self.size_multiple
-        pad = ((0, -height % step), (0, -width % step))
+        padded_h, padded_w = self._padded_size(height, width)
+        pad = ((0, padded_h - height), (0, padded_w - width))
         padded = np.pad(pixels, pad + ((0, 0),), mode="symmetric")
         padded_hole = np.pad(hole, pad, mode="symmetric")
         return self._forward(padded, padded_hole)[:height, :width]
+
+    def _padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size a window runs at: the next multiple of size_multiple, or on TensorRT (static plans) the
+        smallest plan's size that holds it."""
+        if self.backend != "tensorrt":
+            return height + -height % self.size_multiple, width + -width % self.size_multiple
+        plans = self.manifest["tensorrt"]["plans"]["eraser"]
+        fitting = fitting_plan_size(plans, height, width)
+        if fitting is None:
+            built = ", ".join(f"{h}x{w}" for h, w in (p["size"] for p in plans))
+            largest = max(min(p["size"]) for p in plans)
+            fix = (f"erase with hd_strategy='resize' and hd_strategy_resize_limit={largest}, or 'crop' with a smaller "
+                   f"margin, or build larger plans (`inpaint-build-plans --sizes`), or use backend='ort-cpu'")
+            raise InvalidArgument("hd_strategy", f"a {height}x{width} window is larger than every TensorRT plan of this "
+                                  f"eraser (built: {built}); {fix}", fix)
+        return fitting
 
     def _forward(self, pixels, hole) -> np.ndarray:
         feeds = {"image": np.ascontiguousarray(pixels.transpose(2, 0, 1)[None], np.float32),

@@ -50,6 +50,7 @@ def batch_range(component: str, max_images: int) -> tuple[int, int, int]:
         "unet": (1, 2, 2 * max_images),
         "vae_encoder": (1, 1, 1),
         "vae_decoder": (1, 1, max_images),
+        "eraser": (1, 1, 1),  # one window at a time
     }
     if component.startswith("controlnet_"):  # called as the UNet is (guess mode: the conditional half)
         component = "unet"
@@ -57,6 +58,17 @@ def batch_range(component: str, max_images: int) -> tuple[int, int, int]:
         raise ValueError(f"no TensorRT batch range for component {component!r} (plans.py knows {', '.join(ranges)}): "
                          "this inpaintrt builds no TensorRT plans for it; use backend='ort-cpu'")
     return ranges[component]
+
+
+def latent_sized(component: dict) -> bool:
+    """Whether a manifest component's pictures are latents (its plan's size is the latent's times the VAE's scale)."""
+    return any(dim in ("latent_height", "latent_width") for tensor in component["inputs"] for dim in tensor["shape"])
+
+
+def fitting_plan_size(plans: list[dict], height: int, width: int) -> tuple[int, int] | None:
+    """The smallest built size that holds height x width (an eraser pads a window up to it), or None."""
+    sizes = sorted((p["size"] for p in plans if p["size"] is not None), key=lambda s: s[0] * s[1])
+    return next(((h, w) for h, w in sizes if h >= height and w >= width), None)
 
 
 def size_free(component: dict) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.xp import device_address
-from .plans import PlanMismatchError, check_batch, check_plan_key, fp32_components, select_plan
+from .plans import PlanMismatchError, check_batch, check_plan_key, fp32_components, latent_sized, select_plan
 
 # TensorRT DataType member names -> numpy dtype names; by name, so no helper that one major lacks is needed
 NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
@@ -180,13 +180,13 @@ class TensorRTRuntime:
                                     f"rebuild with `inpaint-build-plans --engine {root}`, or use backend='ort-cpu'")
         self.root, self.trt, self.xp = root, trt, xp
         self.manifest_components = manifest["components"]
-        self.vae_scale = manifest["model"]["vae_scale_factor"]
+        self.vae_scale = manifest["model"].get("vae_scale_factor", 1)  # erasers have no VAE
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.stream = xp.cuda.Stream(non_blocking=True)
         self.scratch = SharedScratch(xp)
         self.components = {
-            name: TensorRTComponent(name, plans, self, latent=name != "vae_encoder",
+            name: TensorRTComponent(name, plans, self, latent=latent_sized(manifest["components"][name]),
                                     cuda_graph=cuda_graph and name == "unet")
             for name, plans in section["plans"].items()
         }

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine import backends
 from ..engine.families import LAMA, MIGAN, family
 from ..engine.manifest import ERASER, read_manifest, write_manifest
 from .eraser_lama import LamaGraph, lama_from_state_dict, lama_generator_weights
@@ -162,8 +163,13 @@ def generator_downsampling(generator) -> int:
 
 
 def export_eraser(source: str | Path, output: str | Path, kind: str | None = None, overwrite: bool = False,
-                  optimize: bool = True, fp16: bool = False, log=print) -> Path:
-    """Write an eraser engine directory, atomically as export_engine does: a failure leaves nothing."""
+                  optimize: bool = True, fp16: bool = False, log=print, tensorrt=None) -> Path:
+    """Write an eraser engine directory, atomically as export_engine does: a failure leaves nothing.
+    tensorrt (exporter.PlanOptions): also build and check TensorRT plans (LaMa: one per static size, which
+    windows are padded up to; MI-GAN: one at its resolution); it implies fp16 graphs."""
+    if tensorrt is not None:
+        backends.load_tensorrt()  # before the export, with the install instructions
+        fp16 = True
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
@@ -181,8 +187,12 @@ def export_eraser(source: str | Path, output: str | Path, kind: str | None = Non
         model = {"family": kind, "kind": ERASER, "size_multiple": multiple,
                  "resolution": None if kind == LAMA else generator.resolution,
                  "parameters": sum(p.numel() for p in generator.parameters())}
-        write_manifest(work, dict(source=str(source), model=model, components={"eraser": component},
-                                  versions=_versions()))
+        manifest = dict(source=str(source), model=model, components={"eraser": component}, versions=_versions())
+        if tensorrt is not None:
+            from .trt_build import build_plans
+
+            manifest["tensorrt"] = build_plans(work, manifest, tensorrt.sizes, 1, tensorrt.timing_cache, log)
+        write_manifest(work, manifest)
         read_manifest(work)
         _move_into_place(work, output)
     except BaseException:

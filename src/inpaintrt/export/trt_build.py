@@ -128,7 +128,7 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
     scratch, stream = SharedScratch(cupy), cupy.cuda.Stream(non_blocking=True)
-    layout = plan_layout(components, sizes, max_images, manifest["model"]["vae_scale_factor"])
+    layout = plan_layout(components, sizes, max_images, manifest["model"].get("vae_scale_factor", 1))
     plans_dir = plans_dir or folder / "plans"
     plans_dir.mkdir(exist_ok=True)
     for name, plans in layout.items():

@@ -9,8 +9,6 @@ an inert placeholder, so reading a file never runs its code.
 from __future__ import annotations
 
 import pickle
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -18,10 +16,10 @@ import torch
 
 from ..engine import backends
 from ..engine.families import LAMA, MIGAN, family
-from ..engine.manifest import ERASER, read_manifest, write_manifest
+from ..engine.manifest import ERASER
 from .eraser_lama import LamaGraph, lama_from_state_dict, lama_generator_weights
 from .eraser_migan import MiganGraph, load_migan_state_dict
-from .exporter import ExportError, _export_component, _move_into_place, _versions
+from .exporter import _export_component, _versions, check_output, engine_directory
 from .specs import ComponentSpec, TensorSpec
 
 ERASER_KINDS = (LAMA, MIGAN)
@@ -170,15 +168,10 @@ def export_eraser(source: str | Path, output: str | Path, kind: str | None = Non
     if tensorrt is not None:
         backends.load_tensorrt()  # before the export, with the install instructions
         fp16 = True
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
+    check_output(Path(output), overwrite)  # before the checkpoint is read
     kind, generator = load_eraser(source, kind)
     spec = eraser_spec(kind, generator)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    work.chmod(0o755)
-    try:
+    with engine_directory(output, overwrite, log) as (work, manifest):
         log(f"exporting {family(kind).title} eraser ...")
         component = _export_component(spec, work, optimize, "fp16" if fp16 else None)
         log(f"  eraser: max relative error vs torch {component['parity']['max_rel_error']:.2e}"
@@ -187,16 +180,9 @@ def export_eraser(source: str | Path, output: str | Path, kind: str | None = Non
         model = {"family": kind, "kind": ERASER, "size_multiple": multiple,
                  "resolution": None if kind == LAMA else generator.resolution,
                  "parameters": sum(p.numel() for p in generator.parameters())}
-        manifest = dict(source=str(source), model=model, components={"eraser": component}, versions=_versions())
+        manifest.update(source=str(source), model=model, components={"eraser": component}, versions=_versions())
         if tensorrt is not None:
             from .trt_build import build_plans
 
             manifest["tensorrt"] = build_plans(work, manifest, tensorrt.sizes, 1, tensorrt.timing_cache, log)
-        write_manifest(work, manifest)
-        read_manifest(work)
-        _move_into_place(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"engine written to {output}")
-    return output
+    return Path(output)

@@ -59,17 +59,11 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
     if tensorrt is not None:
         load_tensorrt()  # fail before the long export, with the install instructions
         fp16 = True
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    work.chmod(0o755)
-    try:
+    with engine_directory(output, overwrite, log) as (work, manifest):
         if optimize:
             classic_attention(pipe)
         # configs first: with `release`, each torch module is dropped once its graph is written
-        manifest = dict(source=source, model=_model_info(pipe), scheduler=_scheduler_config(pipe, work),
+        manifest.update(source=source, model=_model_info(pipe), scheduler=_scheduler_config(pipe, work),
                         **_save_tokenizers(pipe, work), versions=_versions())
         if loras:
             manifest["loras"] = lora_map.bake(pipe, loras, log)
@@ -99,14 +93,34 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
 
             manifest["tensorrt"] = build_plans(work, manifest, tensorrt.sizes, tensorrt.max_images,
                                                tensorrt.timing_cache, log)
+    return Path(output)
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
+
+
+@contextlib.contextmanager
+def engine_directory(output: str | Path, overwrite: bool = False, log=print):
+    """(work folder, manifest dict) to fill: a temporary sibling of `output`. When the block ends the manifest is
+    written, the folder reloaded (everything listed is there and hashes match) and renamed into place; any
+    failure removes it, so an export leaves a whole engine directory or nothing."""
+    output = Path(output)
+    check_output(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    work.chmod(0o755)
+    manifest: dict = {}
+    try:
+        yield work, manifest
         write_manifest(work, manifest)
-        read_manifest(work)  # the reload check: everything listed is there and hashes match
+        read_manifest(work)
         _move_into_place(work, output)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     log(f"engine written to {output}")
-    return output
 
 
 def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None,

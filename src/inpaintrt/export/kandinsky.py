@@ -18,17 +18,14 @@ Without a prior the engine is decoder-only: calls must give image_embeds.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..engine.families import KANDINSKY22
-from ..engine.manifest import read_manifest, write_manifest
-from .exporter import (ExportError, _export_component, _move_into_place, _save_tokenizer, _scheduler_config,
-                       _versions)
+from .exporter import (ExportError, _export_component, _save_tokenizer, _scheduler_config, _versions,
+                       engine_directory)
 from .loading import SINGLE_FILE_SUFFIXES, CheckpointError, checkpoint_family
 from .specs import ComponentSpec, TensorSpec
 
@@ -262,15 +259,9 @@ def _prior_specs(prior, gen, randn) -> list[ComponentSpec]:
 def export_kandinsky(decoder, prior, output: str | Path, source: str = "", prior_source: str = "",
                      overwrite: bool = False, optimize: bool = True, log=print) -> Path:
     """Write a Kandinsky 2.2 engine directory (atomically, as export_engine does)."""
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise ExportError(f"--output {str(output)!r} exists and is not empty; pass --overwrite or choose another path")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    work.chmod(0o755)
-    try:
-        manifest = dict(source=source, model=_model_info(decoder, prior), scheduler=_scheduler_config(decoder, work),
-                        versions=_versions())
+    with engine_directory(output, overwrite, log) as (work, manifest):
+        manifest.update(source=source, model=_model_info(decoder, prior),
+                        scheduler=_scheduler_config(decoder, work), versions=_versions())
         if prior is not None:
             manifest["prior"] = _prior_info(prior, work, prior_source)
             manifest["tokenizer"] = manifest["prior"]["tokenizer"]
@@ -279,14 +270,7 @@ def export_kandinsky(decoder, prior, output: str | Path, source: str = "", prior
             log(f"exporting {spec.name} ...")
             components[spec.name] = _export_component(spec, work, optimize, None)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
-        write_manifest(work, manifest)
-        read_manifest(work)
-        _move_into_place(work, output)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log(f"engine written to {output}")
-    return output
+    return Path(output)
 
 
 def _model_info(decoder, prior) -> dict:

@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(BIN)/pip install -q -r $(LOCK)
 	# openai's CLIP vocabulary for the locally built models; --no-deps: its torchvision is not needed
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
+	# Segment Anything's own code, the tests' reference; --no-deps: its torchvision does not import beside this torch
+	$(BIN)/pip install -q --no-deps segment-anything==1.0
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -322,7 +322,8 @@ def test_decoder_graph_axes(decoders, vit, tmp_path):
 def official(tmp_path_factory):
     found = official_sam(tmp_path_factory.mktemp("segment-anything"))
     if found is None:
-        pytest.skip(f"segment-anything's wheel not found at {SAM_WHEEL} (pip download segment-anything==1.0 --no-deps)")
+        pytest.skip(f"segment-anything is neither installed nor at {SAM_WHEEL}: pip install --no-deps "
+                    "segment-anything==1.0")
     return found
 
 

@@ -4,6 +4,7 @@ reference, imported without its package __init__ (which needs torchvision)."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -70,18 +71,58 @@ def graph_prompt(points=None, labels=None, box=None):
     return np.concatenate(coords)[None], np.concatenate(marks)[None]
 
 
-def official_sam(tmp_root: Path):
-    """(modeling, build_sam, utils.onnx) of segment-anything 1.0 from its wheel, or None without the wheel."""
-    if "_official_sam" in sys.modules:
-        return tuple(sys.modules[f"_official_sam.{m}"] for m in ("modeling", "build_sam", "utils.onnx"))
-    if not SAM_WHEEL.is_file():
+def _official_folder(tmp_root: Path | None) -> Path | None:
+    """segment_anything's package folder: installed (`pip install --no-deps segment-anything==1.0`, as the README's
+    test command does), else the wheel at SAM_WHEEL unpacked into tmp_root."""
+    spec = importlib.util.find_spec("segment_anything") if "segment_anything" not in sys.modules else None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    if not SAM_WHEEL.is_file() or tmp_root is None:
         return None
     with zipfile.ZipFile(SAM_WHEEL) as wheel:
         wheel.extractall(tmp_root)
-    package = types.ModuleType("_official_sam")  # the package without its __init__ (torchvision imports)
-    package.__path__ = [str(tmp_root / "segment_anything")]
-    sys.modules["_official_sam"] = package
-    return tuple(importlib.import_module(f"_official_sam.{m}") for m in ("modeling", "build_sam", "utils.onnx"))
+    return tmp_root / "segment_anything"
+
+
+def official_sam(tmp_root: Path | None = None):
+    """(modeling, build_sam, utils.onnx) of segment-anything 1.0, or None when neither installed nor on disk. The
+    package is registered without running its __init__ (which imports torchvision)."""
+    if "segment_anything" not in sys.modules:
+        folder = _official_folder(tmp_root)
+        if folder is None:
+            return None
+        package = types.ModuleType("segment_anything")
+        package.__path__ = [str(folder)]
+        sys.modules["segment_anything"] = package
+    return tuple(importlib.import_module(f"segment_anything.{m}") for m in ("modeling", "build_sam", "utils.onnx"))
+
+
+def official_predictor(tmp_root: Path | None = None):
+    """segment-anything's SamPredictor class, or None. Its transforms import torchvision for two PIL helpers
+    (to_pil_image, and resize, which on a PIL picture is PIL's own bilinear resize); torchvision's wheel does not
+    import beside this CPU torch, so those two are PIL itself while the module is imported, and nothing else."""
+    if official_sam(tmp_root) is None:
+        return None
+    if "segment_anything.predictor" not in sys.modules:
+        from PIL import Image
+
+        functional = types.ModuleType("torchvision.transforms.functional")
+        functional.to_pil_image = lambda array: Image.fromarray(array)
+        functional.resize = lambda picture, size: picture.resize((size[1], size[0]), Image.BILINEAR)
+        shims = {"torchvision": types.ModuleType("torchvision"),
+                 "torchvision.transforms": types.ModuleType("torchvision.transforms"),
+                 "torchvision.transforms.functional": functional}
+        saved = {name: sys.modules.get(name) for name in shims}
+        sys.modules.update(shims)
+        try:
+            importlib.import_module("segment_anything.predictor")
+        finally:  # gone again: other code probing for torchvision must not find the stand-in
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+    return sys.modules["segment_anything.predictor"].SamPredictor
 
 
 def official_tiny(modeling, config: SamConfig = TINY_VIT):

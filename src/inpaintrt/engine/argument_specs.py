@@ -249,6 +249,27 @@ ERASE = [
 ]
 
 SPECS: dict[str, Spec] = {spec.name: spec for spec in INPAINT + OUTPAINT + KANDINSKY + ERASE}
+
+# the mask makers' `segment` arguments after image (engine/segmenter.py); needs: the family's prompt kind
+SEGMENTING = "mask makers (Segment Anything, CLIPSeg engines)"
+CLICKS, PHRASES = dict(needs="clicks", group=SEGMENTING), dict(needs="phrases", group=SEGMENTING)
+MAX_POINTS = 64  # clicks per call: SAM was trained with a few; the decoder's cost grows with each
+SEGMENT = [
+    _other("points", help="Segment Anything: clicks as [x, y] pixels of the picture (origin top left).", **CLICKS),
+    _other("labels", help="Segment Anything: one per point, 1 adds the object under it, 0 takes it away; "
+                          "default all 1.", **CLICKS),
+    _other("box", help="Segment Anything: [x0, y0, x1, y1] in pixels around the object.", **CLICKS),
+    _flag("multimask_output", "Segment Anything: three candidate masks instead of one (an ambiguous click).",
+          **CLICKS),
+    _other("mask_input", help="Segment Anything: the low-resolution logits of an earlier call on the same picture, "
+                              "to refine (its low_res_logits[i]).", **CLICKS),
+    _other("text", help="CLIPSeg: what to mask, in words (\"the sky\").", **PHRASES),
+    _real("threshold", 0.5, 0, 1, low_open=True, high_open=True, meaning="of the mask's probability",
+          help="CLIPSeg: a pixel is in the mask where its probability (sigmoid of the logit) is above this.",
+          **PHRASES),
+    _other("max_pixels", MAX_PIXELS),
+]
+SEGMENT_SPECS: dict[str, Spec] = {spec.name: spec for spec in SEGMENT}
 INPAINT_DEFAULTS = {spec.name: spec.default for spec in INPAINT}
 ALONE = tuple(name for name, spec in SPECS.items() if spec.alone)
 PER_FAMILY = tuple(name for name, spec in SPECS.items() if spec.per_family)

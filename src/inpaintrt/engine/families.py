@@ -10,11 +10,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from .manifest import DIFFUSION, ERASER, EngineDirectoryError
+from .manifest import DIFFUSION, ERASER, SEGMENTER, EngineDirectoryError
 
 # the manifest's family names (export writes them; nothing else spells them)
 SD1, SD2, SDXL, KANDINSKY22 = "sd1", "sd2", "sdxl", "kandinsky22"
 LAMA, MIGAN = "lama", "migan"  # erasers: no prompt, one forward pass
+SAM, CLIPSEG = "sam", "clipseg"  # mask makers: clicks or a box (Segment Anything), a phrase (CLIPSeg)
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,18 @@ class Family:
     preview: str | None = "sd"  # the latent space's live-preview matrix (runtime/latent_preview.py)
     callback: str = "sd"  # whose callback tensors diffusers' callback_on_step_end sees (runtime/callbacks.py)
     fp16_vae: bool = True  # the VAE runs in fp16 under TensorRT unless the checkpoint says otherwise
-    kind: str = DIFFUSION  # DIFFUSION or ERASER: which arguments its engine takes (engine/argument_specs.py)
+    kind: str = DIFFUSION  # DIFFUSION, ERASER or SEGMENTER: which call and arguments its engine has
     hot: str = "unet"  # the component that runs most: its precision is engine.precision, it keeps its memory arena
+    clicks: bool = False  # a mask maker prompted by points and a box (Segment Anything)
+    phrases: bool = False  # a mask maker prompted by text (CLIPSeg)
 
     @property
     def eraser(self) -> bool:
         return self.kind == ERASER
+
+    @property
+    def segmenter(self) -> bool:
+        return self.kind == SEGMENTER
 
     def engine_class(self) -> type:
         module, _, name = self.engine.partition(":")
@@ -56,6 +63,10 @@ FAMILIES: dict[str, Family] = {record.name: record for record in (
            prior=True, outpaint=False, preview=None, callback="kandinsky"),
     *[Family(name, title, "inpaintrt.engine.eraser:EraserEngine", steps=0, guidance=0.0, outpaint=False, preview=None,
              kind=ERASER, hot="eraser") for name, title in ((LAMA, "LaMa"), (MIGAN, "MI-GAN"))],
+    Family(SAM, "Segment Anything", "inpaintrt.engine.segment_sam:SamEngine", steps=0, guidance=0.0, outpaint=False,
+           preview=None, kind=SEGMENTER, hot="sam_encoder", clicks=True),
+    Family(CLIPSEG, "CLIPSeg", "inpaintrt.engine.segment_clipseg:ClipSegEngine", steps=0, guidance=0.0,
+           outpaint=False, preview=None, kind=SEGMENTER, hot="clipseg", phrases=True),
 )}
 
 

@@ -28,6 +28,12 @@ DIFFUSION, ERASER = "diffusion", "eraser"
 # H and W multiples of size_multiple, or the fixed resolution x resolution where that is set
 ERASER_COMPONENTS = ("eraser",)
 ERASER_MODEL_KEYS = ("family", "kind", "size_multiple", "resolution")
+# a mask maker (Segment Anything, CLIPSeg): its graphs turn a picture plus clicks or a phrase into mask logits;
+# `resolution` is the square frame its encoder sees (SAM 1024, CLIPSeg 352)
+SEGMENTER = "segmenter"
+SAM_COMPONENTS = ("sam_encoder", "sam_decoder")
+CLIPSEG_COMPONENTS = ("clipseg",)
+SEGMENTER_MODEL_KEYS = ("family", "kind", "resolution")
 
 
 class EngineDirectoryError(ValueError):
@@ -62,6 +68,8 @@ def required_components(manifest: dict) -> tuple[str, ...]:
     if model_kind(manifest) == ERASER:
         return ERASER_COMPONENTS
     family = manifest.get("model", {}).get("family")
+    if model_kind(manifest) == SEGMENTER:
+        return CLIPSEG_COMPONENTS if family == "clipseg" else SAM_COMPONENTS
     if family == "kandinsky22":
         prior = manifest.get("prior") or {}
         # the image encoder (pictures as prompts) is optional: directories exported before it still load
@@ -102,13 +110,17 @@ def read_manifest(root: str | Path, verify_hashes: bool = True) -> dict:
     wrong = _wrong_types(manifest)
     if wrong:
         raise EngineDirectoryError(f"{path} is damaged: {wrong}; {rebuild}")
-    kandinsky = manifest.get("model", {}).get("family") == "kandinsky22"  # a decoder-only one has no tokenizer
-    eraser = model_kind(manifest) == ERASER  # no scheduler, no tokenizer
+    family = manifest.get("model", {}).get("family")
+    kind = model_kind(manifest)
+    # no scheduler: erasers and mask makers; no tokenizer: those but CLIPSeg, and a decoder-only Kandinsky
+    untokenized = family == "kandinsky22" or kind == ERASER or (kind == SEGMENTER and family != "clipseg")
+    unscheduled = kind in (ERASER, SEGMENTER)
     missing = [k for k in ("model", "scheduler", "tokenizer", "components", "files") if k not in manifest
-               and not ((kandinsky or eraser) and k == "tokenizer") and not (eraser and k == "scheduler")]
-    missing += [f"prior.{k}" for k in KANDINSKY_PRIOR_KEYS if kandinsky and manifest.get("prior") is not None
-                and k not in manifest["prior"]]
-    missing += [f"model.{k}" for k in (ERASER_MODEL_KEYS if eraser else MODEL_KEYS) if k not in manifest.get("model", {})]
+               and not (untokenized and k == "tokenizer") and not (unscheduled and k == "scheduler")]
+    missing += [f"prior.{k}" for k in KANDINSKY_PRIOR_KEYS if family == "kandinsky22"
+                and manifest.get("prior") is not None and k not in manifest["prior"]]
+    model_keys = {ERASER: ERASER_MODEL_KEYS, SEGMENTER: SEGMENTER_MODEL_KEYS}.get(kind, MODEL_KEYS)
+    missing += [f"model.{k}" for k in model_keys if k not in manifest.get("model", {})]
     missing += [f"components.{c}" for c in required_components(manifest) if c not in manifest.get("components", {})]
     try:
         missing += _missing_plan_keys(manifest)

@@ -42,7 +42,7 @@ def load_eraser(source: str | Path, kind: str | None = None):
     """(kind, torch generator in eval mode) from a checkpoint file or LaMa release folder."""
     if kind is not None and kind not in ERASER_KINDS:
         raise EraserSourceError(f"--kind {kind!r} is not an eraser; choose one of {', '.join(ERASER_KINDS)}")
-    weights = _state_dict(_checkpoint_file(Path(source)))
+    weights = read_state_dict(_checkpoint_file(Path(source)))
     found = kind or _kind_of(weights, source)
     if found == LAMA:
         return LAMA, lama_from_state_dict(weights)
@@ -65,7 +65,7 @@ def _checkpoint_file(path: Path) -> Path:
     return ckpt
 
 
-def _state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
     """The tensors of a TorchScript archive, a Lightning checkpoint or a plain state dict."""
     try:
         if _is_torchscript(path):

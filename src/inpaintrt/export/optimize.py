@@ -16,7 +16,11 @@ MODEL_TYPES = {"unet": "unet", "text_encoder": "clip", "text_encoder_2": "clip",
                "prior_text_encoder": "clip", "prior": "bert", "movq_encoder": "vae", "movq_decoder": "vae",
                "prior_image_encoder": "clip",
                # erasers: convolutions only; the UNet's fusion set finds nothing to fuse there and changes nothing
-               "eraser": "unet"}
+               "eraser": "unet",
+               # Segment Anything: the "vit" and "bert" fusion sets change its outputs (relative positions, the
+               # two-way attention; the export's parity check refuses them), the UNet's set keeps them exact
+               "sam_encoder": "unet", "sam_decoder": "unet",
+               "clipseg": "clip"}  # CLIPSeg: CLIP's two encoders and a small post-norm decoder stack
 CUDA_ONLY = ("enable_nhwc_conv", "enable_group_norm", "enable_skip_group_norm", "enable_bias_splitgelu",
              "enable_packed_qkv", "enable_packed_kv", "enable_bias_add")
 

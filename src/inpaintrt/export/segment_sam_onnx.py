@@ -55,11 +55,13 @@ class SamEncoderGraph(nn.Module):
 
 
 class SamDecoderGraph(nn.Module):
-    def __init__(self, model, multimask_output: bool):
+    def __init__(self, model, multimask_output: bool | None):
+        """multimask_output: True mask tokens 1.., False token 0, None all of them (the engine's graph: the
+        runtime picks, so one graph serves both answers)."""
         super().__init__()
         self.prompt_encoder, self.mask_decoder = model.prompt_encoder, model.mask_decoder
         self.img_size = model.img_size
-        self.keep = slice(1, None) if multimask_output else slice(0, 1)
+        self.keep = slice(None) if multimask_output is None else slice(1, None) if multimask_output else slice(0, 1)
 
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input, orig_im_size):
         pe = self.prompt_encoder

@@ -248,3 +248,14 @@ def test_the_command_line_finds_clipseg_by_its_config(clipseg, tmp_path, capsys)
     assert export_main(["--model", str(tmp_path / "not-clipseg"), "--output", str(tmp_path / "o2"),
                         "--kind", "clipseg"]) == 2
     assert "says model_type 'clip', not \"clipseg\"" in capsys.readouterr().err
+
+
+def test_segment_runs_without_torch(engine):
+    from no_torch import run_without_torch
+
+    run_without_torch("""
+import numpy as np
+from inpaintrt import Engine
+result = Engine.load(sys.argv[1]).segment(np.zeros((40, 56, 3), np.uint8), text=["the sky", "a house"])
+assert result.masks.shape == (2, 40, 56)
+""", str(engine.root))

@@ -215,3 +215,14 @@ engine = Engine.load(sys.argv[1])
 result = engine.segment(np.zeros((40, 56, 3), np.uint8), points=[[20, 10]], box=[2, 2, 50, 30], multimask_output=True)
 assert result.masks.shape == (3, 40, 56)
 """, str(sam_engine.root))
+
+
+def test_fp16_export_keeps_the_decoder_fp32(tmp_path):
+    """--fp16: the encoder's fp16 and CUDA-fused graphs; the decoder's stay fp32 (orig_im_size passes 2048)."""
+    from sam_engines import build_sam_engine
+
+    manifest = json.loads((build_sam_engine(tmp_path / "sam16", fp16=True) / "manifest.json").read_text())
+    encoder, decoder = manifest["components"]["sam_encoder"], manifest["components"]["sam_decoder"]
+    assert encoder["fp16"]["precision"] == encoder["cuda"]["precision"] == "fp16"
+    assert encoder["fp16"]["max_rel_error"] <= 1e-2
+    assert decoder["fp16"]["precision"] == decoder["cuda"]["precision"] == "fp32"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sam_models import TINY_TINYVIT, TINY_VIT, tiny_sam
+from sam_models import TINY_TINYVIT, TINY_VIT, tiny_sam
 
 
 def build_sam_engine(path, mobile: bool = False, seed: int = 3, **export) -> Path:

@@ -1,11 +1,13 @@
 """The OpenAPI document and the server agree, as an independent fuzzer (schemathesis) reads them: every
-route, /sdapi/v1/* included, every check, against a real `inpaint-serve` (tiny model), bounded.
+route, /sdapi/v1/* and /v1/segment included, every check, against a real `inpaint-serve` (tiny model, and a tiny
+Segment Anything engine for /v1/segment), bounded.
 
 Left out, because OpenAPI cannot express it (the field descriptions and docs/reliability.md say it):
 - `positive_data_acceptance` on the routes that generate pictures and on POST /sdapi/v1/options. A
   request the schema calls valid may still be refused with a documented 422 there: a base64 string
   must decode to a picture, height x width must stay under max_output_pixels, Kandinsky-only fields
-  are refused by SD engines, and an option must hold the value GET /sdapi/v1/options shows. Every
+  are refused by SD engines, an option must hold the value GET /sdapi/v1/options shows, and /v1/segment's
+  points must lie inside the picture (and CLIPSeg's text is refused by Segment Anything). Every
   other check still runs on those routes (no 5xx, documented statuses, content types and shapes,
   negative data refused), and their schema examples (real 8x8 PNGs) must succeed.
 - `use_after_free` (a resource answered after its DELETE): DELETE /v1/jobs/{job_id} cancels a job, and
@@ -26,9 +28,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("schemathesis")
 
 from serve_helpers import running_server  # noqa: E402
+from test_segment_serving import sam_engine_dir  # noqa: E402,F401  (built once per run)
 
 EXAMPLES = 12  # per operation and phase: with 21 operations the run takes about a minute here
-GENERATING = r"^/(v1/(inpaint|jobs|outpaint|outpaint/jobs)|sdapi/v1/(img2img|txt2img|options))$"
+GENERATING = r"^/(v1/(inpaint|jobs|outpaint|outpaint/jobs|segment)|sdapi/v1/(img2img|txt2img|options))$"
 CONFIG = f"""
 [checks]
 enabled = true
@@ -46,10 +49,10 @@ job_id = "{{job_id}}"
 SERVER = ("--max-steps", "50", "--max-output-pixels", "4096", "--max-outpaint-passes", "2", "--queue-size", "64")
 
 
-def test_the_server_keeps_every_promise_of_its_openapi_document(engine_dir, tmp_path):
+def test_the_server_keeps_every_promise_of_its_openapi_document(engine_dir, sam_engine_dir, tmp_path):  # noqa: F811
     config = tmp_path / "schemathesis.toml"
     report = tmp_path / "report.json"
-    with running_server(engine_dir, *SERVER) as server:
+    with running_server(engine_dir, "--engine", str(sam_engine_dir), *SERVER) as server:
         paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
         job_id = _examples_succeed(server.url, paths)
         config.write_text(CONFIG.replace("{job_id}", job_id))

@@ -34,6 +34,7 @@ from .jobs import FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDo
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
 from .schema import openapi_with_errors
+from .segmenting import segment_router
 
 STATIC = Path(str(resources.files("inpaintrt.serve") / "static"))
 
@@ -62,6 +63,7 @@ class Settings:
     more_engines: list = field(default_factory=list)  # further engine directories; engine_dir is the default
     max_batch: int = 1  # requests that may share UNet calls (1: batching off; docs/batching.md)
     batch_window_ms: float = 5.0  # how long a batchable job waits for others
+    page: str = "inpaintrt"  # the web page at /: this project's, or "iopaint": IOPaint's own (docs/iopaint.md)
 
     def __post_init__(self):
         if isinstance(self.load, dict):  # as dataclasses.asdict sends settings to Ray replicas
@@ -146,7 +148,8 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"],
-                           expose_headers=["X-Seed", "X-Timings", "X-Job-Id", "X-Replica", "X-Warnings"])
+                           expose_headers=["X-Seed", "X-Timings", "X-Job-Id", "X-Replica", "X-Warnings", "X-Scores",
+                                           "X-Mask-Index"])
 
     async def authorized(request: Request) -> None:
         if settings.token is None:
@@ -178,11 +181,17 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         except EngineUnavailable as e:
             raise _unavailable(str(e), e.retry_after)
 
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html")
+    if settings.page == "iopaint":  # IOPaint's page at / and its /api/v1 routes over the same queues (iopaint.py)
+        from .iopaint import Served, add_iopaint_page
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+        # `finished` is defined further down: the lambda looks it up when a request runs
+        add_iopaint_page(app, Served(models, limits, submit, lambda job, request: finished(job, request)), guarded)
+    else:
+        @app.get("/", include_in_schema=False)
+        async def page():
+            return FileResponse(STATIC / "index.html")
+
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/metrics", dependencies=guarded, summary="Prometheus metrics: requests, queue, job latency, steps, "
              "batch sizes, workers, engine load time", responses={200: {"content": {"text/plain": {}}}})
@@ -262,6 +271,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         return await queue_job(request, OutpaintParameters)
 
     add_job_routes(app, manager, guarded)
+    app.include_router(segment_router(models, limits, settings.queue_size, guarded))  # the mask makers
 
     maxima = {"num_inference_steps": limits.max_steps, "prior_num_inference_steps": limits.max_steps,
               "steps": limits.max_steps, "batch_size": settings.queue_size, "n_iter": settings.queue_size}

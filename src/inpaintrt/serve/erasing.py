@@ -43,3 +43,11 @@ def outpaint_refusal(record, model: str | None) -> ApiError:
     return ApiError(422, "model", f"{named} an eraser ({record.title}): {NOT_OUTPAINT}",
                     "send model= a diffusion engine (GET /v1/info lists models with their kind), or grow the canvas "
                     "yourself and erase or inpaint the new area with POST /v1/inpaint")
+
+
+def mask_maker_refusal(record, model: str | None) -> ApiError:
+    """Inpaint or outpaint asked of a mask maker (Segment Anything, CLIPSeg): a 422 naming `model`."""
+    named = f"model={model!r} is" if model else "the engine this request runs on (model left out: the first --engine) is"
+    return ApiError(422, "model", f"{named} a mask maker ({record.title}): it makes masks and paints nothing; call "
+                    "POST /v1/segment with it", "send model= a diffusion or eraser engine (GET /v1/info lists models "
+                    "with their kind), and make the mask with POST /v1/segment first")

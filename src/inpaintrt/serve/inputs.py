@@ -22,7 +22,7 @@ from ..engine.preflight import Preflight, preflight
 from ..runtime.errors import InvalidArgument
 from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
-from .erasing import engine_arguments, outpaint_refusal
+from .erasing import engine_arguments, mask_maker_refusal, outpaint_refusal
 from .errors import ApiError, request_fix, validation_error
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, picture_pair  # noqa: F401 (also the A1111 routes')
@@ -250,6 +250,8 @@ def check(params: CommonParameters, files: dict, limits: Limits, engine_facts: d
                            + (" (outpaint makes the mask itself from left, right, top and bottom)"
                               if name == "mask_image" else ""), f"leave {name} out")
     record = family(engine_facts["family"])
+    if record.segmenter:  # a mask maker answers POST /v1/segment only (segmenting.py)
+        raise mask_maker_refusal(record, params.model)
     if params.task == "outpaint" and record.eraser:
         raise outpaint_refusal(record, params.model)
     if params.task == "outpaint" and not record.outpaint:  # refused before a job is queued

@@ -36,6 +36,7 @@ STATUSES = {
     ("get", "/v1/jobs/{job_id}/result"): (401, 404, 409, 422, 500, 503),
     ("post", "/sdapi/v1/img2img"): SUBMIT + (500,), ("post", "/sdapi/v1/txt2img"): SUBMIT + (500,),
     ("post", "/sdapi/v1/options"): (400, 401, 422),
+    ("post", "/v1/segment"): SUBMIT + (500,),  # 429: every engine of the mask maker busy and its queue full
     ("get", "/v1/health"): (503,),  # no engine can run jobs (on Ray Serve: no replica is running)
 }
 EVENTS = {"description": "Server-sent events: `progress`, then one of `done`, `failed`, `cancelled`; each `data:` is "
@@ -104,7 +105,7 @@ def _tiny_png(mask: bool) -> str:
 def _add_example(operation: dict) -> None:
     """A small request that succeeds on any engine: 64x64, 2 steps, the example pictures."""
     body = operation.get("requestBody", {}).get("content", {}).get("application/json")
-    if body is None:
+    if body is None or "example" in body:  # a route with its own example (POST /v1/segment's)
         return
     fields = body["schema"].get("properties", {})
     example = {"height": 64, "width": 64, "seed": 1}

@@ -1,24 +1,29 @@
 // The page: load a picture, paint the mask (editor.js) or set the outpaint extension, send jobs
 // (api.js, form.js; ControlNet and image prompts: conditioning.js), follow their events, show results on
 // the canvas (hold "Before" or C for the input), download and chain them, keep them (history.js); a
-// refusal points at its control (field-errors.js). Plain modules, no build step, nothing from the
-// network but this server.
+// refusal points at its control (field-errors.js); masks from clicks or text where the server has mask
+// makers (segment.js). Plain modules, no build step, nothing from the network but this server.
 import { MaskEditor } from "./editor.js";
 import { api, follow } from "./api.js";
 import { ControlNetSection, ImagePromptSection } from "./conditioning.js";
 import { FieldErrors } from "./field-errors.js";
 import { History } from "./history.js";
+import { MaskMakers } from "./segment.js";
 import { batchCount, erasing, fields, formValues, restoreValues, outpainting, sides, SIDES } from "./form.js";
 
 const $ = (id) => document.getElementById(id);
 const editor = new MaskEditor($("view"), updateButtons);
 const history = new History($("history"), (entry) => show(entry));
 const controlnets = new ControlNetSection(), imagePrompts = new ImagePromptSection();
-const fieldErrors = new FieldErrors([controlnets, imagePrompts]);
+const maskMakers = new MaskMakers(editor, () => state.pictureBlob, (text, error = false, refusal = null) => {
+  setStatus(text, error);
+  if (refusal?.field) fieldErrors.show(refusal.field, refusal.fix, refusal.message);
+});
+const fieldErrors = new FieldErrors([controlnets, imagePrompts, maskMakers]);
 // job: the running job's id ("" while it is being sent); results: this visit's; events: the last job's
 const state = { pictureBlob: null, job: null, results: [], current: null, events: [], stopBatch: false,
   previewFor: null, previewsShown: 0 };
-window.inpaintrt = { editor, state, history, controlnets, imagePrompts, fieldErrors };  // for tests and the curious
+window.inpaintrt = { editor, state, history, controlnets, imagePrompts, fieldErrors, maskMakers };  // for tests and the curious
 
 // --- server facts ------------------------------------------------------------------------------
 
@@ -29,12 +34,16 @@ async function loadInfo() {
     for (const name of info.schedulers) select.add(new Option(name, name));
     state.info = info;
     const models = info.models || [{ name: "", ...info.model }];  // an older server: its one model
-    state.models = Object.fromEntries(models.map((model) => [model.name, model]));
-    for (const model of models) {
+    // mask makers make masks (segment.js), they do not run jobs: the model list has the others
+    const painters = models.filter((model) => model.kind !== "segmenter");
+    state.models = Object.fromEntries(painters.map((model) => [model.name, model]));
+    for (const model of painters) {
       const kind = model.kind === "eraser" ? ", eraser" : "";
       $("model").add(new Option(`${model.name} (${model.family}${kind})`, model.name));
     }
-    $("model-row").hidden = models.length < 2;  // one engine: nothing to choose
+    // one engine to choose: hidden (and not sent) unless the server's default is a mask maker
+    $("model-row").hidden = painters.length < 2 && (!painters.length || painters[0] === models[0]);
+    maskMakers.apply(models);
     $("num_inference_steps").max = info.limits.max_steps;
     applyModel();
   } catch (e) {
@@ -129,7 +138,7 @@ stage.addEventListener("drop", (e) => {
 
 function setTool(tool) {
   editor.tool = tool;
-  for (const name of ["brush", "eraser", "pan"]) $(`tool-${name}`).classList.toggle("active", name === tool);
+  for (const name of TOOLS) $(`tool-${name}`).classList.toggle("active", name === tool);
   $("view").classList.toggle("panning", tool === "pan");
 }
 
@@ -139,7 +148,8 @@ function setBrush(size) {
   $("brush-size-value").textContent = editor.size;
 }
 
-for (const name of ["brush", "eraser", "pan"]) $(`tool-${name}`).onclick = () => setTool(name);
+const TOOLS = ["brush", "eraser", "pan", "click"];  // click: the mask maker's (segment.js), where served
+for (const name of TOOLS) $(`tool-${name}`).onclick = () => setTool(name);
 $("brush-size").oninput = (e) => setBrush(+e.target.value);
 $("undo").onclick = () => editor.undo();
 $("redo").onclick = () => editor.redo();
@@ -165,6 +175,7 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "]") setBrush(editor.size * 1.25 + 1);
   else if (key === "b") setTool("brush");
   else if (key === "e") setTool("eraser");
+  else if (key === "k" && maskMakers.clicker) setTool("click");
   else if (key === "0") editor.fit();
   else if (key === "c" && !e.repeat) holdBefore(true);
   else if (e.key === "+" || e.key === "=") editor.zoom(1.25);

@@ -1,7 +1,8 @@
 // The mask editor: a picture with a mask painted over it at the picture's own resolution.
 // The mask lives in an offscreen canvas (opaque white = repaint); a red copy of it ("tint") is what
 // the view shows. Undo/redo keep whole-mask snapshots, so every tool (stroke, clear, invert, mask
-// file) undoes the same way.
+// file) undoes the same way. The click tool (segment.js) paints nothing itself: it hands each click to
+// onClick and puts the mask maker's answer into the same mask canvas (putMask).
 
 const UNDO_LIMIT = 40;
 const TINT = "rgba(255, 48, 48, 1)";
@@ -11,10 +12,12 @@ export class MaskEditor {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
     this.onChange = onChange || (() => {});
+    this.onEdit = () => {};         // the user changed the mask (stroke, clear, invert, file, undo, new picture)
+    this.onClick = null;            // the click tool: (pixel [x, y], positive) of a left or right click
     this.picture = null;            // an ImageBitmap or HTMLImageElement
     this.mask = document.createElement("canvas");
     this.tint = document.createElement("canvas");
-    this.tool = "brush";            // brush | eraser | pan
+    this.tool = "brush";            // brush | eraser | pan | click
     this.size = 24;                 // brush diameter in picture pixels
     this.view = { scale: 1, x: 0, y: 0 };
     this.undoStack = [];
@@ -25,6 +28,7 @@ export class MaskEditor {
     this.extension = null;          // outpaint preview: {left, right, top, bottom} pixels shown around the picture
     this.overlay = null;            // a result or live preview shown over the picture: {image, x, y, w, h}
     this.showBefore = false;        // held "Before": the picture and mask under the overlay
+    this.markers = [];              // the click tool's points: [x, y, positive] in picture pixels
     new ResizeObserver(() => this.render()).observe(canvas);
     this.bindPointer();
   }
@@ -42,6 +46,7 @@ export class MaskEditor {
     this.redoStack = [];
     if (previous) this.restore(previous);
     this.fit();
+    this.onEdit();
     this.onChange();
   }
 
@@ -72,6 +77,7 @@ export class MaskEditor {
         this.panFrom = [e.clientX, e.clientY, this.view.x, this.view.y];
         return;
       }
+      if (this.tool === "click") return this.clicked(e);
       if (e.button !== 0) return;
       if (this.overlay) this.setOverlay(null);  // painting edits the input: show it
       this.remember();
@@ -96,6 +102,7 @@ export class MaskEditor {
       this.stroke = null;
       this.panFrom = null;
     };
+    c.addEventListener("contextmenu", (e) => { if (this.tool === "click") e.preventDefault(); });  // right click: a point
     c.addEventListener("pointerup", end);
     c.addEventListener("pointercancel", end);
     c.addEventListener("wheel", (e) => {
@@ -104,6 +111,15 @@ export class MaskEditor {
       const r = c.getBoundingClientRect();
       this.zoomAt(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX - r.left, e.clientY - r.top);
     }, { passive: false });
+  }
+
+  // A left (positive) or right (negative) click on the picture: the pixel under it, in picture pixels.
+  clicked(e) {
+    if ((e.button !== 0 && e.button !== 2) || !this.onClick) return;
+    const [x, y] = this.toPicture(e).map(Math.floor);
+    if (x < 0 || y < 0 || x >= this.width || y >= this.height) return;  // beside the picture: no point
+    if (this.overlay) this.setOverlay(null);  // the mask is made on the input: show it
+    this.onClick([x, y], e.button === 0);
   }
 
   toPicture(e) {
@@ -115,10 +131,11 @@ export class MaskEditor {
 
   snapshot() { return this.mask.getContext("2d").getImageData(0, 0, this.width, this.height); }
 
-  remember() {
+  remember(quiet = false) {  // quiet: the click tool's own change, not the user's edit
     this.undoStack.push(this.snapshot());
     if (this.undoStack.length > UNDO_LIMIT) this.undoStack.shift();
     this.redoStack = [];
+    if (!quiet) this.onEdit();
   }
 
   restore(data) {
@@ -128,8 +145,15 @@ export class MaskEditor {
     this.onChange();
   }
 
-  undo() { if (this.undoStack.length) { this.redoStack.push(this.snapshot()); this.restore(this.undoStack.pop()); } }
-  redo() { if (this.redoStack.length) { this.undoStack.push(this.snapshot()); this.restore(this.redoStack.pop()); } }
+  undo() { if (this.undoStack.length) { this.onEdit(); this.redoStack.push(this.snapshot()); this.restore(this.undoStack.pop()); } }
+  redo() { if (this.redoStack.length) { this.onEdit(); this.undoStack.push(this.snapshot()); this.restore(this.redoStack.pop()); } }
+
+  // A mask maker's mask (ImageData at the picture's size, opaque white inside); undoable: a new undo entry
+  // unless it refines the one the click tool made last.
+  putMask(data, newEntry = true) {
+    if (newEntry) this.remember(true);
+    this.restore(data);
+  }
 
   clear() {
     if (!this.picture) return;
@@ -255,6 +279,15 @@ export class MaskEditor {
     g.globalAlpha = 0.5;
     g.drawImage(this.tint, 0, 0);
     g.globalAlpha = 1;
+    for (const [x, y, positive] of this.markers) {  // where the clicks were: green adds, blue takes away
+      g.beginPath();
+      g.arc(x + 0.5, y + 0.5, 5 / v.scale, 0, 2 * Math.PI);
+      g.fillStyle = positive ? "#3ddc84" : "#4f8cff";
+      g.fill();
+      g.lineWidth = 1.5 / v.scale;
+      g.strokeStyle = "#000";
+      g.stroke();
+    }
     if (this.extension) {  // the area outpaint adds: tinted, with a dashed border
       const { left, right, top, bottom } = this.extension;
       const fw = this.width + left + right, fh = this.height + top + bottom;

@@ -240,8 +240,9 @@ def test_a_mask_maker_as_the_default_engine(sam_engine_dir):
             assert error["field"] == "model" and "Segment Anything" in error["message"], error
         for path, body in (("/sdapi/v1/img2img", {"init_images": [b64(image())], "mask": b64(mask(*SIZE))}),
                            ("/sdapi/v1/txt2img", {"prompt": "a bench", "width": 64, "height": 64})):
-            answer = client.post(path, json=body)
-            assert answer.status_code == 422 and refusal(answer)["field"] == "model", answer.text
+            answer = client.post(path, json=body)  # as for an eraser: the checkpoint A1111 has selected
+            assert answer.status_code == 422 and refusal(answer)["field"] == "sd_model_checkpoint", answer.text
+            assert "mask maker" in refusal(answer)["message"] and "/v1/segment" in refusal(answer)["fix"]
         answer = client.post("/v1/segment", files=upload(), data={"points": json.dumps(POINTS)})
         assert answer.status_code == 200 and client.get("/v1/health").json()["status"] == "ok"
 

@@ -211,11 +211,13 @@ async def _read(request: Request, model):
 def _parse(params, server: Server, engine):
     """(the checked native job, its first seed, the A1111 sampler name reported back)."""
     record = family(engine.facts["family"])
-    if record.eraser:  # A1111's fields are all diffusion settings, sent whether or not the client chose them
-        raise ApiError(422, "sd_model_checkpoint", f"the selected checkpoint {engine.name} is an eraser "
+    if record.eraser or record.segmenter:  # A1111's fields are all diffusion settings, sent with every request
+        what, instead = (("an eraser", "erase with POST /v1/inpaint: image and mask_image, no prompt") if record.eraser
+                         else ("a mask maker", "make masks with POST /v1/segment"))
+        raise ApiError(422, "sd_model_checkpoint", f"the selected checkpoint {engine.name} is {what} "
                        f"({record.title}): it takes no prompt or sampling settings, which every AUTOMATIC1111 "
                        "request carries", "select a diffusion checkpoint with POST /sdapi/v1/options (GET "
-                       "/sdapi/v1/sd-models lists them), or erase with POST /v1/inpaint: image and mask_image, no prompt")
+                       f"/sdapi/v1/sd-models lists them), or {instead}")
     count, cap = params.batch_size * params.n_iter, server.settings.queue_size
     if count > cap:
         field = "batch_size" if params.batch_size > cap else "n_iter"

@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    "also names each job's prompts; off by default: no user text in logs")
     p.add_argument("--no-a1111", dest="a1111", action="store_false",
                    help="do not answer AUTOMATIC1111's /sdapi/v1 routes (on by default)")
+    p.add_argument("--page", choices=("inpaintrt", "iopaint"), default="inpaintrt",
+                   help="the web page at /: inpaintrt's (default), or IOPaint's own page from an installed iopaint "
+                   "package (pip install --no-deps iopaint) with the /api/v1 routes it calls (docs/iopaint.md)")
     add_load_arguments(p, "each worker / replica")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (ray.init(address='auto') or a local one)")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: engine replicas")
@@ -79,14 +82,22 @@ def settings_from(args):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value:g}")
     if args.max_steps > 1000:
         raise ValueError(f"--max-steps {args.max_steps}: schedulers have 1000 training timesteps; pass at most 1000")
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    if args.page == "iopaint":
+        from .iopaint import web_app_folder
+
+        web_app_folder()  # not installed: the error names the install line
+        if token:
+            raise ValueError("--page iopaint with a token: IOPaint's page sends no Authorization header, so it "
+                             f"could not load; leave --token (and {TOKEN_VARIABLE}) out, or use --page inpaintrt")
     return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], load=load, workers=args.workers,
                     queue_size=args.queue_size,
-                    token=args.token or os.environ.get(TOKEN_VARIABLE) or None, max_upload_mb=args.max_upload_mb,
+                    token=token, max_upload_mb=args.max_upload_mb,
                     max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels, max_steps=args.max_steps,
                     max_outpaint_passes=args.max_outpaint_passes, max_megapixel_steps=args.max_megapixel_steps,
                     max_request_memory_mb=args.max_request_memory_mb, cors_origins=args.cors_origin,
                     a1111=args.a1111, log_prompts=args.log_prompts, max_batch=batching.max_batch,
-                    batch_window_ms=batching.window_ms)
+                    batch_window_ms=batching.window_ms, page=args.page)
 
 
 def main(argv: list[str] | None = None) -> int:

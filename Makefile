@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
 	# Segment Anything's own code, the tests' reference; --no-deps: its torchvision does not import beside this torch
 	$(BIN)/pip install -q --no-deps segment-anything==1.0
+	# IOPaint's built web page, which `inpaint-serve --page iopaint` serves; --no-deps: its server is not used
+	$(BIN)/pip install -q --no-deps iopaint==1.6.0
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -28,7 +28,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("schemathesis")
 
 from serve_helpers import running_server  # noqa: E402
-from test_segment_serving import sam_engine_dir  # noqa: E402,F401  (built once per run)
 
 EXAMPLES = 12  # per operation and phase: with 21 operations the run takes about a minute here
 GENERATING = r"^/(v1/(inpaint|jobs|outpaint|outpaint/jobs|segment)|sdapi/v1/(img2img|txt2img|options))$"

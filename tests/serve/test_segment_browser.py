@@ -17,7 +17,6 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from inpaintrt.sample import sample_picture  # noqa: E402
 from serve_helpers import running_server  # noqa: E402
 from browser_helpers import BLOB_AS_BASE64, decoded, open_page, paint, to_screen  # noqa: E402
-from test_segment_serving import clipseg_engine_dir, sam_engine_dir  # noqa: E402,F401  (the engines, built once)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs the system Chromium (apt-get install chromium)")

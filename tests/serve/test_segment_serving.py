@@ -20,29 +20,12 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serve_helpers import b64, mask, picture, png, refusal, wait_until  # noqa: E402
-from shared_builds import shared_build  # noqa: E402
 
 from inpaintrt.serve.app import Settings, create_app  # noqa: E402
 
 SIZE = (70, 50)  # not square: the engines' frames are; masks come back at the picture's size
 MAX_PIXELS = 90 * 60  # the server's picture limit: SIZE fits, 100 x 100 does not
 POINTS, LABELS = [[20, 15], [50, 30]], [1, 0]
-
-
-@pytest.fixture(scope="session")
-def sam_engine_dir(tmp_path_factory):
-    from sam_engines import build_sam_engine
-
-    return shared_build(tmp_path_factory, "sam-engine", lambda root: build_sam_engine(root / "sam"))
-
-
-@pytest.fixture(scope="session")
-def clipseg_engine_dir(tmp_path_factory):
-    clipseg_models = pytest.importorskip("clipseg_models", reason="tests/support/clipseg_models.py is not there yet")
-    from inpaintrt.export.segment_clipseg import export_clipseg
-
-    return shared_build(tmp_path_factory, "clipseg-engine", lambda root: export_clipseg(
-        clipseg_models.save_tiny_clipseg(root / "clipseg-checkpoint"), root / "clipseg", log=lambda *_: None))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ class _Engine:
 
 def test_job_messages_and_warnings():
     pytest.importorskip("fastapi")
-    from inpaintrt.serve.app import _result
+    from inpaintrt.serve.app import result_response
     from inpaintrt.serve.errors import ApiError
     from inpaintrt.serve.jobs import CANCELLED, DONE, JobManager
 
@@ -29,7 +29,7 @@ def test_job_messages_and_warnings():
     queued = manager.submit({}, seed=1, total=3)
     manager.cancel(queued.id)
     with pytest.raises(ApiError) as info:
-        _result(queued, "png")
+        result_response(queued, "png")
     assert queued.status == CANCELLED and "None" not in info.value.message
     assert info.value.message.endswith("was cancelled while queued, before it ran")
 
@@ -38,4 +38,4 @@ def test_job_messages_and_warnings():
     manager.run_job(job, _Engine())
     assert job.status == DONE and job.snapshot()["warnings"] == [
         "prompt 'a cat ...'... is 90 tokens; CLIP reads 77, so the last 13 were dropped"]
-    assert "last 13 were dropped" in _result(job, "png").headers["X-Warnings"]
+    assert "last 13 were dropped" in result_response(job, "png").headers["X-Warnings"]

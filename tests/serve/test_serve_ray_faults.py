@@ -125,7 +125,7 @@ def test_a_job_whose_replica_died_reruns_from_step_0_on_a_live_one():
 def test_no_live_replica_within_the_bound_fails_the_job_with_503_and_retry_after():
     import asyncio
 
-    from inpaintrt.serve.app import _result
+    from inpaintrt.serve.app import result_response
     from inpaintrt.serve.errors import ApiError
     from inpaintrt.serve.jobs import JobManager
 
@@ -139,7 +139,7 @@ def test_no_live_replica_within_the_bound_fails_the_job_with_503_and_retry_after
     assert job.status == "failed" and job.retry_after == 1 and len(job.restarts) == 1, job.error
     assert "no engine replica answered within 1 s" in job.error
     with pytest.raises(ApiError) as refused:
-        _result(job, "png")
+        result_response(job, "png")
     assert refused.value.status == 503 and refused.value.headers == {"Retry-After": "1"}
 
 

@@ -150,7 +150,7 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
 
     @router.post("/options", summary="Accepts the loaded model and the values GET /options shows")
     async def set_options(request: Request):
-        given = await _json_object(request)
+        given = await json_object(request)
         chosen = selected[0]
         for name, value in given.items():
             if name == "sd_model_checkpoint":
@@ -185,7 +185,7 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
     return router
 
 
-async def _json_object(request: Request) -> dict:
+async def json_object(request: Request) -> dict:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -196,7 +196,7 @@ async def _json_object(request: Request) -> dict:
 
 
 async def _read(request: Request, model):
-    body = await _json_object(request)
+    body = await json_object(request)
     try:
         params = model.model_validate(body)
     except ValidationError as e:

@@ -29,7 +29,7 @@ from .errors import ApiError, install_handlers
 from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
 from .batching import Batching
-from .job_routes import _job_view, _result, _unavailable, add_job_routes
+from .job_routes import _job_view, result_response, _unavailable, add_job_routes
 from .jobs import FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
@@ -238,7 +238,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         job = submit(parsed)
         try:
             await finished(job, request)
-            return _result(job, parsed.response_format)
+            return result_response(job, parsed.response_format)
         finally:
             manager.forget(job.id)
 
@@ -271,13 +271,13 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         return await queue_job(request, OutpaintParameters)
 
     add_job_routes(app, manager, guarded)
-    app.include_router(segment_router(models, limits, settings.queue_size, guarded))  # the mask makers
+    app.include_router(segment_router(models, limits, guarded))  # the mask makers
 
     maxima = {"num_inference_steps": limits.max_steps, "prior_num_inference_steps": limits.max_steps,
               "steps": limits.max_steps, "batch_size": settings.queue_size, "n_iter": settings.queue_size}
     app.openapi = lambda: openapi_with_errors(app, maxima, settings.token is not None)
     if settings.a1111:  # AUTOMATIC1111's routes over the same queue (a1111.py)
-        server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: _result(job, "png").body,
+        server = A1111Server(manager, settings, limits, facts, submit, finished, lambda job: result_response(job, "png").body,
                              models)
         app.include_router(a1111_router(server, guarded))
     return app

@@ -29,7 +29,7 @@ def add_job_routes(app, manager, guarded: list) -> None:
     @app.get("/v1/jobs/{job_id}/result", dependencies=guarded, summary="The finished job's PNG",
              responses={200: {"content": {"image/png": {}}}})
     async def job_result(job_id: str, response_format: Literal["png", "json"] = "png"):
-        return _result(find(job_id), response_format)
+        return result_response(find(job_id), response_format)
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=guarded,
              summary="Server-sent events of this job only: `progress` (steps_done of steps; step of total model "
@@ -75,7 +75,7 @@ def _job_view(job) -> dict:
     return view
 
 
-def _result(job, response_format: str) -> Response:
+def result_response(job, response_format: str) -> Response:
     if job.status == DONE:
         timings = job.snapshot()["timings"]
         if response_format == "json":

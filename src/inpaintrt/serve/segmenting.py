@@ -123,10 +123,18 @@ class EnginePool:
         return await asyncio.shield(work)
 
 
-def segment_router(models, limits, queue_size: int, guarded: list) -> APIRouter:
+def engine_pool(served) -> EnginePool:
+    """The mask maker's engines lent one request at a time, one pool per served engine, kept on it so every route
+    that segments (this one, IOPaint's InteractiveSeg) shares it and no engine runs two calls at once."""
+    pool = getattr(served, "segment_pool", None)
+    if pool is None:
+        pool = served.segment_pool = EnginePool(served.manager.engines, served.manager.queue_size)
+    return pool
+
+
+def segment_router(models, limits, guarded: list) -> APIRouter:
     """POST /v1/segment over the server's engines (engines.ServedEngines)."""
     router = APIRouter()
-    pools: dict[str, EnginePool] = {}
 
     @router.post("/v1/segment", dependencies=guarded, openapi_extra=openapi_body(), summary=SUMMARY,
                  responses={200: {"content": {"image/png": {}, "application/json": {}},
@@ -147,8 +155,7 @@ def segment_router(models, limits, queue_size: int, guarded: list) -> APIRouter:
             raise ApiError(422, "image", "image is required", "send image as a file part or base64 field")
         image = decode_picture(data, "image", limits.max_pixels)  # over max_pixels: a 413 naming image
         arguments = engine_arguments(params, record, image.size, limits.max_pixels)
-        pool = pools.get(served.name) or pools.setdefault(served.name, EnginePool(engines, queue_size))
-        found = await pool.run(lambda engine: _segment(engine, image, arguments))
+        found = await engine_pool(served).run(lambda engine: run_segment(engine, image, arguments))
         return answer(found, params.format, params.multimask_output)
 
     return router
@@ -268,7 +275,7 @@ def engine_arguments(params: SegmentParameters, record, size: tuple[int, int], m
         raise ApiError(422, e.field, str(e), request_fix(e.fix, FIXES.get(e.field, f"change {e.field}"))) from None
 
 
-def _segment(engine, image, arguments: dict):
+def run_segment(engine, image, arguments: dict):
     """On a worker thread: the engine's call; its refusals become 422s, anything else a 500 (a bug)."""
     try:
         return engine.segment(image, **arguments)

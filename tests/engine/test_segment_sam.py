@@ -131,14 +131,14 @@ def test_embedding_is_computed_once_per_picture(sam_engine):
         assert counting.runs == 1 and (first.logits == again.logits).all()
         sam_engine.segment(other, points=[[10, 10]])
         assert counting.runs == 2
-        sam_engine.embeddings.max_bytes = 1  # bounded: only the latest stays
+        sam_engine.embedding_cache.max_bytes = 1  # bounded: only the latest stays
         sam_engine.segment(picture(60, 80, seed=33), points=[[10, 10]])
-        assert len(sam_engine.embeddings) == 1
+        assert len(sam_engine.embedding_cache) == 1
         sam_engine.segment(image, points=[[10, 10]])
         assert counting.runs == 4
     finally:
         sam_engine.sessions["sam_encoder"] = counting.session
-        sam_engine.embeddings.max_bytes = 64 << 20
+        sam_engine.embedding_cache.max_bytes = 64 << 20
 
 
 @pytest.mark.parametrize("given, field, words", [

@@ -34,7 +34,7 @@ class SamEngine(SegmenterEngine):
         self.mask_input_size = self.model["mask_input_size"]
         self.pixel_mean = np.asarray(self.model["pixel_mean"], np.float32)
         self.pixel_std = np.asarray(self.model["pixel_std"], np.float32)
-        self.embeddings = EmbeddingCache(EMBEDDING_CACHE_BYTES)
+        self.embedding_cache = EmbeddingCache(EMBEDDING_CACHE_BYTES)
 
     def segment(self, image, points=None, labels=None, box=None, multimask_output=False, mask_input=None,
                 max_pixels=imaging.MAX_PIXELS, **others) -> Segmentation:
@@ -65,15 +65,17 @@ class SamEngine(SegmenterEngine):
 
     def image_embedding(self, rgb: np.ndarray) -> np.ndarray:
         """The encoder's (1, C, E, E) embedding of a uint8 HxWx3 picture, from the cache when it was seen."""
-        key = hashlib.blake2b(rgb.tobytes(), digest_size=16, person=str(rgb.shape).encode()[:16]).hexdigest()
-        found = self.embeddings.get(key)
+        digest = hashlib.blake2b(str(rgb.shape).encode(), digest_size=16)  # the size too: the same bytes, reshaped
+        digest.update(rgb.tobytes())
+        key = digest.hexdigest()
+        found = self.embedding_cache.get(key)
         if found is None:
             found = np.asarray(self.sessions["sam_encoder"].run({"image": self._encoder_input(rgb)})
                                ["image_embeddings"], np.float32)
             if not np.isfinite(found).all():
                 raise FloatingPointError(f"Segment Anything's image encoder returned NaN or infinite values on "
                                          f"{self.backend} (fp16 overflow?): load it with precision='fp32'")
-            self.embeddings.put(key, found)
+            self.embedding_cache.put(key, found)
         return found
 
     def _encoder_input(self, rgb: np.ndarray) -> np.ndarray:

@@ -12,8 +12,7 @@ from .engine.argument_specs import SPECS
 from .engine.load_options import add_load_arguments, load_options_from
 from .runtime.errors import InvalidArgument
 from .runtime.schedulers import SCHEDULERS, describe_schedulers
-# the export commands live beside this one; their entry points are importable from here too
-from .export_cli import _fail, build_plans_main, export_main  # noqa: F401
+from .export_cli import build_plans_main, export_main, fail  # noqa: F401  (the export entry points, importable here too)
 
 
 def _flag_of(name: str) -> str:
@@ -159,9 +158,9 @@ def _run_inpaint(argv: list[str] | None) -> int:
             return folders.run(jobs, one, args.output)
         result = engine.outpaint(image, **sides, **common) if sides else one(image, mask)
     except InvalidArgument as e:  # named by its flag
-        return _fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS and SPECS[e.field].cli else str(e))
+        return fail(f"{_flag_of(e.field)}: {e}" if e.field in SPECS and SPECS[e.field].cli else str(e))
     except (OSError, ValueError, RuntimeError, MissingMethod) as e:
-        return _fail(str(e))
+        return fail(str(e))
     for path in _output_paths(Path(args.output), len(result.images)):
         result.images.pop(0).save(path)
         print(path)

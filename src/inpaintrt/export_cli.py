@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 
-def _fail(message: str) -> int:
+def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
 
@@ -79,19 +79,19 @@ def export_main(argv: list[str] | None = None) -> int:
     from .engine.backends import BackendError, load_tensorrt
 
     if args.cuda_fusion_off and not (args.fp16 or args.backend == "tensorrt"):
-        return _fail("--cuda-fusion-off shapes ort-cuda's fp16 graphs, which only --fp16 writes: add --fp16")
+        return fail("--cuda-fusion-off shapes ort-cuda's fp16 graphs, which only --fp16 writes: add --fp16")
     plans = None
     if args.backend == "tensorrt":
         try:  # before torch is imported or the checkpoint loaded: fail in a second, not after minutes
             plans = _plan_options(args)
             load_tensorrt()
         except (BackendError, ValueError) as e:
-            return _fail(str(e))
+            return fail(str(e))
     try:
         from .export.exporter import ExportError, PlanOptions, export_engine
         from .export.loading import CheckpointError, load_pipeline
     except ImportError as e:
-        return _fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
+        return fail(f"exporting needs torch and diffusers ({e}); install them with `pip install 'inpaintrt[export]'`")
     from .export.eraser import ERASER_KINDS, detect_eraser
     from .export.segmenter import SEGMENTER_KINDS, detect_segmenter
     from .export.trt_build import PlanBuildError
@@ -107,7 +107,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
         if checkpoint_family(args.model, args.config) == KANDINSKY22 or args.prior:
             if args.lora:
-                return _fail("--lora applies to SD 1.x, 2.x and SDXL checkpoints, not Kandinsky 2.2: leave it out")
+                return fail("--lora applies to SD 1.x, 2.x and SDXL checkpoints, not Kandinsky 2.2: leave it out")
             return _export_kandinsky(args)
         tensorrt = PlanOptions(*plans) if plans else None
         pipe = load_pipeline(args.model, config=args.config, safety_checker=not args.no_safety_checker)
@@ -121,7 +121,7 @@ def export_main(argv: list[str] | None = None) -> int:
                       cuda_fusions_off=tuple(args.cuda_fusion_off), loras=args.lora or None,
                       safety_checker=not args.no_safety_checker)
     except (CheckpointError, ExportError, BackendError, PlanBuildError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     return 0
 
 
@@ -134,13 +134,13 @@ def _export_eraser(args, tensorrt) -> int:
     refused = [flag for flag, given in (("--lora", args.lora), ("--controlnet", args.controlnet),
                                         ("--prior", args.prior), ("--config", args.config)) if given]
     if refused:
-        return _fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an eraser "
+        return fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to an eraser "
                      "(LaMa, MI-GAN): leave it out")
     try:
         export_eraser(args.model, args.output, kind=args.kind, overwrite=args.overwrite,
                       optimize=not args.no_optimize, fp16=args.fp16, tensorrt=tensorrt)
     except (EraserSourceError, ExportError, PlanBuildError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     return 0
 
 
@@ -154,13 +154,13 @@ def _export_segmenter(args) -> int:
                                         ("--backend tensorrt", args.backend == "tensorrt"),
                                         ("--cuda-fusion-off", args.cuda_fusion_off)) if given]
     if refused:
-        return _fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a mask maker "
+        return fail(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a mask maker "
                      "(Segment Anything, CLIPSeg): leave it out (it runs on ort-cpu, ort-cuda with --fp16, openvino)")
     try:
         export_segmenter(args.model, args.output, kind=args.kind, overwrite=args.overwrite,
                          optimize=not args.no_optimize, fp16=args.fp16)
     except (SegmenterSourceError, ExportError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     return 0
 
 
@@ -174,14 +174,14 @@ def _export_kandinsky(args) -> int:
                                         ("--controlnet", args.controlnet), ("--config", args.config),
                                         ("--cuda-fusion-off", args.cuda_fusion_off)) if given]
     if refused:
-        return _fail(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available for Kandinsky 2.2 engines "
+        return fail(f"{', '.join(refused)} {'is' if len(refused) == 1 else 'are'} not available for Kandinsky 2.2 engines "
                      "yet; export without")
     try:
         decoder, prior = load_kandinsky(args.model, args.prior)
         export_kandinsky(decoder, prior, args.output, source=args.model, prior_source=args.prior or "",
                          overwrite=args.overwrite, optimize=not args.no_optimize)
     except (CheckpointError, ExportError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     return 0
 
 
@@ -203,6 +203,6 @@ def build_plans_main(argv: list[str] | None = None) -> int:
         load_tensorrt()
         rebuild_plans(args.engine, sizes, max_images, cache)
     except (BackendError, PlanBuildError, EngineDirectoryError, ValueError) as e:
-        return _fail(str(e))
+        return fail(str(e))
     print(f"TensorRT plans written to {args.engine / 'plans'}")
     return 0

@@ -129,6 +129,7 @@ def test_embedding_is_computed_once_per_picture(sam_engine):
         again = sam_engine.segment(image.copy(), points=[[10, 10]], labels=[1])  # same pixels, another array
         sam_engine.segment(image, box=[5, 5, 50, 40])
         assert counting.runs == 1 and (first.logits == again.logits).all()
+        assert sam_engine.embedding_cache.hits >= 2
         sam_engine.segment(other, points=[[10, 10]])
         assert counting.runs == 2
         sam_engine.embedding_cache.max_bytes = 1  # bounded: only the latest stays
@@ -197,6 +198,8 @@ def test_export_reads_checkpoints_and_names_bad_ones(tmp_path):
         export_segmenter(tmp_path / "sam_other.pth", tmp_path / "out", log=lambda *_: None)
     with pytest.raises(SegmenterSourceError, match="not a file"):
         export_segmenter(tmp_path / "missing.pth", tmp_path / "out", kind="sam", log=lambda *_: None)
+    with pytest.raises(SegmenterSourceError, match="pass --kind sam"):  # the name says nothing: no guess
+        export_segmenter(tmp_path / "weights.safetensors", tmp_path / "out", log=lambda *_: None)
     root = export_sam(model, tmp_path / "ok", log=lambda *_: None)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["model"]["kind"] == "segmenter" and manifest["model"]["family"] == "sam"

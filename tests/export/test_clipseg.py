@@ -217,7 +217,7 @@ def test_a_failed_export_leaves_nothing(clipseg, tmp_path, monkeypatch):
         (work / "clipseg.onnx").write_bytes(b"half a graph")
         raise ExportError("clipseg: the ONNX graph differs from torch")
 
-    monkeypatch.setattr(segment_clipseg, "_export_component", fails)
+    monkeypatch.setattr(segment_clipseg, "export_component", fails)
     out = tmp_path / "engines" / "clipseg"
     with pytest.raises(ExportError, match="differs from torch"):
         export_clipseg(clipseg["source"], out, **QUIET)

@@ -17,7 +17,8 @@ from ..runtime.tokenizer import PromptTokenizer
 from . import arguments as check
 from .argument_specs import SEGMENT_SPECS
 from .base import first_output
-from .segmenter import SegmenterEngine, Segmentation, check_text, load_rgb
+from .outputs import Segmentation
+from .segmenter import SegmenterEngine, check_text, load_rgb
 
 MAX_PHRASES = 16  # per call: each phrase is one row of the decoder's batch, and one full-size mask back
 
@@ -40,10 +41,7 @@ class ClipSegEngine(SegmenterEngine):
         the probability (sigmoid of the logit) is above `threshold`, scores (K,) each mask's largest probability
         (so a mask is empty exactly when its score is at most the threshold), and logits (K, H, W) at the picture's
         size. Segment Anything's points, labels, box, multimask_output and mask_input are refused by name."""
-        unknown = sorted(name for name in others if name not in SEGMENT_SPECS)
-        if unknown:
-            raise TypeError(f"segment() got an unexpected keyword argument {unknown[0]!r}")
-        self.refuse_foreign(others)
+        self.refuse_others(others)
         phrases = _phrases(text)
         threshold = check.from_table("threshold", threshold, SEGMENT_SPECS["threshold"])
         rgb = load_rgb(image, max_pixels)

@@ -21,7 +21,7 @@ from ..runtime.errors import InvalidArgument
 from . import arguments as check
 from .argument_specs import SEGMENT_SPECS
 from .outputs import Segmentation
-from .segmenter import SegmenterEngine, check_box, check_points, load_rgb
+from .segmenter import SegmenterEngine, check_box, check_points, check_prompt, load_rgb
 
 EMBEDDING_CACHE_BYTES = 64 << 20  # 16 pictures' ViT embeddings (4 MiB each at 1024)
 
@@ -43,15 +43,13 @@ class SamEngine(SegmenterEngine):
         token, as SamPredictor), True three candidates with their predicted IoU as `scores`. mask_input: an
         earlier call's `low_res_logits[i]` on the same picture, to refine it. `logits` are at the picture's size;
         `masks` are logits > 0."""
-        self._refuse_others(others)
+        self.refuse_others(others)
         multimask = check.from_table("multimask_output", multimask_output, SEGMENT_SPECS["multimask_output"])
         rgb = load_rgb(image, max_pixels)
         height, width = rgb.shape[:2]
         coords, marks = check_points(points, labels, width, height)
         corners = check_box(box, width, height)
-        if not len(coords) and corners is None:
-            raise InvalidArgument("points", "Segment Anything needs a prompt: give points (clicks) or a box",
-                                  "give points=[[x, y]] or box=[x0, y0, x1, y1]")
+        check_prompt(coords, corners)
         feeds = {"image_embeddings": self.image_embedding(rgb), **self._prompt(coords, marks, corners, height, width),
                  **self._mask_feeds(mask_input), "orig_im_size": np.array([height, width], np.float32)}
         outputs = self.sessions["sam_decoder"].run(feeds)
@@ -120,16 +118,11 @@ class SamEngine(SegmenterEngine):
                                   "pass segmentation.low_res_logits[i] from a call on the same picture")
         return {"mask_input": found.reshape(1, 1, size, size), "has_mask_input": np.ones(1, np.float32)}
 
-    def _refuse_others(self, others: dict) -> None:
-        unknown = sorted(name for name in others if name not in SEGMENT_SPECS)
-        if unknown:
-            raise TypeError(f"segment() got an unexpected keyword argument {unknown[0]!r}")
-        self.refuse_foreign(others)
-
 
 class EmbeddingCache:
-    """The image embeddings of the last pictures, least recently used dropped first, bounded in bytes; thread-safe
-    (a server's workers share nothing, but one engine may serve several threads)."""
+    """The image embeddings of the last pictures, least recently used dropped first, bounded in bytes. Locked: an
+    engine runs one call at a time, but nothing stops a caller's threads from sharing it. hits / misses count
+    the lookups (what the cache saves)."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes, self.hits, self.misses = max_bytes, 0, 0
@@ -154,4 +147,5 @@ class EmbeddingCache:
                 self._items.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            return len(self._items)

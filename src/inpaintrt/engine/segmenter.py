@@ -16,7 +16,6 @@ from ..runtime.errors import InvalidArgument
 from . import arguments as check
 from .argument_specs import MAX_POINTS, SEGMENT_SPECS
 from .base import EngineBase
-from .outputs import Segmentation  # noqa: F401  (the result type's home for the engines)
 
 NOT_INPAINTING = "a mask maker makes masks; pass segmentation.mask_image() as mask_image to an inpainting engine"
 
@@ -35,6 +34,14 @@ class SegmenterEngine(EngineBase):
                 "resolution": self.resolution, "clicks": self.record.clicks, "phrases": self.record.phrases,
                 "safety_checker": False, "loras": [], "embeddings": [], "controlnets": [], "image_prompts": False,
                 "eraser": False}
+
+    def refuse_others(self, others: dict) -> None:
+        """`segment`'s **others: a name no mask maker takes as Python would; the other mask maker's arguments by
+        name, unless at their defaults (a caller may send a full set)."""
+        unknown = sorted(name for name in others if name not in SEGMENT_SPECS)
+        if unknown:
+            raise TypeError(f"segment() got an unexpected keyword argument {unknown[0]!r}")
+        self.refuse_foreign(others)
 
     def refuse_foreign(self, given: dict) -> None:
         """The other mask maker's arguments, by name, unless at their defaults (a caller may send a full set)."""
@@ -89,6 +96,13 @@ def check_points(points, labels, width: int, height: int) -> tuple[np.ndarray, n
             raise InvalidArgument("labels", f"label {_num(wrong[0])} is not 0 or 1; 1 adds the object under a point, "
                                   "0 takes it away", "use labels of 0 and 1")
     return found, marks.astype(np.float32)
+
+
+def check_prompt(coords: np.ndarray, corners: np.ndarray | None) -> None:
+    """Segment Anything needs points or a box (checked points and box, as check_points / check_box return them)."""
+    if not len(coords) and corners is None:
+        raise InvalidArgument("points", "Segment Anything needs a prompt: give points (clicks) or a box",
+                              "give points=[[x, y]] or box=[x0, y0, x1, y1]")
 
 
 def check_box(box, width: int, height: int) -> np.ndarray | None:

@@ -19,7 +19,7 @@ from ..engine.families import LAMA, MIGAN, family
 from ..engine.manifest import ERASER
 from .eraser_lama import LamaGraph, lama_from_state_dict, lama_generator_weights
 from .eraser_migan import MiganGraph, load_migan_state_dict
-from .exporter import _export_component, _versions, check_output, engine_directory
+from .exporter import export_component, library_versions, check_output, engine_directory
 from .specs import ComponentSpec, TensorSpec
 
 ERASER_KINDS = (LAMA, MIGAN)
@@ -173,14 +173,14 @@ def export_eraser(source: str | Path, output: str | Path, kind: str | None = Non
     spec = eraser_spec(kind, generator)
     with engine_directory(output, overwrite, log) as (work, manifest):
         log(f"exporting {family(kind).title} eraser ...")
-        component = _export_component(spec, work, optimize, "fp16" if fp16 else None)
+        component = export_component(spec, work, optimize, "fp16" if fp16 else None)
         log(f"  eraser: max relative error vs torch {component['parity']['max_rel_error']:.2e}"
             + (f", fp16 {component['fp16']['max_rel_error']:.2e}" if fp16 else ""))
         multiple = 2 ** generator_downsampling(generator) if kind == LAMA else None
         model = {"family": kind, "kind": ERASER, "size_multiple": multiple,
                  "resolution": None if kind == LAMA else generator.resolution,
                  "parameters": sum(p.numel() for p in generator.parameters())}
-        manifest.update(source=str(source), model=model, components={"eraser": component}, versions=_versions())
+        manifest.update(source=str(source), model=model, components={"eraser": component}, versions=library_versions())
         if tensorrt is not None:
             from .trt_build import build_plans
 

@@ -64,7 +64,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             classic_attention(pipe)
         # configs first: with `release`, each torch module is dropped once its graph is written
         manifest.update(source=source, model=_model_info(pipe), scheduler=_scheduler_config(pipe, work),
-                        **_save_tokenizers(pipe, work), versions=_versions())
+                        **_save_tokenizers(pipe, work), versions=library_versions())
         if loras:
             manifest["loras"] = lora_map.bake(pipe, loras, log)
         # hashed before export: `release` frees the torch weights once a graph is written
@@ -81,7 +81,7 @@ def export_engine(pipe, output: str | Path, source: str = "", overwrite: bool = 
             log(f"exporting {spec.name} ...")
             half = ("fp32" if spec.name in fp32_components(manifest["model"]) else "fp16") if fp16 else None
             done = (lambda spec=spec, later=specs[i + 1:]: _release(spec, later)) if release else None
-            components[spec.name] = _export_component(spec, work, optimize, half, done, cuda_fusions_off)
+            components[spec.name] = export_component(spec, work, optimize, half, done, cuda_fusions_off)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}"
                 + (f", fp16 {components[spec.name]['fp16']['max_rel_error']:.2e}" if fp16 else ""))
         if safety_checker and has_safety_checker(pipe):
@@ -123,7 +123,7 @@ def engine_directory(output: str | Path, overwrite: bool = False, log=print):
     log(f"engine written to {output}")
 
 
-def _export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None,
+def export_component(spec: ComponentSpec, work: Path, optimize: bool, fp16: str | None,
                       done_with_torch=None, cuda_fusions_off: tuple[str, ...] = ()) -> dict:
     """fp16: None, or the precision of the TensorRT input graph written beside the fp32 one ("fp16" or "fp32")."""
     import onnx
@@ -292,12 +292,12 @@ def _jsonable(value):
 def _save_tokenizers(pipe, work: Path) -> dict:
     """{"tokenizers": {text encoder: tokenizer info}, "tokenizer": the first one's} (older readers know only
     "tokenizer"); SDXL's second tokenizer goes to tokenizer_2/."""
-    found = {name: _save_tokenizer(tokenizer, work, "tokenizer" if name == "text_encoder" else "tokenizer_2")
+    found = {name: save_tokenizer(tokenizer, work, "tokenizer" if name == "text_encoder" else "tokenizer_2")
              for name, _, tokenizer in text_encoders(pipe)}
     return {"tokenizers": found, "tokenizer": next(iter(found.values()))}
 
 
-def _save_tokenizer(tokenizer, work: Path, folder_name: str) -> dict:
+def save_tokenizer(tokenizer, work: Path, folder_name: str) -> dict:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # a slow tokenizer (older transformers): convert it to a tokenizers file
         from transformers import CLIPTokenizerFast
@@ -317,7 +317,7 @@ def _save_tokenizer(tokenizer, work: Path, folder_name: str) -> dict:
     }
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}

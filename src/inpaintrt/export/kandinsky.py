@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..engine.families import KANDINSKY22
-from .exporter import (ExportError, _export_component, _save_tokenizer, _scheduler_config, _versions,
+from .exporter import (ExportError, export_component, save_tokenizer, _scheduler_config, library_versions,
                        engine_directory)
 from .loading import SINGLE_FILE_SUFFIXES, CheckpointError, checkpoint_family
 from .specs import ComponentSpec, TensorSpec
@@ -261,14 +261,14 @@ def export_kandinsky(decoder, prior, output: str | Path, source: str = "", prior
     """Write a Kandinsky 2.2 engine directory (atomically, as export_engine does)."""
     with engine_directory(output, overwrite, log) as (work, manifest):
         manifest.update(source=source, model=_model_info(decoder, prior),
-                        scheduler=_scheduler_config(decoder, work), versions=_versions())
+                        scheduler=_scheduler_config(decoder, work), versions=library_versions())
         if prior is not None:
             manifest["prior"] = _prior_info(prior, work, prior_source)
             manifest["tokenizer"] = manifest["prior"]["tokenizer"]
         components = manifest["components"] = {}
         for spec in kandinsky_specs(decoder, prior):
             log(f"exporting {spec.name} ...")
-            components[spec.name] = _export_component(spec, work, optimize, None)
+            components[spec.name] = export_component(spec, work, optimize, None)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
     return Path(output)
 
@@ -310,7 +310,7 @@ def _prior_info(prior, work: Path, source: str) -> dict:
         "source": source,
         "scheduler": config,
         "embedding_dim": prior.prior.config.embedding_dim,
-        "tokenizer": _save_tokenizer(prior.tokenizer, work, "prior_tokenizer"),
+        "tokenizer": save_tokenizer(prior.tokenizer, work, "prior_tokenizer"),
         "constants": PRIOR_CONSTANTS,
         "image_encoder": _image_encoder_info(prior),
     }

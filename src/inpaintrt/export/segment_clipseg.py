@@ -19,7 +19,7 @@ import torch
 
 from ..engine.families import CLIPSEG
 from ..engine.manifest import SEGMENTER
-from .exporter import _export_component, _save_tokenizer, _versions, check_output, engine_directory
+from .exporter import export_component, save_tokenizer, library_versions, check_output, engine_directory
 from .specs import ComponentSpec, TensorSpec
 
 EXPECTED = ("a CLIPSeg folder as transformers saves it (CIDAS/clipseg-rd64-refined: config.json with model_type "
@@ -162,17 +162,17 @@ def export_clipseg(source: str | Path, output: str | Path, overwrite: bool = Fal
         raise ClipSegSourceError(f"the processor's frame {frame['resolution']} is not a multiple of the vision "
                                  f"model's patch size {patch}; CLIPSeg's decoder needs whole patches")
     with engine_directory(output, overwrite, log) as (work, manifest):
-        tokenizer = _save_tokenizer(processor.tokenizer, work, "tokenizer")
+        tokenizer = save_tokenizer(processor.tokenizer, work, "tokenizer")
         # the processor pads to the tokenizer's length; the text model holds at most its position embeddings
         tokenizer["max_length"] = min(tokenizer["max_length"], model.config.text_config.max_position_embeddings)
         spec = clipseg_spec(model, frame["resolution"], tokenizer["max_length"], tokenizer["pad_id"],
                             processor.tokenizer.bos_token_id, processor.tokenizer.eos_token_id)
         log(f"exporting CLIPSeg at {frame['resolution']}x{frame['resolution']} ...")
-        component = _export_component(spec, work, optimize, "fp16" if fp16 else None)
+        component = export_component(spec, work, optimize, "fp16" if fp16 else None)
         log(f"  clipseg: max relative error vs torch {component['parity']['max_rel_error']:.2e}"
             + (f", fp16 {component['fp16']['max_rel_error']:.2e}" if fp16 else ""))
         model_info = {"family": CLIPSEG, "kind": SEGMENTER, **frame,
                       "parameters": sum(p.numel() for p in model.parameters())}
         manifest.update(source=str(source), model=model_info, tokenizer=tokenizer, components={"clipseg": component},
-                        versions=_versions())
+                        versions=library_versions())
     return Path(output)

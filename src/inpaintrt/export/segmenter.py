@@ -14,7 +14,7 @@ import torch
 
 from ..engine.families import CLIPSEG, SAM, family
 from ..engine.manifest import SEGMENTER
-from .exporter import _export_component, _versions, check_output, engine_directory, ExportError
+from .exporter import export_component, library_versions, check_output, engine_directory, ExportError
 from .segment_sam import EXPECTED_SAM, SamModel, load_sam
 from .segment_sam_onnx import DECODER_INPUTS, DECODER_OUTPUTS, SamDecoderGraph, SamEncoderGraph, decoder_example
 from .specs import ComponentSpec, TensorSpec
@@ -35,13 +35,18 @@ def detect_segmenter(source: str | Path) -> str | None:
         from .segment_clipseg import detect_clipseg
 
         return CLIPSEG if detect_clipseg(path) else None
-    name = path.name.lower()
-    return SAM if name.startswith(("sam_", "mobile_sam")) or "segment_anything" in name or "mobilesam" in name else None
+    name = path.name.lower()  # the official files' names; a .safetensors named so may be anything: --kind sam
+    named = name.startswith(("sam_", "mobile_sam")) or "segment_anything" in name or "mobilesam" in name
+    return SAM if named and path.suffix in (".pth", ".pt") else None
 
 
 def export_segmenter(source: str | Path, output: str | Path, kind: str | None = None, overwrite: bool = False,
                      optimize: bool = True, fp16: bool = False, log=print) -> Path:
-    kind = kind or detect_segmenter(source) or SAM
+    kind = kind or detect_segmenter(source)
+    if kind is None:
+        raise SegmenterSourceError(f"{source}: its name says neither Segment Anything (sam_*.pth, mobile_sam.pt) nor "
+                                   "CLIPSeg (a folder whose config.json has model_type clipseg); pass --kind sam or "
+                                   "--kind clipseg")
     if kind not in SEGMENTER_KINDS:
         raise SegmenterSourceError(f"--kind {kind!r} is not a mask maker; choose one of {', '.join(SEGMENTER_KINDS)}")
     if kind == CLIPSEG:
@@ -111,13 +116,13 @@ def export_sam(model: SamModel, output: str | Path, source: str = "", overwrite:
         for spec in sam_specs(model):
             log(f"exporting {spec.name} ...")
             half = ("fp32" if spec.name == "sam_decoder" else "fp16") if fp16 else None
-            components[spec.name] = _export_component(spec, work, optimize, half)
+            components[spec.name] = export_component(spec, work, optimize, half)
             log(f"  {spec.name}: max relative error vs torch {components[spec.name]['parity']['max_rel_error']:.2e}")
         model_info = {"family": SAM, "kind": SEGMENTER, "resolution": model.img_size, "variant": model.config.name,
                       "embedding_size": model.embedding_size, "mask_input_size": 4 * model.embedding_size,
                       "mask_tokens": model.mask_decoder.num_mask_tokens, "pixel_mean": list(SAM_PIXEL_MEAN),
                       "pixel_std": list(SAM_PIXEL_STD), "parameters": sum(p.numel() for p in model.parameters())}
-        manifest.update(source=source, model=model_info, components=components, versions=_versions())
+        manifest.update(source=source, model=model_info, components=components, versions=library_versions())
     log(f"wrote {family(SAM).title} ({model.config.name}) engine to {output}")
     return Path(output)
 

@@ -90,7 +90,7 @@ def test_family_records_hold_each_pipelines_defaults():
 
     pipelines = {"sd1": "StableDiffusionInpaintPipeline", "sd2": "StableDiffusionInpaintPipeline",
                  "sdxl": "StableDiffusionXLInpaintPipeline", "kandinsky22": "KandinskyV22InpaintCombinedPipeline"}
-    assert {name for name, record in FAMILIES.items() if not record.eraser} == set(pipelines)
+    assert {name for name, record in FAMILIES.items() if record.kind == "diffusion"} == set(pipelines)
     for family, pipeline in pipelines.items():
         record, theirs = FAMILIES[family], defaults(getattr(diffusers, pipeline).__call__)
         ours = defaults(record.engine_class().inpaint)

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "dev.lock"
 # the packages a failing run's one line names
 SHOWN = ("torch", "diffusers", "transformers", "onnxruntime", "onnx", "openvino", "numpy", "ray", "fastapi")
-# installed beside the lock on purpose: the project itself (editable) and CLIP's vocabulary (--no-deps)
-NOT_LOCKED = {"inpaintrt", "clip-anytorch"}
+# installed beside the lock on purpose: the project itself (editable) and the Makefile's --no-deps installs (CLIP's
+# vocabulary, segment-anything as a test reference, IOPaint's page)
+NOT_LOCKED = {"inpaintrt", "clip-anytorch", "segment-anything", "iopaint"}
 # what a GPU machine adds with the trt / cuda extras (outside the development lock)
 GPU_PREFIXES = ("nvidia-", "cupy-", "tensorrt", "onnxruntime-gpu", "fastrlock")
 

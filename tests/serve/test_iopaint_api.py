@@ -3,7 +3,8 @@ Diffusion, the default; a LaMa eraser; Segment Anything): every field of IOPaint
 and InpaintRequest (read from the installed iopaint/schema.py, not imported), the inpaint answer equal pixel for
 pixel to Engine.inpaint with the mapped settings and the X-Seed seed, IOPaint's sampler names mapped to schedulers,
 settings this engine lacks refused by name with the `errors` text the page shows, the eraser erasing, the model
-switch, InteractiveSeg giving Engine.segment's mask, and the CLI's clear error without iopaint installed."""
+switch, InteractiveSeg giving Engine.segment's mask, and the CLI's clear error without iopaint installed; bad clicks,
+gen-info files and bodies are 4xx naming their field, and refusals read in IOPaint's names."""
 from __future__ import annotations
 
 import ast
@@ -142,6 +143,7 @@ def test_server_config_and_model_have_every_iopaint_field(client, engine_dir, er
     assert [m["name"] for m in config["modelInfos"]] == [engine_dir.name, eraser_engine_dir.name]
     assert config["plugins"] == [{"name": "InteractiveSeg", "support_gen_image": False, "support_gen_mask": True}]
     assert config["interactiveSegModels"] == [sam_engine_dir.name] and not config["enableFileManager"]
+    assert not config["disableModelSwitch"], "two inpainting engines to switch between (server-wide, as IOPaint's)"
     assert config["samplers"] == client.get("/api/v1/samplers").json()
     assert "DPM++ 2M" in config["samplers"] and "DPM2" not in config["samplers"], "only samplers that map"
 
@@ -320,3 +322,103 @@ def test_the_cli_names_the_install_line_without_iopaint(monkeypatch, capsys, eng
     monkeypatch.setattr(importlib.util, "find_spec", real)
     assert cli.main(["--engine", str(engine_dir), "--page", "iopaint", "--token", "t"]) == 2
     assert "sends no Authorization header" in capsys.readouterr().err
+
+
+def plugin_body(image: Image.Image, clicks: str) -> bytes:
+    """A run_plugin_gen_mask body as raw JSON text, so it can hold what Python's JSON reads as NaN or infinity."""
+    return f'{{"name": "InteractiveSeg", "image": "{data_url(image)}", "clicks": {clicks}}}'.encode()
+
+
+@pytest.mark.parametrize("clicks", ["[[10, 10, NaN]]", "[[10, 10, Infinity]]", "[[10, 10, 1e999]]",
+                                    "[[NaN, 10, 1]]", "[[true, 5, 1]]", '[[10, "5", 1]]', "[[10, 10, 0.5]]",
+                                    "[[10, 10, 2]]", "[[10, 10]]", "[]"])
+def test_clicks_that_are_not_finite_numbers_or_labels_are_refused_naming_clicks(client, clicks):
+    """A NaN or infinite label was a 500 (int() of it); true inside a click was read as 1."""
+    answer = client.post("/api/v1/run_plugin_gen_mask", content=plugin_body(picture(*SIZE, seed=8), clicks),
+                         headers={"content-type": "application/json"})
+    assert "click" in refusal(answer, "clicks")["error"]["fix"], "the fix says what a click is"
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height (its IHDR rewritten, checksum included)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    picture(8, 8).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = 8 + 4  # the signature, then the chunk's length: "IHDR" and its 13 bytes follow
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    return bytes(data)
+
+
+def test_gen_info_checks_the_picture_as_every_upload(client):
+    """A header over PIL's bomb limit was a 500 (DecompressionBombError); over --max-pixels it was read anyway."""
+    for width, height in ((20_000, 20_000), (5_000, 5_000)):  # PIL's bomb; over the 4096 x 4096 default
+        answer = client.post("/api/v1/gen-info", files={"file": ("big.png", huge_png_header(width, height))})
+        assert "pixels" in refusal(answer, "file", 413)["error"]["fix"]
+
+
+def test_gen_info_over_the_upload_cap_is_a_413(engine_dir):
+    """A body streamed past --max-upload-mb (no Content-Length to refuse it by) was turned into a 400."""
+    app = create_app(Settings(engine_dir=str(engine_dir), page="iopaint", max_upload_mb=0.01))
+    client = TestClient(app)  # no lifespan: the route reads no engine
+    boundary = "xyz"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + b"x" * 40_000 + f"\r\n--{boundary}--\r\n".encode()
+    chunks = (body[start:start + 4096] for start in range(0, len(body), 4096))  # chunked: no Content-Length
+    answer = client.post("/api/v1/gen-info", content=chunks,
+                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    refusal(answer, "body", 413)
+
+
+def test_interactive_seg_without_engines_is_refused_at_once(client, sam_engine_dir):
+    """No engine to lend (the Ray Serve ingress has none that segment): the plugin waited for ever."""
+    import threading
+
+    served_engine = client.app.state.manager.models[sam_engine_dir.name]
+    kept = served_engine.manager.engines, served_engine.segment_pool
+    served_engine.manager.engines, served_engine.segment_pool = [], None
+    answers = []
+    try:
+        asking = threading.Thread(target=lambda: answers.append(client.post(
+            "/api/v1/run_plugin_gen_mask", json={"name": "InteractiveSeg", "image": data_url(picture(*SIZE)),
+                                                 "clicks": [[5, 5, 1, 0]]})), daemon=True)
+        asking.start()
+        asking.join(30)
+        assert answers, "the request is answered, not left waiting for an engine"
+    finally:
+        served_engine.manager.engines, served_engine.segment_pool = kept
+    assert "cannot segment" in refusal(answers[0], "name")["error"]["message"]
+
+
+def test_a_renamed_refusal_reads_in_iopaints_names(client, engine_dir):
+    """Only names written as fields are renamed: a memory refusal of the generated size names sd_scale, the
+    field the page sends, and its text keeps height=56 or width=72 (sd_scale=56 would be nonsense, and was)."""
+    image, (mask, _) = picture(*SIZE, seed=3), painted()
+    body = refusal(client.post("/api/v1/inpaint", json=page_request(image, mask, sd_strength=0)), "sd_strength")
+    assert body["error"]["message"].startswith("sd_strength=0.0") and body["error"]["fix"].startswith(
+        "send sd_strength as"), body
+    settings = Settings(engine_dir=str(engine_dir), page="iopaint", max_request_memory_mb=0.001)
+    with TestClient(create_app(settings)) as small:
+        body = refusal(small.post("/api/v1/inpaint", json=page_request(image, mask)), "sd_scale")
+        assert small.get("/api/v1/server-config").json()["disableModelSwitch"], "one inpainting engine: no switch"
+    assert "sd_scale=" not in body["errors"] and re.search(r"\b(height=56|width=72)\b", body["errors"]), body
+
+
+def test_mpo_uploads_are_answered_as_jpeg():
+    """PIL reads many phone cameras' JPEGs as MPO: the answer is a JPEG, not a PNG."""
+    from inpaintrt.serve.iopaint_pictures import encode_answer, read_upload
+
+    image, buffer = picture(*SIZE, seed=2), io.BytesIO()
+    image.save(buffer, format="MPO", save_all=True, append_images=[image])
+    upload = read_upload("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), "image", 10**6)
+    content, kind = encode_answer(image, upload)
+    assert kind == "image/jpeg" and Image.open(io.BytesIO(content)).format == "JPEG"
+
+
+def test_settings_refuse_the_iopaint_page_with_a_token(engine_dir):
+    """Every create_app caller, not only the CLI: the page sends no Authorization header."""
+    with pytest.raises(ValueError, match="sends no Authorization header"):
+        Settings(engine_dir=str(engine_dir), page="iopaint", token="t")

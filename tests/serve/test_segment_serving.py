@@ -1,8 +1,8 @@
 """The mask makers behind the HTTP API (POST /v1/segment), in the real app with real tiny engines (Segment Anything
 and CLIPSeg beside a LaMa eraser, the default): the PNG answer is exactly Engine.segment's mask, JSON carries
 every candidate and its score, every bad input is a 4xx naming its field while the server keeps serving, the
-engine call runs off the event loop, a mask maker is refused on the painting routes naming `model`, and /v1/info
-lists each engine's kind."""
+engine call runs off the event loop (its engines lent first come, first served), an engine's error answers what it
+means, a mask maker is refused on the painting routes naming `model`, and /v1/info lists each engine's kind."""
 from __future__ import annotations
 
 import base64
@@ -255,3 +255,70 @@ def test_the_openapi_document_describes_the_route_and_its_example_works(client):
     assert {"413", "415", "422", "429"} <= set(operation["responses"])
     answer = client.post("/v1/segment", json=content["application/json"]["example"])
     assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("raised, status, field, says", [
+    (lambda: __import__("inpaintrt.runtime.errors", fromlist=["InvalidArgument"]).InvalidArgument(
+        "box", "box is wrong", "send another box"), 422, "box", "box is wrong"),
+    (lambda: FloatingPointError("Segment Anything returned NaN (fp16 overflow?)"), 500, "server", "precision"),
+    (lambda: ValueError("a bug's plain ValueError"), 500, "server", "internal error"),  # not the picture's fault
+])
+def test_engine_errors_are_answered_by_what_they_mean(app, client, raised, status, field, says):
+    """The engine's refusal names its field; an fp16 overflow is the server's setting; anything else a bug."""
+    engine = app.state.manager.models["sam"].manager.engines[0]
+
+    def failing(*args, **kwargs):
+        raise raised()
+
+    engine.segment = failing
+    try:
+        answer = client.post("/v1/segment", json={"image": b64(image()), "points": [[5, 5]]})
+    finally:
+        del engine.segment  # the class's method again
+    error = answer.json()["error"]
+    assert (answer.status_code, error["field"]) == (status, field) and says in error["message"], error
+    assert client.post("/v1/segment", json={"image": b64(image()), "points": [[5, 5]]}).status_code == 200
+
+
+def test_the_pool_lends_its_engine_first_come_first_served():
+    """Waiting requests get the engine in the order they came, one that left is skipped, and an engine whose
+    client left is lent again only once its thread has finished."""
+    import asyncio
+
+    from inpaintrt.serve.errors import ApiError
+    from inpaintrt.serve.segmenting import EnginePool
+
+    async def scenario() -> list[str]:
+        pool, order, gates = EnginePool(["engine"], queue_size=4), [], {}
+
+        def call(engine, who):
+            gates[who].wait(30)
+            order.append(who)
+            return who
+
+        def run(who):
+            gates[who] = threading.Event()
+            return asyncio.ensure_future(pool.run(lambda engine: call(engine, who)))
+
+        first = run("first")
+        await asyncio.sleep(0.05)  # first holds the engine
+        waiting = {who: run(who) for who in ("a", "b", "c")}
+        await asyncio.sleep(0.05)
+        waiting["b"].cancel()  # b's client left while waiting
+        first.cancel()  # first's client left while its thread runs: the engine stays lent until the thread ends
+        await asyncio.sleep(0.05)
+        assert order == [] and not any(gate.is_set() for gate in gates.values())
+        for who in ("c", "a", "first"):  # the threads may be released in any order: c and a wait their turn
+            gates[who].set()
+        assert await waiting["a"] == "a" and await waiting["c"] == "c"
+        later = [run(who) for who in "defgh"]  # d holds the engine, the other four fill the waiting places
+        await asyncio.sleep(0.05)
+        with pytest.raises(ApiError) as full:
+            await pool.run(lambda engine: None)
+        assert full.value.status == 429 and full.value.field == "queue"
+        for who in "hgfed":
+            gates[who].set()
+        assert await asyncio.gather(*later) == list("defgh")
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "a", "c", "d", "e", "f", "g", "h"]

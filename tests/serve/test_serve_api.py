@@ -6,6 +6,7 @@ import base64
 import json
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -111,10 +112,18 @@ def test_interleaved_requests_each_get_their_own_seeds_result(client, engine):
 
 
 def test_jobs_report_progress_only_for_themselves(client, engine):
+    # long jobs hold both workers until both streams listen, so neither job can finish before its stream opens
+    blockers = [client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 1000,
+                                                                  "scheduler": "euler"})).json()["id"] for _ in "ab"]
     ids = [client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 6, "seed": s})).json()["id"]
            for s in (7, 8)]
     with ThreadPoolExecutor(2) as pool:
-        streams = list(pool.map(lambda i: events(client, i), ids))
+        streams = pool.map(lambda i: events(client, i), ids)
+        wait_until(lambda: client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "queued")
+        time.sleep(0.2)  # the streams' requests are in (they answer the queued state first)
+        for blocker in blockers:
+            client.delete(f"/v1/jobs/{blocker}")
+        streams = list(streams)
     for job_id, seed, stream in zip(ids, (7, 8), streams):
         assert {view["id"] for _, view in stream} == {job_id}, "a stream carries only its own job"
         steps = [view["step"] for kind, view in stream if kind == "progress" and view["status"] == "running"]

@@ -28,9 +28,10 @@ from ..engine.families import family
 from ..runtime.errors import InvalidArgument
 from .a1111_fields import FILL, MAPPED, SAMPLERS, SCHEDULES, WHAT, DEFAULT_ONLY, Img2Img, Txt2Img, controlnet_units, \
     features_asked, sampler_choice
-from .errors import ApiError, validation_error
+from .errors import ApiError, json_object, validation_error
 from .inputs import InpaintParameters, check, decode_base64
 from .jobs import CANCELLED, DONE, FINISHED
+from .pictures import png_bytes
 
 
 @dataclass
@@ -185,16 +186,6 @@ def a1111_router(server: Server, guarded: list) -> APIRouter:
     return router
 
 
-async def json_object(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "body", f"the JSON body could not be parsed: {e}", "send one JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body", f"the JSON body is a {type(body).__name__}, not an object", "send one JSON object")
-    return body
-
-
 async def _read(request: Request, model):
     body = await json_object(request)
     try:
@@ -250,7 +241,7 @@ def _parse(params, server: Server, engine):
                            f"{params.width * params.height} pixels, more than this server's max_output_pixels={limit}",
                            f"send a smaller height and width (height x width at most {limit})")
         canvas = Image.new("RGB", (params.width, params.height))
-        files = {"image": _png(canvas), "mask_image": _png(Image.new("L", canvas.size, 255))}
+        files = {"image": png_bytes(canvas), "mask_image": png_bytes(Image.new("L", canvas.size, 255))}
         fields["strength"] = 1.0
     field = "n_iter" if params.n_iter > 1 else "batch_size"
     pictures = (count, field, count if params.batch_size == 1 or params.n_iter == 1 else
@@ -293,13 +284,7 @@ def _img2img(params: Img2Img, fields: dict) -> dict:
         size = Image.open(io.BytesIO(image)).size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         size = (8, 8)  # inputs.check names what is wrong with the picture itself
-    return {"image": image, "mask_image": _png(Image.new("L", size, 255))}
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return {"image": image, "mask_image": png_bytes(Image.new("L", size, 255))}
 
 
 _NATIVE_NAMES = re.compile(r"\b(" + "|".join(sorted(map(re.escape, MAPPED), key=len, reverse=True)) + r")\b")

@@ -24,12 +24,13 @@ from ..engine.load_options import LoadOptions
 from ..runtime.schedulers import SCHEDULERS
 from .a1111 import Server as A1111Server, a1111_router
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, default_request_memory, default_request_work, engine_sizes
+from . import TOKEN_VARIABLE
 from .engines import ServedEngines
 from .errors import ApiError, install_handlers
 from .inputs import (InpaintParameters, Limits, OutpaintParameters, SyncOutpaintParameters, SyncParameters,
                      read_request, request_schema)
 from .batching import Batching
-from .job_routes import _job_view, result_response, _unavailable, add_job_routes
+from .job_routes import add_job_routes, job_view, result_response, unavailable_error
 from .jobs import FINISHED, EngineUnavailable, JobManager, QueueFull, ShuttingDown
 from .limits import BodyLimit
 from .metrics import Metrics, RequestCounter
@@ -68,6 +69,9 @@ class Settings:
     def __post_init__(self):
         if isinstance(self.load, dict):  # as dataclasses.asdict sends settings to Ray replicas
             self.load = LoadOptions(**self.load)
+        if self.page == "iopaint" and self.token:  # here, not in the CLI: every create_app caller gets it
+            raise ValueError("--page iopaint with a token: IOPaint's page sends no Authorization header, so it "
+                             f"could not load; leave --token (and {TOKEN_VARIABLE}) out, or use --page inpaintrt")
 
     def engine_dirs(self) -> list[str]:
         return [self.engine_dir, *self.more_engines]
@@ -179,13 +183,13 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
         except ShuttingDown:
             raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
         except EngineUnavailable as e:
-            raise _unavailable(str(e), e.retry_after)
+            raise unavailable_error(str(e), e.retry_after)
 
     if settings.page == "iopaint":  # IOPaint's page at / and its /api/v1 routes over the same queues (iopaint.py)
-        from .iopaint import Served, add_iopaint_page
+        from .iopaint import PageServer, add_iopaint_page
 
         # `finished` is defined further down: the lambda looks it up when a request runs
-        add_iopaint_page(app, Served(models, limits, submit, lambda job, request: finished(job, request)), guarded)
+        add_iopaint_page(app, PageServer(models, limits, submit, lambda job, request: finished(job, request)), guarded)
     else:
         @app.get("/", include_in_schema=False)
         async def page():
@@ -202,7 +206,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
     @app.get("/v1/health", summary="Liveness: ok once the engines are loaded, with queue figures")
     async def health():
         if manager.unavailable and not manager.draining:  # 503: a load balancer sends traffic elsewhere
-            raise _unavailable(f"no engine can run jobs: {manager.unavailable}", 5)
+            raise unavailable_error(f"no engine can run jobs: {manager.unavailable}", 5)
         return {"status": "draining" if manager.draining else "ok", **manager.stats()}
 
     @app.get("/v1/info", dependencies=guarded,
@@ -244,7 +248,7 @@ def create_app(settings: Settings, load_engine: Callable | None = None, manager:
 
     async def queue_job(request: Request, model) -> JSONResponse:
         job = submit(await read_request(request, model, limits, models.facts_for))
-        return JSONResponse(_job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+        return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 
     picture_responses = {200: {"content": {"image/png": {}, "application/json": {}},
                                "description": "The picture (X-Seed, X-Timings headers) or JSON with base64"}}

@@ -10,9 +10,8 @@ import socket
 import sys
 
 from ..engine.load_options import add_load_arguments, load_options_from
+from . import TOKEN_VARIABLE
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS
-
-TOKEN_VARIABLE = "INPAINTRT_TOKEN"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,10 +85,7 @@ def settings_from(args):
     if args.page == "iopaint":
         from .iopaint import web_app_folder
 
-        web_app_folder()  # not installed: the error names the install line
-        if token:
-            raise ValueError("--page iopaint with a token: IOPaint's page sends no Authorization header, so it "
-                             f"could not load; leave --token (and {TOKEN_VARIABLE}) out, or use --page inpaintrt")
+        web_app_folder()  # not installed: the error names the install line (a token: Settings refuses it)
     return Settings(engine_dir=args.engine[0], more_engines=args.engine[1:], load=load, workers=args.workers,
                     queue_size=args.queue_size,
                     token=token, max_upload_mb=args.max_upload_mb,

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.manifest import DIFFUSION
 from .errors import ApiError
 from .jobs import JobManager
 
@@ -38,6 +39,12 @@ class ServedEngine:
     directory: str
     manager: JobManager
     facts: dict = field(default_factory=dict)  # filled once its engines are loaded
+    # a mask maker's engines lent one request at a time (segmenting.EnginePool), made on first use; server state,
+    # not a fact: public_facts leaves it out, and it takes no part in repr or comparison
+    segment_pool: object = field(default=None, repr=False, compare=False)
+
+    def kind(self) -> str:
+        return self.facts.get("kind", DIFFUSION)  # hand-made facts (a test's) may not say it
 
     def public_facts(self) -> dict:
         return {"name": self.name, **{k: v for k, v in self.facts.items() if k != "scheduler_config"}}
@@ -63,6 +70,10 @@ class ServedEngines:
 
     def names(self) -> list[str]:
         return list(self.models)
+
+    def of_kind(self, *kinds: str) -> list[ServedEngine]:
+        """The engines whose kind (engine/families.py: diffusion, eraser, segmenter) is one of `kinds`, in order."""
+        return [model for model in self if model.kind() in kinds]
 
     def pick(self, name: str | None, field_name: str = "model") -> ServedEngine:
         if name is None or name == "":

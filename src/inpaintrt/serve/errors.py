@@ -142,3 +142,16 @@ def allowed_methods(app, scope) -> list[str]:
     return sorted({method for route in routes(app.router.routes) if getattr(route, "methods", None)
                    and getattr(route, "path_regex", None) and route.path_regex.match(scope["path"])
                    for method in route.methods})
+
+
+async def json_object(request, fix: str = "send one JSON object") -> dict:
+    """The request's JSON body, which must be one object: a 400 naming `body` otherwise."""
+    import json
+
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "body", f"the JSON body could not be parsed: {e}", fix) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body", f"the JSON body is a {type(body).__name__}, not an object", fix)
+    return body

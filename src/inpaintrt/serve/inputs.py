@@ -23,7 +23,7 @@ from ..runtime.errors import InvalidArgument
 from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
 from .erasing import engine_arguments, mask_maker_refusal, outpaint_refusal
-from .errors import ApiError, request_fix, validation_error
+from .errors import ApiError, json_object, request_fix, validation_error
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, picture_pair  # noqa: F401 (also the A1111 routes')
 from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
@@ -219,15 +219,7 @@ async def _read_multipart(request, limits: Limits) -> tuple[dict, dict]:
 
 
 async def _read_json(request) -> tuple[dict, dict]:
-    body = await request.body()
-    try:
-        fields = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "body", f"the JSON body could not be parsed: {e}",
-                       "send one JSON object with base64 image and mask_image and the other fields") from None
-    if not isinstance(fields, dict):
-        raise ApiError(400, "body", f"the JSON body is a {type(fields).__name__}, not an object",
-                       "send one JSON object with base64 image and mask_image and the other fields")
+    fields = await json_object(request, "send one JSON object with base64 image and mask_image and the other fields")
     files = {}
     for name in ("image", "mask_image"):
         if name not in fields:

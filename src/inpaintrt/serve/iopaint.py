@@ -28,21 +28,25 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..engine.argument_specs import HD_STRATEGIES, MAX_POINTS
 from ..engine.families import family
-from .a1111 import json_object
-from .errors import ApiError, validation_error
-from .iopaint_fields import (DEFAULT_ONLY, HD_STRATEGIES, MAPPED, PLUGIN, SAMPLERS, UNMAPPED_SAMPLERS, InpaintRequest,
+from ..engine.manifest import DIFFUSION, ERASER, SEGMENTER
+from .errors import ApiError, json_object, validation_error
+from .iopaint_fields import (COMPUTED, DEFAULT_ONLY, MAPPED, PLUGIN, SAMPLERS, UNMAPPED_SAMPLERS, InpaintRequest,
                              features_asked, mask_blur_factor, model_info, prompts_from_png)
-from .iopaint_pictures import SEGMENT_DILATION, adjusted_mask, encode_answer, page_mask, png, read_mask, read_upload
+from .iopaint_pictures import SEGMENT_DILATION, adjusted_mask, encode_answer, page_mask, read_mask, read_upload
 from .inputs import InpaintParameters, check
-from .job_routes import result_response
+from .job_routes import job_refusal
 from .numbers import NumbersOnly
-from .segmenting import SegmentParameters, engine_arguments, engine_pool, run_segment
+from .pictures import decode_picture, png_bytes
+from .segmenting import (Number, SegmentParameters, engine_arguments, engine_pool, read_form, run_segment,
+                         segment_engines)
 
 PACKAGE = "iopaint"
 INSTALL = "pip install --no-deps iopaint"
 RANDOM_SEEDS = 99_999_999  # IOPaint draws sd_seed = -1 from 1..99999999
-_NATIVE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, MAPPED), key=len, reverse=True)) + r")\b")
+NATIVE_NAMES = re.compile(r"\b(" + "|".join(sorted(map(re.escape, MAPPED), key=len, reverse=True)) + r")\b")
+CLICKS_FIX = "send clicks as [[x, y, 1 or 0], ...]"
 
 
 def web_app_folder() -> Path:
@@ -75,20 +79,22 @@ class PageError(APIRoute):
 
 
 @dataclass
-class Served:
+class PageServer:
     """What the routes need from the app (filled at startup): the engines, limits and the queue's calls."""
     models: object  # engines.ServedEngines
     limits: object
     submit: Callable  # Parsed -> Job (or the ApiError of a full queue, a shutdown)
     finished: Callable  # async (job, request): returns once the job is finished
-    current: str | None = None  # IOPaint's one current model (POST /api/v1/model), shared by every client
-    segmenter: str | None = None  # the InteractiveSeg plugin's engine
+    # IOPaint's one current model (POST /api/v1/model): server-wide, as in IOPaint, a single-user program; with
+    # one inpainting engine server-config says disableModelSwitch, so no page offers a switch
+    current: str | None = None
+    segmenter: str | None = None  # the InteractiveSeg plugin's engine, server-wide too
 
     def inpainters(self) -> list:
-        return [m for m in self.models if m.facts.get("kind") != "segmenter"]
+        return self.models.of_kind(DIFFUSION, ERASER)
 
     def segmenters(self) -> list:  # Segment Anything: prompted by clicks, as IOPaint's plugin is
-        return [m for m in self.models if m.facts.get("kind") == "segmenter" and m.facts.get("clicks")]
+        return [m for m in self.models.of_kind(SEGMENTER) if m.facts.get("clicks")]
 
     def model(self):
         found = self.inpainters()
@@ -121,7 +127,9 @@ class RunPlugin(NumbersOnly):
     text_numbers = False
     name: str = Field(..., max_length=200)
     image: str
-    clicks: list[list[float]] = Field([], max_length=64, description="[[x, y, label, ...], ...]: 1 adds, 0 removes")
+    # each number strict and finite: NumbersOnly looks at the outer list only, and a NaN label is no 0 or 1
+    clicks: list[list[Number]] = Field([], max_length=MAX_POINTS,
+                                       description="[[x, y, label, ...], ...]: 1 adds, 0 removes")
     scale: float = Field(2.0, allow_inf_nan=False)  # the upscalers': unused by InteractiveSeg
 
 
@@ -132,14 +140,18 @@ class AdjustMask(BaseModel):
     kernel_size: int = Field(5, ge=0, le=100)
 
 
-async def parsed_body(request: Request, model):
+async def parsed_body(request: Request, model, fixes: dict | None = None):
+    """The JSON body as `model`; a refused value of a field in `fixes` gets that fix (what fits)."""
     try:
         return model.model_validate(await json_object(request))
     except ValidationError as e:
-        raise validation_error(e.errors(), set(model.model_fields)) from None
+        error = validation_error(e.errors(), set(model.model_fields))
+        if error.field in (fixes or {}) and e.errors()[0]["type"] not in ("extra_forbidden", "missing"):
+            error.fix = fixes[error.field]
+        raise error from None
 
 
-def add_iopaint_page(app, served: Served, guarded: list) -> None:
+def add_iopaint_page(app, server: PageServer, guarded: list) -> None:
     """IOPaint's page at / (its assets under /assets) and the /api/v1 routes it calls; /socket.io/ a clean 404."""
     folder = web_app_folder()
     app.mount("/assets", StaticFiles(directory=folder / "assets"), name="iopaint-assets")
@@ -157,23 +169,24 @@ def add_iopaint_page(app, served: Served, guarded: list) -> None:
         raise ApiError(404, "socket.io", "this server sends no Socket.IO progress events; IOPaint's page only hides "
                        "its progress bar without them", "nothing to do: results arrive with the inpaint answer")
 
-    app.include_router(iopaint_router(served, guarded))
+    app.include_router(iopaint_router(server, guarded))
 
 
-def iopaint_router(served: Served, guarded: list) -> APIRouter:
+def iopaint_router(server: PageServer, guarded: list) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["IOPaint"], dependencies=guarded, route_class=PageError)
-    limits = served.limits
+    limits = server.limits
 
     @router.get("/server-config", summary="IOPaint's ServerConfigResponse: models, plugins, samplers")
     async def server_config():
-        segmenters = [m.name for m in served.segmenters()]
+        segmenters = [m.name for m in server.segmenters()]
+        inpainters = server.inpainters()
         return {"plugins": [{"name": PLUGIN, "support_gen_image": False, "support_gen_mask": True}] if segmenters
-                else [], "modelInfos": [model_info(m.name, m.facts) for m in served.inpainters()],
+                else [], "modelInfos": [model_info(m.name, m.facts) for m in inpainters],
                 "removeBGModel": "", "removeBGModels": [], "realesrganModel": "", "realesrganModels": [],
-                "interactiveSegModel": served.plugin_engine().name if segmenters else "",
+                "interactiveSegModel": server.plugin_engine().name if segmenters else "",
                 "interactiveSegModels": segmenters, "enableFileManager": False, "enableAutoSaving": False,
-                "enableControlnet": False, "controlnetMethod": None, "disableModelSwitch": False, "isDesktop": False,
-                "samplers": list(SAMPLERS)}
+                "enableControlnet": False, "controlnetMethod": None, "disableModelSwitch": len(inpainters) <= 1,
+                "isDesktop": False, "samplers": list(SAMPLERS)}
 
     @router.get("/samplers", summary="IOPaint's sampler names this server maps to a scheduler")
     async def samplers():
@@ -181,19 +194,19 @@ def iopaint_router(served: Served, guarded: list) -> APIRouter:
 
     @router.get("/model", summary="The current model, as IOPaint's ModelInfo")
     async def current_model():
-        model = served.model()
+        model = server.model()
         return model_info(model.name, model.facts)
 
     @router.post("/model", summary="Switch the current model to another --engine (by its directory's name)")
     async def switch_model(request: Request):
         name = (await parsed_body(request, SwitchModel)).name
-        names = [m.name for m in served.inpainters()]
+        names = [m.name for m in server.inpainters()]
         if name not in names:
             raise ApiError(422, "name", f"name={name!r} is not an inpainting engine of this server "
                            f"({', '.join(names)})",
                            f"send one of {', '.join(names)} (GET /api/v1/server-config lists modelInfos)")
-        served.current = name
-        model = served.model()
+        server.current = name
+        model = server.model()
         return model_info(model.name, model.facts)
 
     @router.post("/switch_plugin_model", summary="Pick the Segment Anything engine InteractiveSeg uses")
@@ -202,11 +215,11 @@ def iopaint_router(served: Served, guarded: list) -> APIRouter:
         if body.plugin_name != PLUGIN:
             raise ApiError(422, "plugin_name", f"plugin_name={body.plugin_name!r}: this server has no such plugin; "
                            f"its only plugin is {PLUGIN}", f"send plugin_name {PLUGIN!r}")
-        names = [m.name for m in served.segmenters()]
+        names = [m.name for m in server.segmenters()]
         if body.model_name not in names:
             raise ApiError(422, "model_name", f"model_name={body.model_name!r} is not a Segment Anything engine of "
                            f"this server ({', '.join(names) or 'none'})", "send a name interactiveSegModels lists")
-        served.segmenter = body.model_name
+        server.segmenter = body.model_name
         return None
 
     @router.get("/inputimage", summary="No input picture is configured: 200 without one, as IOPaint answers")
@@ -215,50 +228,46 @@ def iopaint_router(served: Served, guarded: list) -> APIRouter:
 
     @router.post("/gen-info", summary="The prompts of an A1111 PNG's parameters text (multipart `file`)")
     async def gen_info(request: Request):
-        try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=limits.max_upload_bytes)
-        except Exception as e:
-            raise ApiError(400, "body", f"the multipart body could not be read: {getattr(e, 'detail', e)}",
-                           "send multipart/form-data with the picture as the file part `file`") from None
+        form = await read_form(request, "send multipart/form-data with the picture as the file part `file`",
+                               max_files=1, max_fields=4, max_part_size=limits.max_upload_bytes)
         part = form.get("file")
         if part is None or isinstance(part, str):
             raise ApiError(422, "file", "file is required as a file part", "send the picture as the file part `file`")
-        try:
-            prompt, negative = prompts_from_png(await part.read())
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ApiError(422, "file", f"file is not a picture ({e})", "send a PNG, JPEG or WebP file") from None
+        prompt, negative = await asyncio.to_thread(file_prompts, await part.read(), limits.max_pixels)
         return {"prompt": prompt, "negative_prompt": negative}
 
     @router.post("/inpaint", summary="IOPaint's InpaintRequest: the picture in the upload's format, X-Seed header",
                  responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
     async def inpaint(request: Request):
         params = await parsed_body(request, InpaintRequest)
-        model = served.model()
+        model = server.model()
         seed = params.sd_seed if params.sd_seed != -1 else secrets.randbelow(RANDOM_SEEDS) + 1
         # decoding and checking pictures takes a while for big ones: off the event loop
         parsed, upload = await asyncio.to_thread(prepared, params, model, seed, limits)
-        job = served.submit(dataclasses.replace(parsed, model=model.name))
+        job = server.submit(dataclasses.replace(parsed, model=model.name))
         try:
-            await served.finished(job, request)
-            try:
-                result_response(job, "png")  # a failed or cancelled job: the ApiError it means
-            except ApiError as e:
-                raise renamed(e) from None
+            await server.finished(job, request)
+            refusal = job_refusal(job)  # a failed or cancelled job: the ApiError it means
+            if refusal is not None:
+                raise renamed(refusal)
             content, kind = await asyncio.to_thread(encode_answer, _picture(job.png), upload)
         finally:
-            served.models.forget(job.id)
+            server.models.forget(job.id)
         return Response(content, media_type=kind, headers={"X-Seed": str(seed)})
 
     @router.post("/run_plugin_gen_mask", summary="InteractiveSeg: the clicked object's mask from Segment Anything")
     async def run_plugin_gen_mask(request: Request):
-        body = await parsed_body(request, RunPlugin)
+        body = await parsed_body(request, RunPlugin, {"clicks": CLICKS_FIX})
         if body.name != PLUGIN:
             raise ApiError(422, "name", f"name={body.name!r}: this server's only mask plugin is {PLUGIN}",
                            f"send name {PLUGIN!r}")
-        engine = served.plugin_engine()
-        upload = read_upload(body.image, "image", limits.max_pixels)
-        found = await segment(served, engine, upload.rgb, body.clicks)
-        return Response(page_mask(found.masks[0], SEGMENT_DILATION), media_type="image/png")
+        served_engine = server.plugin_engine()
+        segment_engines(server.models, served_engine, "name")  # before any work: draining, Ray, none loaded
+        params = clicked(body.clicks)
+        upload = await asyncio.to_thread(read_upload, body.image, "image", limits.max_pixels)
+        found = await segment(served_engine, upload.rgb, params, limits.max_pixels)
+        mask = await asyncio.to_thread(page_mask, found.masks[0], SEGMENT_DILATION)
+        return Response(mask, media_type="image/png")
 
     @router.post("/run_plugin_gen_image", summary="No picture plugins here (RemoveBG, RealESRGAN, GFPGAN, ...)")
     async def run_plugin_gen_image(request: Request):
@@ -276,6 +285,13 @@ def iopaint_router(served: Served, guarded: list) -> APIRouter:
     return router
 
 
+def file_prompts(data: bytes, max_pixels: int) -> tuple[str, str]:
+    """gen-info's prompts, once the file is known to be a picture within max_pixels (pictures.decode_picture:
+    the size from its header first, so a decompression bomb is a 413 naming `file`, a broken file a 422)."""
+    decode_picture(data, "file", max_pixels)
+    return prompts_from_png(data)
+
+
 def prepared(params: InpaintRequest, model, seed: int, limits):
     """(the checked native job, the upload): the pictures decoded as IOPaint decodes them, the fields mapped for
     the engine's kind, then inputs.check, the native routes' checks, with refusals named as the page sent them."""
@@ -284,8 +300,8 @@ def prepared(params: InpaintRequest, model, seed: int, limits):
     record = family(model.facts["family"])
     fields = eraser_fields(params) if record.eraser else diffusion_fields(params, seed, upload.rgb.size, limits)
     try:
-        return check(InpaintParameters.model_validate(fields), {"image": png(upload.rgb), "mask_image": png(mask)},
-                     limits, model.facts), upload
+        pictures = {"image": png_bytes(upload.rgb, fast=True), "mask_image": png_bytes(mask, fast=True)}
+        return check(InpaintParameters.model_validate(fields), pictures, limits, model.facts), upload
     except ValidationError as e:
         raise renamed(validation_error(e.errors())) from None
     except ApiError as e:
@@ -322,47 +338,55 @@ def generation_size(size: tuple[int, int], scale: float, max_pixels: int) -> tup
 
 def eraser_fields(params: InpaintRequest) -> dict:
     """An eraser takes IOPaint's hd_strategy fields; IOPaint ignores the diffusion settings for its erasers too."""
-    strategy = HD_STRATEGIES.get(params.hd_strategy.lower(), params.hd_strategy)  # unknown: refused by the check
+    given = params.hd_strategy
+    strategy = given.lower() if given.lower() in HD_STRATEGIES else given  # IOPaint's "Crop"; unknown: the check's
     return {"hd_strategy": strategy, "hd_strategy_crop_margin": params.hd_strategy_crop_margin,
             "hd_strategy_crop_trigger_size": params.hd_strategy_crop_trigger_size,
             "hd_strategy_resize_limit": params.hd_strategy_resize_limit}
 
 
 def renamed(e: ApiError) -> ApiError:
-    """A native refusal told in the IOPaint field names the page sent."""
-    field = MAPPED.get(e.field, e.field)
-    say = lambda text: _NATIVE.sub(lambda m: MAPPED[m.group(1)], text)  # noqa: E731
-    return ApiError(e.status, field, say(e.message), say(e.fix), e.headers)
+    """A native refusal told in the IOPaint field names the page sent: the error's field, and in its text each
+    native name written as a field (with an underscore, `name`, name=, "send name"), so ordinary words stay (a
+    picture's height, a random seed). Fields computed from an IOPaint one (COMPUTED) keep their native name in the
+    text: their values are not the IOPaint field's (height=512 is no sd_scale)."""
+    def field_name(match: re.Match) -> str:
+        name, text, start, end = match[1], match.string, match.start(), match.end()
+        written = ("_" in name or text[end:end + 1] == "=" or text[max(0, start - 5):start] == "send "
+                   or (text[start - 1:start] == "`" and text[end:end + 1] == "`"))
+        return MAPPED[name] if written and name not in COMPUTED else name
+
+    def say(text: str) -> str:
+        return NATIVE_NAMES.sub(field_name, text)
+
+    return ApiError(e.status, MAPPED.get(e.field, e.field), say(e.message), say(e.fix), e.headers)
 
 
 def _picture(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
 
 
-async def segment(served: Served, engine, rgb, clicks: list[list[float]]):
-    """Engine.segment with the clicks as points and labels, checked by the native segment route's rules."""
+def clicked(clicks: list[list[float]]) -> SegmentParameters:
+    """The page's clicks [x, y, label, index] as the native route's points and labels. Built unvalidated: each
+    number is finite already (RunPlugin), and the labels go as sent to engine/segmenter.py check_points (via
+    engine_arguments), the one home of the rule that a label is 0 or 1."""
+    if not clicks:
+        raise ApiError(422, "clicks", "no clicks: Segment Anything needs at least one", "click on the object")
     for i, click in enumerate(clicks):
         if len(click) < 3:
             raise ApiError(422, "clicks", f"clicks[{i}] has {len(click)} numbers; a click is [x, y, label]",
-                           "send clicks as [[x, y, 1 or 0], ...]")
-    if not clicks:
-        raise ApiError(422, "clicks", "no clicks: Segment Anything needs at least one", "click on the object")
+                           CLICKS_FIX)
+    return SegmentParameters.model_construct(points=[click[:2] for click in clicks],
+                                             labels=[click[2] for click in clicks])
+
+
+async def segment(served_engine, rgb, params: SegmentParameters, max_pixels: int):
+    """Engine.segment with the clicks as points and labels, checked by the native segment route's rules, its
+    refusals naming clicks."""
     try:
-        params = SegmentParameters(points=[click[:2] for click in clicks], labels=[int(click[2]) for click in clicks])
-    except ValidationError as e:
-        raise ApiError(422, "clicks", f"clicks: {e.errors()[0]['msg']}",
-                       "send clicks as [[x, y, 1 or 0], ...]") from None
-    if any(label != click[2] for label, click in zip(params.labels, clicks)):
-        raise ApiError(422, "clicks", "a click's label must be 0 or 1", "send clicks as [[x, y, 1 or 0], ...]")
-    if served.models.draining:
-        raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
-    if not all(hasattr(each, "segment") for each in engine.manager.engines):  # Ray Serve's remote engines
-        raise ApiError(422, "name", f"{PLUGIN} cannot run on this server: the Ray Serve ingress runs inpaint and "
-                       "outpaint only", "serve the Segment Anything engine with inpaint-serve without --ray")
-    record = family(engine.facts["family"])
-    try:
-        arguments = engine_arguments(params, record, rgb.size, served.limits.max_pixels)
+        arguments = engine_arguments(params, family(served_engine.facts["family"]), rgb.size, max_pixels)
     except ApiError as e:
-        say = lambda text: text.replace("points", "clicks").replace("labels", "clicks' labels")  # noqa: E731
+        def say(text: str) -> str:
+            return re.sub(r"\blabels\b", "clicks' labels", re.sub(r"\bpoints\b", "clicks", text))
         raise ApiError(e.status, "clicks", say(e.message), say(e.fix)) from None
-    return await engine_pool(engine).run(lambda each: run_segment(each, rgb, arguments))
+    return await engine_pool(served_engine).run(lambda engine: run_segment(engine, rgb, arguments))

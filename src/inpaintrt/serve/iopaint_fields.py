@@ -13,6 +13,7 @@ from PIL import Image
 from pydantic import ConfigDict, Field
 
 from ..engine.families import SD1, SD2, SDXL, family
+from .inputs import MAX_PROMPT
 from .numbers import NumbersOnly
 
 # IOPaint's sampler name (its SDSampler) -> (our scheduler, scheduler_options); IOPaint builds each from the
@@ -26,7 +27,6 @@ SAMPLERS: dict[str, tuple[str, dict | None]] = {
 # IOPaint's other samplers, which have no scheduler here: refused by name
 UNMAPPED_SAMPLERS = ("DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DPM++ SDE", "DPM++ SDE Karras", "DPM2", "DPM2 Karras",
                      "DPM2 a", "DPM2 a Karras")
-HD_STRATEGIES = {"original": "original", "resize": "resize", "crop": "crop"}  # IOPaint's "Crop" etc., any case
 
 # features of IOPaint's diffusion models this server does not have: field -> (IOPaint's default, what it asks for)
 DEFAULT_ONLY = {
@@ -47,6 +47,9 @@ MAPPED = {"prompt": "prompt", "negative_prompt": "negative_prompt", "seed": "sd_
           "width": "sd_scale", "hd_strategy": "hd_strategy", "hd_strategy_crop_margin": "hd_strategy_crop_margin",
           "hd_strategy_crop_trigger_size": "hd_strategy_crop_trigger_size",
           "hd_strategy_resize_limit": "hd_strategy_resize_limit"}
+# of those, the fields computed from the IOPaint field (sd_scale -> height and width, sd_sampler -> the scheduler,
+# sd_mask_blur -> blur_factor), so a refusal's `name=value` would not read right under the IOPaint name
+COMPUTED = ("height", "width", "scheduler", "scheduler_options", "blur_factor")
 PLUGIN = "InteractiveSeg"  # IOPaint's click-to-mask plugin: a Segment Anything engine here
 
 
@@ -72,8 +75,8 @@ class InpaintRequest(NumbersOnly):
     # IOPaint 1.6's page sends these two misspelt; IOPaint ignores them (no such fields), so does this server
     hd_strategy_crop_triger_size: Optional[int] = None
     hd_trategy_resize_imit: Optional[int] = None
-    prompt: str = Field("", max_length=2000)
-    negative_prompt: str = Field("", max_length=2000)
+    prompt: str = Field("", max_length=MAX_PROMPT)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT)
     use_croper: bool = False
     croper_x: int = 0  # the croper's and extender's rectangles: unused while use_croper / use_extender are false
     croper_y: int = 0

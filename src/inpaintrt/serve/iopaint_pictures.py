@@ -14,9 +14,11 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
 from .errors import ApiError
-from .pictures import decode_base64, decode_picture
+from .pictures import decode_base64, decode_picture, png_bytes
 
-FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tiff"}
+# PIL's format of the upload -> the answer's; MPO is how PIL reports many phone cameras' JPEGs (a JPEG with a
+# second picture appended), answered as a plain JPEG; any other format is answered as PNG
+FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tiff"}
 QUALITY = 95  # IOPaint's default --quality for JPEG and WebP answers
 BRUSH = (255, 203, 0, 186)  # IOPaint's mask colour on the page ("#ffcc00bb" as its server writes it)
 SEGMENT_DILATION = 9  # IOPaint grows a plugin's mask by a 9x9 square before sending it to the page
@@ -80,19 +82,12 @@ def encode_answer(result: Image.Image, upload: Upload) -> tuple[bytes, str]:
         text = PngImagePlugin.PngInfo()
         text.add_text("parameters", upload.info["parameters"])
         options["pnginfo"] = text
+    # no fallback format: the picture is RGB, or RGBA only from an upload whose format held an alpha channel
+    # (PNG, WebP, GIF, TIFF, BMP), and each format of FORMATS writes those modes (JPEG, the one that cannot write
+    # RGBA, never decodes to it); an error here is a bug to see, not a PNG to answer instead
     buffer = io.BytesIO()
-    try:
-        picture.save(buffer, format=kind.upper(), **options)
-    except (OSError, ValueError, KeyError):  # a mode that format cannot hold: PNG holds every one
-        buffer, kind = io.BytesIO(), "png"
-        picture.save(buffer, format="PNG")
+    picture.save(buffer, format=kind.upper(), **options)
     return buffer.getvalue(), f"image/{kind}"
-
-
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)  # handed on within the server: speed over size
-    return buffer.getvalue()
 
 
 def page_mask(inside: np.ndarray, grow: int = 0) -> bytes:
@@ -103,7 +98,7 @@ def page_mask(inside: np.ndarray, grow: int = 0) -> bytes:
         grey = grey.filter(ImageFilter.MaxFilter(grow))  # a centred square's maximum: cv2.dilate with np.ones
     pixels = np.zeros((*inside.shape, 4), np.uint8)
     pixels[np.asarray(grey) > 128] = BRUSH
-    return png(Image.fromarray(pixels, "RGBA"))
+    return png_bytes(Image.fromarray(pixels, "RGBA"), fast=True)  # two colours: the fast level costs little size
 
 
 def ellipse(size: int) -> np.ndarray:

@@ -51,6 +51,14 @@ def decode_picture(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return picture
 
 
+def png_bytes(picture: Image.Image, fast: bool = False) -> bytes:
+    """The picture as PNG bytes, the one encoder of the routes. fast (zlib level 1): for pictures handed on within
+    the server, where the time to squeeze them counts more than their size; else PNG's default level."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", **({"compress_level": 1} if fast else {}))
+    return buffer.getvalue()
+
+
 def picture_pair(image: Image.Image, mask: Image.Image | None) -> tuple[Image.Image, Image.Image]:
     """The decoded picture and its mask: the mask as sent, or, when none was, the picture's transparent pixels
     (runtime/images.py load_pair, the engine's own reading); a picture with no alpha to read is a 422."""

@@ -12,7 +12,6 @@ max_output_pixels, fields of another model family) is in the field descriptions;
 from __future__ import annotations
 
 import base64
-import io
 
 from fastapi.openapi.utils import get_openapi
 
@@ -92,14 +91,14 @@ def _cap(prop: dict, maximum: int) -> None:
             option["maximum"] = min(option.get("maximum", maximum), maximum)
 
 
-def _tiny_png(mask: bool) -> str:
+def tiny_png(mask: bool) -> str:
     """base64 of an 8x8 PNG: grey, or a white mask (all repainted: it survives A1111's mask blur)."""
     from PIL import Image
 
+    from .pictures import png_bytes
+
     picture = Image.new("L", (8, 8), 255) if mask else Image.new("RGB", (8, 8), (128, 128, 128))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return base64.b64encode(png_bytes(picture)).decode()
 
 
 def _add_example(operation: dict) -> None:
@@ -114,11 +113,11 @@ def _add_example(operation: dict) -> None:
     if "steps" in fields:
         example["steps"] = 2
     if "image" in fields:
-        example["image"] = _tiny_png(False)
+        example["image"] = tiny_png(False)
     if "mask_image" in fields and "left" not in fields:
-        example["mask_image"] = _tiny_png(True)
+        example["mask_image"] = tiny_png(True)
     if "left" in fields:
         example["left"] = 8
     if "init_images" in fields:
-        example.update(init_images=[_tiny_png(False)], mask=_tiny_png(True))
+        example.update(init_images=[tiny_png(False)], mask=tiny_png(True))
     body["example"] = example

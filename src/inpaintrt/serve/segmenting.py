@@ -7,15 +7,15 @@ one home of those rules), and answers with the best mask as a PNG (white inside)
 Why not a JobManager job: a job is an inpaint or outpaint call whose result is a picture with progress steps
 (jobs.py); a segment call is one short forward pass whose result is masks and scores. The mask maker's
 JobManager still loads its engines at startup (one per --workers), and `EnginePool` lends each to one request
-at a time, run on a worker thread so the event loop keeps answering; requests waiting for an engine are
-bounded by --queue-size (over it: 429).
+at a time, in the order the requests came, run on a worker thread so the event loop keeps answering; requests
+waiting for an engine are bounded by --queue-size (over it: 429).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
+from collections import deque
 from typing import Annotated, Literal, Optional
 
 import numpy as np
@@ -25,14 +25,16 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from ..engine.argument_specs import MAX_POINTS, SEGMENT_SPECS
 from ..engine.families import family
-from ..engine.segmenter import check_box, check_points, check_text
+from ..engine.manifest import SEGMENTER
+from ..engine.segmenter import check_box, check_points, check_prompt, check_text
 from ..runtime.errors import InvalidArgument
-from .errors import ApiError, request_fix, validation_error
+from .errors import ApiError, json_object, request_fix, validation_error
+from .inputs import MAX_PROMPT
 from .numbers import NumbersOnly
-from .pictures import decode_base64, decode_picture
-from .schema import _tiny_png
+from .pictures import decode_base64, decode_picture, png_bytes
+from .schema import tiny_png
 
-MAX_TEXT = 2000  # characters of a phrase, as of a prompt
+THRESHOLD = SEGMENT_SPECS["threshold"].default  # CLIPSeg's, when the request leaves it out
 LIST_EXAMPLES = {"points": [[120, 80], [40, 30]], "labels": [1, 0], "box": [10, 20, 200, 160]}
 LISTS = tuple(LIST_EXAMPLES)  # JSON text in a multipart form
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: true / false are not numbers
@@ -41,7 +43,7 @@ FIXES = {"points": "send points as a JSON list of [x, y] pixel pairs, e.g. [[120
          "labels": "send labels as a JSON list of 0 and 1, one per point, e.g. [1, 0]",
          "box": "send box as a JSON list [x0, y0, x1, y1] of pixels",
          "multimask_output": "send true or false", "text": "send a phrase such as 'the sky'",
-         "threshold": "send a number between 0 and 1 (both excluded), or leave it out for 0.5",
+         "threshold": f"send a number between 0 and 1 (both excluded), or leave it out for {THRESHOLD}",
          "format": "send png or json", "model": "send the name of a mask maker GET /v1/info lists (kind segmenter)"}
 SUMMARY = ("Make a mask: Segment Anything from clicks (points, labels) or a box, CLIPSeg from a phrase (text); "
            "the best mask's PNG (X-Scores header) or every mask as JSON")
@@ -64,9 +66,9 @@ class SegmentParameters(NumbersOnly):
                                                                        description=_help("labels"))
     box: Optional[Annotated[list[Number], Field(min_length=4, max_length=4)]] = Field(None, description=_help("box"))
     multimask_output: bool = Field(False, description=_help("multimask_output"))
-    text: Optional[str] = Field(None, max_length=MAX_TEXT, description=_help("text"))
+    text: Optional[str] = Field(None, max_length=MAX_PROMPT, description=_help("text"))  # as long as a prompt
     threshold: Optional[float] = Field(None, gt=0, lt=1, allow_inf_nan=False,
-                                       description=_help("threshold") + " Default 0.5.")
+                                       description=_help("threshold") + f" Default {THRESHOLD}.")
     format: Literal["png", "json"] = Field("png", description="png: the best mask (the first; with multimask_output "
                                            "the highest score), white inside, scores in the X-Scores header; json: "
                                            "{masks: [base64 PNG], scores, best, width, height}.")
@@ -93,43 +95,72 @@ def openapi_body() -> dict:
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": segment_schema(binary=True)},
         "application/json": {"schema": segment_schema(binary=False),
-                             "example": {"image": _tiny_png(False), **EXAMPLE}}}}}
+                             "example": {"image": tiny_png(False), **EXAMPLE}}}}}
 
 
 class EnginePool:
-    """A mask maker's loaded engines, each lent to one request at a time, run off the event loop."""
+    """A mask maker's loaded engines, each lent to one request at a time, run off the event loop. Requests get an
+    engine in the order they came (a freed engine goes to the one waiting longest, never to a newcomer); at most
+    queue_size wait, the next is a 429."""
 
     def __init__(self, engines: list, queue_size: int):
-        self.engines, self.queue_size = engines, queue_size
-        self.free: asyncio.Queue | None = None  # made on first use, on the server's loop
-        self.waiting = 0
+        self.free, self.queue_size = list(engines), queue_size
+        self.waiting: deque[asyncio.Future] = deque()  # one future per waiting request, the first come first
 
     async def run(self, call):
-        if self.free is None:
-            self.free = asyncio.Queue()
-            for engine in self.engines:
-                self.free.put_nowait(engine)
-        if self.free.empty() and self.waiting >= self.queue_size:
-            raise ApiError(429, "queue", f"all {self.queue_size} waiting places of this mask maker are taken",
-                           "retry after the Retry-After seconds", headers={"Retry-After": "1"})
-        self.waiting += 1
-        try:
-            engine = await self.free.get()
-        finally:
-            self.waiting -= 1
+        engine = await self._lend()
         work = asyncio.ensure_future(asyncio.to_thread(call, engine))
         # back in the pool once the thread is done, not when a client that left cancels its wait
-        work.add_done_callback(lambda _: self.free.put_nowait(engine))
+        work.add_done_callback(lambda _: self._hand_on(engine))
         return await asyncio.shield(work)
 
+    async def _lend(self):
+        if self.free and not self.waiting:
+            return self.free.pop()
+        if len(self.waiting) >= self.queue_size:
+            raise ApiError(429, "queue", f"all {self.queue_size} waiting places of this mask maker are taken",
+                           "retry after the Retry-After seconds", headers={"Retry-After": "1"})
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        try:
+            return await turn
+        except asyncio.CancelledError:  # its client left
+            if turn.done() and not turn.cancelled():  # an engine was handed to it just then: on to the next
+                self._hand_on(turn.result())
+            elif turn in self.waiting:
+                self.waiting.remove(turn)
+            raise
 
-def engine_pool(served) -> EnginePool:
+    def _hand_on(self, engine) -> None:
+        """A finished engine to the request waiting longest, else back to the free ones."""
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():  # a cancelled wait is done: skipped
+                turn.set_result(engine)
+                return
+        self.free.append(engine)
+
+
+def engine_pool(served_engine) -> EnginePool:
     """The mask maker's engines lent one request at a time, one pool per served engine, kept on it so every route
     that segments (this one, IOPaint's InteractiveSeg) shares it and no engine runs two calls at once."""
-    pool = getattr(served, "segment_pool", None)
-    if pool is None:
-        pool = served.segment_pool = EnginePool(served.manager.engines, served.manager.queue_size)
-    return pool
+    if served_engine.segment_pool is None:
+        served_engine.segment_pool = EnginePool(served_engine.manager.engines, served_engine.manager.queue_size)
+    return served_engine.segment_pool
+
+
+def segment_engines(models, served_engine, field: str = "model") -> list:
+    """The mask maker's loaded engines, checked before any work of a segmenting route (this one, IOPaint's
+    InteractiveSeg): a 503 while the server drains; a 422 naming `field` when none can segment here (the Ray
+    Serve ingress's remote engines, or none loaded: an empty pool would wait for ever)."""
+    if models.draining:
+        raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
+    engines = served_engine.manager.engines
+    if not engines or not all(hasattr(engine, "segment") for engine in engines):
+        raise ApiError(422, field, f"the mask maker {served_engine.name!r} cannot segment on this server (the Ray "
+                       "Serve ingress runs inpaint and outpaint only)",
+                       "serve the mask maker with inpaint-serve without --ray")
+    return engines
 
 
 def segment_router(models, limits, guarded: list) -> APIRouter:
@@ -141,22 +172,15 @@ def segment_router(models, limits, guarded: list) -> APIRouter:
                                   "description": "The best mask (X-Scores, X-Mask-Index headers) or JSON with base64"}})
     async def segment(request: Request):
         params, data = await read_segment_request(request, limits.max_upload_bytes)
-        served = pick_segmenter(models, params.model)
-        record = family(served.facts["family"])
-        if models.draining:
-            raise ApiError(503, "server", "the server is shutting down", "retry against a running server")
-        engines = served.manager.engines
-        if not engines or not all(hasattr(engine, "segment") for engine in engines):  # Ray's remote engines
-            raise ApiError(422, "model", f"model={served.name!r} cannot segment on this server (the Ray Serve "
-                           "ingress runs inpaint and outpaint only)", "serve the mask maker with inpaint-serve "
-                           "without --ray")
-        refuse_foreign(engines[0], params)
+        served_engine = pick_segmenter(models, params.model)
+        refuse_foreign(segment_engines(models, served_engine)[0], params)
         if data is None:
             raise ApiError(422, "image", "image is required", "send image as a file part or base64 field")
-        image = decode_picture(data, "image", limits.max_pixels)  # over max_pixels: a 413 naming image
-        arguments = engine_arguments(params, record, image.size, limits.max_pixels)
-        found = await engine_pool(served).run(lambda engine: run_segment(engine, image, arguments))
-        return answer(found, params.format, params.multimask_output)
+        # decoding and encoding pictures takes a while for big ones: off the event loop, as the engine call
+        image = await asyncio.to_thread(decode_picture, data, "image", limits.max_pixels)  # over max_pixels: a 413
+        arguments = engine_arguments(params, family(served_engine.facts["family"]), image.size, limits.max_pixels)
+        found = await engine_pool(served_engine).run(lambda engine: run_segment(engine, image, arguments))
+        return await asyncio.to_thread(answer, found, params.format, params.multimask_output)
 
     return router
 
@@ -184,15 +208,21 @@ async def read_segment_request(request, max_upload_bytes: int) -> tuple[SegmentP
     return params, data
 
 
-async def _read_multipart(request, max_upload_bytes: int) -> tuple[dict, bytes | None]:
+async def read_form(request, fix: str, max_files: int, max_fields: int, max_part_size: int):
+    """The multipart form (Starlette's FormData). The parser's own complaints (a malformed body, too many parts)
+    are a 400 naming the body with `fix`; limits.BodyLimit's 413, raised while the body is read, stays a 413."""
     try:
-        form = await request.form(max_files=1, max_fields=20, max_part_size=max_upload_bytes)
+        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
     except ApiError:
         raise
-    except Exception as e:  # the multipart parser's own complaints: malformed body, too many parts
+    except Exception as e:
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
-        raise ApiError(400, "body", f"the multipart body could not be read: {detail}",
-                       "send multipart/form-data with the file image and one part per field") from None
+        raise ApiError(400, "body", f"the multipart body could not be read: {detail}", fix) from None
+
+
+async def _read_multipart(request, max_upload_bytes: int) -> tuple[dict, bytes | None]:
+    form = await read_form(request, "send multipart/form-data with the file image and one part per field",
+                           max_files=1, max_fields=20, max_part_size=max_upload_bytes)
     fields, data = {}, None
     for name, value in form.multi_items():
         if name in fields or (name == "image" and data is not None):
@@ -215,15 +245,7 @@ async def _read_multipart(request, max_upload_bytes: int) -> tuple[dict, bytes |
 
 
 async def _read_json(request) -> tuple[dict, bytes | None]:
-    body = await request.body()
-    try:
-        fields = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, "body", f"the JSON body could not be parsed: {e}",
-                       "send one JSON object with image as base64 and the other fields") from None
-    if not isinstance(fields, dict):
-        raise ApiError(400, "body", f"the JSON body is a {type(fields).__name__}, not an object",
-                       "send one JSON object with image as base64 and the other fields")
+    fields = await json_object(request, "send one JSON object with image as base64 and the other fields")
     if "image" not in fields:
         return fields, None
     text = fields.pop("image")
@@ -236,12 +258,12 @@ async def _read_json(request) -> tuple[dict, bytes | None]:
 def pick_segmenter(models, name: str | None):
     """The engine `model` names, which must be a mask maker; left out, the first mask maker served."""
     if name:
-        served = models.pick(name)  # an unknown name: a 422 listing the engines
-        if served.facts.get("kind") != "segmenter":
-            raise ApiError(422, "model", f"model={name!r} is a {served.facts.get('kind', 'diffusion')} engine, not a "
-                           "mask maker", f"{FIXES['model']}, or leave model out for the first")
-        return served
-    found = next((served for served in models if served.facts.get("kind") == "segmenter"), None)
+        served_engine = models.pick(name)  # an unknown name: a 422 listing the engines
+        if served_engine.kind() != SEGMENTER:
+            raise ApiError(422, "model", f"model={name!r} is a {served_engine.kind()} engine, not a mask maker",
+                           f"{FIXES['model']}, or leave model out for the first")
+        return served_engine
+    found = next(iter(models.of_kind(SEGMENTER)), None)
     if found is None:
         raise ApiError(422, "model", f"this server has no mask maker (engines: {', '.join(models.names())})",
                        "start inpaint-serve with a Segment Anything or CLIPSeg engine as one of its --engine "
@@ -265,28 +287,31 @@ def engine_arguments(params: SegmentParameters, record, size: tuple[int, int], m
     width, height = size
     try:
         if record.clicks:
-            check_points(params.points, params.labels, width, height)
-            check_box(params.box, width, height)  # neither given: the engine's own refusal, naming points
+            coords, _ = check_points(params.points, params.labels, width, height)
+            check_prompt(coords, check_box(params.box, width, height))  # neither given: refused before the engine
             return {"points": params.points or None, "labels": params.labels, "box": params.box,
                     "multimask_output": params.multimask_output, "max_pixels": max_pixels}
-        threshold = SEGMENT_SPECS["threshold"].default if params.threshold is None else params.threshold
+        threshold = THRESHOLD if params.threshold is None else params.threshold
         return {"text": check_text(params.text), "threshold": threshold, "max_pixels": max_pixels}
     except InvalidArgument as e:
         raise ApiError(422, e.field, str(e), request_fix(e.fix, FIXES.get(e.field, f"change {e.field}"))) from None
 
 
 def run_segment(engine, image, arguments: dict):
-    """On a worker thread: the engine's call; its refusals become 422s, anything else a 500 (a bug)."""
+    """On a worker thread: the engine's call. Its refusals (InvalidArgument) are 422s naming their field; NaN or
+    infinite numbers (FloatingPointError) are the engine's precision overflowing, a server setting: a 500 that
+    says so; anything else is a bug: a 500 as a failed job's (job_routes.job_refusal)."""
     try:
         return engine.segment(image, **arguments)
     except InvalidArgument as e:
         raise ApiError(422, e.field, str(e), request_fix(e.fix, f"change {e.field}")) from None
-    except (ValueError, FloatingPointError) as e:
-        raise ApiError(422, getattr(e, "field", None) or "image", str(e),
-                       request_fix(getattr(e, "fix", None), "send another picture or prompt")) from None
+    except FloatingPointError as e:
+        raise ApiError(500, "server", f"the mask maker's numbers overflowed, which is this server's precision "
+                       f"setting, not the request: {e}", "ask the server's operator to serve this engine with "
+                       "--precision fp32; another picture may pass meanwhile") from None
     except Exception as e:  # the server keeps serving whatever one request does
         raise ApiError(500, "server", f"internal error: {type(e).__name__}: {e}",
-                       "report it; retry with another picture meanwhile") from None
+                       "report this with the request that caused it") from None
 
 
 def best_index(found, multimask: bool) -> int:
@@ -294,18 +319,13 @@ def best_index(found, multimask: bool) -> int:
     return int(np.argmax(found.scores)) if multimask and len(found.scores) > 1 else 0
 
 
-def _png(picture) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def answer(found, response_format: str, multimask: bool) -> Response:
+    """The masks as the request asked (on a worker thread: PNG encoding takes a while for big ones)."""
     best = best_index(found, multimask)
     scores = [float(score) for score in found.scores]
     height, width = (int(side) for side in found.masks.shape[1:])
     if response_format == "json":
-        masks = [base64.b64encode(_png(found.mask_image(i))).decode() for i in range(len(found.masks))]
+        masks = [base64.b64encode(png_bytes(found.mask_image(i))).decode() for i in range(len(found.masks))]
         return JSONResponse({"masks": masks, "scores": scores, "best": best, "width": width, "height": height})
-    return Response(_png(found.mask_image(best)), media_type="image/png",
+    return Response(png_bytes(found.mask_image(best)), media_type="image/png",
                     headers={"X-Scores": json.dumps(scores), "X-Mask-Index": str(best)})

@@ -155,3 +155,15 @@ async def json_object(request, fix: str = "send one JSON object") -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "body", f"the JSON body is a {type(body).__name__}, not an object", fix)
     return body
+
+
+async def read_form(request, fix: str, max_files: int, max_fields: int, max_part_size: int):
+    """The multipart form (Starlette's FormData). The parser's own complaints (a malformed body, too many parts)
+    are a 400 naming the body with `fix`; limits.BodyLimit's 413, raised while the body is read, stays a 413."""
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
+    except ApiError:
+        raise
+    except Exception as e:
+        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        raise ApiError(400, "body", f"the multipart body could not be read: {detail}", fix) from None

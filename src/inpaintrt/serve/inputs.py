@@ -23,7 +23,7 @@ from ..runtime.errors import InvalidArgument
 from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
 from .erasing import engine_arguments, mask_maker_refusal, outpaint_refusal
-from .errors import ApiError, json_object, request_fix, validation_error
+from .errors import ApiError, json_object, read_form, request_fix, validation_error
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, picture_pair  # noqa: F401 (also the A1111 routes')
 from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
@@ -189,15 +189,9 @@ async def read_request(request, model: type[CommonParameters], limits: Limits,
 
 
 async def _read_multipart(request, limits: Limits) -> tuple[dict, dict]:
-    try:
-        form = await request.form(max_files=2 + MAX_CONTROL_IMAGES + MAX_IMAGE_PROMPTS, max_fields=60,
-                                  max_part_size=limits.max_upload_bytes)
-    except ApiError:
-        raise
-    except Exception as e:  # the multipart parser's own complaints: malformed body, too many parts
-        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
-        raise ApiError(400, "body", f"the multipart body could not be read: {detail}",
-                       "send multipart/form-data with the files image and mask_image and one part per field") from None
+    form = await read_form(request, "send multipart/form-data with the files image and mask_image and one part per "
+                           "field", max_files=2 + MAX_CONTROL_IMAGES + MAX_IMAGE_PROMPTS, max_fields=60,
+                           max_part_size=limits.max_upload_bytes)
     fields, files = {}, {}
     for name, value in form.multi_items():
         if name in ("image", "mask_image"):

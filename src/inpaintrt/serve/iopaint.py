@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..engine.argument_specs import HD_STRATEGIES, MAX_POINTS
 from ..engine.families import family
 from ..engine.manifest import DIFFUSION, ERASER, SEGMENTER
-from .errors import ApiError, json_object, validation_error
+from .errors import ApiError, json_object, read_form, validation_error
 from .iopaint_fields import (COMPUTED, DEFAULT_ONLY, MAPPED, PLUGIN, SAMPLERS, UNMAPPED_SAMPLERS, InpaintRequest,
                              features_asked, mask_blur_factor, model_info, prompts_from_png)
 from .iopaint_pictures import SEGMENT_DILATION, adjusted_mask, encode_answer, page_mask, read_mask, read_upload
@@ -39,7 +39,7 @@ from .inputs import InpaintParameters, check
 from .job_routes import job_refusal
 from .numbers import NumbersOnly
 from .pictures import decode_picture, png_bytes
-from .segmenting import (Number, SegmentParameters, engine_arguments, engine_pool, read_form, run_segment,
+from .segmenting import (Number, SegmentParameters, engine_arguments, engine_pool, run_segment,
                          segment_engines)
 
 PACKAGE = "iopaint"

@@ -28,7 +28,7 @@ from ..engine.families import family
 from ..engine.manifest import SEGMENTER
 from ..engine.segmenter import check_box, check_points, check_prompt, check_text
 from ..runtime.errors import InvalidArgument
-from .errors import ApiError, json_object, request_fix, validation_error
+from .errors import ApiError, json_object, read_form, request_fix, validation_error
 from .inputs import MAX_PROMPT
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, png_bytes
@@ -206,18 +206,6 @@ async def read_segment_request(request, max_upload_bytes: int) -> tuple[SegmentP
             error.fix = FIXES[error.field]  # a value refused: say what fits
         raise error from None
     return params, data
-
-
-async def read_form(request, fix: str, max_files: int, max_fields: int, max_part_size: int):
-    """The multipart form (Starlette's FormData). The parser's own complaints (a malformed body, too many parts)
-    are a 400 naming the body with `fix`; limits.BodyLimit's 413, raised while the body is read, stays a 413."""
-    try:
-        return await request.form(max_files=max_files, max_fields=max_fields, max_part_size=max_part_size)
-    except ApiError:
-        raise
-    except Exception as e:
-        detail = getattr(e, "detail", None) or str(e) or type(e).__name__
-        raise ApiError(400, "body", f"the multipart body could not be read: {detail}", fix) from None
 
 
 async def _read_multipart(request, max_upload_bytes: int) -> tuple[dict, bytes | None]:

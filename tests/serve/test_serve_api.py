@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from serve_helpers import (AUTH, FAST, TOKEN, engine_reference, files, form, pixels, png, picture, mask,  # noqa: E402
-                           running_server, wait_until)
+                           free_port, running_server, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +175,34 @@ def test_full_queue_answers_429_with_retry_after(engine_dir):
         assert accepted.status_code == 202
         client.delete(f"/v1/jobs/{running['id']}")
         assert events(client, accepted.json()["id"])[-1][0] == "done"
+
+
+def test_a_client_that_connects_while_the_engines_load_is_answered_not_refused(engine_dir):
+    """The port listens from the start: connecting before the URL is announced waits for the answer."""
+    port = free_port()
+    command = [sys.executable, "-m", "inpaintrt.serve.cli", "--engine", str(engine_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+            try:
+                early = socket.create_connection(("127.0.0.1", port), timeout=120)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.01)
+        announced_before = any("inpaint-serve: http" in line for line in output)
+        with early:
+            early.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b"".join(iter(lambda: early.recv(65536), b""))
+        assert not announced_before, "the port took no connection until the engines had loaded"
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
 
 
 def test_sigterm_finishes_the_running_job_cancels_the_queued_and_exits(engine_dir):

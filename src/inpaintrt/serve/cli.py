@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port} ({e}); pick another --port", file=sys.stderr)
         return 2
+    # listen now, not when uvicorn starts serving: the lifespan announces the URL before uvicorn accepts,
+    # and a client that connects in between must wait in the backlog, not be refused
+    sock.listen(2048)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     settings.announce = f"inpaint-serve: http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)"

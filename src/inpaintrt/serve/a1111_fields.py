@@ -16,6 +16,7 @@ from typing import Any, Optional
 from pydantic import ConfigDict, Field
 
 from ..runtime.errors import InvalidArgument
+from .errors import MAX_PROMPT
 from .numbers import NumbersOnly
 
 # A1111 sampler name -> (our scheduler, A1111's aliases)
@@ -66,8 +67,8 @@ class Common(NumbersOnly):
     model_config = ConfigDict(extra="forbid")
     text_numbers = False
 
-    prompt: str = Field("", max_length=2000)
-    negative_prompt: Optional[str] = Field("", max_length=2000)
+    prompt: str = Field("", max_length=MAX_PROMPT)
+    negative_prompt: Optional[str] = Field("", max_length=MAX_PROMPT)
     seed: int = Field(-1, ge=-1, le=2**63 - 1, description="-1: a random seed; image i of a request gets seed + i")
     steps: int = Field(50, ge=1, le=1000)
     cfg_scale: float = Field(7.0, ge=0, le=50, allow_inf_nan=False)

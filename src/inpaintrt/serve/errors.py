@@ -30,12 +30,14 @@ def error_response(status: int, field: str, message: str, fix: str, headers: dic
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+MAX_PROMPT = 2000  # characters of a prompt field, on every route
+
 # the fix for a field pydantic refused that the argument table does not describe (or describes only in part)
 FIELD_FIXES = {
     "model": "send the name of one of the engines GET /v1/info lists under models, or leave it out",
-    "prompt": "send a text of at most 2000 characters",
-    "negative_prompt": "send a text of at most 2000 characters, or leave it out",
-    "negative_prior_prompt": "send a text of at most 2000 characters, or leave it out",
+    "prompt": f"send a text of at most {MAX_PROMPT} characters",
+    "negative_prompt": f"send a text of at most {MAX_PROMPT} characters, or leave it out",
+    "negative_prior_prompt": f"send a text of at most {MAX_PROMPT} characters, or leave it out",
     "num_inference_steps": "send a whole number from 1 to the server's max_steps (GET /v1/info)",
     "prior_num_inference_steps": "send a whole number from 2 to the server's max_steps (GET /v1/info)",
     "scheduler": "send one of the names GET /v1/info lists under schedulers, or leave it out",

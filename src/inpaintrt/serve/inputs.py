@@ -23,7 +23,7 @@ from ..runtime.errors import InvalidArgument
 from ..runtime.schedulers import SCHEDULERS
 from .budget import DEFAULT_MAX_MEGAPIXEL_STEPS, check_request, request_work
 from .erasing import engine_arguments, mask_maker_refusal, outpaint_refusal
-from .errors import ApiError, json_object, read_form, request_fix, validation_error
+from .errors import MAX_PROMPT, ApiError, json_object, read_form, request_fix, validation_error
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, picture_pair  # noqa: F401 (also the A1111 routes')
 from .guides import (GuideFields, LISTED_NUMBERS, LISTED_PICTURES, MAX_CONTROL_IMAGES, MAX_IMAGE_PROMPTS,
@@ -51,7 +51,6 @@ def spec_field(name: str, default=..., description: str | None = None, **more):
                  **bounds, **more)
 
 
-MAX_PROMPT = 2000  # characters of a prompt field
 TYPES = {"whole": int, "real": float, "flag": bool, "other": str}
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from pydantic import ConfigDict, Field
 
 from ..engine.families import SD1, SD2, SDXL, family
-from .inputs import MAX_PROMPT
+from .errors import MAX_PROMPT
 from .numbers import NumbersOnly
 
 # IOPaint's sampler name (its SDSampler) -> (our scheduler, scheduler_options); IOPaint builds each from the

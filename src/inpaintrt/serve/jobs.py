@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import io
 import secrets
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any, Callable
 from ..runtime import notices
 from ..runtime.latent_preview import preview_data_url
 from .batching import Batching, gather, run_batch
+from .pictures import png_bytes
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINISHED = (DONE, FAILED, CANCELLED)
@@ -274,9 +274,7 @@ class JobManager:
                 job.png, job.width, job.height, job.replica = result.png, result.width, result.height, result.replica
             else:
                 picture = result.images[0]
-                buffer = io.BytesIO()
-                picture.save(buffer, format="PNG", compress_level=1)  # fast; size hardly matters on loopback
-                job.png, (job.width, job.height) = buffer.getvalue(), picture.size
+                job.png, (job.width, job.height) = png_bytes(picture, fast=True), picture.size
             outcome, error = DONE, None
         except JobCancelled:
             outcome, error = CANCELLED, f"cancelled after {job.step} of {job.total} steps"

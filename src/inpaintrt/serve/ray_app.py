@@ -28,6 +28,7 @@ from ray.serve.exceptions import ReplicaUnavailableError
 from ..engine.load_options import LoadOptions
 from .app import Settings, create_app, engine_facts, open_engine
 from .jobs import RUNNING, TASKS, EngineUnavailable, JobCancelled, JobManager, call_engine
+from .pictures import png_bytes
 
 APP_NAME = "inpaintrt"
 ENGINE_DEPLOYMENT = "InpaintEngine"
@@ -68,7 +69,7 @@ class InpaintEngine:
             try:
                 result = call_engine(self.engine, task, arguments, seed, on_step)  # an eraser takes no seed
                 picture = result.images[0]
-                events.put(("done", encode_png(picture), picture.width, picture.height, self.replica,
+                events.put(("done", png_bytes(picture, fast=True), picture.width, picture.height, self.replica,
                             result.nsfw_content_detected))
             except JobCancelled:
                 events.put(("cancelled",))
@@ -88,14 +89,6 @@ class InpaintEngine:
         finally:
             stop.set()
             await asyncio.to_thread(thread.join)  # the next request must not share the engine
-
-
-def encode_png(picture) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 @dataclass

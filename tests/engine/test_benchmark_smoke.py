@@ -1,4 +1,4 @@
-"""benchmarks/bench_cpu.py --tiny runs end to end and reports every measure (no timing is asserted)."""
+"""The benchmarks run end to end and report every measure (no timing is asserted)."""
 import json
 import subprocess
 import sys
@@ -131,3 +131,13 @@ def test_lora_load_tiny_reports_both_loads_and_steps(tmp_path):
     for measure in ("load_s", "load_with_lora_s", "unet_step_s", "unet_step_with_lora_s"):
         assert report[measure] > 0
     assert report["versions"]["onnxruntime"] and report["machine"]["cores"] > 0
+
+
+def test_sam_decoder_benchmark_times_both_graphs_on_the_same_mask():
+    result = subprocess.run([sys.executable, str(BENCH.parent / "bench_sam_decoder.py"), "--sizes", "48x64",
+                             "--reps", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 64x48 |"))
+    every, one, ratio, differs = (cell.strip() for cell in row.strip("|").split("|")[1:])
+    assert every.endswith(" ms") and one.endswith(" ms") and float(ratio) > 0
+    assert float(differs) < 1e-5  # the one-token graph answers the engine's token 0

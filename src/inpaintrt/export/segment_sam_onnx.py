@@ -127,15 +127,17 @@ def export_sam_encoder_onnx(module, path) -> Path:
         module.train(was_training)
 
 
-def export_sam_decoder_onnx(module, path, multimask_output: bool = True) -> Path:
-    """Write SAM's prompt encoder + mask decoder + postprocessing as ONNX (see the module text for the tensors).
-    Traced with 3 points and a non-square orig_im_size; N and the output height / width stay dynamic."""
+def export_sam_decoder_onnx(module, path, multimask_output: bool | None = True) -> Path:
+    """Write SAM's prompt encoder + mask decoder + postprocessing as ONNX (see the module text for the tensors;
+    multimask_output None: every mask token, as the engine's graph). Traced with 3 points and a non-square
+    orig_im_size; N and the output height / width stay dynamic."""
     was_training = module.training
     module.eval()
     axes = {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"},
             "masks": {2: "height", 3: "width"}}
     try:
-        k = module.mask_decoder.num_mask_tokens - 1 if multimask_output else 1
+        tokens = module.mask_decoder.num_mask_tokens
+        k = tokens if multimask_output is None else tokens - 1 if multimask_output else 1
         return _export(SamDecoderGraph(module, multimask_output), decoder_example(module), path, DECODER_INPUTS,
                        DECODER_OUTPUTS, axes, fixed={"masks": {0: 1, 1: k}})
     finally:

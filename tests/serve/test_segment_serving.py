@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -228,6 +230,14 @@ def test_a_mask_maker_as_the_default_engine(sam_engine_dir):
             assert "mask maker" in refusal(answer)["message"] and "/v1/segment" in refusal(answer)["fix"]
         answer = client.post("/v1/segment", files=upload(), data={"points": json.dumps(POINTS)})
         assert answer.status_code == 200 and client.get("/v1/health").json()["status"] == "ok"
+
+
+def test_ray_refuses_a_mask_maker_at_start_before_ray_starts(sam_engine_dir):
+    ran = subprocess.run([sys.executable, "-m", "inpaintrt.serve.cli", "--engine", str(sam_engine_dir), "--ray"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert "is a mask maker (sam)" in ran.stderr and "without --ray" in ran.stderr, ran.stderr
+    assert "ray" not in ran.stdout.lower(), "refused before a Ray cluster was started"
 
 
 def test_a_server_without_a_mask_maker_says_so_naming_model(eraser_engine_dir):

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
-        from ..engine.manifest import read_manifest
+        from ..engine.manifest import SEGMENTER, model_kind, read_manifest
         from .app import create_app
     except ImportError as e:
         print(f"error: serving needs its extra ({e}); install it with pip install 'inpaintrt[serve]'", file=sys.stderr)
@@ -109,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from(args)
         for directory in args.engine:  # a wrong directory fails here, before the server starts
-            read_manifest(directory, verify_hashes=False)
+            manifest = read_manifest(directory, verify_hashes=False)
+            if args.ray and model_kind(manifest) == SEGMENTER:  # its replicas would answer every route with a 422
+                raise ValueError(f"--ray deploys inpainting and eraser engines; {directory} is a mask maker "
+                                 f"({manifest['model']['family']}): serve it with inpaint-serve without --ray")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -229,3 +229,35 @@ def test_fp16_export_keeps_the_decoder_fp32(tmp_path):
     assert encoder["fp16"]["precision"] == encoder["cuda"]["precision"] == "fp16"
     assert encoder["fp16"]["max_rel_error"] <= 1e-2
     assert decoder["fp16"]["precision"] == decoder["cuda"]["precision"] == "fp32"
+
+
+def test_openvino_runs_both_graphs_as_onnx_runtime(sam_engine):
+    """OpenVINO names a decoder input also by the reshape that reads it: the engine must still find it."""
+    pytest.importorskip("openvino")
+    engine = Engine.load(sam_engine.root, backend="openvino")
+    assert engine.backend == "openvino" and engine.precision == "fp32"
+    image = np.random.default_rng(8).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    for prompt in ({"points": [[30, 40], [90, 20]], "labels": [1, 0], "multimask_output": True},
+                   {"box": [10, 12, 100, 70]}):
+        want, got = sam_engine.segment(image, **prompt), engine.segment(image, **prompt)
+        for name in ("logits", "low_res_logits", "scores"):
+            diff = float(np.abs(getattr(got, name) - getattr(want, name)).max() / np.abs(getattr(want, name)).max())
+            record(f"sam openvino fp32 vs ort-cpu {name} (relative)", diff)
+            assert diff <= 1e-5, (prompt, name, diff)
+        flipped = got.masks != want.masks  # only where a logit is within rounding of the 0 threshold
+        assert not flipped.any() or np.abs(want.logits[flipped]).max() < 1e-4
+
+
+def test_openvino_bf16_stays_near_fp32(sam_engine):
+    pytest.importorskip("openvino")
+    from inpaintrt.engine.openvino_backend import cpu_has_bf16, load_openvino
+
+    if not cpu_has_bf16(load_openvino().Core()):
+        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    engine = Engine.load(sam_engine.root, backend="openvino", precision="bf16")
+    image = np.random.default_rng(9).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    want, got = (e.segment(image, points=[[30, 40]], multimask_output=True) for e in (sam_engine, engine))
+    diff = float(np.abs(got.logits - want.logits).max() / np.abs(want.logits).max())
+    record("sam openvino bf16 vs ort-cpu fp32 logits (relative)", diff)
+    assert 0 < diff <= 0.1, "bf16 rounds (not fp32 under another name), within 10 % of the largest logit"
+    assert (got.masks != want.masks).mean() < 0.03

@@ -259,3 +259,13 @@ from inpaintrt import Engine
 result = Engine.load(sys.argv[1]).segment(np.zeros((40, 56, 3), np.uint8), text=["the sky", "a house"])
 assert result.masks.shape == (2, 40, 56)
 """, str(engine.root))
+
+
+def test_openvino_gives_onnx_runtimes_logits(engine, picture):
+    pytest.importorskip("openvino")
+    openvino = Engine.load(engine.root, backend="openvino")
+    assert openvino.backend == "openvino" and openvino.precision == "fp32"
+    phrases = ["a cat", "the sky"]
+    diff = relative(openvino.segment(picture, text=phrases).logits, engine.segment(picture, text=phrases).logits)
+    record("clipseg openvino fp32 vs ort-cpu logits (relative)", diff)
+    assert diff <= 1e-5

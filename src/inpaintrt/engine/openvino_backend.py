@@ -86,8 +86,11 @@ class OpenVinoBackend:
         self.from_cache = bool(cache_dir is not None and _property(self.compiled, "LOADED_FROM_CACHE"))
         if had_blob and not self.from_cache:
             (cache_dir / SPEED_MARK).touch()
-        self.input_types = {i.get_any_name(): i.get_element_type().to_dtype() for i in self.compiled.inputs}
-        self.outputs = [(o.get_any_name(), o) for o in self.compiled.outputs]
+        # a port can carry several names (an ONNX input that the graph also reshapes keeps the reshape's
+        # output name beside its own, and get_any_name() may pick either): answer to all of them
+        self.input_types = {name: i.get_element_type().to_dtype() for i in self.compiled.inputs
+                            for name in i.get_names()}
+        self.outputs = [(name, o) for o in self.compiled.outputs for name in sorted(o.get_names())]
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # one infer request: calls from several threads take turns
 

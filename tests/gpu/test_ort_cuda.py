@@ -196,3 +196,66 @@ def test_ort_cuda_engine_matches_ort_cpu(engines, cuda_graph):
     for _ in range(2):  # the second call replays the captured graph
         got = cuda.inpaint(sample_image(), sample_mask(), generator=3, **kwargs).images
         assert np.abs(got - want).max() <= 1e-3
+
+
+@pytest.fixture(scope="module")
+def sam_engine_root(tmp_path_factory):
+    pytest.importorskip("torch")
+    from sam_engines import build_sam_engine
+
+    return build_sam_engine(tmp_path_factory.mktemp("sam") / "engine")
+
+
+def _sam_decoder_feeds(height, width, seed):
+    rng = np.random.default_rng(seed)
+    return {"image_embeddings": rng.standard_normal((1, 32, 8, 8), dtype=np.float32),
+            "point_coords": np.array([[[30.0, 40.0], [0.0, 0.0]]], np.float32),
+            "point_labels": np.array([[1.0, -1.0]], np.float32), "mask_input": np.zeros((1, 1, 32, 32), np.float32),
+            "has_mask_input": np.zeros(1, np.float32), "orig_im_size": np.array([height, width], np.float32)}
+
+
+@pytest.mark.parametrize("module", [np, device], ids=["numpy", "device-stand-in"])
+def test_a_value_shaped_component_answers_each_pictures_size(sam_engine_root, module):
+    """SAM's decoder: the same input shapes, masks of the size orig_im_size holds. Buffers bound per input
+    shape would keep the first picture's size (ONNX Runtime refuses the next one)."""
+    path = sam_engine_root / "sam_decoder.onnx"
+    component = BoundComponent(path, ort, module, provider="CPUExecutionProvider", threads=1, value_shaped=True)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seed, (height, width) in enumerate([(90, 130), (141, 77), (90, 130)]):
+        feeds = _sam_decoder_feeds(height, width, seed)
+        got = component.run({name: module.asarray(value) for name, value in feeds.items()})
+        want = dict(zip(component.output_names, plain.run(None, feeds)))
+        assert got["masks"].shape == (1, 4, height, width)
+        for name, value in want.items():
+            assert array_module(got[name]) is module
+            np.testing.assert_allclose(np.asarray(got[name]).view(np.ndarray), value, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="CUDA graph"):
+        BoundComponent(path, ort, np, provider="CPUExecutionProvider", cuda_graph=True, value_shaped=True)
+
+
+def test_value_shaped_names_the_components_with_outputs_no_input_shape_gives(sam_engine_root):
+    from inpaintrt.engine.manifest import read_manifest
+    from inpaintrt.engine.ort_cuda import VALUE_SHAPED
+
+    free = set()
+    for name, record in read_manifest(sam_engine_root, verify_hashes=False)["components"].items():
+        session = ort.InferenceSession(str(sam_engine_root / record["file"]), providers=["CPUExecutionProvider"])
+        given = {d for i in session.get_inputs() for d in i.shape if isinstance(d, str)}
+        if any(isinstance(d, str) and d not in given for o in session.get_outputs() for d in o.shape):
+            free.add(name)
+    assert free == {"sam_decoder"} and free <= set(VALUE_SHAPED)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_sam_on_ort_cuda_matches_ort_cpu_at_two_sizes(sam_engine_root, cuda_graph):
+    from inpaintrt import Engine
+
+    cpu = Engine.load(sam_engine_root, backend="ort-cpu")
+    cuda = Engine.load(sam_engine_root, backend="ort-cuda", cuda_graph=cuda_graph)
+    for seed, (height, width) in enumerate([(90, 130), (141, 77), (90, 130)]):
+        image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        want, got = (e.segment(image, points=[[30, 40]], multimask_output=True) for e in (cpu, cuda))
+        assert got.logits.shape == (3, height, width)
+        assert np.abs(got.logits - want.logits).max() <= 1e-3 * np.abs(want.logits).max()

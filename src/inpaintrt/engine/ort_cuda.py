@@ -10,6 +10,9 @@ from one checked table (cuda_options.py).
   allocated once (cupy on the GPU). A call copies the feeds into the bound input buffers and never
   rebinds, so the UNet can be replayed as a CUDA graph (`cuda_graph=True`: ONNX Runtime's
   `enable_cuda_graph`, one graph id per shape).
+- A component whose output shapes follow an input's *values* (VALUE_SHAPED: Segment Anything's decoder answers
+  masks of the `orig_im_size` it is given) cannot keep buffers per input shape: its inputs are bound per call
+  and ONNX Runtime allocates its outputs.
 - `run` returns arrays of the feeds' module: cupy feeds give cupy outputs (device to device, no
   host synchronisation: ONNX Runtime runs on our stream, `disable_synchronize_execution_providers`),
   numpy feeds give numpy outputs (one device-to-host copy).
@@ -44,6 +47,7 @@ CUDA_LIBRARIES = {
     13: ["libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcufft.so.12",
          "libcudnn.so.9"],
 }
+VALUE_SHAPED = ("sam_decoder",)  # components whose output shapes follow an input's values, not its shape
 PIP_PACKAGES_CU12 = {"libcudart": "nvidia-cuda-runtime-cu12", "libcublasLt": "nvidia-cublas-cu12",
                      "libcublas": "nvidia-cublas-cu12", "libcurand": "nvidia-curand-cu12",
                      "libcufft": "nvidia-cufft-cu12", "libcudnn": "nvidia-cudnn-cu12"}
@@ -148,8 +152,11 @@ class BoundComponent:
 
     def __init__(self, path: Path, ort, xp, provider: str = CUDA_PROVIDER, device_id: int = 0,
                  cuda_graph: bool = False, stream=None, threads: int | None = None,
-                 options_for_cuda: dict | None = None, initializers: dict | None = None):
+                 options_for_cuda: dict | None = None, initializers: dict | None = None, value_shaped: bool = False):
+        if cuda_graph and value_shaped:
+            raise ValueError("a CUDA graph replays fixed output shapes; a value-shaped component has none")
         self.xp, self.device_id, self.cuda_graph, self.stream = xp, device_id, cuda_graph, stream
+        self.value_shaped = value_shaped
         self.device_type = "cuda" if provider == CUDA_PROVIDER else "cpu"
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -190,6 +197,8 @@ class BoundComponent:
 
     def run(self, feeds: dict) -> dict:
         on_host = all(array_module(v) is np for v in feeds.values())
+        if self.value_shaped:
+            return self._run_unbound_outputs(feeds, on_host)
         key = tuple(sorted((name, tuple(v.shape)) for name, v in feeds.items()))
         with self._stream():
             binding = self.bindings.get(key)
@@ -206,6 +215,23 @@ class BoundComponent:
             if on_host:
                 return {name: to_host(buf).copy() for name, buf in binding.outputs.items()}
             return {name: buf.copy() for name, buf in binding.outputs.items()}
+
+
+    def _run_unbound_outputs(self, feeds: dict, on_host: bool) -> dict:
+        """One call with its inputs bound as they come and outputs ONNX Runtime allocates (their shape is
+        known only once the graph has read the inputs' values); the outputs come back through the host."""
+        xp = self.xp
+        io = self.session.io_binding()
+        inputs = {name: xp.empty(tuple(value.shape), self.input_types[name]) for name, value in feeds.items()}
+        for name, buf in inputs.items():
+            _Binding._copy(buf, feeds[name], xp)
+            io.bind_input(name, self.device_type, self.device_id, buf.dtype, list(buf.shape), device_address(buf))
+        for name in self.output_names:
+            io.bind_output(name, self.device_type, self.device_id)
+        with self._stream():
+            self.session.run_with_iobinding(io, self.run_options(-1))
+            outputs = dict(zip(self.output_names, io.copy_outputs_to_cpu()))
+        return outputs if on_host else {name: xp.asarray(value) for name, value in outputs.items()}
 
 
 class CheckedDecoder:
@@ -253,7 +279,8 @@ def ort_cuda_sessions(root: Path, manifest: dict, options, lora=None) -> dict:
 
     def open_one(name: str, file: str, graph: bool = False) -> BoundComponent:
         return BoundComponent(root / file, ort, cupy, CUDA_PROVIDER, cupy.cuda.Device().id, graph, stream,
-                              options_for_cuda=chosen, initializers=lora and lora.for_graph(name, file))
+                              options_for_cuda=chosen, initializers=lora and lora.for_graph(name, file),
+                              value_shaped=name in VALUE_SHAPED)
 
     sessions = {}
     for name, component in manifest["components"].items():

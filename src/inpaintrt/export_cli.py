@@ -195,11 +195,13 @@ def build_plans_main(argv: list[str] | None = None) -> int:
     _plan_arguments(parser)
     args = parser.parse_args(argv)
     from .engine.backends import BackendError, load_tensorrt
-    from .engine.manifest import EngineDirectoryError
+    from .engine.manifest import EngineDirectoryError, read_manifest
+    from .engine.plans import refuse_unplanned
     from .export.trt_build import PlanBuildError, rebuild_plans
 
     try:
         sizes, max_images, cache = _plan_options(args)
+        refuse_unplanned(read_manifest(args.engine, verify_hashes=False), args.engine)  # before TensorRT is needed
         load_tensorrt()
         rebuild_plans(args.engine, sizes, max_images, cache)
     except (BackendError, PlanBuildError, EngineDirectoryError, ValueError) as e:

@@ -133,7 +133,7 @@ def test_auto_falls_back_saying_why_and_explicit_tensorrt_raises(engines, tmp_pa
         Engine.load(root, backend="tensorrt")
 
 
-def test_export_without_tensorrt_fails_fast_with_install_message(checkpoints, tmp_path, capsys, monkeypatch):
+def test_export_without_tensorrt_fails_fast_with_install_message(checkpoints, engines, tmp_path, capsys, monkeypatch):
     from inpaintrt.export import loading
 
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
@@ -142,10 +142,34 @@ def test_export_without_tensorrt_fails_fast_with_install_message(checkpoints, tm
     err = capsys.readouterr().err
     assert err.startswith("error: TensorRT cannot be imported") and "pip install 'inpaintrt[trt]'" in err
     assert not out.exists()
-    assert build_plans_main(["--engine", str(tmp_path)]) == 2
+    assert build_plans_main(["--engine", str(engines[9])]) == 2
     assert "pip install 'inpaintrt[trt]'" in capsys.readouterr().err
     assert export_main(["--model", "x", "--output", str(out), "--backend", "tensorrt", "--max-images", "0"]) == 2
     assert "--max-images must be at least 1" in capsys.readouterr().err
+
+
+def test_families_without_plans_are_refused_by_name_before_tensorrt_is_needed(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from sam_engines import build_sam_engine
+
+    from inpaintrt.engine.families import FAMILIES
+    from inpaintrt.engine.plans import refuse_unplanned
+
+    root = build_sam_engine(tmp_path / "sam")
+    assert build_plans_main(["--engine", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a Segment Anything engine, for which no TensorRT plans are built" in err and "TensorRT cannot" not in err
+    with pytest.raises(ValueError, match="backend='ort-cuda', 'openvino' or 'ort-cpu'"):
+        Engine.load(root, backend="tensorrt")
+    assert not (root / "plans").exists()
+    for name, record in FAMILIES.items():
+        manifest = {"model": {"family": name}}
+        if record.tensorrt:
+            refuse_unplanned(manifest, "dir")
+        else:
+            with pytest.raises(ValueError, match=f"holds a {record.title} engine"):
+                refuse_unplanned(manifest, "dir")
+    assert {n for n, r in FAMILIES.items() if not r.tensorrt} == {"kandinsky22", "sam", "clipseg"}
 
 
 def _cupy_module():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .families import family
 from .ort_session import BackendError, OrtBackend  # noqa: F401 (BackendError: importers' home for it)
-from .plans import PlanMismatchError
+from .plans import PlanMismatchError, refuse_unplanned
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt", "openvino")
 LORA_BACKENDS = ("LoRAs and textual-inversion embeddings given at load run on backends ort-cpu and ort-cuda, not "
@@ -147,6 +147,7 @@ def _auto_ort_cuda(root: Path, manifest: dict, options, lora=None) -> dict | Non
 def _tensorrt_sessions(root: Path, manifest: dict, cuda_graph: bool) -> dict:
     from .trt_backend import TensorRTRuntime
 
+    refuse_unplanned(manifest, root)
     if "tensorrt" not in manifest:
         raise BackendError(f"{root} has no TensorRT plans; build them with `inpaint-build-plans --engine {root}` "
                            "or export with `inpaint-export --backend tensorrt`")

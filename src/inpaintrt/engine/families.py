@@ -38,6 +38,7 @@ class Family:
     hot: str = "unet"  # the component that runs most: its precision is engine.precision, it keeps its memory arena
     clicks: bool = False  # a mask maker prompted by points and a box (Segment Anything)
     phrases: bool = False  # a mask maker prompted by text (CLIPSeg)
+    tensorrt: bool = True  # TensorRT plans are built for it (inpaint-export --backend tensorrt, inpaint-build-plans)
 
     @property
     def eraser(self) -> bool:
@@ -60,13 +61,13 @@ FAMILIES: dict[str, Family] = {record.name: record for record in (
     Family(SDXL, "SDXL", _SD, strength=0.9999, controlnet_scale=1.0, loras=True, micro_conditioning=True,
            preview="sdxl", callback="sdxl", fp16_vae=False),
     Family(KANDINSKY22, "Kandinsky 2.2", "inpaintrt.engine.kandinsky:KandinskyEngine", steps=100, guidance=4.0,
-           prior=True, outpaint=False, preview=None, callback="kandinsky"),
+           prior=True, outpaint=False, preview=None, callback="kandinsky", tensorrt=False),
     *[Family(name, title, "inpaintrt.engine.eraser:EraserEngine", steps=0, guidance=0.0, outpaint=False, preview=None,
              kind=ERASER, hot="eraser") for name, title in ((LAMA, "LaMa"), (MIGAN, "MI-GAN"))],
     Family(SAM, "Segment Anything", "inpaintrt.engine.segment_sam:SamEngine", steps=0, guidance=0.0, outpaint=False,
-           preview=None, kind=SEGMENTER, hot="sam_encoder", clicks=True),
+           preview=None, kind=SEGMENTER, hot="sam_encoder", clicks=True, tensorrt=False),
     Family(CLIPSEG, "CLIPSeg", "inpaintrt.engine.segment_clipseg:ClipSegEngine", steps=0, guidance=0.0,
-           outpaint=False, preview=None, kind=SEGMENTER, hot="clipseg", phrases=True),
+           outpaint=False, preview=None, kind=SEGMENTER, hot="clipseg", phrases=True, tensorrt=False),
 )}
 
 

@@ -118,6 +118,14 @@ def profile_shapes(inputs: list[dict], size: tuple[int, int] | None, vae_scale: 
     return profile
 
 
+def refuse_unplanned(manifest: dict, root) -> None:
+    """TensorRT plans are built only for the families whose record says so; for another, say what runs it."""
+    record = family(manifest["model"]["family"], str(root))
+    if not record.tensorrt:
+        raise ValueError(f"{root} holds a {record.title} engine, for which no TensorRT plans are built: load it with "
+                         "backend='ort-cuda', 'openvino' or 'ort-cpu'")
+
+
 def plan_file(component: str, size: tuple[int, int] | None) -> str:
     return f"plans/{component}.plan" if size is None else f"plans/{component}-{size[0]}x{size[1]}.plan"
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..engine.backends import load_tensorrt
 from ..engine.manifest import read_manifest, write_manifest
-from ..engine.plans import fp32_components, plan_layout
+from ..engine.plans import fp32_components, plan_layout, refuse_unplanned
 from ..engine.trt_backend import PlanRunner, SharedScratch, io_mismatch
 from .half import FP16_TOLERANCE, relative_error
 
@@ -117,6 +117,7 @@ def build_plans(folder: Path, manifest: dict, sizes, max_images: int, timing_cac
     `plans_dir` (default folder/plans), and return the manifest's `tensorrt` section."""
     from ..engine.backends import OrtBackend
 
+    refuse_unplanned(manifest, folder)
     trt, cupy, device = load_tensorrt()
     components = manifest["components"]
     lacking = [name for name, c in components.items() if "fp16" not in c]

@@ -86,6 +86,24 @@ def test_bound_component_copies_into_buffers_bound_once_per_shape(tiny_graph, mo
     assert len(component.bindings) == 2  # one binding (and one CUDA graph on the GPU) per shape
 
 
+def test_only_the_last_shapes_stay_bound(tiny_graph):
+    """A server sees endless picture sizes: the buffers of the least recently used shape go first."""
+    from inpaintrt.engine.ort_cuda import MAX_BINDINGS
+
+    component = BoundComponent(tiny_graph, ort, np, provider="CPUExecutionProvider", threads=1)
+    batches = [1, *range(2, MAX_BINDINGS + 4), 1]  # 1 is used again after the others have come and gone
+    for call, batch in enumerate(batches):
+        feeds = _feeds(batch, call)
+        outputs = component.run(feeds)
+        for name, value in _expected(feeds).items():
+            np.testing.assert_allclose(outputs[name], value, rtol=1e-6, atol=1e-6)
+        assert len(component.bindings) <= MAX_BINDINGS
+    kept = [key[0][1][0] for key in component.bindings]  # ("t", (batch,)) first: the batch of each binding
+    assert kept == [*range(MAX_BINDINGS + 4 - MAX_BINDINGS + 1, MAX_BINDINGS + 4), 1], kept
+    component.run(_feeds(kept[0], 99))  # a hit moves its shape to the newest end
+    assert [key[0][1][0] for key in component.bindings][-1] == kept[0]
+
+
 def test_host_feeds_to_a_device_component_come_back_on_the_host(tiny_graph):
     component = BoundComponent(tiny_graph, ort, device, provider="CPUExecutionProvider", threads=1)
     for call in range(2):

@@ -7,7 +7,7 @@ The CUDA provider's tunable options (convolution layout and algorithm search, ar
 from one checked table (cuda_options.py).
 
 - Per component one session; per input shape one binding whose input and output buffers are
-  allocated once (cupy on the GPU). A call copies the feeds into the bound input buffers and never
+  allocated once (cupy on the GPU), the last MAX_BINDINGS shapes kept. A call copies the feeds into the bound input buffers and never
   rebinds, so the UNet can be replayed as a CUDA graph (`cuda_graph=True`: ONNX Runtime's
   `enable_cuda_graph`, one graph id per shape).
 - A component whose output shapes follow an input's *values* (VALUE_SHAPED: Segment Anything's decoder answers
@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import io
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ CUDA_LIBRARIES = {
     13: ["libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10", "libcufft.so.12",
          "libcudnn.so.9"],
 }
+MAX_BINDINGS = 8  # input shapes whose buffers stay bound, the least recently used dropped first (not under a
+# CUDA graph: ONNX Runtime keeps each capture, and its replay needs the buffers it was captured with)
 VALUE_SHAPED = ("sam_decoder",)  # components whose output shapes follow an input's values, not its shape
 PIP_PACKAGES_CU12 = {"libcudart": "nvidia-cuda-runtime-cu12", "libcublasLt": "nvidia-cublas-cu12",
                      "libcublas": "nvidia-cublas-cu12", "libcurand": "nvidia-curand-cu12",
@@ -182,7 +185,7 @@ class BoundComponent:
             require_cuda_provider(self.session.get_providers(), cuda_major(ort))
         self.input_types = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.bindings: dict[tuple, _Binding] = {}
+        self.bindings: OrderedDict[tuple, _Binding] = OrderedDict()
 
     def run_options(self, graph_id: int):
         options = self._ort.RunOptions()
@@ -205,9 +208,12 @@ class BoundComponent:
             if binding is None:
                 graph_id = len(self.bindings) if self.cuda_graph else -1
                 binding = self.bindings[key] = _Binding(self, feeds, graph_id)
+                if not self.cuda_graph and len(self.bindings) > MAX_BINDINGS:  # a server sees endless sizes
+                    self.bindings.popitem(last=False)
                 outputs = binding.first  # this shape's first call already ran
                 binding.first = None
                 return outputs if on_host else {k: self.xp.asarray(v) for k, v in outputs.items()}
+            self.bindings.move_to_end(key)
             for name, value in feeds.items():
                 _Binding._copy(binding.inputs[name], value, self.xp)
             self.session.run_with_iobinding(binding.io, binding.options)

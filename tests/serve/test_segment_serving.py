@@ -332,3 +332,19 @@ def test_the_pool_lends_its_engine_first_come_first_served():
         return order
 
     assert asyncio.run(scenario()) == ["first", "a", "c", "d", "e", "f", "g", "h"]
+
+
+def test_the_pools_engines_share_one_embedding_cache(sam_engine_dir):
+    """--workers 2: a second click on a picture finds its embedding on whichever engine takes it."""
+    from inpaintrt import Engine
+    from inpaintrt.serve.segmenting import EnginePool
+
+    first, second = Engine.load(sam_engine_dir), Engine.load(sam_engine_dir)
+    assert first.embedding_cache is not second.embedding_cache
+    EnginePool([first, second], queue_size=4)
+    cache = first.embedding_cache
+    assert second.embedding_cache is cache
+    picture_pixels = np.asarray(image())
+    want = first.segment(picture_pixels, points=POINTS)
+    got = second.segment(picture_pixels, points=POINTS)
+    assert (cache.misses, cache.hits) == (1, 1) and np.array_equal(got.logits, want.logits)

@@ -105,6 +105,11 @@ class EnginePool:
 
     def __init__(self, engines: list, queue_size: int):
         self.free, self.queue_size = list(engines), queue_size
+        # one embedding cache for them all: a user's next click on a picture finds its embedding whichever
+        # engine the click is lent (Segment Anything's; the cache is locked and bounded in bytes)
+        caching = [engine for engine in engines if hasattr(engine, "embedding_cache")]
+        for engine in caching[1:]:
+            engine.embedding_cache = caching[0].embedding_cache
         self.waiting: deque[asyncio.Future] = deque()  # one future per waiting request, the first come first
 
     async def run(self, call):

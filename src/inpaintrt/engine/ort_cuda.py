@@ -7,9 +7,9 @@ The CUDA provider's tunable options (convolution layout and algorithm search, ar
 from one checked table (cuda_options.py).
 
 - Per component one session; per input shape one binding whose input and output buffers are
-  allocated once (cupy on the GPU), the last MAX_BINDINGS shapes kept. A call copies the feeds into the bound input buffers and never
-  rebinds, so the UNet can be replayed as a CUDA graph (`cuda_graph=True`: ONNX Runtime's
-  `enable_cuda_graph`, one graph id per shape).
+  allocated once (cupy on the GPU; the last MAX_BINDINGS shapes keep theirs). A call copies the feeds
+  into the bound input buffers and never rebinds, so the UNet can be replayed as a CUDA graph
+  (`cuda_graph=True`: ONNX Runtime's `enable_cuda_graph`, one graph id per shape).
 - A component whose output shapes follow an input's *values* (VALUE_SHAPED: Segment Anything's decoder answers
   masks of the `orig_im_size` it is given) cannot keep buffers per input shape: its inputs are bound per call
   and ONNX Runtime allocates its outputs.
@@ -221,7 +221,6 @@ class BoundComponent:
             if on_host:
                 return {name: to_host(buf).copy() for name, buf in binding.outputs.items()}
             return {name: buf.copy() for name, buf in binding.outputs.items()}
-
 
     def _run_unbound_outputs(self, feeds: dict, on_host: bool) -> dict:
         """One call with its inputs bound as they come and outputs ONNX Runtime allocates (their shape is

@@ -120,13 +120,13 @@ def test_jobs_report_progress_only_for_themselves(client, engine):
                                                                   "scheduler": "euler"})).json()["id"] for _ in "ab"]
     ids = [client.post("/v1/jobs", files=files(), data=form({**FAST, "num_inference_steps": 6, "seed": s})).json()["id"]
            for s in (7, 8)]
+    found = {job_id: [] for job_id in ids}
     with ThreadPoolExecutor(2) as pool:
-        streams = pool.map(lambda i: events(client, i), ids)
-        wait_until(lambda: client.get(f"/v1/jobs/{ids[0]}").json()["status"] == "queued")
-        time.sleep(0.2)  # the streams' requests are in (they answer the queued state first)
+        futures = [pool.submit(events, client, job_id, found[job_id]) for job_id in ids]
+        wait_until(lambda: all(found.values()))  # each stream has answered its queued job's state: it listens
         for blocker in blockers:
             client.delete(f"/v1/jobs/{blocker}")
-        streams = list(streams)
+        streams = [future.result() for future in futures]
     for job_id, seed, stream in zip(ids, (7, 8), streams):
         assert {view["id"] for _, view in stream} == {job_id}, "a stream carries only its own job"
         steps = [view["step"] for kind, view in stream if kind == "progress" and view["status"] == "running"]

@@ -6,10 +6,11 @@
 The engine exports one decoder graph that upsamples every mask token to the picture's size, so the same graph
 answers multimask_output=False (token 0) and True (tokens 1..3). A click with multimask_output=False then pays
 for three masks it drops. This times that graph ("all tokens") against one exported to answer token 0 alone
-("one token") on ONNX Runtime's CPU provider. The prompt encoder and the mask decoder are the same for every
-SAM variant (ViT-B/L/H and MobileSAM), so random weights of MobileSAM's size stand for them all. Both graphs get
-the same feeds (two clicks and the padding point, no mask input), --threads intra-op threads, medians of
---reps runs after one warm-up. `one / all` below 1 is the share of the click the single-mask graph would keep;
+("one token") on ONNX Runtime's CPU provider, both as torch.onnx exports them (before the engine's fusion
+pass, which folds the decoder's LayerNorms into fused operators). The prompt encoder and the mask decoder are
+the same for every SAM variant (ViT-B/L/H and MobileSAM), so random weights of MobileSAM's size stand for them
+all. Both graphs get the same feeds (two clicks and the padding point, no mask input), --threads intra-op
+threads, medians of --reps runs after one warm-up. `one / all` below 1 is the share of the click the single-mask graph would keep;
 the last column checks that both give the same token-0 logits (relative to their largest).
 """
 from __future__ import annotations

@@ -28,8 +28,7 @@ from ..engine.families import family
 from ..engine.manifest import SEGMENTER
 from ..engine.segmenter import check_box, check_points, check_prompt, check_text
 from ..runtime.errors import InvalidArgument
-from .errors import ApiError, json_object, read_form, request_fix, validation_error
-from .errors import MAX_PROMPT
+from .errors import MAX_PROMPT, ApiError, json_object, read_form, request_fix, validation_error
 from .numbers import NumbersOnly
 from .pictures import decode_base64, decode_picture, png_bytes
 from .schema import tiny_png
